@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install serve test lint protos check-protos bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch is pinned first: the CPU wheel is on the machine, and an unpinned torch pulls GBs of CUDA
+# packages. The package metadata keeps a range, which the pinned install already satisfies.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[convert,dev]'
+	touch $@
+
+install: $(STAMP)
+
+# Serves all-MiniLM-L6-v2 (converted once into ~/.cache/millibatch on first use) on :50051.
+serve: install
+	$(BIN)/millibatch serve $(SERVE_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: install lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+protos: install
+	$(BIN)/python protos/generate.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

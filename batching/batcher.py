@@ -1,0 +1,280 @@
+"""The batcher: one asyncio task owns the scheduler and hands batches to free engine instances.
+
+Callers `submit` rows and await the item's future. Admission is decided at once (never an unbounded
+wait); batches are formed only when an instance is free, so they grow naturally under load; the engine
+call runs in a thread so the event loop keeps accepting, tokenizing and answering meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from batching.collate import collate, padding_ratio
+from batching.cost_model import CostModel
+from batching.profile import measure, profile_shapes, synthetic_inputs
+from batching.scheduler import BatchLimits, Decision, Scheduler
+from batching.work import PendingRow, Row, RowResult, WorkItem
+from engines.base import Engine, FloatArray
+from millibatch.errors import DeadlineUnmeetable, EngineFailure, InvalidInput, NotServing, QueueFull
+
+log = logging.getLogger("millibatch.batching")
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """What one engine call did, for metrics."""
+
+    batch_id: int
+    rows: int
+    padded_length: int
+    real_tokens: int
+    seconds: float
+    instance: int
+    ok: bool
+
+
+class BatchObserver:
+    """Hooks for metrics; the default does nothing. Must not block (called on the event loop)."""
+
+    def batch_done(self, record: BatchRecord) -> None: ...
+
+    def shed(self, item: WorkItem, reason: str) -> None: ...
+
+    def rejected(self, rows: int, reason: str) -> None: ...
+
+
+class Batcher:
+    """Deadline-aware micro-batcher for one model."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        limits: BatchLimits,
+        *,
+        max_queue_rows: int = 2048,
+        watchdog_seconds: float = 30.0,
+        cost_model: CostModel | None = None,
+        observer: BatchObserver | None = None,
+        on_unhealthy: Callable[[str], None] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.limits = limits
+        self.cost_model = cost_model or CostModel()
+        self.scheduler = Scheduler(limits, self.cost_model, engine.padded_length)
+        self.max_queue_rows = max_queue_rows
+        self.watchdog_seconds = watchdog_seconds
+        self._observer = observer or BatchObserver()
+        self.on_unhealthy = on_unhealthy
+        self._clock = clock
+        instances = engine.info.instances
+        self._free = list(range(instances))
+        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="engine")
+        self._wake = asyncio.Event()
+        self._settled = asyncio.Event()  # set whenever a batch finishes or items are shed
+        self._running: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._accepting = False
+        self._draining = False
+        self._healthy = True
+        self._batch_ids = itertools.count(1)
+        self.in_flight_rows = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def warm_up(self, max_length: int, profile: bool = True) -> None:
+        """Run every instance once and, with `profile`, fit the cost model to measured shapes.
+        Blocking: call before serving (or in a thread)."""
+        for instance in range(self.engine.info.instances):
+            self.engine.run(synthetic_inputs(1, self.engine.padded_length(8)), instance)
+        if profile:
+            shapes = profile_shapes(self.limits, max_length, self.engine)
+            self.cost_model.fit_profile(measure(self.engine, shapes))
+
+    async def start(self) -> None:
+        """Begin accepting and dispatching."""
+        self._accepting = True
+        self._loop_task = asyncio.create_task(self._dispatch_loop(), name="batcher")
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new work, let queued and running work finish for up to `grace` seconds, then fail
+        whatever is left with UNAVAILABLE."""
+        self._accepting = False
+        self._draining = True
+        self._wake.set()
+        deadline = self._now() + grace
+        while not self.idle and self._now() < deadline:
+            self._settled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), max(0.0, deadline - self._now()))
+        for item in self.scheduler.take_all():
+            self._fail(item, NotServing("server is shutting down"))
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    @property
+    def idle(self) -> bool:
+        return not self.scheduler.queued_rows and not self._running
+
+    # -- submission ------------------------------------------------------------------------------
+
+    def submit(self, rows: list[Row], deadline: float) -> WorkItem:
+        """Admit `rows` as one request or raise at once (QueueFull, NotServing, DeadlineUnmeetable)."""
+        if not self._accepting or not self._healthy:
+            raise NotServing("model is not accepting requests" if self._healthy else "model is unhealthy")
+        if not rows:
+            raise InvalidInput("no inputs")
+        count = len(rows)
+        if count > self.max_queue_rows:
+            raise InvalidInput(f"request has {count} inputs; this model queues at most {self.max_queue_rows}")
+        if self.scheduler.queued_rows + count > self.max_queue_rows:
+            self._observer.rejected(count, "queue_full")
+            raise QueueFull(
+                f"queue full ({self.scheduler.queued_rows} of {self.max_queue_rows} rows waiting); retry later"
+            )
+        now = self._now()
+        if deadline <= now:
+            self._observer.rejected(count, "deadline")
+            raise DeadlineUnmeetable("deadline already passed when the request was queued")
+        loop = asyncio.get_running_loop()
+        item = WorkItem(rows=rows, deadline=deadline, future=loop.create_future(), enqueued_at=now)
+        self.scheduler.add(item, now)
+        item.future.add_done_callback(lambda _f: self.scheduler.forget(item) if item.queued else None)
+        self._wake.set()
+        return item
+
+    # -- dispatch --------------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            if not self._free or not self.scheduler.queued_rows:
+                await self._wake.wait()
+                continue
+            decision = self.scheduler.next(self._now(), flush=self._draining)
+            for item in decision.shed:
+                self._observer.shed(item, "deadline")
+                self._fail(item, DeadlineUnmeetable("deadline cannot be met; request dropped before compute"))
+            if decision.shed:
+                self._settled.set()
+            if decision.batch:
+                self._launch(decision)
+            elif decision.wait_until is not None:
+                timeout = max(0.0, decision.wait_until - self._now())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+            elif not decision.shed:
+                await self._wake.wait()
+
+    def _launch(self, decision: Decision) -> None:
+        instance = self._free.pop()
+        task = asyncio.create_task(self._run_batch(decision.batch, decision.padded_length, instance))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run_batch(self, batch: list[PendingRow], padded_length: int, instance: int) -> None:
+        batch_id = next(self._batch_ids)
+        rows = [p.item.rows[p.index] for p in batch]
+        started = self._now()
+        for p in batch:
+            if p.item.first_batched_at is None:
+                p.item.first_batched_at = started
+            p.item.batch_ids.append(batch_id)
+        self.in_flight_rows += len(batch)
+        inputs = collate(rows, padded_length)
+        loop = asyncio.get_running_loop()
+        ok = False
+        hung = False
+        wall_start = time.perf_counter()
+        try:
+            call = loop.run_in_executor(self._executor, self.engine.run, inputs, instance)
+            outputs = await asyncio.wait_for(call, self.watchdog_seconds)
+            self._check_outputs(outputs, len(batch))
+            ok = True
+        except TimeoutError:
+            hung = True
+            log.error("engine call hung for over %.1fs on batch %d; marking model unhealthy",
+                      self.watchdog_seconds, batch_id)
+            self._mark_unhealthy(f"engine call exceeded the {self.watchdog_seconds:.1f}s watchdog")
+        except Exception:
+            log.exception("engine failed on batch %d (%d rows x %d tokens)", batch_id, len(batch), padded_length)
+        seconds = time.perf_counter() - wall_start
+        finished = self._now()
+        self.in_flight_rows -= len(batch)
+        if ok:
+            self.cost_model.observe(len(batch), padded_length, seconds)
+            self._deliver(batch, outputs, seconds, finished)
+        else:
+            error = EngineFailure("the engine failed on this request's batch")
+            for p in batch:
+                self._fail(p.item, error)
+        self._observer.batch_done(BatchRecord(batch_id, len(batch), padded_length,
+                                              sum(r.length for r in rows), seconds, instance, ok))
+        if not hung:  # a hung thread still holds its instance
+            self._free.append(instance)
+        self._wake.set()
+        self._settled.set()
+
+    def _check_outputs(self, outputs: dict[str, FloatArray], rows: int) -> None:
+        for name, value in outputs.items():
+            if value.ndim < 1 or value.shape[0] != rows:
+                raise ValueError(f"engine output {name!r} has shape {value.shape}, expected {rows} rows")
+
+    def _deliver(self, batch: list[PendingRow], outputs: dict[str, FloatArray], seconds: float,
+                 finished: float) -> None:
+        seen: set[int] = set()
+        for position, p in enumerate(batch):
+            item = p.item
+            if not item.live:
+                continue
+            if id(item) not in seen:
+                seen.add(id(item))
+                item.inference_seconds += seconds
+            item.results[p.index] = RowResult(outputs, position)
+            item.remaining -= 1
+            if item.remaining == 0:
+                item.computed_at = finished
+                if finished > item.deadline:
+                    self._observer.shed(item, "late")
+                    item.future.set_exception(DeadlineUnmeetable("computed too late for the request's deadline"))
+                else:
+                    item.future.set_result([r for r in item.results if r is not None])
+
+    def _fail(self, item: WorkItem, error: Exception) -> None:
+        if item.live:
+            item.future.set_exception(error)
+
+    def _mark_unhealthy(self, why: str) -> None:
+        self._healthy = False
+        for item in self.scheduler.take_all():
+            self._fail(item, NotServing(f"model became unhealthy: {why}"))
+        if self.on_unhealthy is not None:
+            self.on_unhealthy(why)
+
+    def stats(self) -> dict[str, float]:
+        """Queue depth, in-flight rows and the arrival rate, for metrics and inspection."""
+        return {
+            "queued_rows": float(self.scheduler.queued_rows),
+            "in_flight_rows": float(self.in_flight_rows),
+            "arrival_rate": self.scheduler.arrival_rate,
+        }
+
+
+__all__ = ["BatchLimits", "BatchObserver", "BatchRecord", "Batcher", "padding_ratio"]

@@ -1,0 +1,95 @@
+"""Batch latency as a function of rows and padded length, fitted from measurements.
+
+    seconds ≈ c0 + c1·rows + c2·rows·length + c3·rows·length²
+
+The constant is the per-call overhead, the linear terms the per-row and per-token work (embeddings,
+projections, feed-forward), the quadratic term attention. Fitted by non-negative least squares from
+the warm-up profile and refitted online from real batches, newest observations weighted most.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+FEATURES = ("overhead", "per_row", "per_token", "per_token_squared")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One measured batch."""
+
+    rows: int
+    length: int
+    seconds: float
+
+
+def features(rows: int, length: int) -> tuple[float, float, float, float]:
+    return (1.0, float(rows), float(rows * length), float(rows * length * length))
+
+
+class CostModel:
+    """Predicts batch latency; `observe` refines it with real runs."""
+
+    def __init__(self, coefficients: tuple[float, float, float, float] = (1e-3, 0.0, 1e-6, 0.0),
+                 *, window: int = 512, refit_every: int = 32) -> None:
+        self._coef = coefficients
+        self._profile: list[Observation] = []
+        self._recent: deque[Observation] = deque(maxlen=window)
+        self._refit_every = refit_every
+        self._since_fit = 0
+
+    @property
+    def coefficients(self) -> dict[str, float]:
+        """The fitted coefficients by name (seconds per unit), for inspection."""
+        return dict(zip(FEATURES, self._coef, strict=True))
+
+    @property
+    def observations(self) -> int:
+        return len(self._profile) + len(self._recent)
+
+    def predict(self, rows: int, length: int) -> float:
+        """Expected seconds for a batch of `rows` rows padded to `length` tokens."""
+        c0, c1, c2, c3 = self._coef
+        tokens = rows * length
+        return c0 + c1 * rows + c2 * tokens + c3 * tokens * length
+
+    def fit_profile(self, observations: list[Observation]) -> None:
+        """Replace the start-up profile and refit."""
+        self._profile = list(observations)
+        self._refit()
+
+    def observe(self, rows: int, length: int, seconds: float) -> None:
+        """Record a real batch; refits every `refit_every` observations."""
+        self._recent.append(Observation(rows, length, seconds))
+        self._since_fit += 1
+        if self._since_fit >= self._refit_every:
+            self._refit()
+
+    def _refit(self) -> None:
+        self._since_fit = 0
+        data = self._profile + list(self._recent)
+        if len(data) < len(FEATURES):
+            return
+        x = np.array([features(o.rows, o.length) for o in data])
+        y = np.array([o.seconds for o in data])
+        # Fit relative error: small batches matter as much as big ones for deadline decisions.
+        weight = 1.0 / np.maximum(y, 1e-6)
+        # Recent batches count double: the machine's load changes and the profile ages.
+        weight[len(self._profile):] *= 2.0
+        self._coef = _nonnegative_least_squares(x * weight[:, None], y * weight)
+
+
+def _nonnegative_least_squares(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
+    """Least squares with coefficients clamped at zero by dropping negative ones (tiny active set)."""
+    active = list(range(x.shape[1]))
+    coef = np.zeros(x.shape[1])
+    while active:
+        solution, *_ = np.linalg.lstsq(x[:, active], y, rcond=None)
+        if (solution >= 0).all():
+            coef[active] = solution
+            break
+        active = [a for a, s in zip(active, solution, strict=True) if s > 0]
+    return (float(coef[0]), float(coef[1]), float(coef[2]), float(coef[3]))

@@ -1,0 +1,206 @@
+"""Which rows go into the next batch, and whether to send it now: pure logic on a given clock value.
+
+Earliest deadline first: the most urgent live row heads the batch, then rows are added in deadline
+order when they (a) fit the row and padded-token budgets, (b) keep padding within the grouping ratio,
+and (c) leave every chosen row's deadline reachable by the cost model. A row whose deadline cannot be
+met even if run alone next is shed before any compute is spent on it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from batching.cost_model import CostModel
+from batching.work import PendingRow, WorkItem
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Budgets and timing for batch formation."""
+
+    #: Most rows in one engine call.
+    max_rows: int = 32
+    #: Most padded tokens (rows x padded length) in one engine call.
+    max_tokens: int = 8192
+    #: Longest a row waits for company once an engine instance is free (seconds).
+    max_delay: float = 0.002
+    #: Padded tokens may exceed the rows' own (individually padded) tokens by this factor.
+    max_padding_ratio: float = 1.10
+    #: Rows examined per decision, so a deep queue cannot make scheduling slow.
+    scan_window: int = 256
+    #: Margin kept between predicted finish and deadline (seconds).
+    safety: float = 0.0005
+    #: Time constant of the arrival-rate estimate (seconds).
+    rate_window: float = 0.1
+
+
+@dataclass
+class Decision:
+    """The scheduler's answer: a batch to run now, items to shed, and when to look again."""
+
+    #: Rows to run now, most urgent first; empty when the scheduler wants to wait.
+    batch: list[PendingRow] = field(default_factory=list)
+    #: Length the batch is padded to.
+    padded_length: int = 0
+    #: Items that cannot meet their deadline: answer DEADLINE_EXCEEDED without computing.
+    shed: list[WorkItem] = field(default_factory=list)
+    #: When waiting, the clock value at which to decide again even without new arrivals.
+    wait_until: float | None = None
+
+
+class Scheduler:
+    """Deadline-ordered queue of rows with batch formation; no asyncio, time is passed in."""
+
+    def __init__(self, limits: BatchLimits, cost: CostModel, padded_length: Callable[[int], int]) -> None:
+        self.limits = limits
+        self.cost = cost
+        self._pad = padded_length
+        self._pending: list[PendingRow] = []
+        self._sequence = 0
+        self._dead = 0  # rows of finished items still physically queued
+        self._rate = 0.0
+        self._rate_at = 0.0
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows still waiting for a batch (rows of cancelled or failed items excluded)."""
+        return len(self._pending) - self._dead
+
+    @property
+    def arrival_rate(self) -> float:
+        """Recent arrivals in rows per second (exponentially decayed)."""
+        return self._rate
+
+    def add(self, item: WorkItem, now: float) -> None:
+        """Queue every row of `item`."""
+        for index, row in enumerate(item.rows):
+            self._sequence += 1
+            bisect.insort(self._pending, PendingRow(item, index, row.length, item.deadline, self._sequence),
+                          key=lambda r: r.key)
+        item.queued = len(item.rows)
+        self._note_arrivals(len(item.rows), now)
+
+    def forget(self, item: WorkItem) -> None:
+        """`item` finished early (cancelled, shed, failed): its queued rows no longer count."""
+        if not item.forgotten:
+            item.forgotten = True
+            self._dead += item.queued
+            if self._dead > 64 and self._dead * 2 > len(self._pending):
+                self._compact()
+
+    def take_all(self) -> list[WorkItem]:
+        """Empty the queue, returning the live items that were waiting (for shutdown)."""
+        items = {id(r.item): r.item for r in self._pending if r.item.live}
+        for r in self._pending:
+            self._remove(r)
+        self._pending.clear()
+        return list(items.values())
+
+    def next(self, now: float, *, flush: bool = False) -> Decision:
+        """Decide at clock `now`. With `flush`, never wait for more rows (draining)."""
+        limits = self.limits
+        window = self._pending[: limits.scan_window]
+        decision = Decision()
+        shed_ids: set[int] = set()
+        live: list[PendingRow] = []
+        removed: set[int] = set()
+        for row in window:
+            item = row.item
+            if not item.live or id(item) in shed_ids:
+                removed.add(id(row))
+            elif now + self.cost.predict(1, self._pad(row.length)) + limits.safety > row.deadline:
+                shed_ids.add(id(item))
+                decision.shed.append(item)
+                removed.add(id(row))
+            else:
+                live.append(row)
+        if live:
+            self._choose(live, now, decision)
+            if decision.batch and not flush and not self._should_send(decision, now):
+                decision.wait_until = self._send_by(decision, now)
+                decision.batch = []
+            removed.update(id(r) for r in decision.batch)
+        if removed:
+            kept = [r for r in window if id(r) not in removed]
+            for r in window:
+                if id(r) in removed:
+                    self._remove(r)
+            self._pending[: len(window)] = kept
+        return decision
+
+    def _choose(self, live: list[PendingRow], now: float, decision: Decision) -> None:
+        limits, pad, predict = self.limits, self._pad, self.cost.predict
+        head = live[0]
+        length = pad(head.length)
+        chosen = [head]
+        ideal_tokens = length  # tokens if each row were padded on its own
+        earliest = head.deadline
+        for row in live[1:]:
+            if len(chosen) >= limits.max_rows:
+                break
+            own = pad(row.length)
+            new_length = max(length, own)
+            rows = len(chosen) + 1
+            if rows * new_length > limits.max_tokens:
+                continue
+            if rows * new_length > limits.max_padding_ratio * (ideal_tokens + own) and (
+                predict(rows, new_length) > predict(rows - 1, length) + predict(1, own)
+            ):
+                # Too much padding, and running the row in a batch of its own would be cheaper.
+                continue
+            if now + predict(rows, new_length) + limits.safety > min(earliest, row.deadline):
+                continue
+            chosen.append(row)
+            length, ideal_tokens, earliest = new_length, ideal_tokens + own, min(earliest, row.deadline)
+        decision.batch = chosen
+        decision.padded_length = length
+
+    def _capacity(self, length: int) -> int:
+        return max(1, min(self.limits.max_rows, self.limits.max_tokens // length))
+
+    def _send_by(self, decision: Decision, now: float) -> float:
+        """Latest clock value to send: the oldest row's max delay, and the earliest deadline still met
+        if the batch grew to its full capacity while waiting."""
+        length = decision.padded_length
+        oldest = min(r.item.enqueued_at for r in decision.batch)
+        earliest = min(r.deadline for r in decision.batch)
+        full_cost = self.cost.predict(self._capacity(length), length)
+        return min(oldest + self.limits.max_delay, earliest - full_cost - self.limits.safety)
+
+    def _should_send(self, decision: Decision, now: float) -> bool:
+        if len(decision.batch) >= self._capacity(decision.padded_length):
+            return True
+        wait = self._send_by(decision, now) - now
+        if wait <= 0:
+            return True
+        # Waiting only pays if company is likely to arrive in time; otherwise it is pure latency.
+        self._decay_rate(now)
+        return self._rate * wait < 1.0
+
+    def _note_arrivals(self, rows: int, now: float) -> None:
+        self._decay_rate(now)
+        self._rate += rows / self.limits.rate_window
+
+    def _decay_rate(self, now: float) -> None:
+        elapsed = now - self._rate_at
+        if elapsed > 0:
+            self._rate *= math.exp(-elapsed / self.limits.rate_window)
+            self._rate_at = now
+
+    def _remove(self, row: PendingRow) -> None:
+        item = row.item
+        item.queued -= 1
+        if item.forgotten:
+            self._dead -= 1
+
+    def _compact(self) -> None:
+        kept = []
+        for r in self._pending:
+            if r.item.live:
+                kept.append(r)
+            else:
+                self._remove(r)
+        self._pending = kept

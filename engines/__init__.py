@@ -1,0 +1,1 @@
+"""Engines: tensors in, tensors out. No protobuf, no asyncio."""

@@ -1,0 +1,69 @@
+"""A model directory: `model.onnx` (or TensorRT plans), `tokenizer.json` and `manifest.json`.
+
+`convert` writes it, the server reads it. The manifest says everything the server needs to serve the
+model without importing torch or transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Task = Literal["embed", "classify", "token-classify"]
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Manifest:
+    """What a converted model is and how it was checked."""
+
+    #: Served name (e.g. "all-MiniLM-L6-v2").
+    name: str
+    #: What the model does; decides which RPCs it answers.
+    task: Task
+    #: Longest input in tokens, special tokens included.
+    max_length: int
+    #: Embedding size or number of labels.
+    dimensions: int
+    #: Graph input names, in the order the engine feeds them.
+    input_names: list[str]
+    #: Graph output names; see engines/build/export.py for their meaning per task.
+    output_names: list[str]
+    #: Labels by output index for classifiers.
+    labels: list[str] = field(default_factory=list)
+    #: Token pooling folded into the graph ("mean" or "cls"); empty for classifiers.
+    pooling: str = ""
+    #: Whether embeddings are L2-normalised unless the request says otherwise.
+    normalize: bool = True
+    #: Numeric precision of the weights ("fp32", "fp16", "int8").
+    precision: str = "fp32"
+    #: Engine the artefacts are for ("onnxruntime" or "tensorrt").
+    engine: str = "onnxruntime"
+    #: ONNX file inside the directory.
+    onnx_file: str = "model.onnx"
+    #: Where the weights came from and their digest, so a served model can be traced to its source.
+    source: str = ""
+    source_hash: str = ""
+    #: Results of checking the converted model against PyTorch (max_abs_diff, min_cosine, stsb, ...).
+    validation: dict[str, Any] = field(default_factory=dict)
+    #: Manifest layout version.
+    format_version: int = FORMAT_VERSION
+
+    def save(self, directory: Path) -> None:
+        """Write manifest.json into `directory`."""
+        (directory / MANIFEST_NAME).write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> Manifest:
+        """Read manifest.json from `directory`, ignoring keys this version does not know."""
+        raw = json.loads((directory / MANIFEST_NAME).read_text())
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def is_model_dir(path: Path) -> bool:
+    """True when `path` holds a manifest (i.e. it was produced by `convert`)."""
+    return (path / MANIFEST_NAME).is_file()

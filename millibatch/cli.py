@@ -1,0 +1,73 @@
+"""`millibatch serve` and `millibatch convert`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from millibatch.settings import add_settings_arguments, load_settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="millibatch", description="gRPC inference server for transformer encoders")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve models over gRPC",
+                                description="Serve models. Every flag is also MILLIBATCH_<NAME> and a config key.")
+    serve.add_argument("--config", type=Path, default=None, help="TOML config file (also $MILLIBATCH_CONFIG)")
+    add_settings_arguments(serve)
+
+    convert = commands.add_parser("convert", help="turn a Hugging Face checkpoint into a model directory")
+    convert.add_argument("source", help="checkpoint folder, or a packaged model name such as all-MiniLM-L6-v2")
+    convert.add_argument("-o", "--output", type=Path, required=True, help="model directory to write")
+    convert.add_argument("--task", choices=["embed", "classify"], default="embed")
+    convert.add_argument("--name", default="", help="serve the model under this name")
+    convert.add_argument("--force", action="store_true", help="replace an existing output directory")
+    convert.add_argument("--stsb", type=Path, default=None,
+                         help="score embeddings on this STS-B test TSV and record it in the manifest")
+    return parser
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from service.logs import configure_logging
+    from service.server import serve
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    settings = load_settings(overrides, args.config)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        import uvloop
+
+        uvloop.run(serve(settings))
+    except ImportError:  # uvloop is Linux/macOS only
+        asyncio.run(serve(settings))
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from engines.build.convert import ConversionError, ConvertOptions, convert
+
+    try:
+        manifest = convert(ConvertOptions(
+            source=args.source, output=args.output, task=args.task, name=args.name, force=args.force,
+            stsb=args.stsb,
+        ))
+    except (ConversionError, FileNotFoundError) as error:
+        print(f"convert failed: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({"name": manifest.name, "task": manifest.task, "validation": manifest.validation}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return run_serve(args)
+    return run_convert(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""Every setting in one typed class. Each is a CLI flag (`--max-batch-rows`), an environment variable
+(`MILLIBATCH_MAX_BATCH_ROWS`) and a key in the TOML config file (`max_batch_rows`); the docstring
+under each field is the operator's reference (see README "Configuration")."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "millibatch"
+
+
+class Settings(BaseSettings):
+    """Server settings. Precedence: CLI flag > environment variable > config file > default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MILLIBATCH_", extra="forbid", validate_default=True, use_attribute_docstrings=True
+    )
+    _config_file: ClassVar[Path | None] = None
+
+    # -- models ---------------------------------------------------------------------------------
+    models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Model directories (from `millibatch convert`) or packaged model names; comma-separated in the
+    environment. Empty: serve all-MiniLM-L6-v2, converted once into `cache_dir`."""
+    default_model: str = ""
+    """Model used when a request leaves `model` empty; defaults to the first served model."""
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    """Where models named by package are converted to on first use."""
+
+    # -- network --------------------------------------------------------------------------------
+    host: str = "[::]"
+    """Address the gRPC server binds to."""
+    port: int = Field(50051, ge=0, le=65535)
+    """gRPC port (0 picks a free port, printed at start-up)."""
+    metrics_port: int = Field(9095, ge=0, le=65535)
+    """Prometheus metrics HTTP port; 0 disables the endpoint."""
+    max_receive_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    """Largest request message accepted; bigger ones get RESOURCE_EXHAUSTED from gRPC."""
+    max_send_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Largest response message sent."""
+    max_concurrent_streams: int = Field(256, ge=1)
+    """Concurrent calls per HTTP/2 connection."""
+    max_connection_age_seconds: float = Field(300.0, ge=0)
+    """Connections are closed gracefully after this age so clients rebalance across replicas; 0 = never."""
+    reflection: bool = True
+    """Serve gRPC server reflection (for grpcurl and similar tools)."""
+
+    # -- engines --------------------------------------------------------------------------------
+    engine: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    """Inference backend; `auto` picks the fastest available."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Device to run on; `auto` uses a CUDA GPU when one is usable."""
+    instances: int = Field(1, ge=1, le=64)
+    """Engine instances per model that run batches concurrently."""
+    threads_per_instance: int = Field(0, ge=0)
+    """CPU threads per ONNX Runtime instance; 0 splits the available cores evenly."""
+
+    # -- batching -------------------------------------------------------------------------------
+    max_batch_rows: int = Field(32, ge=1)
+    """Most inputs in one engine call."""
+    max_batch_tokens: int = Field(8192, ge=8)
+    """Most padded tokens (rows x padded length) in one engine call."""
+    max_delay_ms: float = Field(2.0, ge=0)
+    """Longest a request waits for others to share its batch."""
+    max_padding_ratio: float = Field(1.10, ge=1.0)
+    """Padded tokens may exceed the rows' own tokens by this factor when grouping lengths."""
+    default_deadline_ms: float = Field(1000.0, gt=0)
+    """Deadline for calls that set no gRPC deadline."""
+    max_queue_rows: int = Field(2048, ge=1)
+    """Inputs that may wait per model; beyond it calls get RESOURCE_EXHAUSTED at once."""
+    profile_on_start: bool = True
+    """Time a grid of batch shapes at start-up to seed the cost model."""
+    watchdog_seconds: float = Field(30.0, gt=0)
+    """An engine call running longer marks the model unhealthy (NOT_SERVING)."""
+
+    # -- limits ---------------------------------------------------------------------------------
+    max_inputs_per_request: int = Field(256, ge=1)
+    """Most inputs in one request (INVALID_ARGUMENT beyond)."""
+    max_chars_per_input: int = Field(50_000, ge=1)
+    """Longest input in characters, checked before tokenizing."""
+    max_tokens_per_request: int = Field(65_536, ge=1)
+    """Most tokens in one request after tokenizing."""
+
+    # -- lifecycle and logs ---------------------------------------------------------------------
+    drain_seconds: float = Field(20.0, ge=0)
+    """On SIGTERM, how long queued and running work may take to finish before the process exits."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log verbosity."""
+    log_format: Literal["text", "json"] = "text"
+    """`json` writes one JSON object per line."""
+
+    # -- security -------------------------------------------------------------------------------
+    tls_cert_file: Path | None = None
+    """PEM certificate chain; with `tls_key_file` the server speaks TLS only."""
+    tls_key_file: Path | None = None
+    """PEM private key for `tls_cert_file`."""
+    tls_client_ca_file: Path | None = None
+    """PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."""
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    """Accepted API keys (`authorization: Bearer KEY`); comma-separated in the environment. Empty: no
+    authentication. Health checks are always allowed."""
+
+    @field_validator("models", "api_keys", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._config_file))
+        return tuple(sources)
+
+
+def load_settings(overrides: dict[str, Any] | None = None, config_file: Path | None = None) -> Settings:
+    """Settings from CLI `overrides`, the environment and `config_file` (or $MILLIBATCH_CONFIG)."""
+    path = config_file or (Path(os.environ["MILLIBATCH_CONFIG"]) if os.environ.get("MILLIBATCH_CONFIG") else None)
+    if path is not None and not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    Settings._config_file = path
+    try:
+        return Settings(**(overrides or {}))
+    finally:
+        Settings._config_file = None
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; unset flags are left out so env and config file still apply."""
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = (field.description or "").replace("%", "%%")
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+        elif name in ("models", "api_keys"):
+            parser.add_argument("--model" if name == "models" else "--api-key", flag, dest=name,
+                                action="append", default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_text)

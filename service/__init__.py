@@ -1,0 +1,1 @@
+"""The gRPC edge: protobuf in, protobuf out. Everything below it takes plain Python types."""

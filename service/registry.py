@@ -1,0 +1,128 @@
+"""Served models: resolve, load and warm them, and look them up by name."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batching.batcher import Batcher, BatchObserver
+from batching.scheduler import BatchLimits
+from engines.base import Engine
+from engines.model_dir import Manifest, is_model_dir
+from engines.select import EngineOptions, load_engine
+from millibatch.errors import ModelNotFound, NotServing, WrongTask
+from millibatch.settings import DEFAULT_MODEL, Settings
+from service.tokenization import TextEncoder
+
+log = logging.getLogger("millibatch.models")
+
+
+@dataclass
+class ServedModel:
+    """A model ready to take requests: its manifest, tokenizer, engine and batcher."""
+
+    name: str
+    directory: Path
+    manifest: Manifest
+    encoder: TextEncoder
+    engine: Engine
+    batcher: Batcher
+    #: Seconds spent loading and warming up.
+    load_seconds: float = 0.0
+    #: True once warmed up and until the model becomes unhealthy or the server drains.
+    ready: bool = False
+
+
+def resolve_model_dir(spec: str, settings: Settings) -> Path:
+    """A model directory for `spec`: a directory from `convert`, or a packaged model name converted once
+    into the cache folder (the only step that needs torch)."""
+    path = Path(spec).expanduser()
+    if is_model_dir(path):
+        return path
+    from engines.build.sources import PACKAGED_MODELS
+
+    if spec not in PACKAGED_MODELS:
+        raise FileNotFoundError(f"model {spec!r}: not a model directory (no manifest.json) nor a packaged model")
+    cached = settings.cache_dir / spec
+    if not is_model_dir(cached):
+        from engines.build.convert import ConvertOptions, convert
+
+        log.info("converting %s into %s (first use)", spec, cached)
+        convert(ConvertOptions(source=spec, output=cached, force=True))
+    return cached
+
+
+def batch_limits(settings: Settings) -> BatchLimits:
+    """Batch formation limits from settings."""
+    return BatchLimits(
+        max_rows=settings.max_batch_rows,
+        max_tokens=settings.max_batch_tokens,
+        max_delay=settings.max_delay_ms / 1000.0,
+        max_padding_ratio=settings.max_padding_ratio,
+    )
+
+
+def load_model(directory: Path, settings: Settings, observer: BatchObserver | None = None) -> ServedModel:
+    """Load tokenizer and engine (blocking) and warm the engine up; not ready until `ready` is set."""
+    started = time.perf_counter()
+    manifest = Manifest.load(directory)
+    encoder = TextEncoder(directory / "tokenizer.json", manifest.max_length, settings.max_chars_per_input)
+    engine = load_engine(
+        directory,
+        manifest,
+        EngineOptions(settings.engine, settings.device, settings.instances, settings.threads_per_instance),
+    )
+    batcher = Batcher(
+        engine,
+        batch_limits(settings),
+        max_queue_rows=settings.max_queue_rows,
+        watchdog_seconds=settings.watchdog_seconds,
+        observer=observer,
+    )
+    batcher.warm_up(manifest.max_length, profile=settings.profile_on_start)
+    model = ServedModel(manifest.name, directory, manifest, encoder, engine, batcher)
+    model.load_seconds = time.perf_counter() - started
+    info = engine.info
+    log.info(
+        "loaded model %s: task=%s engine=%s device=%s precision=%s instances=%d (%s) in %.2fs",
+        model.name, manifest.task, info.engine, info.device, info.precision, info.instances, info.reason,
+        model.load_seconds,
+    )
+    return model
+
+
+@dataclass
+class ModelRegistry:
+    """Served models by name, plus the default for requests that name none."""
+
+    models: dict[str, ServedModel] = field(default_factory=dict)
+    default: str = ""
+    #: False while draining: new calls get UNAVAILABLE.
+    accepting: bool = True
+
+    def add(self, model: ServedModel) -> None:
+        if model.name in self.models:
+            raise ValueError(f"two served models are named {model.name!r}; rename one with convert --name")
+        self.models[model.name] = model
+        self.default = self.default or model.name
+
+    def get(self, name: str, task: str | None = None) -> ServedModel:
+        """The model for a request, or NOT_FOUND / FAILED_PRECONDITION / UNAVAILABLE."""
+        model = self.models.get(name or self.default)
+        if model is None:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ModelNotFound(f"model {name!r} is not served here (served: {known})")
+        if task is not None and model.manifest.task != task:
+            raise WrongTask(f"model {model.name!r} does {model.manifest.task}, not {task}")
+        if not self.accepting:
+            raise NotServing("server is shutting down")
+        if not model.ready:
+            raise NotServing(f"model {model.name!r} is not ready")
+        return model
+
+
+def model_specs(settings: Settings) -> list[str]:
+    """The models to serve: the configured ones, else the default packaged model."""
+    return list(settings.models) or [DEFAULT_MODEL]

@@ -1,0 +1,168 @@
+"""Server lifecycle: start → warm up → serve → drain on SIGTERM → exit 0.
+
+Health answers from the first moment (NOT_SERVING), flips to SERVING per model once it is warm, and
+back to NOT_SERVING when draining starts; new calls then get UNAVAILABLE while queued and running
+work finishes within `drain_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Iterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from millibatch.settings import Settings
+from millibatch.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
+from service.inference_servicer import InferenceServicer
+from service.models_servicer import ModelsServicer
+from service.registry import ModelRegistry, ServedModel, load_model, model_specs, resolve_model_dir
+
+log = logging.getLogger("millibatch.server")
+
+INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+MODELS_SERVICE = models_pb2.DESCRIPTOR.services_by_name["Models"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def model_health_name(model: str) -> str:
+    """Health service name of one model (per-model readiness)."""
+    return f"{INFERENCE_SERVICE}/{model}"
+
+
+def channel_options(settings: Settings) -> list[tuple[str, int]]:
+    """Server channel arguments: message sizes, stream limits, connection ageing and keepalive."""
+    options = [
+        ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+        ("grpc.max_send_message_length", settings.max_send_message_bytes),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ("grpc.so_reuseport", 0),
+        # Answer client keepalive pings, but not more often than every 10 s without calls in flight.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    if settings.max_connection_age_seconds > 0:
+        age_ms = int(settings.max_connection_age_seconds * 1000)
+        options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", 30_000)]
+    return options
+
+
+class InferenceServer:
+    """The millibatch process: gRPC server, health, models and their batchers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = ModelRegistry(default=settings.default_model)
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        """Bind and start answering (health NOT_SERVING), then load and warm every model."""
+        server = grpc.aio.server(options=channel_options(self.settings))
+        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.registry, self.settings), server)
+        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.registry), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        services = [INFERENCE_SERVICE, MODELS_SERVICE, health.SERVICE_NAME]
+        if self.settings.reflection:
+            reflection.enable_server_reflection([*services, reflection.SERVICE_NAME], server)
+        address = f"{self.settings.host}:{self.settings.port}"
+        self.port = server.add_insecure_port(address)
+        if not self.port:
+            raise OSError(f"could not bind gRPC to {address}")
+        for name in ("", INFERENCE_SERVICE, MODELS_SERVICE):
+            await self.health.set(name, NOT_SERVING)
+        await server.start()
+        self._server = server
+        log.info("gRPC listening on %s:%d (not serving until models are warm)", self.settings.host, self.port)
+        await self._load_models()
+        for name in ("", INFERENCE_SERVICE, MODELS_SERVICE):
+            await self.health.set(name, SERVING)
+        log.info("serving %s (default %s)", ", ".join(self.registry.models), self.registry.default)
+
+    async def _load_models(self) -> None:
+        for spec in model_specs(self.settings):
+            directory = await asyncio.to_thread(resolve_model_dir, spec, self.settings)
+            model = await asyncio.to_thread(load_model, directory, self.settings)
+            self.registry.add(model)
+            await model.batcher.start()
+            model.ready = True
+            model.batcher.on_unhealthy = self._unhealthy_callback(model)
+            await self.health.set(model_health_name(model.name), SERVING)
+        if self.settings.default_model and self.settings.default_model not in self.registry.models:
+            raise ValueError(f"default_model {self.settings.default_model!r} is not among the served models")
+
+    def _unhealthy_callback(self, model: ServedModel):  # type: ignore[no-untyped-def]
+        def mark(why: str) -> None:
+            model.ready = False
+            log.error("model %s is unhealthy: %s", model.name, why)
+            asyncio.get_running_loop().create_task(self.health.set(model_health_name(model.name), NOT_SERVING))
+
+        return mark
+
+    async def stop(self) -> None:
+        """Drain: health NOT_SERVING, refuse new calls, finish queued work, then close the server."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("draining (up to %.1fs)", self.settings.drain_seconds)
+        self.registry.accepting = False
+        await self.health.enter_graceful_shutdown()
+        await asyncio.gather(*(m.batcher.stop(self.settings.drain_seconds) for m in self.registry.models.values()))
+        if self._server is not None:
+            # Answers computed above still need to be written out.
+            await self._server.stop(grace=1.0)
+        for model in self.registry.models.values():
+            model.engine.close()
+        log.info("stopped")
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+@contextlib.contextmanager
+def stop_on_signals(loop: asyncio.AbstractEventLoop, server: InferenceServer) -> Iterator[asyncio.Event]:
+    """SIGTERM/SIGINT start a drain; a second signal exits at once."""
+    requested = asyncio.Event()
+
+    def handle(signum: int) -> None:
+        if requested.is_set():
+            log.warning("second %s: exiting without draining", signal.Signals(signum).name)
+            os._exit(1)
+        log.info("received %s", signal.Signals(signum).name)
+        requested.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, handle, sig)
+    try:
+        yield requested
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the server until SIGTERM/SIGINT, then drain and return."""
+    server = InferenceServer(settings)
+    loop = asyncio.get_running_loop()
+    with stop_on_signals(loop, server) as requested:
+        starting = asyncio.create_task(server.start())
+        waiting = asyncio.create_task(requested.wait())
+        await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # start-up errors end the process with their message
+            print(f"millibatch serving on port {server.port}", flush=True)
+            await waiting
+        else:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+        await server.stop()

@@ -1,0 +1,54 @@
+"""Shared test helpers: tiny random checkpoints and an in-process server."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from engines.build.sources import PACKAGED_MODELS, resolve
+
+TINY_LABELS = ["negative", "neutral", "positive"]
+
+
+def minilm_source() -> Path:
+    """The packaged all-MiniLM-L6-v2 checkpoint (its tokenizer.json is reused by tiny models)."""
+    return resolve(next(iter(PACKAGED_MODELS))).path
+
+
+def make_tiny_checkpoint(folder: Path, task: str, max_positions: int = 64) -> Path:
+    """A random 2-layer BERT (hidden 32) with the MiniLM tokenizer, saved like a Hugging Face checkpoint."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=max_positions,
+        id2label=dict(enumerate(TINY_LABELS)), label2id={n: i for i, n in enumerate(TINY_LABELS)},
+    )
+    model = BertForSequenceClassification(config) if task == "classify" else BertModel(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    shutil.copyfile(minilm_source() / "tokenizer.json", folder / "tokenizer.json")
+    return folder
+
+
+@contextlib.asynccontextmanager
+async def running_server(models: list[Path], **overrides: object) -> AsyncIterator[object]:
+    """An InferenceServer on a free loopback port, started and warmed, drained on exit."""
+    from millibatch.settings import load_settings
+    from service.server import InferenceServer
+
+    settings = load_settings({
+        "models": [str(m) for m in models], "host": "127.0.0.1", "port": 0, "metrics_port": 0,
+        "profile_on_start": False, "drain_seconds": 2.0, **overrides,
+    })
+    server = InferenceServer(settings)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
