@@ -1,0 +1,179 @@
+"""The asyncio batcher with a synthetic engine: exactly-once answers, limits, deadlines, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from batching.batcher import Batcher
+from batching.scheduler import BatchLimits
+from batching.work import RowResult, WorkItem
+from engines.base import EngineInputs, FloatArray
+from millibatch.errors import DeadlineUnmeetable, EngineFailure, MillibatchError, QueueFull
+from tests.batching.fakes import SyntheticEngine, exact_cost_model, expected_checksum, make_row
+
+LIMITS = BatchLimits(max_rows=8, max_tokens=384, max_delay=0.002)
+
+
+def new_batcher(engine: SyntheticEngine, limits: BatchLimits = LIMITS, **kwargs: object) -> Batcher:
+    return Batcher(engine, limits, cost_model=exact_cost_model(), **kwargs)  # type: ignore[arg-type]
+
+
+def check_results(item: WorkItem, results: list[RowResult]) -> None:
+    assert len(results) == len(item.rows)
+    for row, result in zip(item.rows, results, strict=True):
+        assert tuple(result.get("checksum").tolist()) == expected_checksum(row)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    gap: float
+    lengths: list[int]
+    budget: float
+    cancel_after: float | None
+
+
+arrivals = st.builds(
+    Arrival,
+    gap=st.floats(0.0, 0.003),
+    lengths=st.lists(st.integers(1, 60), min_size=1, max_size=6),
+    budget=st.floats(0.001, 0.25),
+    cancel_after=st.one_of(st.none(), st.floats(0.0, 0.02)),
+)
+
+
+async def run_scenario(plan: list[Arrival], instances: int) -> None:
+    engine = SyntheticEngine(instances=instances)
+    batcher = new_batcher(engine, max_queue_rows=64)
+    await batcher.start()
+    loop = asyncio.get_running_loop()
+    outcomes: list[tuple[WorkItem, Arrival, asyncio.Task[list[RowResult]]]] = []
+    rejected = 0
+    seed = 0
+    for arrival in plan:
+        await asyncio.sleep(arrival.gap)
+        rows = [make_row(n, seed + i * 7) for i, n in enumerate(arrival.lengths)]
+        seed += 101
+        try:
+            item = batcher.submit(rows, loop.time() + arrival.budget)
+        except (QueueFull, DeadlineUnmeetable):
+            rejected += 1
+            continue
+        waiter = asyncio.ensure_future(item.future)
+        if arrival.cancel_after is not None:
+            loop.call_later(arrival.cancel_after, waiter.cancel)
+        outcomes.append((item, arrival, waiter))
+    await asyncio.wait([w for *_, w in outcomes], timeout=5) if outcomes else None
+    for item, _arrival, waiter in outcomes:
+        assert waiter.done(), "every admitted request is answered"
+        if waiter.cancelled():
+            continue
+        error = waiter.exception()
+        if error is None:
+            check_results(item, waiter.result())
+            assert item.computed_at is not None and item.computed_at <= item.deadline, "never late"
+        else:
+            assert isinstance(error, MillibatchError)
+            assert isinstance(error, DeadlineUnmeetable)
+    for rows, length in engine.batches:
+        assert rows <= LIMITS.max_rows and rows * length <= LIMITS.max_tokens and length % 8 == 0
+    await batcher.stop(grace=1.0)
+    assert batcher.scheduler.queued_rows == 0 and batcher.in_flight_rows == 0
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan=st.lists(arrivals, min_size=1, max_size=30), instances=st.integers(1, 2))
+def test_every_request_is_answered_once_correctly_and_never_late(plan: list[Arrival], instances: int) -> None:
+    asyncio.run(run_scenario(plan, instances))
+
+
+async def test_large_request_is_split_across_batches_and_reassembled_in_order() -> None:
+    engine = SyntheticEngine()
+    batcher = new_batcher(engine)
+    await batcher.start()
+    rows = [make_row(5 + (i % 7), i * 13) for i in range(30)]
+    item = batcher.submit(rows, asyncio.get_running_loop().time() + 5)
+    check_results(item, await item.future)
+    assert len(set(item.batch_ids)) >= 4  # 30 rows, at most 8 per batch
+    await batcher.stop(grace=1)
+
+
+async def test_queue_full_is_refused_at_once() -> None:
+    batcher = new_batcher(SyntheticEngine(), max_queue_rows=10)
+    await batcher.start()
+    loop = asyncio.get_running_loop()
+    first = batcher.submit([make_row(8)] * 10, loop.time() + 5)
+    with pytest.raises(QueueFull, match="queue full"):
+        batcher.submit([make_row(8)], loop.time() + 5)
+    await first.future
+    await batcher.stop(grace=1)
+
+
+class PoisonEngine(SyntheticEngine):
+    """Fails any batch containing token id 999."""
+
+    def run(self, inputs: EngineInputs, instance: int) -> dict[str, FloatArray]:
+        if (inputs.input_ids == 999).any():
+            raise RuntimeError("boom")
+        return super().run(inputs, instance)
+
+
+async def test_engine_failure_fails_only_that_batch() -> None:
+    batcher = new_batcher(PoisonEngine(), BatchLimits(max_rows=1, max_delay=0.0))
+    await batcher.start()
+    deadline = asyncio.get_running_loop().time() + 5
+    poison = batcher.submit([make_row(1, 998)], deadline)  # ids = [999]
+    healthy = [batcher.submit([make_row(6, i)], deadline) for i in range(5)]
+    with pytest.raises(EngineFailure):
+        await poison.future
+    for item in healthy:
+        check_results(item, await item.future)
+    await batcher.stop(grace=1)
+
+
+async def test_hung_engine_trips_the_watchdog_and_fails_queued_work() -> None:
+    class HangingEngine(SyntheticEngine):
+        def run(self, inputs: EngineInputs, instance: int) -> dict[str, FloatArray]:
+            import time
+
+            time.sleep(0.5)
+            return super().run(inputs, instance)
+
+    reasons: list[str] = []
+    batcher = new_batcher(HangingEngine(), watchdog_seconds=0.1, on_unhealthy=reasons.append)
+    await batcher.start()
+    deadline = asyncio.get_running_loop().time() + 5
+    items = [batcher.submit([make_row(8, i)], deadline) for i in range(3)]
+    results = await asyncio.gather(*(i.future for i in items), return_exceptions=True)
+    assert all(isinstance(r, MillibatchError) for r in results)
+    assert reasons and "watchdog" in reasons[0]
+    assert not batcher.healthy
+    await batcher.stop(grace=0.1)
+
+
+async def test_cancelled_caller_rows_are_not_computed() -> None:
+    engine = SyntheticEngine()
+    batcher = new_batcher(engine, BatchLimits(max_rows=1, max_delay=0.0))
+    await batcher.start()
+    deadline = asyncio.get_running_loop().time() + 5
+    blocker = batcher.submit([make_row(300)], deadline)  # occupies the only instance for ~7 ms
+    await asyncio.sleep(0)
+    doomed = batcher.submit([make_row(8)] * 5, deadline)
+    doomed.future.cancel()
+    await blocker.future
+    await asyncio.sleep(0.01)
+    assert engine.batches == [(1, 304)]
+    assert batcher.scheduler.queued_rows == 0
+    await batcher.stop(grace=1)
+
+
+def test_outputs_are_plain_numpy() -> None:
+    out = SyntheticEngine().run(
+        EngineInputs(np.ones((2, 8), np.int64), np.ones((2, 8), np.int64), np.zeros((2, 8), np.int64)), 0
+    )
+    assert out["checksum"].shape == (2, 2)

@@ -1,0 +1,36 @@
+"""The cost model recovers a known cost function and tracks a change online."""
+
+from __future__ import annotations
+
+import pytest
+
+from batching.cost_model import CostModel, Observation
+
+
+def truth(rows: int, length: int) -> float:
+    return 0.002 + 0.0001 * rows + 3e-6 * rows * length + 1e-8 * rows * length * length
+
+
+def test_profile_fit_recovers_the_cost_function() -> None:
+    model = CostModel()
+    model.fit_profile([Observation(r, n, truth(r, n)) for r in (1, 4, 16, 32) for n in (8, 32, 128, 256)])
+    for rows, length in ((1, 16), (8, 64), (32, 256), (3, 200)):
+        assert model.predict(rows, length) == pytest.approx(truth(rows, length), rel=0.02)
+    assert set(model.coefficients) == {"overhead", "per_row", "per_token", "per_token_squared"}
+    assert all(v >= 0 for v in model.coefficients.values())
+
+
+def test_online_observations_refit_towards_the_current_machine() -> None:
+    model = CostModel(refit_every=8)
+    model.fit_profile([Observation(r, n, truth(r, n)) for r in (1, 8, 32) for n in (16, 128)])
+    for _ in range(64):  # the machine got twice as slow
+        for rows, length in ((1, 16), (8, 128), (32, 128), (4, 64)):
+            model.observe(rows, length, 2 * truth(rows, length))
+    assert model.predict(16, 100) == pytest.approx(2 * truth(16, 100), rel=0.25)
+
+
+def test_negative_coefficients_are_clamped() -> None:
+    model = CostModel()
+    model.fit_profile([Observation(r, 16, 0.001) for r in (1, 2, 4, 8, 16)])
+    assert all(v >= 0 for v in model.coefficients.values())
+    assert model.predict(4, 16) == pytest.approx(0.001, rel=0.05)

@@ -1,0 +1,126 @@
+"""Scheduler decisions on a fake clock with a known cost function."""
+
+from __future__ import annotations
+
+from batching.scheduler import BatchLimits, Scheduler
+from engines.base import round_up
+from tests.batching.fakes import exact_cost_model, make_item, true_cost
+
+
+def scheduler(**limits: float) -> Scheduler:
+    return Scheduler(BatchLimits(**limits), exact_cost_model(), lambda n: round_up(n, 8))  # type: ignore[arg-type]
+
+
+def test_earliest_deadline_heads_the_batch() -> None:
+    s = scheduler(max_delay=0.0)
+    late = make_item([10], deadline=1.0)
+    urgent = make_item([10], deadline=0.5)
+    s.add(late, 0.0)
+    s.add(urgent, 0.0)
+    decision = s.next(0.0)
+    assert [r.item for r in decision.batch] == [urgent, late]
+
+
+def test_batch_respects_row_and_padded_token_budgets() -> None:
+    s = scheduler(max_rows=4, max_tokens=64, max_delay=0.0)
+    for _ in range(10):
+        s.add(make_item([16], deadline=10.0), 0.0)
+    first = s.next(0.0)
+    assert len(first.batch) == 4 and first.padded_length == 16  # 4 x 16 = 64 tokens
+    s2 = scheduler(max_rows=32, max_tokens=64, max_delay=0.0)
+    for _ in range(10):
+        s2.add(make_item([16], deadline=10.0), 0.0)
+    assert len(s2.next(0.0).batch) == 4  # the token budget binds first
+
+
+def test_lengths_are_grouped_so_padding_stays_small() -> None:
+    s = scheduler(max_delay=0.0)
+    for i in range(8):
+        s.add(make_item([200], deadline=1.0 + i), 0.0)
+        s.add(make_item([12], deadline=1.0 + i + 0.5), 0.0)
+    batches = []
+    while s.queued_rows:
+        decision = s.next(0.0)
+        batches.append(sorted({r.length for r in decision.batch}))
+    assert all(len(lengths) == 1 for lengths in batches), batches
+
+
+def test_short_rows_share_a_batch_when_that_is_cheaper_than_apart() -> None:
+    s = scheduler(max_delay=0.0)
+    s.add(make_item([4], deadline=1.0), 0.0)
+    s.add(make_item([9], deadline=1.0), 0.0)  # pads to 16: ratio 32/24 > 1.1, but one call beats two
+    assert len(s.next(0.0).batch) == 2
+
+
+def test_unmeetable_request_is_shed_before_compute() -> None:
+    s = scheduler(max_delay=0.0)
+    hopeless = make_item([128], deadline=true_cost(1, 128) * 0.5)
+    fine = make_item([128], deadline=1.0)
+    s.add(hopeless, 0.0)
+    s.add(fine, 0.0)
+    decision = s.next(0.0)
+    assert decision.shed == [hopeless]
+    assert [r.item for r in decision.batch] == [fine]
+    assert s.queued_rows == 0
+
+
+def test_rows_that_would_make_an_urgent_row_late_are_left_out() -> None:
+    s = scheduler(max_delay=0.0, max_padding_ratio=100.0)
+    urgent = make_item([8], deadline=true_cost(1, 8) + 0.0006)
+    s.add(urgent, 0.0)
+    s.add(make_item([256] * 1, deadline=5.0), 0.0)  # joining would pad urgent's batch to 256
+    decision = s.next(0.0)
+    assert [r.item for r in decision.batch] == [urgent]
+
+
+def test_waits_for_company_only_under_load_and_within_max_delay() -> None:
+    s = scheduler(max_delay=0.002, rate_window=0.1)
+    s.add(make_item([16], deadline=1.0, enqueued_at=0.0), 0.0)
+    assert s.next(0.0).batch, "a lone request at low load is sent at once"
+    busy = scheduler(max_delay=0.002, rate_window=0.1)
+    for i in range(200):  # ~2000 rows/s recently
+        busy.add(make_item([16], deadline=100.0, enqueued_at=i * 0.0005), i * 0.0005)
+        if i < 199:
+            busy.next(i * 0.0005 + 0.00001)  # drains into batches as they fill
+    now = 0.1
+    busy.add(make_item([16], deadline=1.0, enqueued_at=now), now)
+    decision = busy.next(now)
+    if not decision.batch:
+        assert decision.wait_until is not None and now < decision.wait_until <= now + 0.002 + 1e-9
+        assert busy.next(decision.wait_until).batch, "sent once the wait is over"
+
+
+def test_wait_never_endangers_the_earliest_deadline() -> None:
+    s = scheduler(max_delay=1.0, rate_window=10.0, max_rows=64)
+    for _ in range(3):
+        s.add(make_item([64], deadline=100.0), 0.0)
+    s.next(0.0)
+    tight = make_item([64], deadline=true_cost(64, 64) + 0.001)
+    s.add(tight, 0.0)
+    decision = s.next(0.0)
+    assert decision.batch or (decision.wait_until is not None
+                              and decision.wait_until + true_cost(64, 64) <= tight.deadline)
+
+
+def test_cancelled_items_are_dropped_and_not_counted() -> None:
+    s = scheduler(max_delay=0.0)
+    gone = make_item([8, 8, 8], deadline=1.0)
+    kept = make_item([8], deadline=2.0)
+    s.add(gone, 0.0)
+    s.add(kept, 0.0)
+    assert s.queued_rows == 4
+    gone.future.cancel()
+    s.forget(gone)
+    assert s.queued_rows == 1
+    decision = s.next(0.0)
+    assert [r.item for r in decision.batch] == [kept]
+    assert s.queued_rows == 0
+
+
+def test_flush_sends_without_waiting() -> None:
+    s = scheduler(max_delay=10.0, rate_window=10.0)
+    for _ in range(50):
+        s.add(make_item([8], deadline=100.0), 0.0)
+    s.next(0.0)
+    s.add(make_item([8], deadline=100.0), 0.0)
+    assert s.next(0.0, flush=True).batch

@@ -1,0 +1,69 @@
+"""`millibatch serve` as a user runs it: a real process, SERVING via health, SIGTERM exits 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from millibatch.client import Client
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wait_serving(port: int, timeout: float = 60) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise AssertionError("server did not reach SERVING")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_from_config_file_and_env_then_sigterm(tiny_embed_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "millibatch.toml"
+    config.write_text(f'models = ["{tiny_embed_dir}"]\nport = 1\nmax_inputs_per_request = 3\n')
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MILLIBATCH_METRICS_PORT": "0",
+           "MILLIBATCH_PROFILE_ON_START": "false"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "millibatch", "serve", "--config", str(config), "--port", str(port),
+         "--host", "127.0.0.1"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_serving(port)
+        with Client(f"127.0.0.1:{port}") as client:
+            assert len(client.embed(["a", "b", "c"])) == 3  # config file applies (limit 3)
+            try:
+                client.embed(["a"] * 4)
+                raise AssertionError("limit from the config file not applied")
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        output = process.stdout.read() if process.stdout else ""
+        assert "draining" in output and "stopped" in output
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
