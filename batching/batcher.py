@@ -40,6 +40,18 @@ class BatchRecord:
     ok: bool
 
 
+@dataclass
+class BatchCounters:
+    """Running totals since start, for inspection (Models service) and benchmarks."""
+
+    batches: int = 0
+    rows: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    shed: int = 0
+    rejected: int = 0
+
+
 class BatchObserver:
     """Hooks for metrics; the default does nothing. Must not block (called on the event loop)."""
 
@@ -86,6 +98,7 @@ class Batcher:
         self._healthy = True
         self._batch_ids = itertools.count(1)
         self.in_flight_rows = 0
+        self.counters = BatchCounters()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -142,12 +155,14 @@ class Batcher:
         if count > self.max_queue_rows:
             raise InvalidInput(f"request has {count} inputs; this model queues at most {self.max_queue_rows}")
         if self.scheduler.queued_rows + count > self.max_queue_rows:
+            self.counters.rejected += 1
             self._observer.rejected(count, "queue_full")
             raise QueueFull(
                 f"queue full ({self.scheduler.queued_rows} of {self.max_queue_rows} rows waiting); retry later"
             )
         now = self._now()
         if deadline <= now:
+            self.counters.rejected += 1
             self._observer.rejected(count, "deadline")
             raise DeadlineUnmeetable("deadline already passed when the request was queued")
         loop = asyncio.get_running_loop()
@@ -170,6 +185,7 @@ class Batcher:
                 continue
             decision = self.scheduler.next(self._now(), flush=self._draining)
             for item in decision.shed:
+                self.counters.shed += 1
                 self._observer.shed(item, "deadline")
                 self._fail(item, DeadlineUnmeetable("deadline cannot be met; request dropped before compute"))
             if decision.shed:
@@ -225,8 +241,14 @@ class Batcher:
             error = EngineFailure("the engine failed on this request's batch")
             for p in batch:
                 self._fail(p.item, error)
-        self._observer.batch_done(BatchRecord(batch_id, len(batch), padded_length,
-                                              sum(r.length for r in rows), seconds, instance, ok))
+        real_tokens = sum(r.length for r in rows)
+        counters = self.counters
+        counters.batches += 1
+        counters.rows += len(batch)
+        counters.real_tokens += real_tokens
+        counters.padded_tokens += len(batch) * padded_length
+        self._observer.batch_done(BatchRecord(batch_id, len(batch), padded_length, real_tokens, seconds,
+                                              instance, ok))
         if not hung:  # a hung thread still holds its instance
             self._free.append(instance)
         self._wake.set()
@@ -252,6 +274,7 @@ class Batcher:
             if item.remaining == 0:
                 item.computed_at = finished
                 if finished > item.deadline:
+                    self.counters.shed += 1
                     self._observer.shed(item, "late")
                     item.future.set_exception(DeadlineUnmeetable("computed too late for the request's deadline"))
                 else:

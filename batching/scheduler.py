@@ -12,15 +12,22 @@ import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from batching.cost_model import CostModel
 from batching.work import PendingRow, WorkItem
+
+Policy = Literal["deadline", "fifo"]
 
 
 @dataclass(frozen=True)
 class BatchLimits:
     """Budgets and timing for batch formation."""
 
+    #: "deadline": earliest deadline first with shedding, length grouping and cost-model waits.
+    #: "fifo": arrival order, always wait `max_delay` for a full batch, no shedding (the classic
+    #: fixed-delay dynamic batcher, kept as a baseline for benchmarks).
+    policy: Policy = "deadline"
     #: Most rows in one engine call.
     max_rows: int = 32
     #: Most padded tokens (rows x padded length) in one engine call.
@@ -76,10 +83,14 @@ class Scheduler:
 
     def add(self, item: WorkItem, now: float) -> None:
         """Queue every row of `item`."""
+        fifo = self.limits.policy == "fifo"
         for index, row in enumerate(item.rows):
             self._sequence += 1
-            bisect.insort(self._pending, PendingRow(item, index, row.length, item.deadline, self._sequence),
-                          key=lambda r: r.key)
+            pending = PendingRow(item, index, row.length, item.deadline, self._sequence)
+            if fifo:
+                self._pending.append(pending)
+            else:
+                bisect.insort(self._pending, pending, key=lambda r: r.key)
         item.queued = len(item.rows)
         self._note_arrivals(len(item.rows), now)
 
@@ -107,18 +118,19 @@ class Scheduler:
         shed_ids: set[int] = set()
         live: list[PendingRow] = []
         removed: set[int] = set()
+        deadline_aware = limits.policy == "deadline"
         for row in window:
             item = row.item
             if not item.live or id(item) in shed_ids:
                 removed.add(id(row))
-            elif now + self.cost.predict(1, self._pad(row.length)) + limits.safety > row.deadline:
+            elif deadline_aware and now + self.cost.predict(1, self._pad(row.length)) + limits.safety > row.deadline:
                 shed_ids.add(id(item))
                 decision.shed.append(item)
                 removed.add(id(row))
             else:
                 live.append(row)
         if live:
-            self._choose(live, now, decision)
+            (self._choose if deadline_aware else self._choose_fifo)(live, now, decision)
             if decision.batch and not flush and not self._should_send(decision, now):
                 decision.wait_until = self._send_by(decision, now)
                 decision.batch = []
@@ -158,6 +170,20 @@ class Scheduler:
         decision.batch = chosen
         decision.padded_length = length
 
+    def _choose_fifo(self, live: list[PendingRow], now: float, decision: Decision) -> None:
+        """Oldest rows first, as many as fit the budgets; no grouping, no deadline checks."""
+        limits, pad = self.limits, self._pad
+        chosen: list[PendingRow] = []
+        length = 0
+        for row in live:
+            new_length = max(length, pad(row.length))
+            if len(chosen) >= limits.max_rows or (len(chosen) + 1) * new_length > limits.max_tokens:
+                break
+            chosen.append(row)
+            length = new_length
+        decision.batch = chosen
+        decision.padded_length = length
+
     def _capacity(self, length: int) -> int:
         return max(1, min(self.limits.max_rows, self.limits.max_tokens // length))
 
@@ -166,6 +192,8 @@ class Scheduler:
         if the batch grew to its full capacity while waiting."""
         length = decision.padded_length
         oldest = min(r.item.enqueued_at for r in decision.batch)
+        if self.limits.policy == "fifo":
+            return oldest + self.limits.max_delay
         earliest = min(r.deadline for r in decision.batch)
         full_cost = self.cost.predict(self._capacity(length), length)
         return min(oldest + self.limits.max_delay, earliest - full_cost - self.limits.safety)
@@ -173,6 +201,9 @@ class Scheduler:
     def _should_send(self, decision: Decision, now: float) -> bool:
         if len(decision.batch) >= self._capacity(decision.padded_length):
             return True
+        if self.limits.policy == "fifo":
+            oldest = min(r.item.enqueued_at for r in decision.batch)
+            return now >= oldest + self.limits.max_delay
         wait = self._send_by(decision, now) - now
         if wait <= 0:
             return True

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     """CPU threads per ONNX Runtime instance; 0 splits the available cores evenly."""
 
     # -- batching -------------------------------------------------------------------------------
+    batch_policy: Literal["deadline", "fifo"] = "deadline"
+    """`deadline`: earliest deadline first, shedding, length grouping, cost-model waits. `fifo`: the
+    classic fixed-delay batcher (arrival order, always waits `max_delay_ms`), kept for comparison."""
     max_batch_rows: int = Field(32, ge=1)
     """Most inputs in one engine call."""
     max_batch_tokens: int = Field(8192, ge=8)

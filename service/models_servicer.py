@@ -14,6 +14,7 @@ from service.status import grpc_errors
 def model_info(model: ServedModel) -> pb.ModelInfo:
     """The Models service's view of a served model."""
     manifest, info = model.manifest, model.engine.info
+    counters = model.batcher.counters
     return pb.ModelInfo(
         name=model.name,
         task=manifest.task,
@@ -30,6 +31,11 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         ready=model.ready,
         cost_model=model.batcher.cost_model.coefficients,
         source_hash=manifest.source_hash,
+        batching=pb.BatchingStats(
+            batches=counters.batches, rows=counters.rows, real_tokens=counters.real_tokens,
+            padded_tokens=counters.padded_tokens, shed=counters.shed, rejected=counters.rejected,
+            policy=model.batcher.limits.policy,
+        ),
     )
 
 

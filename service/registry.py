@@ -57,6 +57,7 @@ def resolve_model_dir(spec: str, settings: Settings) -> Path:
 def batch_limits(settings: Settings) -> BatchLimits:
     """Batch formation limits from settings."""
     return BatchLimits(
+        policy=settings.batch_policy,
         max_rows=settings.max_batch_rows,
         max_tokens=settings.max_batch_tokens,
         max_delay=settings.max_delay_ms / 1000.0,

@@ -25,7 +25,7 @@ class DescribeModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "dimensions", "max_length", "labels", "precision", "engine", "device", "engine_reason", "instances", "pooling", "normalize", "ready", "cost_model", "source_hash")
+    __slots__ = ("name", "task", "dimensions", "max_length", "labels", "precision", "engine", "device", "engine_reason", "instances", "pooling", "normalize", "ready", "cost_model", "source_hash", "batching")
     class CostModelEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class ModelInfo(_message.Message):
     READY_FIELD_NUMBER: _ClassVar[int]
     COST_MODEL_FIELD_NUMBER: _ClassVar[int]
     SOURCE_HASH_FIELD_NUMBER: _ClassVar[int]
+    BATCHING_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     dimensions: int
@@ -63,4 +64,23 @@ class ModelInfo(_message.Message):
     ready: bool
     cost_model: _containers.ScalarMap[str, float]
     source_hash: str
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., dimensions: _Optional[int] = ..., max_length: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ..., engine: _Optional[str] = ..., device: _Optional[str] = ..., engine_reason: _Optional[str] = ..., instances: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., ready: _Optional[bool] = ..., cost_model: _Optional[_Mapping[str, float]] = ..., source_hash: _Optional[str] = ...) -> None: ...
+    batching: BatchingStats
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., dimensions: _Optional[int] = ..., max_length: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ..., engine: _Optional[str] = ..., device: _Optional[str] = ..., engine_reason: _Optional[str] = ..., instances: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., ready: _Optional[bool] = ..., cost_model: _Optional[_Mapping[str, float]] = ..., source_hash: _Optional[str] = ..., batching: _Optional[_Union[BatchingStats, _Mapping]] = ...) -> None: ...
+
+class BatchingStats(_message.Message):
+    __slots__ = ("batches", "rows", "real_tokens", "padded_tokens", "shed", "rejected", "policy")
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    REAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PADDED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SHED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    batches: int
+    rows: int
+    real_tokens: int
+    padded_tokens: int
+    shed: int
+    rejected: int
+    policy: str
+    def __init__(self, batches: _Optional[int] = ..., rows: _Optional[int] = ..., real_tokens: _Optional[int] = ..., padded_tokens: _Optional[int] = ..., shed: _Optional[int] = ..., rejected: _Optional[int] = ..., policy: _Optional[str] = ...) -> None: ...

@@ -124,3 +124,15 @@ def test_flush_sends_without_waiting() -> None:
     s.next(0.0)
     s.add(make_item([8], deadline=100.0), 0.0)
     assert s.next(0.0, flush=True).batch
+
+
+def test_fifo_policy_keeps_arrival_order_and_waits_the_fixed_delay() -> None:
+    s = scheduler(policy="fifo", max_delay=0.005)  # type: ignore[arg-type]
+    late = make_item([8], deadline=1.0, enqueued_at=0.0)
+    urgent = make_item([200], deadline=0.0001, enqueued_at=0.0)
+    s.add(late, 0.0)
+    s.add(urgent, 0.0)
+    waiting = s.next(0.001)
+    assert not waiting.batch and not waiting.shed and waiting.wait_until == 0.005
+    sent = s.next(0.005)
+    assert [r.item for r in sent.batch] == [late, urgent]  # no reordering, no shedding, no grouping

@@ -23,7 +23,8 @@ def wait_serving(port: int, timeout: float = 60) -> None:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
                 pass

@@ -1,0 +1,370 @@
+"""Deadline-aware batching vs no batching vs fixed-delay FIFO batching, in one run.
+
+Open-loop Poisson arrivals of STS-B sentences (and longer joined texts) with a per-request deadline,
+at multiples of the measured capacity. Reports goodput (answers within deadline per second),
+p50/p99 latency, shed/rejected counts and padding ratio, plus the served saturation throughput
+against the raw engine's in-process throughput at the same batch shapes.
+
+    .venv/bin/python bench/deadline_batching.py --duration 15      # ~8 minutes on 2 cores
+
+The load generator runs in its own process and reports its CPU use, so a saturated client shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+POLICIES = {
+    # name: server flags
+    "no batching": ["--batch-policy", "fifo", "--max-batch-rows", "1", "--max-delay-ms", "0"],
+    "fixed delay (FIFO, 5 ms)": ["--batch-policy", "fifo", "--max-delay-ms", "5"],
+    "deadline-aware": ["--batch-policy", "deadline"],
+}
+
+
+# -- workload ---------------------------------------------------------------------------------------
+
+def workload(seed: int = 7, count: int = 4000) -> list[str]:
+    """Mixed lengths: 75% single STS-B sentences (~8-30 tokens), 25% 3-12 joined (up to 256 tokens)."""
+    from engines.build.validate import default_stsb_path, load_stsb
+
+    path = default_stsb_path()
+    if path is None:
+        raise SystemExit("needs ../shared/data/stsb-test.tsv (or $MILLIBATCH_STSB)")
+    sentences = [s for p in load_stsb(path) for s in (p.first, p.second)]
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(count):
+        if rng.random() < 0.75:
+            texts.append(rng.choice(sentences))
+        else:
+            texts.append(" ".join(rng.choice(sentences) for _ in range(rng.randint(3, 12))))
+    return texts
+
+
+# -- load generator (runs in a child process) -----------------------------------------------------
+
+async def _generate(args: argparse.Namespace, texts: list[str]) -> dict[str, object]:
+    import grpc
+
+    from millibatch.v1 import inference_pb2 as pb
+    from millibatch.v1 import inference_pb2_grpc
+
+    channel = grpc.aio.insecure_channel(args.target)
+    stub = inference_pb2_grpc.InferenceStub(channel)
+    records: list[tuple[float, str]] = []
+    loop = asyncio.get_running_loop()
+
+    async def one(text: str) -> None:
+        # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds.
+        start = time.perf_counter()
+        try:
+            await stub.Embed(pb.EmbedRequest(inputs=[text], truncate=True), timeout=args.timeout)
+            code = "OK"
+        except grpc.aio.AioRpcError as error:
+            code = error.code().name
+        records.append((time.perf_counter() - start, code))
+
+    rng = random.Random(args.seed)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    began = loop.time()
+    tasks: set[asyncio.Task[None]] = set()
+    if args.mode == "open":
+        at = began
+        index = 0
+        while at - began < args.duration:
+            at += rng.expovariate(args.rate)
+            delay = at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(texts[index % len(texts)]))
+            index += 1
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    else:
+        async def worker(offset: int) -> None:
+            i = offset
+            while loop.time() - began < args.duration:
+                await one(texts[i % len(texts)])
+                i += args.concurrency
+        await asyncio.gather(*(worker(w) for w in range(args.concurrency)))
+    if tasks:
+        await asyncio.wait(tasks, timeout=args.timeout + 5)
+    wall = loop.time() - began
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    await channel.close()
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    return {"records": records, "wall": wall, "client_cpu": cpu / wall}
+
+
+def loadgen_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--target")
+    parser.add_argument("--texts")
+    parser.add_argument("--mode", choices=["open", "closed"])
+    parser.add_argument("--rate", type=float, default=0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--duration", type=float)
+    parser.add_argument("--timeout", type=float)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    import uvloop
+
+    result = uvloop.run(_generate(args, json.loads(Path(args.texts).read_text())))
+    Path(args.out).write_text(json.dumps(result))
+
+
+# -- orchestration ----------------------------------------------------------------------------------
+
+class Server:
+    """A `millibatch serve` child process."""
+
+    def __init__(self, model: Path, port: int, flags: list[str]) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.port = port
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "millibatch", "serve", "--model", str(model), "--host", "127.0.0.1",
+             "--port", str(port), "--metrics-port", "0", "--max-queue-rows", "256", *flags],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self._wait_serving()
+
+    def _wait_serving(self) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            for _ in range(600):
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        raise RuntimeError("server did not start")
+
+    def stats(self) -> dict[str, float]:
+        import grpc
+
+        from millibatch.v1 import models_pb2, models_pb2_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            info = models_pb2_grpc.ModelsStub(channel).DescribeModel(models_pb2.DescribeModelRequest(), timeout=5)
+        b = info.batching
+        return {"batches": b.batches, "rows": b.rows, "real_tokens": b.real_tokens,
+                "padded_tokens": b.padded_tokens, "shed": b.shed, "rejected": b.rejected}
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def run_load(port: int, texts_file: Path, out: Path, **options: object) -> dict[str, object]:
+    args = [sys.executable, __file__, "loadgen", "--target", f"127.0.0.1:{port}", "--texts", str(texts_file),
+            "--out", str(out)]
+    for key, value in options.items():
+        args += [f"--{key}", str(value)]
+    subprocess.run(args, check=True, cwd=REPO)
+    return dict(json.loads(out.read_text()))
+
+
+def summarise(result: dict[str, object], duration: float, deadline: float) -> dict[str, float]:
+    records = result["records"]
+    assert isinstance(records, list)
+    ok = sorted(lat for lat, code in records if code == "OK")
+    late_ok = sum(1 for lat in ok if lat > deadline)
+    codes: dict[str, int] = {}
+    for _, code in records:
+        codes[code] = codes.get(code, 0) + 1
+
+    def pct(q: float) -> float:
+        return 1000 * ok[min(len(ok) - 1, int(q * len(ok)))] if ok else float("nan")
+
+    return {
+        "sent": len(records), "ok": len(ok), "goodput_rps": (len(ok) - late_ok) / duration,
+        "p50_ms": pct(0.5), "p99_ms": pct(0.99), "late_answers": late_ok,
+        "deadline_exceeded": codes.get("DEADLINE_EXCEEDED", 0),
+        "resource_exhausted": codes.get("RESOURCE_EXHAUSTED", 0),
+        "other_errors": sum(v for k, v in codes.items() if k not in ("OK", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")),
+        "client_cpu": float(result["client_cpu"]),  # type: ignore[arg-type]
+    }
+
+
+def raw_engine_throughput(model: Path, texts: list[str], seconds: float = 10.0) -> dict[str, float]:
+    """Rows/s of the engine alone, on batches the scheduler forms from the same texts (flush mode)."""
+    from batching.cost_model import CostModel
+    from batching.scheduler import BatchLimits, Scheduler
+    from batching.work import WorkItem
+    from engines.model_dir import Manifest
+    from engines.select import EngineOptions, load_engine
+    from service.tokenization import TextEncoder, to_rows
+
+    manifest = Manifest.load(model)
+    engine = load_engine(model, manifest, EngineOptions(engine="onnxruntime", device="cpu"))
+    encoder = TextEncoder(model / "tokenizer.json", manifest.max_length, 100_000)
+    rows = to_rows(encoder.encode(texts, truncate=True))
+    from batching.collate import collate
+    from batching.profile import measure, profile_shapes
+
+    cost = CostModel()
+    cost.fit_profile(measure(engine, profile_shapes(BatchLimits(), manifest.max_length, engine)))
+    scheduler = Scheduler(BatchLimits(), cost, engine.padded_length)
+
+    loop = asyncio.new_event_loop()
+    for row in rows:
+        scheduler.add(WorkItem(rows=[row], deadline=1e9, future=loop.create_future(), enqueued_at=0.0), 0.0)
+    batches = []
+    while scheduler.queued_rows:
+        decision = scheduler.next(0.0, flush=True)
+        batches.append(collate([p.item.rows[p.index] for p in decision.batch], decision.padded_length))
+    loop.close()
+    done_rows = 0
+    start = time.perf_counter()
+    i = 0
+    while time.perf_counter() - start < seconds:
+        batch = batches[i % len(batches)]
+        engine.run(batch, 0)
+        done_rows += batch.rows
+        i += 1
+    elapsed = time.perf_counter() - start
+    return {"rows_per_s": done_rows / elapsed, "mean_batch_rows": statistics.mean(b.rows for b in batches),
+            "mean_padded_length": statistics.mean(b.padded_length for b in batches)}
+
+
+def ensure_model(path: Path) -> Path:
+    from engines.model_dir import is_model_dir
+
+    if not is_model_dir(path):
+        from engines.build.convert import ConvertOptions, convert
+
+        convert(ConvertOptions(source="all-MiniLM-L6-v2", output=path, force=True))
+    return path
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "loadgen":
+        loadgen_main(sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "all-MiniLM-L6-v2")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per load level")
+    parser.add_argument("--loads", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    parser.add_argument("--deadline-ms", type=float, default=100.0)
+    parser.add_argument("--port", type=int, default=50151)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "deadline_batching")
+    args = parser.parse_args()
+    model = ensure_model(args.model)
+    args.out.mkdir(parents=True, exist_ok=True)
+    texts = workload()
+    texts_file = args.out / "texts.json"
+    texts_file.write_text(json.dumps(texts))
+    deadline = args.deadline_ms / 1000
+
+    # Capacity: the deadline-aware server saturated by a closed loop, no deadline pressure.
+    server = Server(model, args.port, POLICIES["deadline-aware"])
+    saturated = run_load(args.port, texts_file, args.out / "capacity.json", mode="closed", concurrency=64,
+                         duration=args.duration, timeout=30)
+    server.stop()
+    capacity = summarise(saturated, args.duration, 30.0)["goodput_rps"]
+    print(f"capacity (closed loop, 64 in flight): {capacity:.1f} requests/s", flush=True)
+
+    rows = []
+    for name, flags in POLICIES.items():
+        server = Server(model, args.port, flags)
+        for load in args.loads:
+            before = server.stats()
+            result = run_load(args.port, texts_file, args.out / "load.json", mode="open", rate=capacity * load,
+                              duration=args.duration, timeout=deadline, seed=int(load * 100))
+            after = server.stats()
+            delta = {k: after[k] - before[k] for k in after}
+            summary = summarise(result, args.duration, deadline)
+            summary.update(policy=name, load=load, offered_rps=capacity * load,
+                           goodput_of_capacity=summary["goodput_rps"] / capacity,
+                           padding_ratio=delta["padded_tokens"] / max(1, delta["real_tokens"]),
+                           mean_batch_rows=delta["rows"] / max(1, delta["batches"]),
+                           server_shed=delta["shed"], server_rejected=delta["rejected"])
+            rows.append(summary)
+            print(json.dumps(summary), flush=True)
+        server.stop()
+
+    raw = raw_engine_throughput(model, texts)
+    report = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "duration_s": args.duration, "deadline_ms": args.deadline_ms, "capacity_rps": capacity,
+        "saturation": summarise(saturated, args.duration, 30.0), "raw_engine": raw,
+        "served_over_raw": capacity / raw["rows_per_s"], "runs": rows,
+    }
+    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    (args.out / "results.md").write_text(markdown(report))
+    plot(report, args.out / "goodput.png")
+    print(markdown(report))
+
+
+def markdown(report: dict[str, object]) -> str:
+    lines = [
+        f"Deadline {report['deadline_ms']} ms, {report['duration_s']} s per level, {report['machine']}, "
+        f"{report['date']}. Capacity {report['capacity_rps']:.0f} req/s (1 text each).",
+        "",
+        "| policy | load | offered/s | goodput/s | goodput / capacity | p50 ms | p99 ms | answered late |"
+        " DEADLINE_EXCEEDED | RESOURCE_EXHAUSTED | padding ratio | rows/batch | client CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["runs"]:  # type: ignore[attr-defined]
+        lines.append(
+            f"| {r['policy']} | {r['load']}× | {r['offered_rps']:.0f} | {r['goodput_rps']:.0f} | "
+            f"{r['goodput_of_capacity']:.2f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['late_answers']} | "
+            f"{r['deadline_exceeded']} | {r['resource_exhausted']} | {r['padding_ratio']:.3f} | "
+            f"{r['mean_batch_rows']:.1f} | {r['client_cpu']:.2f} |"
+        )
+    raw = report["raw_engine"]
+    lines += ["", f"Served saturation throughput {report['capacity_rps']:.0f} req/s vs raw engine "
+              f"{raw['rows_per_s']:.0f} rows/s in-process at the same batch shapes "  # type: ignore[index]
+              f"(mean {raw['mean_batch_rows']:.1f} rows × {raw['mean_padded_length']:.0f} tokens): "  # type: ignore[index]
+              f"ratio {report['served_over_raw']:.2f}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, object], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    policies = dict.fromkeys(r["policy"] for r in report["runs"])  # type: ignore[attr-defined]
+    for policy in policies:
+        runs = [r for r in report["runs"] if r["policy"] == policy]  # type: ignore[attr-defined]
+        left.plot([r["load"] for r in runs], [r["goodput_of_capacity"] for r in runs], marker="o", label=policy)
+        right.plot([r["load"] for r in runs], [r["p99_ms"] for r in runs], marker="o", label=policy)
+    left.set(xlabel="offered load (× capacity)", ylabel="goodput / capacity", title="Answers within deadline")
+    right.set(xlabel="offered load (× capacity)", ylabel="p99 latency of answers (ms)", title="p99 latency")
+    left.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
