@@ -11,6 +11,8 @@ import grpc
 import numpy as np
 import pytest
 import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from millibatch.client import AsyncClient
 from millibatch.kserve import grpc_service_pb2 as v2
@@ -107,3 +109,16 @@ async def test_unready_model_is_unavailable(server: Any, stub: Any) -> None:
     finally:
         model.ready = True
     assert (await stub.ModelReady(v2.ModelReadyRequest(name="tiny-embed"), timeout=10)).ready
+
+
+async def test_service_is_in_health_and_reflection(server: Any) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = await health.Check(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"), timeout=10)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        async for response in reflection.ServerReflectionInfo(iter([request]), timeout=10):
+            names = {s.name for s in response.list_services_response.service}
+            assert "inference.GRPCInferenceService" in names
+            break
