@@ -18,9 +18,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from millibatch.kserve import grpc_service_pb2, grpc_service_pb2_grpc
 from millibatch.settings import Settings
 from millibatch.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
 from service.inference_servicer import InferenceServicer
+from service.kserve.servicer import KServeServicer
 from service.models_servicer import ModelsServicer
 from service.registry import ModelRegistry, ServedModel, load_model, model_specs, resolve_model_dir
 
@@ -28,6 +30,8 @@ log = logging.getLogger("millibatch.server")
 
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 MODELS_SERVICE = models_pb2.DESCRIPTOR.services_by_name["Models"].full_name
+#: KServe V2 / Triton protocol, served on the same port.
+KSERVE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -70,21 +74,24 @@ class InferenceServer:
         server = grpc.aio.server(options=channel_options(self.settings))
         inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.registry, self.settings), server)
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.registry), server)
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            KServeServicer(self.registry, self.settings), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        services = [INFERENCE_SERVICE, MODELS_SERVICE, health.SERVICE_NAME]
+        services = [INFERENCE_SERVICE, MODELS_SERVICE, KSERVE_SERVICE, health.SERVICE_NAME]
         if self.settings.reflection:
             reflection.enable_server_reflection([*services, reflection.SERVICE_NAME], server)
         address = f"{self.settings.host}:{self.settings.port}"
         self.port = server.add_insecure_port(address)
         if not self.port:
             raise OSError(f"could not bind gRPC to {address}")
-        for name in ("", INFERENCE_SERVICE, MODELS_SERVICE):
+        for name in ("", INFERENCE_SERVICE, MODELS_SERVICE, KSERVE_SERVICE):
             await self.health.set(name, NOT_SERVING)
         await server.start()
         self._server = server
         log.info("gRPC listening on %s:%d (not serving until models are warm)", self.settings.host, self.port)
         await self._load_models()
-        for name in ("", INFERENCE_SERVICE, MODELS_SERVICE):
+        for name in ("", INFERENCE_SERVICE, MODELS_SERVICE, KSERVE_SERVICE):
             await self.health.set(name, SERVING)
         log.info("serving %s (default %s)", ", ".join(self.registry.models), self.registry.default)
 

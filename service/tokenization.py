@@ -31,6 +31,11 @@ class TextEncoder:
         self._truncating.no_padding()
         self._truncating.enable_truncation(max_length, strategy="longest_first")
 
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids the tokenizer can produce (added tokens included)."""
+        return int(self._plain.get_vocab_size(with_added_tokens=True))
+
     def check(self, texts: Sequence[str], pairs: Sequence[str]) -> None:
         """Reject empty or over-long texts before spending any tokenizer time on them."""
         if pairs and len(pairs) != len(texts):

@@ -1,0 +1,213 @@
+"""inference.GRPCInferenceService (KServe V2 / Triton) over the same registry and batchers as millibatch.v1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import TypeAlias
+
+import grpc
+import numpy as np
+
+import millibatch
+from batching.work import WorkItem
+from millibatch.errors import DeadlineUnmeetable, InvalidInput, MillibatchError, ModelNotFound
+from millibatch.kserve import grpc_service_pb2 as v2
+from millibatch.kserve import grpc_service_pb2_grpc
+from millibatch.settings import Settings
+from service.inference_servicer import call_deadline
+from service.kserve.inputs import request_rows
+from service.kserve.metadata import DEFAULT_OUTPUTS, VERSION, model_config, model_metadata, output_names
+from service.kserve.statistics import ModelCounters
+from service.kserve.tensors import output_tensor
+from service.registry import ModelRegistry, ServedModel
+from service.status import grpc_errors, request_id
+
+log = logging.getLogger("millibatch.requests")
+Context: TypeAlias = grpc.aio.ServicerContext
+
+#: Protocol extensions this server implements.
+EXTENSIONS = ["model_configuration", "statistics"]
+
+
+class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
+    """Health, metadata, inference and statistics in the V2 protocol."""
+
+    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+        self._registry = registry
+        self._settings = settings
+        self._counters: defaultdict[str, ModelCounters] = defaultdict(ModelCounters)
+
+    def _known_model(self, name: str, version: str) -> ServedModel:
+        """A served model by its V2 name and optional version, ready or not."""
+        if not name:
+            raise InvalidInput("model name is required")
+        model = self._registry.models.get(name)
+        if model is None:
+            known = ", ".join(sorted(self._registry.models)) or "none"
+            raise ModelNotFound(f"model {name!r} is not served here (served: {known})")
+        if version and version != VERSION:
+            raise ModelNotFound(f"model {name!r} has no version {version!r}; the served version is {VERSION!r}")
+        return model
+
+    @grpc_errors("v2.ServerLive")
+    async def ServerLive(self, request: v2.ServerLiveRequest, context: Context) -> v2.ServerLiveResponse:
+        return v2.ServerLiveResponse(live=True)
+
+    @grpc_errors("v2.ServerReady")
+    async def ServerReady(
+        self, request: v2.ServerReadyRequest, context: Context
+    ) -> v2.ServerReadyResponse:
+        models = self._registry.models.values()
+        return v2.ServerReadyResponse(ready=self._registry.accepting and bool(models) and all(m.ready for m in models))
+
+    @grpc_errors("v2.ModelReady")
+    async def ModelReady(self, request: v2.ModelReadyRequest, context: Context) -> v2.ModelReadyResponse:
+        model = self._known_model(request.name, request.version)
+        return v2.ModelReadyResponse(ready=self._registry.accepting and model.ready)
+
+    @grpc_errors("v2.ServerMetadata")
+    async def ServerMetadata(
+        self, request: v2.ServerMetadataRequest, context: Context
+    ) -> v2.ServerMetadataResponse:
+        return v2.ServerMetadataResponse(name="millibatch", version=millibatch.__version__, extensions=EXTENSIONS)
+
+    @grpc_errors("v2.ModelMetadata")
+    async def ModelMetadata(
+        self, request: v2.ModelMetadataRequest, context: Context
+    ) -> v2.ModelMetadataResponse:
+        return model_metadata(self._known_model(request.name, request.version))
+
+    @grpc_errors("v2.ModelConfig")
+    async def ModelConfig(self, request: v2.ModelConfigRequest, context: Context) -> v2.ModelConfigResponse:
+        model = self._known_model(request.name, request.version)
+        config = model_config(model, self._settings.max_batch_rows, self._settings.max_delay_ms)
+        return v2.ModelConfigResponse(config=config)
+
+    @grpc_errors("v2.ModelStatistics")
+    async def ModelStatistics(
+        self, request: v2.ModelStatisticsRequest, context: Context
+    ) -> v2.ModelStatisticsResponse:
+        names = [self._known_model(request.name, request.version).name] if request.name else list(self._registry.models)
+        return v2.ModelStatisticsResponse(
+            model_stats=[self._counters[name].to_proto(name, VERSION) for name in names]
+        )
+
+    @grpc_errors("v2.ModelInfer")
+    async def ModelInfer(self, request: v2.ModelInferRequest, context: Context) -> v2.ModelInferResponse:
+        return await self._infer(request, context)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[v2.ModelInferRequest], context: Context
+    ) -> AsyncIterator[v2.ModelStreamInferResponse]:
+        """Answer each streamed request as soon as it is done (so they batch together); errors in-band."""
+        responses: asyncio.Queue[v2.ModelStreamInferResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(request: v2.ModelInferRequest) -> None:
+            responses.put_nowait(await self._stream_answer(request, context))
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(answer(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                await asyncio.gather(*list(tasks), return_exceptions=True)
+            finally:
+                responses.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await responses.get()) is not None:
+                yield response
+            await reader  # surfaces a broken request stream
+        finally:
+            for task in (reader, *tasks):
+                task.cancel()
+
+    async def _stream_answer(
+        self, request: v2.ModelInferRequest, context: Context
+    ) -> v2.ModelStreamInferResponse:
+        """One streamed request's answer or its error message; the stream itself stays open."""
+        try:
+            return v2.ModelStreamInferResponse(infer_response=await self._infer(request, context))
+        except MillibatchError as error:
+            log.info("request failed", extra={"rpc": "v2.ModelStreamInfer", "status": error.status,
+                                               "detail": str(error), "request_id": request_id(context)})
+            message = f"[{error.status}] {error}"
+        except Exception:
+            log.exception("request failed", extra={"rpc": "v2.ModelStreamInfer", "status": "INTERNAL",
+                                                    "request_id": request_id(context)})
+            message = "[INTERNAL] internal error"
+        failed = v2.ModelInferResponse(model_name=request.model_name, id=request.id)
+        return v2.ModelStreamInferResponse(error_message=message, infer_response=failed)
+
+    def _deadline(self, request: v2.ModelInferRequest, context: Context) -> float:
+        """The earlier of the gRPC deadline (or the default) and the V2 `timeout` parameter (microseconds)."""
+        deadline = call_deadline(context, self._settings)
+        if "timeout" not in request.parameters:
+            return deadline
+        parameter = request.parameters["timeout"]
+        kind = parameter.WhichOneof("parameter_choice")
+        if kind not in ("int64_param", "uint64_param"):
+            raise InvalidInput("parameter 'timeout' must be an integer number of microseconds")
+        micros = getattr(parameter, kind)
+        if micros < 0:
+            raise InvalidInput(f"parameter 'timeout' is {micros}; it must not be negative")
+        if micros == 0:  # V2: zero means no timeout of its own
+            return deadline
+        return min(deadline, asyncio.get_running_loop().time() + micros / 1e6)
+
+    def _requested_outputs(self, request: v2.ModelInferRequest, model: ServedModel) -> list[str]:
+        """Names of the outputs to return: the requested ones, else the task's default."""
+        available = output_names(model)
+        if not request.outputs:
+            return [name for name in DEFAULT_OUTPUTS[model.manifest.task] if name in available]
+        names = []
+        for output in request.outputs:
+            if output.name not in available:
+                raise InvalidInput(f"unknown output {output.name!r}; model {model.name!r} has {', '.join(available)}")
+            if "classification" in output.parameters:
+                raise InvalidInput("the classification output extension is not supported; ask for 'probabilities'")
+            names.append(output.name)
+        return names
+
+    async def _infer(self, request: v2.ModelInferRequest, context: Context) -> v2.ModelInferResponse:
+        started = time.perf_counter()
+        model = self._known_model(request.model_name, request.model_version)
+        model = self._registry.get(model.name)  # readiness and draining → UNAVAILABLE
+        counters = self._counters[model.name]
+        try:
+            response, item = await self._compute(model, request, context)
+        except MillibatchError:
+            counters.failed(time.perf_counter() - started)
+            raise
+        counters.succeeded(item, time.perf_counter() - started)
+        return response
+
+    async def _compute(
+        self, model: ServedModel, request: v2.ModelInferRequest, context: Context
+    ) -> tuple[v2.ModelInferResponse, WorkItem]:
+        deadline = self._deadline(request, context)
+        names = self._requested_outputs(request, model)
+        rows = await request_rows(request, model.encoder)
+        limit = self._settings.max_inputs_per_request
+        if not rows or len(rows) > limit:
+            raise InvalidInput(f"request has a batch of {len(rows)}; it must be between 1 and {limit}")
+        tokens = sum(r.length for r in rows)
+        if tokens > self._settings.max_tokens_per_request:
+            raise InvalidInput(f"request has {tokens} tokens; the limit is {self._settings.max_tokens_per_request}")
+        item = model.batcher.submit(rows, deadline)
+        results = await item.future
+        if asyncio.get_running_loop().time() > deadline:
+            raise DeadlineUnmeetable("finished after the request's deadline")
+        response = v2.ModelInferResponse(model_name=model.name, model_version=VERSION, id=request.id)
+        for name in names:
+            tensor, raw = output_tensor(name, np.stack([r.get(name) for r in results]))
+            response.outputs.append(tensor)
+            response.raw_output_contents.append(raw)
+        return response, item
