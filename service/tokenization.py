@@ -59,9 +59,10 @@ class TextEncoder:
         tokenizer = self._truncating if truncate else self._plain
         if len(texts) <= SEQUENTIAL_INPUTS:
             # encode_batch fans out to a thread pool; for a few short texts that costs ~10x the work.
+            second: Sequence[str | None] = pairs or [None] * len(texts)
             encodings = [
                 tokenizer.encode(text, pair, add_special_tokens=add_special_tokens)
-                for text, pair in zip(texts, pairs or [None] * len(texts), strict=True)
+                for text, pair in zip(texts, second, strict=True)
             ]
         else:
             batch: list[str] | list[tuple[str, str]] = (
