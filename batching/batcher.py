@@ -21,7 +21,7 @@ from batching.cost_model import CostModel
 from batching.profile import measure, profile_shapes, synthetic_inputs
 from batching.scheduler import BatchLimits, Decision, Scheduler
 from batching.work import PendingRow, Row, RowResult, WorkItem
-from engines.base import Engine, FloatArray
+from engines.base import Engine, EngineInputs, FloatArray
 from millibatch.errors import DeadlineUnmeetable, EngineFailure, InvalidInput, NotServing, QueueFull
 
 log = logging.getLogger("millibatch.batching")
@@ -93,6 +93,7 @@ class Batcher:
         self._settled = asyncio.Event()  # set whenever a batch finishes or items are shed
         self._running: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._prepared: tuple[Decision, EngineInputs] | None = None  # full batch formed ahead
         self._accepting = False
         self._draining = False
         self._healthy = True
@@ -127,7 +128,7 @@ class Batcher:
             self._settled.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled.wait(), max(0.0, deadline - self._now()))
-        for item in self.scheduler.take_all():
+        for item in self._take_waiting():
             self._fail(item, NotServing("server is shutting down"))
         if self._loop_task is not None:
             self._loop_task.cancel()
@@ -141,7 +142,7 @@ class Batcher:
 
     @property
     def idle(self) -> bool:
-        return not self.scheduler.queued_rows and not self._running
+        return not self.scheduler.queued_rows and not self._running and self._prepared is None
 
     # -- submission ------------------------------------------------------------------------------
 
@@ -180,18 +181,27 @@ class Batcher:
     async def _dispatch_loop(self) -> None:
         while True:
             self._wake.clear()
-            if not self._free or not self.scheduler.queued_rows:
+            if self._prepared is not None and self._free:
+                self._launch(*self._prepared)
+                self._prepared = None
+                continue
+            if not self._free:
+                # Every instance is busy: prepare the next batch now if it is already full (waiting
+                # cannot improve it), so the instance that frees first starts on it at once.
+                if self._prepared is None and self.scheduler.queued_rows:
+                    decision = self.scheduler.next(self._now(), only_full=True)
+                    self._shed(decision)
+                    if decision.batch:
+                        self._prepared = (decision, self._collate(decision))
+                await self._wake.wait()
+                continue
+            if not self.scheduler.queued_rows:
                 await self._wake.wait()
                 continue
             decision = self.scheduler.next(self._now(), flush=self._draining)
-            for item in decision.shed:
-                self.counters.shed += 1
-                self._observer.shed(item, "deadline")
-                self._fail(item, DeadlineUnmeetable("deadline cannot be met; request dropped before compute"))
-            if decision.shed:
-                self._settled.set()
+            self._shed(decision)
             if decision.batch:
-                self._launch(decision)
+                self._launch(decision, self._collate(decision))
             elif decision.wait_until is not None:
                 timeout = max(0.0, decision.wait_until - self._now())
                 with contextlib.suppress(TimeoutError):
@@ -199,22 +209,34 @@ class Batcher:
             elif not decision.shed:
                 await self._wake.wait()
 
-    def _launch(self, decision: Decision) -> None:
+    def _shed(self, decision: Decision) -> None:
+        for item in decision.shed:
+            self.counters.shed += 1
+            self._observer.shed(item, "deadline")
+            self._fail(item, DeadlineUnmeetable("deadline cannot be met; request dropped before compute"))
+        if decision.shed:
+            self._settled.set()
+
+    @staticmethod
+    def _collate(decision: Decision) -> EngineInputs:
+        return collate([p.item.rows[p.index] for p in decision.batch], decision.padded_length)
+
+    def _launch(self, decision: Decision, inputs: EngineInputs) -> None:
         instance = self._free.pop()
-        task = asyncio.create_task(self._run_batch(decision.batch, decision.padded_length, instance))
+        task = asyncio.create_task(self._run_batch(decision.batch, inputs, instance))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _run_batch(self, batch: list[PendingRow], padded_length: int, instance: int) -> None:
+    async def _run_batch(self, batch: list[PendingRow], inputs: EngineInputs, instance: int) -> None:
         batch_id = next(self._batch_ids)
         rows = [p.item.rows[p.index] for p in batch]
+        padded_length = inputs.padded_length
         started = self._now()
         for p in batch:
             if p.item.first_batched_at is None:
                 p.item.first_batched_at = started
             p.item.batch_ids.append(batch_id)
         self.in_flight_rows += len(batch)
-        inputs = collate(rows, padded_length)
         loop = asyncio.get_running_loop()
         ok = False
         hung = False
@@ -284,9 +306,17 @@ class Batcher:
         if item.live:
             item.future.set_exception(error)
 
+    def _take_waiting(self) -> list[WorkItem]:
+        """Every item not yet running: the queue and the batch prepared ahead."""
+        items = self.scheduler.take_all()
+        if self._prepared is not None:
+            items += [p.item for p in self._prepared[0].batch]
+            self._prepared = None
+        return items
+
     def _mark_unhealthy(self, why: str) -> None:
         self._healthy = False
-        for item in self.scheduler.take_all():
+        for item in self._take_waiting():
             self._fail(item, NotServing(f"model became unhealthy: {why}"))
         if self.on_unhealthy is not None:
             self.on_unhealthy(why)

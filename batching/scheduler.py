@@ -110,8 +110,9 @@ class Scheduler:
         self._pending.clear()
         return list(items.values())
 
-    def next(self, now: float, *, flush: bool = False) -> Decision:
-        """Decide at clock `now`. With `flush`, never wait for more rows (draining)."""
+    def next(self, now: float, *, flush: bool = False, only_full: bool = False) -> Decision:
+        """Decide at clock `now`. With `flush`, never wait for more rows (draining). With `only_full`,
+        return a batch only if it is already full (preparing one ahead while every instance is busy)."""
         limits = self.limits
         window = self._pending[: limits.scan_window]
         decision = Decision()
@@ -131,7 +132,9 @@ class Scheduler:
                 live.append(row)
         if live:
             (self._choose if deadline_aware else self._choose_fifo)(live, now, decision)
-            if decision.batch and not flush and not self._should_send(decision, now):
+            if only_full and decision.batch and not self._is_full(decision):
+                decision.batch = []
+            elif decision.batch and not flush and not self._should_send(decision, now):
                 decision.wait_until = self._send_by(decision, now)
                 decision.batch = []
             removed.update(id(r) for r in decision.batch)
@@ -198,8 +201,11 @@ class Scheduler:
         full_cost = self.cost.predict(self._capacity(length), length)
         return min(oldest + self.limits.max_delay, earliest - full_cost - self.limits.safety)
 
+    def _is_full(self, decision: Decision) -> bool:
+        return len(decision.batch) >= self._capacity(decision.padded_length)
+
     def _should_send(self, decision: Decision, now: float) -> bool:
-        if len(decision.batch) >= self._capacity(decision.padded_length):
+        if self._is_full(decision):
             return True
         if self.limits.policy == "fifo":
             oldest = min(r.item.enqueued_at for r in decision.batch)

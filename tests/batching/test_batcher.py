@@ -177,3 +177,21 @@ def test_outputs_are_plain_numpy() -> None:
         EngineInputs(np.ones((2, 8), np.int64), np.ones((2, 8), np.int64), np.zeros((2, 8), np.int64)), 0
     )
     assert out["checksum"].shape == (2, 2)
+
+
+async def test_a_full_batch_is_prepared_while_the_instance_is_busy() -> None:
+    engine = SyntheticEngine()
+    batcher = new_batcher(engine, BatchLimits(max_rows=4, max_tokens=4096, max_delay=0.0))
+    await batcher.start()
+    deadline = asyncio.get_running_loop().time() + 5
+    running = batcher.submit([make_row(200)], deadline)  # ~5 ms on the only instance
+    await asyncio.sleep(0.001)
+    queued = [batcher.submit([make_row(8, i)], deadline) for i in range(4)]
+    await asyncio.sleep(0.001)
+    assert batcher.scheduler.queued_rows == 0, "the full batch left the queue while the engine was busy"
+    assert not batcher.idle
+    check_results(running, await running.future)
+    for item in queued:
+        check_results(item, await item.future)
+    assert engine.batches == [(1, 200), (4, 8)]
+    await batcher.stop(grace=1)
