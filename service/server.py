@@ -20,9 +20,12 @@ from grpc_reflection.v1alpha import reflection
 
 from millibatch.settings import Settings
 from millibatch.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
+from service.auth import ApiKeyAuth
+from service.decoding import DecodeGuard
 from service.inference_servicer import InferenceServicer
 from service.models_servicer import ModelsServicer
 from service.registry import ModelRegistry, ServedModel, load_model, model_specs, resolve_model_dir
+from service.tls import server_credentials
 
 log = logging.getLogger("millibatch.server")
 
@@ -67,7 +70,12 @@ class InferenceServer:
 
     async def start(self) -> None:
         """Bind and start answering (health NOT_SERVING), then load and warm every model."""
-        server = grpc.aio.server(options=channel_options(self.settings))
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self.settings.api_keys:
+            interceptors.append(ApiKeyAuth(self.settings.api_keys))
+        interceptors.append(DecodeGuard())
+        credentials = server_credentials(self.settings)
+        server = grpc.aio.server(options=channel_options(self.settings), interceptors=interceptors)
         inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.registry, self.settings), server)
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.registry), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -75,14 +83,18 @@ class InferenceServer:
         if self.settings.reflection:
             reflection.enable_server_reflection([*services, reflection.SERVICE_NAME], server)
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = server.add_insecure_port(address)
+        if credentials is not None:
+            self.port = server.add_secure_port(address, credentials)
+        else:
+            self.port = server.add_insecure_port(address)
         if not self.port:
             raise OSError(f"could not bind gRPC to {address}")
         for name in ("", INFERENCE_SERVICE, MODELS_SERVICE):
             await self.health.set(name, NOT_SERVING)
         await server.start()
         self._server = server
-        log.info("gRPC listening on %s:%d (not serving until models are warm)", self.settings.host, self.port)
+        log.info("gRPC listening on %s:%d%s (not serving until models are warm)", self.settings.host, self.port,
+                 " with TLS" if credentials is not None else "")
         await self._load_models()
         for name in ("", INFERENCE_SERVICE, MODELS_SERVICE):
             await self.health.set(name, SERVING)
