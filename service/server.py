@@ -126,12 +126,16 @@ class InferenceServer:
             return
         self._stopped.set()
         log.info("draining (up to %.1fs)", self.settings.drain_seconds)
+        loop = asyncio.get_running_loop()
+        drain_ends = loop.time() + self.settings.drain_seconds
         self.registry.accepting = False
         await self.health.enter_graceful_shutdown()
         await asyncio.gather(*(m.batcher.stop(self.settings.drain_seconds) for m in self.registry.models.values()))
         if self._server is not None:
-            # Answers computed above still need to be written out.
-            await self._server.stop(grace=1.0)
+            # Answers computed above still need to be written out, and a busy loop (thousands of refusals a
+            # second) may take more than a moment to flush them; stop() returns as soon as every call is done,
+            # so give it what is left of the drain budget rather than cancelling answers after a fixed second.
+            await self._server.stop(grace=max(1.0, drain_ends - loop.time()))
         for model in self.registry.models.values():
             model.engine.close()
         log.info("stopped")
