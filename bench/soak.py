@@ -16,9 +16,9 @@ from pathlib import Path
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from millibatch.v1 import inference_pb2 as pb  # noqa: E402
-from millibatch.v1 import inference_pb2_grpc  # noqa: E402
-from tests.service.process import serve_process  # noqa: E402
+from millibatch.v1 import inference_pb2 as pb
+from millibatch.v1 import inference_pb2_grpc
+from tests.service.process import serve_process
 
 
 def rss_mib(pid: int) -> float:
