@@ -21,10 +21,13 @@ from grpc_reflection.v1alpha import reflection
 from millibatch.kserve import grpc_service_pb2, grpc_service_pb2_grpc
 from millibatch.settings import Settings
 from millibatch.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
+from service.auth import ApiKeyAuth
+from service.decoding import DecodeGuard
 from service.inference_servicer import InferenceServicer
 from service.kserve.servicer import KServeServicer
 from service.models_servicer import ModelsServicer
 from service.registry import ModelRegistry, ServedModel, load_model, model_specs, resolve_model_dir
+from service.tls import server_credentials
 
 log = logging.getLogger("millibatch.server")
 
@@ -71,7 +74,12 @@ class InferenceServer:
 
     async def start(self) -> None:
         """Bind and start answering (health NOT_SERVING), then load and warm every model."""
-        server = grpc.aio.server(options=channel_options(self.settings))
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if self.settings.api_keys:
+            interceptors.append(ApiKeyAuth(self.settings.api_keys))
+        interceptors.append(DecodeGuard())
+        credentials = server_credentials(self.settings)
+        server = grpc.aio.server(options=channel_options(self.settings), interceptors=interceptors)
         inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.registry, self.settings), server)
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.registry), server)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -82,14 +90,18 @@ class InferenceServer:
         if self.settings.reflection:
             reflection.enable_server_reflection([*services, reflection.SERVICE_NAME], server)
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = server.add_insecure_port(address)
+        if credentials is not None:
+            self.port = server.add_secure_port(address, credentials)
+        else:
+            self.port = server.add_insecure_port(address)
         if not self.port:
             raise OSError(f"could not bind gRPC to {address}")
         for name in ("", INFERENCE_SERVICE, MODELS_SERVICE, KSERVE_SERVICE):
             await self.health.set(name, NOT_SERVING)
         await server.start()
         self._server = server
-        log.info("gRPC listening on %s:%d (not serving until models are warm)", self.settings.host, self.port)
+        log.info("gRPC listening on %s:%d%s (not serving until models are warm)", self.settings.host, self.port,
+                 " with TLS" if credentials is not None else "")
         await self._load_models()
         for name in ("", INFERENCE_SERVICE, MODELS_SERVICE, KSERVE_SERVICE):
             await self.health.set(name, SERVING)
@@ -121,12 +133,16 @@ class InferenceServer:
             return
         self._stopped.set()
         log.info("draining (up to %.1fs)", self.settings.drain_seconds)
+        loop = asyncio.get_running_loop()
+        drain_ends = loop.time() + self.settings.drain_seconds
         self.registry.accepting = False
         await self.health.enter_graceful_shutdown()
         await asyncio.gather(*(m.batcher.stop(self.settings.drain_seconds) for m in self.registry.models.values()))
         if self._server is not None:
-            # Answers computed above still need to be written out.
-            await self._server.stop(grace=1.0)
+            # Answers computed above still need to be written out, and a busy loop (thousands of refusals a
+            # second) may take more than a moment to flush them; stop() returns as soon as every call is done,
+            # so give it what is left of the drain budget rather than cancelling answers after a fixed second.
+            await self._server.stop(grace=max(1.0, drain_ends - loop.time()))
         for model in self.registry.models.values():
             model.engine.close()
         log.info("stopped")

@@ -82,6 +82,8 @@ class TextEncoder:
         self, texts: Sequence[str], pairs: Sequence[str] = (), *, truncate: bool, add_special_tokens: bool = True
     ) -> list[Encoding]:
         """`encode`, moved off the event loop when the request is large enough for that to pay."""
+        # Limits first, on the loop: a multi-megabyte input is refused without a thread hop.
+        self.check(texts, pairs)
         chars = sum(map(len, texts)) + sum(map(len, pairs))
         if chars <= INLINE_CHARS:
             return self.encode(texts, pairs, truncate=truncate, add_special_tokens=add_special_tokens)
