@@ -182,8 +182,9 @@ class Batcher:
         while True:
             self._wake.clear()
             if self._prepared is not None and self._free:
-                self._launch(*self._prepared)
-                self._prepared = None
+                prepared, self._prepared = self._refresh(*self._prepared), None
+                if prepared is not None:
+                    self._launch(*prepared)
                 continue
             if not self._free:
                 # Every instance is busy: prepare the next batch now if it is already full (waiting
@@ -216,6 +217,27 @@ class Batcher:
             self._fail(item, DeadlineUnmeetable("deadline cannot be met; request dropped before compute"))
         if decision.shed:
             self._settled.set()
+
+    def _refresh(self, decision: Decision, inputs: EngineInputs) -> tuple[Decision, EngineInputs] | None:
+        """A batch prepared ahead waited for an instance: drop rows whose caller left or whose deadline
+        can no longer be met, so no compute is spent on them."""
+        now = self._now()
+        finish = now + self.cost_model.predict(len(decision.batch), decision.padded_length) + self.limits.safety
+        keep = []
+        for p in decision.batch:
+            if p.item.live and finish > p.deadline:
+                self.counters.shed += 1
+                self._observer.shed(p.item, "deadline")
+                self._fail(p.item, DeadlineUnmeetable("deadline cannot be met; request dropped before compute"))
+            if p.item.live:
+                keep.append(p)
+        if len(keep) == len(decision.batch):
+            return decision, inputs
+        self._settled.set()
+        if not keep:
+            return None
+        decision.batch = keep
+        return decision, self._collate(decision)
 
     @staticmethod
     def _collate(decision: Decision) -> EngineInputs:
