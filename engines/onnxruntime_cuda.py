@@ -128,6 +128,16 @@ class OnnxRuntimeCudaEngine:
         used = "TensorRT execution provider" if provider == "tensorrt" else "CUDA execution provider"
         self._info = EngineInfo(engine="onnxruntime", device="cuda", precision="fp16" if trt_fp16 else precision,
                                 instances=instances, reason=f"{reason} ({used}, IO binding)")
+        self._warm_buckets()
+
+    def _warm_buckets(self) -> None:
+        """Allocate every bucket's device buffers and run its largest batch once per instance, so ORT's
+        arena, kernel selection (and CUDA graph capture) happen at load time, not under traffic."""
+        for index in range(len(self._instances)):
+            for bucket in self._plan.buckets:
+                shape = (self._plan.max_rows, bucket.length)
+                ones = np.ones(shape, dtype=np.int64)
+                self.run(EngineInputs(input_ids=ones, attention_mask=ones, token_type_ids=np.zeros_like(ones)), index)
 
     def _make_instance(self, onnx_path: Path, provider: OrtProvider, fp16: bool, cache_dir: Path | None) -> _Instance:
         ort = self._ort

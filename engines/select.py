@@ -113,7 +113,7 @@ def _ort_cuda_problem(caps: Capabilities) -> str | None:
     return _gpu_problem(caps)
 
 
-def _tensorrt_problem(caps: Capabilities, model_dir: Path, instances: int) -> tuple[PlanSpec | None, str]:
+def _tensorrt_problem(caps: Capabilities, model_dir: Path, options: EngineOptions) -> tuple[PlanSpec | None, str]:
     """The plan to run, or None and why TensorRT cannot run."""
     gpu = _gpu_problem(caps)
     if gpu is not None:
@@ -121,8 +121,8 @@ def _tensorrt_problem(caps: Capabilities, model_dir: Path, instances: int) -> tu
     if caps.tensorrt_version is None:
         return None, "the tensorrt Python package is not installed (pip install tensorrt)"
     assert caps.compute_capability is not None
-    plan, why = pick_plan(caps.plans, caps.tensorrt_version, caps.compute_capability, instances, model_dir)
-    return plan, why
+    return pick_plan(caps.plans, caps.tensorrt_version, caps.compute_capability, options.instances, model_dir,
+                     options.max_rows)
 
 
 def choose(options: EngineOptions, caps: Capabilities, model_dir: Path) -> Choice:
@@ -134,7 +134,7 @@ def choose(options: EngineOptions, caps: Capabilities, model_dir: Path) -> Choic
         return Choice("onnxruntime", "cpu", "requested onnxruntime on cpu" if engine == "onnxruntime"
                       else "device cpu requested, so ONNX Runtime on CPU")
     if engine == "tensorrt":
-        plan, why = _tensorrt_problem(caps, model_dir, options.instances)
+        plan, why = _tensorrt_problem(caps, model_dir, options)
         if plan is None:
             raise EngineUnavailable(f"engine 'tensorrt' cannot run: {why}")
         return Choice("tensorrt", "cuda", f"requested tensorrt: {why}", plan)
@@ -146,7 +146,7 @@ def choose(options: EngineOptions, caps: Capabilities, model_dir: Path) -> Choic
             raise EngineUnavailable(f"device 'cuda' cannot run onnxruntime: {ort_cuda}")
         return Choice("onnxruntime", "cpu", f"auto device: ONNX Runtime on CPU because {ort_cuda}")
     # engine auto: fastest first.
-    plan, trt_why = _tensorrt_problem(caps, model_dir, options.instances)
+    plan, trt_why = _tensorrt_problem(caps, model_dir, options)
     if plan is not None:
         return Choice("tensorrt", "cuda", f"auto: TensorRT {trt_why}", plan)
     if ort_cuda is None:
