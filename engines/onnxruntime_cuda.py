@@ -38,7 +38,6 @@ def cuda_provider_options(device_id: int, stream: int, cuda_graphs: bool) -> dic
         "has_user_compute_stream": "1",
         # Kernels are searched once per shape; exhaustive search pays off for a long-running server.
         "cudnn_conv_algo_search": "EXHAUSTIVE",
-        "do_copy_in_default_stream": "0",
         "enable_cuda_graph": "1" if cuda_graphs else "0",
     }
 

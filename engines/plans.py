@@ -77,8 +77,10 @@ class PlanSpec:
 
     def mismatch(
         self, tensorrt_version: str, compute_capability: tuple[int, int], instances: int, max_rows: int = 1,
+        max_length: int = 0,
     ) -> str | None:
-        """Why this plan cannot run here with `instances` contexts and batches of `max_rows`, or None."""
+        """Why this plan cannot run here with `instances` contexts, batches of `max_rows` rows and inputs of
+        `max_length` tokens (0: unchecked), or None when it can."""
         if tuple(self.compute_capability) != tuple(compute_capability):
             return (f"plan {self.file} was built for sm_{self.compute_capability[0]}{self.compute_capability[1]}, "
                     f"this GPU is sm_{compute_capability[0]}{compute_capability[1]}")
@@ -88,6 +90,8 @@ class PlanSpec:
             return f"plan {self.file} has profiles for {self.instances} instances, {instances} requested"
         if max_rows > self.max_rows:
             return f"plan {self.file} takes batches of up to {self.max_rows} rows, max_batch_rows is {max_rows}"
+        if max_length > self.lengths[-1]:
+            return f"plan {self.file} takes up to {self.lengths[-1]} tokens, the model's max_length is {max_length}"
         return None
 
 
@@ -106,14 +110,14 @@ def load_plan_specs(model_dir: Path) -> list[PlanSpec]:
 
 def pick_plan(
     plans: list[PlanSpec], tensorrt_version: str, compute_capability: tuple[int, int], instances: int,
-    model_dir: Path, max_rows: int = 1,
+    model_dir: Path, max_rows: int = 1, max_length: int = 0,
 ) -> tuple[PlanSpec | None, str]:
     """The first listed plan that runs here, or None and why none does."""
     if not plans:
         return None, "the model directory lists no TensorRT plans (build one with the TensorRT build step)"
     problems = []
     for plan in plans:
-        problem = plan.mismatch(tensorrt_version, compute_capability, instances, max_rows)
+        problem = plan.mismatch(tensorrt_version, compute_capability, instances, max_rows, max_length)
         if problem is None and not (model_dir / plan.file).is_file():
             problem = f"plan file {plan.file} is missing"
         if problem is None:

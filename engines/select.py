@@ -8,7 +8,7 @@ probe, so every rule is tested on CPU; the reason is logged and shown by the Mod
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +38,8 @@ class EngineOptions:
     threads_per_instance: int = 0
     #: Most rows per GPU call (GPU buffers and TensorRT profiles are sized for it).
     max_rows: int = 32
+    #: The model's longest input in tokens; a TensorRT plan must cover it (0: unchecked).
+    max_length: int = 0
     #: ONNX Runtime on CUDA through the TensorRT execution provider instead of the CUDA one.
     ort_tensorrt_provider: bool = False
     #: fp16 kernels in the TensorRT execution provider.
@@ -122,7 +124,7 @@ def _tensorrt_problem(caps: Capabilities, model_dir: Path, options: EngineOption
         return None, "the tensorrt Python package is not installed (pip install tensorrt)"
     assert caps.compute_capability is not None
     return pick_plan(caps.plans, caps.tensorrt_version, caps.compute_capability, options.instances, model_dir,
-                     options.max_rows)
+                     options.max_rows, options.max_length)
 
 
 def choose(options: EngineOptions, caps: Capabilities, model_dir: Path) -> Choice:
@@ -158,6 +160,7 @@ def choose(options: EngineOptions, caps: Capabilities, model_dir: Path) -> Choic
 
 def load_engine(model_dir: Path, manifest: Manifest, options: EngineOptions) -> Engine:
     """Load the engine `options` ask for, or with `auto` the fastest this machine can run."""
+    options = replace(options, max_length=options.max_length or manifest.max_length)
     choice = choose(options, probe(model_dir), model_dir)
     log.info("engine for %s: %s on %s (%s)", manifest.name, choice.engine, choice.device, choice.reason)
     if choice.engine == "tensorrt":

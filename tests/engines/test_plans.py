@@ -49,4 +49,5 @@ def test_pick_plan_checks_gpu_version_instances_and_file(tmp_path: Path) -> None
     assert "TensorRT 10.7.0" in pick_plan([spec], "10.8.0", (9, 0), 1, tmp_path)[1]
     assert "2 instances" in pick_plan([spec], "10.7.0", (9, 0), 3, tmp_path)[1]
     assert "up to 32 rows" in pick_plan([spec], "10.7.0", (9, 0), 1, tmp_path, max_rows=64)[1]
+    assert "up to 128 tokens" in pick_plan([spec], "10.7.0", (9, 0), 1, tmp_path, max_length=256)[1]
     assert "lists no TensorRT plans" in pick_plan([], "10.7.0", (9, 0), 1, tmp_path)[1]
