@@ -138,3 +138,76 @@ def copy_to_host(dst: int, src: int, nbytes: int, stream: Stream) -> None:
     rt = _cudart()
     check("cudaMemcpyAsync(D2H)",
           rt.cudaMemcpyAsync(dst, src, nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.handle))
+
+
+class CudaBackend:
+    """Where the ORT CUDA engine's buffers, streams and copies live: a CUDA GPU (the real thing)."""
+
+    #: ONNX Runtime device type for bound buffers.
+    device = "cuda"
+
+    def stream(self) -> Stream:
+        """A new non-blocking stream."""
+        return Stream()
+
+    def pinned(self, nbytes: int) -> PinnedBuffer:
+        """Page-locked host staging memory."""
+        return PinnedBuffer(nbytes)
+
+    def copy_to_device(self, dst: int, src: int, nbytes: int, stream: Stream) -> None:
+        """Queue a host→device copy on `stream`."""
+        copy_to_device(dst, src, nbytes, stream)
+
+    def copy_to_host(self, dst: int, src: int, nbytes: int, stream: Stream) -> None:
+        """Queue a device→host copy on `stream`."""
+        copy_to_host(dst, src, nbytes, stream)
+
+
+class HostStream:
+    """Stand-in for a stream when the "device" is host memory: work is already done when queued."""
+
+    handle = 0
+
+    def synchronize(self) -> None:
+        """Nothing is ever pending."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class HostBuffer:
+    """Ordinary host memory with PinnedBuffer's interface."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = max(1, nbytes)
+        self._memory = (ctypes.c_byte * self.nbytes)()
+        self.pointer = ctypes.addressof(self._memory)
+
+    def view(self, dtype: npt.DTypeLike, shape: tuple[int, ...]) -> npt.NDArray[Any]:
+        """The first bytes of the buffer as an array of `shape` (no copy)."""
+        return host_view(self.pointer, self.nbytes, dtype, shape)
+
+    def close(self) -> None:
+        """Memory is freed with the object."""
+
+
+class HostBackend:
+    """The same buffer/copy protocol on host memory, so the IO-binding path runs (and is tested) on CPU."""
+
+    device = "cpu"
+
+    def stream(self) -> HostStream:
+        """A no-op stream."""
+        return HostStream()
+
+    def pinned(self, nbytes: int) -> HostBuffer:
+        """Plain host memory standing in for pinned memory."""
+        return HostBuffer(nbytes)
+
+    def copy_to_device(self, dst: int, src: int, nbytes: int, stream: HostStream) -> None:
+        """A synchronous memmove."""
+        ctypes.memmove(dst, src, nbytes)
+
+    def copy_to_host(self, dst: int, src: int, nbytes: int, stream: HostStream) -> None:
+        """A synchronous memmove."""
+        ctypes.memmove(dst, src, nbytes)

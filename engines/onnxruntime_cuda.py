@@ -70,16 +70,21 @@ def tensorrt_provider_options(
     return options
 
 
+Backend = cuda.CudaBackend | cuda.HostBackend
+StreamLike = cuda.Stream | cuda.HostStream
+BufferLike = cuda.PinnedBuffer | cuda.HostBuffer
+
+
 @dataclass
 class _Instance:
     """One session with its stream, pinned staging and per-bucket device buffers."""
 
     session: Any
-    stream: cuda.Stream
+    stream: StreamLike
     binding: Any
     run_options: Any
     #: Host staging, one pinned buffer per graph input/output, sized for the largest bucket.
-    pinned: dict[str, cuda.PinnedBuffer]
+    pinned: dict[str, BufferLike]
     #: Device OrtValues per bucket index and tensor name, allocated on first use of the bucket.
     device: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -101,10 +106,13 @@ class OnnxRuntimeCudaEngine:
         cuda_graphs: bool = False,
         input_names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids"),
         reason: str = "requested",
+        backend: Backend | None = None,
     ) -> None:
         import onnxruntime as ort
 
         self._ort = ort
+        # HostBackend runs this exact IO-binding path on the CPU provider, which is how it is tested without a GPU.
+        self._backend: Backend = backend if backend is not None else cuda.CudaBackend()
         self._plan = plan
         self._device_id = device_id
         self._cuda_graphs = cuda_graphs
@@ -121,12 +129,15 @@ class OnnxRuntimeCudaEngine:
         self._outputs = [TensorSpec(o.name, ONNX_TYPES[o.type], tuple(o.shape)) for o in first.get_outputs()]
         for instance in self._instances:
             instance.pinned = {
-                name: cuda.PinnedBuffer(size)
+                name: self._backend.pinned(size)
                 for name, size in largest_buffer_bytes(plan, self._inputs + self._outputs).items()
             }
         used = "TensorRT execution provider" if provider == "tensorrt" else "CUDA execution provider"
-        self._info = EngineInfo(engine="onnxruntime", device="cuda", precision="fp16" if trt_fp16 else precision,
-                                instances=instances, reason=f"{reason} ({used}, IO binding)")
+        if self._backend.device == "cpu":
+            used = "CPU execution provider, host backend"
+        self._info = EngineInfo(engine="onnxruntime", device=self._backend.device,
+                                precision="fp16" if trt_fp16 else precision, instances=instances,
+                                reason=f"{reason} ({used}, IO binding)")
         self._warm_buckets()
 
     def _warm_buckets(self) -> None:
@@ -140,13 +151,15 @@ class OnnxRuntimeCudaEngine:
 
     def _make_instance(self, onnx_path: Path, provider: OrtProvider, fp16: bool, cache_dir: Path | None) -> _Instance:
         ort = self._ort
-        stream = cuda.Stream()
+        stream = self._backend.stream()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         cuda_options = cuda_provider_options(self._device_id, stream.handle, self._cuda_graphs)
         providers: list[tuple[str, dict[str, str]]] = [("CUDAExecutionProvider", cuda_options)]
-        if provider == "tensorrt":
+        if self._backend.device == "cpu":
+            providers = [("CPUExecutionProvider", {})]
+        elif provider == "tensorrt":
             trt = tensorrt_provider_options(self._plan, self._input_names, device_id=self._device_id,
                                             stream=stream.handle, fp16=fp16, cache_dir=cache_dir)
             providers.insert(0, ("TensorrtExecutionProvider", trt))
@@ -174,7 +187,7 @@ class OnnxRuntimeCudaEngine:
             rows = self._plan.max_rows
             buffers = {
                 t.name: self._ort.OrtValue.ortvalue_from_shape_and_type(
-                    list(output_shape(t.shape, rows, length)), t.dtype, "cuda", self._device_id)
+                    list(output_shape(t.shape, rows, length)), t.dtype, self._backend.device, self._device_id)
                 for t in self._inputs + self._outputs
             }
             instance.device[bucket_index] = buffers
@@ -201,11 +214,12 @@ class OnnxRuntimeCudaEngine:
                 if spec.name == "attention_mask":
                     host[rows:, 0] = 1  # a fully masked pad row would divide by zero in mean pooling
             size = nbytes((run_rows, length), spec.dtype)
-            cuda.copy_to_device(buffers[spec.name].data_ptr(), state.pinned[spec.name].pointer, size, state.stream)
-            binding.bind_input(spec.name, "cuda", self._device_id, spec.dtype, [run_rows, length],
+            self._backend.copy_to_device(buffers[spec.name].data_ptr(), state.pinned[spec.name].pointer, size,
+                                         state.stream)  # type: ignore[arg-type]  # stream matches its backend
+            binding.bind_input(spec.name, self._backend.device, self._device_id, spec.dtype, [run_rows, length],
                                buffers[spec.name].data_ptr())
         for spec in self._outputs:
-            binding.bind_output(spec.name, "cuda", self._device_id, spec.dtype,
+            binding.bind_output(spec.name, self._backend.device, self._device_id, spec.dtype,
                                 list(output_shape(spec.shape, run_rows, length)), buffers[spec.name].data_ptr())
         if self._cuda_graphs:
             state.run_options.add_run_config_entry("gpu_graph_id", str(bucket.index))
@@ -214,8 +228,8 @@ class OnnxRuntimeCudaEngine:
         views = {}
         for spec in self._outputs:
             shape = output_shape(spec.shape, rows, length)
-            cuda.copy_to_host(state.pinned[spec.name].pointer, buffers[spec.name].data_ptr(),
-                              nbytes(shape, spec.dtype), state.stream)
+            self._backend.copy_to_host(state.pinned[spec.name].pointer, buffers[spec.name].data_ptr(),
+                                       nbytes(shape, spec.dtype), state.stream)  # type: ignore[arg-type]
             views[spec.name] = state.pinned[spec.name].view(spec.dtype, shape)
         state.stream.synchronize()
         for name, view in views.items():
