@@ -154,6 +154,10 @@ class CudaBackend:
         """Page-locked host staging memory."""
         return PinnedBuffer(nbytes)
 
+    def device_buffer(self, nbytes: int) -> DeviceBuffer:
+        """Device memory."""
+        return DeviceBuffer(nbytes)
+
     def copy_to_device(self, dst: int, src: int, nbytes: int, stream: Stream) -> None:
         """Queue a host→device copy on `stream`."""
         copy_to_device(dst, src, nbytes, stream)
@@ -202,6 +206,10 @@ class HostBackend:
 
     def pinned(self, nbytes: int) -> HostBuffer:
         """Plain host memory standing in for pinned memory."""
+        return HostBuffer(nbytes)
+
+    def device_buffer(self, nbytes: int) -> HostBuffer:
+        """Plain host memory standing in for device memory."""
         return HostBuffer(nbytes)
 
     def copy_to_device(self, dst: int, src: int, nbytes: int, stream: HostStream) -> None:

@@ -28,14 +28,17 @@ def tensorrt_version() -> str | None:
     return str(trt.__version__)
 
 
+Backend = cuda.CudaBackend | cuda.HostBackend
+
+
 @dataclass
 class _Context:
     """One execution context with its stream, buffers and currently active profile."""
 
     context: Any
-    stream: cuda.Stream
-    pinned: dict[str, cuda.PinnedBuffer]
-    device: dict[str, cuda.DeviceBuffer]
+    stream: Any
+    pinned: dict[str, Any]
+    device: dict[str, Any]
     #: Active optimization profile; -1 until the first call selects one.
     profile: int = -1
 
@@ -43,9 +46,14 @@ class _Context:
 class TensorRtEngine:
     """Runs a TensorRT plan listed in the model manifest (see engines/plans.py for the layout)."""
 
-    def __init__(self, model_dir: Path, spec: PlanSpec, *, instances: int = 1, reason: str = "requested") -> None:
+    def __init__(
+        self, model_dir: Path, spec: PlanSpec, *, instances: int = 1, reason: str = "requested",
+        backend: Backend | None = None,
+    ) -> None:
         import tensorrt as trt
 
+        # HostBackend swaps CUDA memory for host memory so the buffer logic can be tested without a GPU.
+        self._backend: Backend = backend if backend is not None else cuda.CudaBackend()
         self._spec = spec
         self._plan = spec.buckets
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -70,9 +78,9 @@ class TensorRtEngine:
             for _ in range(instances):
                 context = self._engine.create_execution_context()
                 self._contexts.append(_Context(
-                    context, cuda.Stream(),
-                    pinned={name: cuda.PinnedBuffer(size) for name, size in sizes.items()},
-                    device={name: cuda.DeviceBuffer(size) for name, size in sizes.items()},
+                    context, self._backend.stream(),
+                    pinned={name: self._backend.pinned(size) for name, size in sizes.items()},
+                    device={name: self._backend.device_buffer(size) for name, size in sizes.items()},
                 ))
         except BaseException:
             self.close()
@@ -114,14 +122,14 @@ class TensorRtEngine:
             host[...] = getattr(inputs, spec.name)  # casts int64 ids to the plan's int32 when it uses int32
             if not state.context.set_input_shape(spec.name, (rows, length)):
                 raise ValueError(f"shape {(rows, length)} for {spec.name} is outside profile {state.profile}")
-            cuda.copy_to_device(state.device[spec.name].pointer, state.pinned[spec.name].pointer,
+            self._backend.copy_to_device(state.device[spec.name].pointer, state.pinned[spec.name].pointer,
                                 nbytes((rows, length), spec.dtype), state.stream)
         if not state.context.execute_async_v3(state.stream.handle):
             raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
         views = {}
         for spec in self._outputs:
             shape = tuple(int(d) for d in state.context.get_tensor_shape(spec.name))
-            cuda.copy_to_host(state.pinned[spec.name].pointer, state.device[spec.name].pointer,
+            self._backend.copy_to_host(state.pinned[spec.name].pointer, state.device[spec.name].pointer,
                               nbytes(shape, spec.dtype), state.stream)
             views[spec.name] = state.pinned[spec.name].view(spec.dtype, shape)
         state.stream.synchronize()
