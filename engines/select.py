@@ -1,16 +1,27 @@
-"""Choose and load an engine for a model directory: `engine` and `device` names, plus `auto`."""
+"""Choose and load an engine for a model directory: `engine` and `device` names, plus `auto`.
+
+`auto` picks the fastest that can run here: a TensorRT plan on the native runtime, then ONNX Runtime
+on CUDA, then ONNX Runtime on CPU. The choice is made by the pure `choose()` from a `Capabilities`
+probe, so every rule is tested on CPU; the reason is logged and shown by the Models service.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from engines.base import Engine
 from engines.model_dir import Manifest
+from engines.plans import PlanSpec, load_plan_specs, pick_plan
 
 EngineName = Literal["auto", "onnxruntime", "tensorrt"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+
+log = logging.getLogger("millibatch.engines")
+
+GPU_EXTRA_HINT = "pip install 'millibatch[gpu]' (onnxruntime-gpu, cuda-python, nvidia-ml-py)"
 
 
 class EngineUnavailable(RuntimeError):
@@ -25,6 +36,46 @@ class EngineOptions:
     device: DeviceName = "auto"
     instances: int = 1
     threads_per_instance: int = 0
+    #: Most rows per GPU call (GPU buffers and TensorRT profiles are sized for it).
+    max_rows: int = 32
+    #: The model's longest input in tokens; a TensorRT plan must cover it (0: unchecked).
+    max_length: int = 0
+    #: ONNX Runtime on CUDA through the TensorRT execution provider instead of the CUDA one.
+    ort_tensorrt_provider: bool = False
+    #: fp16 kernels in the TensorRT execution provider.
+    ort_tensorrt_fp16: bool = False
+    #: Where the TensorRT execution provider caches built engines (None: no cache).
+    ort_tensorrt_cache_dir: Path | None = None
+    #: CUDA graphs per length bucket in ONNX Runtime; off until measured on the target GPU.
+    cuda_graphs: bool = False
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What this machine can run, as probed once at model load."""
+
+    #: ONNX Runtime execution providers in this build.
+    ort_providers: tuple[str, ...]
+    #: Whether cuda-python (streams, pinned memory) is importable.
+    cuda_python: bool
+    #: Visible CUDA devices (0 without cuda-python, a driver or a GPU).
+    cuda_devices: int
+    #: Compute capability of device 0, when there is one.
+    compute_capability: tuple[int, int] | None = None
+    #: Installed TensorRT version, or None.
+    tensorrt_version: str | None = None
+    #: Plans the model directory lists.
+    plans: list[PlanSpec] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The engine to load and why."""
+
+    engine: Literal["onnxruntime", "tensorrt"]
+    device: Literal["cpu", "cuda"]
+    reason: str
+    plan: PlanSpec | None = None
 
 
 def onnxruntime_providers() -> list[str]:
@@ -34,30 +85,111 @@ def onnxruntime_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def probe(model_dir: Path) -> Capabilities:
+    """Probe ONNX Runtime, cuda-python, the GPU and TensorRT (never raises for a missing piece)."""
+    from engines import cuda_runtime
+    from engines.tensorrt_engine import tensorrt_version
+
+    devices = cuda_runtime.device_count()
+    return Capabilities(
+        ort_providers=tuple(onnxruntime_providers()),
+        cuda_python=cuda_runtime.available(),
+        cuda_devices=devices,
+        compute_capability=cuda_runtime.compute_capability(0) if devices else None,
+        tensorrt_version=tensorrt_version() if devices else None,
+        plans=load_plan_specs(model_dir),
+    )
+
+
+def _gpu_problem(caps: Capabilities) -> str | None:
+    if not caps.cuda_python:
+        return f"cuda-python is not installed ({GPU_EXTRA_HINT})"
+    if caps.cuda_devices < 1:
+        return "no CUDA GPU is visible (no driver, no device, or CUDA_VISIBLE_DEVICES hides it)"
+    return None
+
+
+def _ort_cuda_problem(caps: Capabilities) -> str | None:
+    if "CUDAExecutionProvider" not in caps.ort_providers:
+        return f"this onnxruntime has no CUDAExecutionProvider (offers {list(caps.ort_providers)}; {GPU_EXTRA_HINT})"
+    return _gpu_problem(caps)
+
+
+def _tensorrt_problem(caps: Capabilities, model_dir: Path, options: EngineOptions) -> tuple[PlanSpec | None, str]:
+    """The plan to run, or None and why TensorRT cannot run."""
+    gpu = _gpu_problem(caps)
+    if gpu is not None:
+        return None, gpu
+    if caps.tensorrt_version is None:
+        return None, "the tensorrt Python package is not installed (pip install tensorrt)"
+    assert caps.compute_capability is not None
+    return pick_plan(caps.plans, caps.tensorrt_version, caps.compute_capability, options.instances, model_dir,
+                     options.max_rows, options.max_length)
+
+
+def choose(options: EngineOptions, caps: Capabilities, model_dir: Path) -> Choice:
+    """Apply the selection rules; raises EngineUnavailable when what was asked for cannot run."""
+    engine, device = options.engine, options.device
+    if device == "cpu":
+        if engine == "tensorrt":
+            raise EngineUnavailable("engine 'tensorrt' runs only on CUDA; use --device cuda or auto")
+        return Choice("onnxruntime", "cpu", "requested onnxruntime on cpu" if engine == "onnxruntime"
+                      else "device cpu requested, so ONNX Runtime on CPU")
+    if engine == "tensorrt":
+        plan, why = _tensorrt_problem(caps, model_dir, options)
+        if plan is None:
+            raise EngineUnavailable(f"engine 'tensorrt' cannot run: {why}")
+        return Choice("tensorrt", "cuda", f"requested tensorrt: {why}", plan)
+    ort_cuda = _ort_cuda_problem(caps)
+    if engine == "onnxruntime":
+        if ort_cuda is None:
+            return Choice("onnxruntime", "cuda", f"onnxruntime requested, device {device}: CUDA GPU available")
+        if device == "cuda":
+            raise EngineUnavailable(f"device 'cuda' cannot run onnxruntime: {ort_cuda}")
+        return Choice("onnxruntime", "cpu", f"auto device: ONNX Runtime on CPU because {ort_cuda}")
+    # engine auto: fastest first.
+    plan, trt_why = _tensorrt_problem(caps, model_dir, options)
+    if plan is not None:
+        return Choice("tensorrt", "cuda", f"auto: TensorRT {trt_why}", plan)
+    if ort_cuda is None:
+        return Choice("onnxruntime", "cuda", f"auto: ONNX Runtime on CUDA (no TensorRT: {trt_why})")
+    if device == "cuda":
+        raise EngineUnavailable(f"device 'cuda' cannot run: {ort_cuda}; TensorRT: {trt_why}")
+    return Choice("onnxruntime", "cpu", f"auto: ONNX Runtime on CPU because {ort_cuda}")
+
+
 def load_engine(model_dir: Path, manifest: Manifest, options: EngineOptions) -> Engine:
     """Load the engine `options` ask for, or with `auto` the fastest this machine can run."""
-    if options.engine == "tensorrt":
-        raise EngineUnavailable(
-            "engine 'tensorrt' needs the tensorrt package and a CUDA GPU; neither is available here"
+    options = replace(options, max_length=options.max_length or manifest.max_length)
+    choice = choose(options, probe(model_dir), model_dir)
+    log.info("engine for %s: %s on %s (%s)", manifest.name, choice.engine, choice.device, choice.reason)
+    if choice.engine == "tensorrt":
+        from engines.tensorrt_engine import TensorRtEngine
+
+        assert choice.plan is not None
+        return TensorRtEngine(model_dir, choice.plan, instances=options.instances, reason=choice.reason)
+    if choice.device == "cuda":
+        from engines.buckets import BucketPlan
+        from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+
+        return OnnxRuntimeCudaEngine(
+            model_dir / manifest.onnx_file,
+            BucketPlan.build(options.max_rows, manifest.max_length),
+            instances=options.instances,
+            provider="tensorrt" if options.ort_tensorrt_provider else "cuda",
+            precision=manifest.precision,
+            trt_fp16=options.ort_tensorrt_fp16,
+            trt_cache_dir=options.ort_tensorrt_cache_dir,
+            cuda_graphs=options.cuda_graphs,
+            input_names=tuple(manifest.input_names),
+            reason=choice.reason,
         )
-    if options.device == "cuda":
-        if "CUDAExecutionProvider" not in onnxruntime_providers():
-            raise EngineUnavailable(
-                "device 'cuda' needs onnxruntime-gpu and a visible CUDA GPU; "
-                f"this onnxruntime offers {onnxruntime_providers()}"
-            )
-        raise EngineUnavailable("device 'cuda' is not supported by this build of millibatch yet")
     from engines.onnxruntime_engine import OnnxRuntimeCpuEngine
 
-    reason = (
-        "requested onnxruntime on cpu"
-        if options.engine == "onnxruntime" and options.device == "cpu"
-        else "auto: no CUDA GPU visible, so ONNX Runtime on CPU"
-    )
     return OnnxRuntimeCpuEngine(
         model_dir / manifest.onnx_file,
         instances=options.instances,
         threads_per_instance=options.threads_per_instance,
         precision=manifest.precision,
-        reason=reason,
+        reason=choice.reason,
     )

@@ -73,7 +73,8 @@ def load_model(directory: Path, settings: Settings, observer: BatchObserver | No
     engine = load_engine(
         directory,
         manifest,
-        EngineOptions(settings.engine, settings.device, settings.instances, settings.threads_per_instance),
+        EngineOptions(settings.engine, settings.device, settings.instances, settings.threads_per_instance,
+                      max_rows=settings.max_batch_rows),
     )
     batcher = Batcher(
         engine,

@@ -1,0 +1,136 @@
+"""Shape buckets for GPU engines: which padded (rows, length) a batch runs at, and the buffers each needs.
+
+GPU engines keep device buffers, TensorRT optimization profiles and (optionally) CUDA graphs per
+length bucket, so a batch is padded up to the nearest bucket length instead of a multiple of 8. Pure
+logic, no CUDA: everything here is tested on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+#: Sequence lengths a GPU batch is padded to (clipped to the model's max_length, which is always added).
+DEFAULT_LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512)
+
+#: An output's shape as the graph declares it: ints are fixed, strings/None are symbolic.
+ShapeTemplate = tuple[int | str | None, ...]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One shape bucket: a batch of up to `max_rows` rows padded to exactly `length` tokens."""
+
+    #: Position in the plan's length buckets (also the CUDA-graph id and per-instance profile offset).
+    index: int
+    #: Padded sequence length of every batch in this bucket.
+    length: int
+    #: Most rows a batch in this bucket may have.
+    max_rows: int
+
+
+@dataclass(frozen=True)
+class ProfileShapes:
+    """A TensorRT optimization profile for one bucket: min/opt/max (rows, length) of every input."""
+
+    min: tuple[int, int]
+    opt: tuple[int, int]
+    max: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class BucketPlan:
+    """The length buckets an engine serves, and the largest batch it accepts."""
+
+    #: Ascending padded lengths; the last equals the model's max_length.
+    lengths: tuple[int, ...]
+    #: Most rows in one engine call.
+    max_rows: int
+
+    @classmethod
+    def build(cls, max_rows: int, max_length: int, lengths: tuple[int, ...] = DEFAULT_LENGTH_BUCKETS) -> BucketPlan:
+        """Buckets up to `max_length` (which always is the last bucket) for batches of up to `max_rows`."""
+        if max_rows < 1 or max_length < 1:
+            raise ValueError(f"max_rows and max_length must be >= 1, got {max_rows} and {max_length}")
+        kept = sorted({n for n in lengths if 0 < n < max_length} | {max_length})
+        return cls(tuple(kept), max_rows)
+
+    @property
+    def buckets(self) -> list[Bucket]:
+        """Every bucket, shortest first."""
+        return [Bucket(i, n, self.max_rows) for i, n in enumerate(self.lengths)]
+
+    @property
+    def max_length(self) -> int:
+        """The longest padded length served."""
+        return self.lengths[-1]
+
+    def bucket(self, rows: int, length: int) -> Bucket:
+        """The bucket a batch of `rows` rows whose longest row has `length` tokens runs in."""
+        if not 1 <= rows <= self.max_rows:
+            raise ValueError(f"batch of {rows} rows is outside 1..{self.max_rows}")
+        if not 1 <= length <= self.max_length:
+            raise ValueError(f"length {length} is outside 1..{self.max_length}")
+        # Few buckets (<= ~10), so a scan is clearer than bisect and just as fast.
+        for i, n in enumerate(self.lengths):
+            if length <= n:
+                return Bucket(i, n, self.max_rows)
+        raise AssertionError("unreachable: max_length is the last bucket")
+
+    def padded_length(self, length: int) -> int:
+        """The length a batch whose longest row is `length` tokens is padded to (clipped to max_length)."""
+        return self.bucket(1, min(max(length, 1), self.max_length)).length
+
+    def profile_index(self, instance: int, bucket: Bucket) -> int:
+        """TensorRT profile for `bucket` on `instance`: profiles are laid out instance-major.
+
+        Concurrent execution contexts must not share a dynamic-shape profile, so a plan for N instances
+        holds N copies of the bucket profiles and instance i uses profiles [i*B, (i+1)*B).
+        """
+        return instance * len(self.lengths) + bucket.index
+
+    def profile_shapes(self, bucket: Bucket, opt_rows: int | None = None) -> ProfileShapes:
+        """Profile for `bucket`: length fixed at the bucket length (we always pad to it), rows 1..max_rows."""
+        opt = opt_rows if opt_rows is not None else max(1, self.max_rows // 2)
+        return ProfileShapes(min=(1, bucket.length), opt=(min(opt, self.max_rows), bucket.length),
+                             max=(self.max_rows, bucket.length))
+
+
+def output_shape(template: ShapeTemplate, rows: int, length: int) -> tuple[int, ...]:
+    """Concrete output shape: the first dim is rows, other symbolic dims are the sequence length."""
+    shape: list[int] = []
+    for axis, dim in enumerate(template):
+        if isinstance(dim, int) and dim > 0:
+            shape.append(dim)
+        else:
+            shape.append(rows if axis == 0 else length)
+    if shape and isinstance(template[0], int) and template[0] > 0 and template[0] != rows:
+        raise ValueError(f"output declares a fixed batch dimension {template[0]}, cannot hold {rows} rows")
+    return tuple(shape)
+
+
+def nbytes(shape: tuple[int, ...], dtype: npt.DTypeLike) -> int:
+    """Bytes a dense tensor of `shape` and `dtype` takes."""
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output: its name, element type and declared shape."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: ShapeTemplate
+
+
+def buffer_bytes(plan: BucketPlan, bucket: Bucket, tensors: list[TensorSpec]) -> dict[str, int]:
+    """Bytes each tensor needs for the largest batch of `bucket` (max_rows x bucket length)."""
+    return {t.name: nbytes(output_shape(t.shape, bucket.max_rows, bucket.length), t.dtype) for t in tensors}
+
+
+def largest_buffer_bytes(plan: BucketPlan, tensors: list[TensorSpec]) -> dict[str, int]:
+    """Bytes each tensor needs for the largest bucket; one buffer this size serves every bucket."""
+    return buffer_bytes(plan, plan.buckets[-1], tensors)

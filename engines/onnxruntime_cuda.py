@@ -1,0 +1,248 @@
+"""ONNX Runtime on a CUDA GPU with IO binding: device buffers per instance and length bucket, pinned host
+staging, one CUDA stream per instance. Optionally through ONNX Runtime's TensorRT execution provider.
+
+Per call: tokens are written into the instance's pinned buffers, copied to its device buffers on its
+own stream, the session runs on that stream (`user_compute_stream`), outputs land in device buffers
+bound once, are copied back into pinned memory on the same stream, and the stream is synchronised once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from engines import cuda_runtime as cuda
+from engines.base import EngineInfo, EngineInputs, FloatArray
+from engines.buckets import BucketPlan, TensorSpec, largest_buffer_bytes, nbytes, output_shape
+
+OrtProvider = Literal["cuda", "tensorrt"]
+
+#: ONNX tensor type strings to numpy dtypes, for the types our graphs use.
+ONNX_TYPES: dict[str, np.dtype[Any]] = {
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(float16)": np.dtype(np.float16),
+}
+
+
+def cuda_provider_options(device_id: int, stream: int, cuda_graphs: bool) -> dict[str, str]:
+    """CUDA execution provider options: this instance's stream, and CUDA graphs only when asked."""
+    return {
+        "device_id": str(device_id),
+        "user_compute_stream": str(stream),
+        # Older ORT releases needed the flag as well as the stream; newer ones infer it.
+        "has_user_compute_stream": "1",
+        # Kernels are searched once per shape; exhaustive search pays off for a long-running server.
+        "cudnn_conv_algo_search": "EXHAUSTIVE",
+        "enable_cuda_graph": "1" if cuda_graphs else "0",
+    }
+
+
+def profile_shape_strings(plan: BucketPlan, input_names: list[str]) -> dict[str, str]:
+    """TensorRT EP `trt_profile_{min,opt,max}_shapes`: one profile per length bucket (names repeated)."""
+    parts: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
+    for bucket in plan.buckets:
+        shapes = plan.profile_shapes(bucket)
+        for key, (rows, length) in (("min", shapes.min), ("opt", shapes.opt), ("max", shapes.max)):
+            parts[key].extend(f"{name}:{rows}x{length}" for name in input_names)
+    return {f"trt_profile_{key}_shapes": ",".join(values) for key, values in parts.items()}
+
+
+def tensorrt_provider_options(
+    plan: BucketPlan, input_names: list[str], *, device_id: int, stream: int, fp16: bool, cache_dir: Path | None,
+) -> dict[str, str]:
+    """TensorRT execution provider options: precision, engine cache folder and explicit profile shapes."""
+    options = {
+        "device_id": str(device_id),
+        "user_compute_stream": str(stream),
+        "has_user_compute_stream": "1",
+        "trt_fp16_enable": "1" if fp16 else "0",
+        **profile_shape_strings(plan, input_names),
+    }
+    if cache_dir is not None:
+        # Building TensorRT engines takes minutes; the cache makes restarts take seconds.
+        options |= {"trt_engine_cache_enable": "1", "trt_engine_cache_path": str(cache_dir),
+                    "trt_timing_cache_enable": "1", "trt_timing_cache_path": str(cache_dir)}
+    return options
+
+
+Backend = cuda.CudaBackend | cuda.HostBackend
+StreamLike = cuda.Stream | cuda.HostStream
+BufferLike = cuda.PinnedBuffer | cuda.HostBuffer
+
+
+@dataclass
+class _Instance:
+    """One session with its stream, pinned staging and per-bucket device buffers."""
+
+    session: Any
+    stream: StreamLike
+    binding: Any
+    run_options: Any
+    #: Host staging, one pinned buffer per graph input/output, sized for the largest bucket.
+    pinned: dict[str, BufferLike]
+    #: Device OrtValues per bucket index and tensor name, allocated on first use of the bucket.
+    device: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+class OnnxRuntimeCudaEngine:
+    """Runs an ONNX graph on a CUDA GPU through ONNX Runtime with IO binding; one session per instance."""
+
+    def __init__(
+        self,
+        onnx_path: Path,
+        plan: BucketPlan,
+        *,
+        instances: int = 1,
+        device_id: int = 0,
+        provider: OrtProvider = "cuda",
+        precision: str = "fp32",
+        trt_fp16: bool = False,
+        trt_cache_dir: Path | None = None,
+        cuda_graphs: bool = False,
+        input_names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids"),
+        reason: str = "requested",
+        backend: Backend | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self._ort = ort
+        # HostBackend runs this exact IO-binding path on the CPU provider, which is how it is tested without a GPU.
+        self._backend: Backend = backend if backend is not None else cuda.CudaBackend()
+        self._plan = plan
+        self._device_id = device_id
+        self._cuda_graphs = cuda_graphs
+        self._input_names = list(input_names)
+        self._instances: list[_Instance] = []
+        try:
+            for _ in range(instances):
+                self._instances.append(self._make_instance(onnx_path, provider, trt_fp16, trt_cache_dir))
+        except BaseException:
+            self.close()
+            raise
+        first = self._instances[0].session
+        self._inputs = [TensorSpec(i.name, ONNX_TYPES[i.type], tuple(i.shape)) for i in first.get_inputs()]
+        self._outputs = [TensorSpec(o.name, ONNX_TYPES[o.type], tuple(o.shape)) for o in first.get_outputs()]
+        for instance in self._instances:
+            instance.pinned = {
+                name: self._backend.pinned(size)
+                for name, size in largest_buffer_bytes(plan, self._inputs + self._outputs).items()
+            }
+        used = "TensorRT execution provider" if provider == "tensorrt" else "CUDA execution provider"
+        if self._backend.device == "cpu":
+            used = "CPU execution provider, host backend"
+        self._info = EngineInfo(engine="onnxruntime", device=self._backend.device,
+                                precision="fp16" if trt_fp16 else precision, instances=instances,
+                                reason=f"{reason} ({used}, IO binding)")
+        self._warm_buckets()
+
+    def _warm_buckets(self) -> None:
+        """Allocate every bucket's device buffers and run its largest batch once per instance, so ORT's
+        arena, kernel selection (and CUDA graph capture) happen at load time, not under traffic."""
+        for index in range(len(self._instances)):
+            for bucket in self._plan.buckets:
+                shape = (self._plan.max_rows, bucket.length)
+                ones = np.ones(shape, dtype=np.int64)
+                self.run(EngineInputs(input_ids=ones, attention_mask=ones, token_type_ids=np.zeros_like(ones)), index)
+
+    def _make_instance(self, onnx_path: Path, provider: OrtProvider, fp16: bool, cache_dir: Path | None) -> _Instance:
+        ort = self._ort
+        stream = self._backend.stream()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        cuda_options = cuda_provider_options(self._device_id, stream.handle, self._cuda_graphs)
+        providers: list[tuple[str, dict[str, str]]] = [("CUDAExecutionProvider", cuda_options)]
+        if self._backend.device == "cpu":
+            providers = [("CPUExecutionProvider", {})]
+        elif provider == "tensorrt":
+            trt = tensorrt_provider_options(self._plan, self._input_names, device_id=self._device_id,
+                                            stream=stream.handle, fp16=fp16, cache_dir=cache_dir)
+            providers.insert(0, ("TensorrtExecutionProvider", trt))
+        session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
+        run_options = ort.RunOptions()
+        # We copy outputs back on the same stream and synchronise once ourselves.
+        run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        return _Instance(session, stream, session.io_binding(), run_options, pinned={})
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self._outputs]
+
+    def padded_length(self, length: int) -> int:
+        return self._plan.padded_length(length)
+
+    def _device_buffers(self, instance: _Instance, bucket_index: int, length: int) -> dict[str, Any]:
+        """Device OrtValues for one bucket: [max_rows, length] each, allocated once and reused."""
+        buffers = instance.device.get(bucket_index)
+        if buffers is None:
+            rows = self._plan.max_rows
+            buffers = {
+                t.name: self._ort.OrtValue.ortvalue_from_shape_and_type(
+                    list(output_shape(t.shape, rows, length)), t.dtype, self._backend.device, self._device_id)
+                for t in self._inputs + self._outputs
+            }
+            instance.device[bucket_index] = buffers
+        return buffers
+
+    def run(self, inputs: EngineInputs, instance: int) -> dict[str, FloatArray]:
+        state = self._instances[instance]
+        rows, length = inputs.rows, inputs.padded_length
+        bucket = self._plan.bucket(rows, length)
+        if bucket.length != length:
+            raise ValueError(f"batch padded to {length}, engine expects bucket lengths {self._plan.lengths}")
+        # CUDA graphs replay fixed shapes and addresses, so rows are padded to max_rows when they are on.
+        run_rows = self._plan.max_rows if self._cuda_graphs else rows
+        buffers = self._device_buffers(state, bucket.index, length)
+        binding = state.binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for spec in self._inputs:
+            host = state.pinned[spec.name].view(spec.dtype, (run_rows, length))
+            source = getattr(inputs, spec.name)
+            host[:rows] = source
+            if run_rows > rows:
+                host[rows:] = 0
+                if spec.name == "attention_mask":
+                    host[rows:, 0] = 1  # a fully masked pad row would divide by zero in mean pooling
+            size = nbytes((run_rows, length), spec.dtype)
+            self._backend.copy_to_device(buffers[spec.name].data_ptr(), state.pinned[spec.name].pointer, size,
+                                         state.stream)  # type: ignore[arg-type]  # stream matches its backend
+            binding.bind_input(spec.name, self._backend.device, self._device_id, spec.dtype, [run_rows, length],
+                               buffers[spec.name].data_ptr())
+        for spec in self._outputs:
+            binding.bind_output(spec.name, self._backend.device, self._device_id, spec.dtype,
+                                list(output_shape(spec.shape, run_rows, length)), buffers[spec.name].data_ptr())
+        if self._cuda_graphs:
+            state.run_options.add_run_config_entry("gpu_graph_id", str(bucket.index))
+        state.session.run_with_iobinding(binding, state.run_options)
+        results: dict[str, FloatArray] = {}
+        views = {}
+        for spec in self._outputs:
+            shape = output_shape(spec.shape, rows, length)
+            self._backend.copy_to_host(state.pinned[spec.name].pointer, buffers[spec.name].data_ptr(),
+                                       nbytes(shape, spec.dtype), state.stream)  # type: ignore[arg-type]
+            views[spec.name] = state.pinned[spec.name].view(spec.dtype, shape)
+        state.stream.synchronize()
+        for name, view in views.items():
+            # Copy out of the pinned buffer: the next call on this instance overwrites it.
+            results[name] = np.array(view, dtype=np.float32, copy=True)
+        return results
+
+    def close(self) -> None:
+        for state in self._instances:
+            state.binding = None
+            state.device.clear()
+            state.session = None
+            for buffer in state.pinned.values():
+                buffer.close()
+            state.stream.close()
+        self._instances.clear()

@@ -1,0 +1,120 @@
+"""GPU engines against ONNX Runtime on CPU (fp32 reference). Skipped cleanly on machines without CUDA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines import cuda_runtime
+from engines.base import Engine, EngineInputs, FloatArray
+from engines.buckets import BucketPlan
+from engines.model_dir import Manifest
+from engines.onnxruntime_engine import OnnxRuntimeCpuEngine
+from engines.plans import load_plan_specs
+from engines.select import EngineOptions, onnxruntime_providers, probe
+
+pytestmark = pytest.mark.gpu
+
+RNG = np.random.default_rng(0)
+
+
+def _require(provider: str = "CUDAExecutionProvider") -> None:
+    if provider not in onnxruntime_providers():
+        pytest.skip(f"onnxruntime has no {provider} (needs onnxruntime-gpu)")
+    if cuda_runtime.device_count() == 0:
+        pytest.skip("no CUDA GPU visible (or cuda-python missing)")
+
+
+def _batch(rows: int, length: int, padded: int) -> EngineInputs:
+    """Random token ids with ragged real lengths, right-padded like the batcher's collate."""
+    ids = np.zeros((rows, padded), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for r in range(rows):
+        n = int(RNG.integers(2, length + 1)) if r else length
+        ids[r, :n] = RNG.integers(1000, 30000, n)
+        ids[r, 0], ids[r, n - 1] = 101, 102
+        mask[r, :n] = 1
+    return EngineInputs(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids))
+
+
+def _min_cosine(a: FloatArray, b: FloatArray) -> float:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    cos = (a64 * b64).sum(-1) / (np.linalg.norm(a64, axis=-1) * np.linalg.norm(b64, axis=-1))
+    return float(cos.min())
+
+
+def _compare(gpu_engine: Engine, model_dir: Path, threshold: float) -> None:
+    manifest = Manifest.load(model_dir)
+    cpu = OnnxRuntimeCpuEngine(model_dir / manifest.onnx_file)
+    try:
+        # Several buckets, row counts and both instances, twice: buffers are reused across calls.
+        for _ in range(2):
+            for instance, (rows, length) in enumerate([(1, 5), (7, 30), (32, 64), (3, manifest.max_length)]):
+                padded = gpu_engine.padded_length(length)
+                batch = _batch(rows, min(length, padded), padded)
+                got = gpu_engine.run(batch, instance % gpu_engine.info.instances)
+                want = cpu.run(batch, 0)
+                for name in cpu.output_names:
+                    assert got[name].shape == want[name].shape and got[name].dtype == np.float32
+                    assert _min_cosine(got[name], want[name]) >= threshold, name
+    finally:
+        cpu.close()
+
+
+def test_ort_cuda_matches_cpu_fp32(tiny_embed_dir: Path, tiny_classify_dir: Path) -> None:
+    _require()
+    from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+
+    for model_dir in (tiny_embed_dir, tiny_classify_dir):
+        manifest = Manifest.load(model_dir)
+        engine = OnnxRuntimeCudaEngine(model_dir / manifest.onnx_file, BucketPlan.build(32, manifest.max_length),
+                                       instances=2)
+        try:
+            assert engine.info.device == "cuda"
+            _compare(engine, model_dir, 0.9999)
+        finally:
+            engine.close()
+
+
+def test_ort_tensorrt_provider_fp16_matches_cpu(tiny_embed_dir: Path, tmp_path: Path) -> None:
+    _require("TensorrtExecutionProvider")
+    from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+
+    manifest = Manifest.load(tiny_embed_dir)
+    engine = OnnxRuntimeCudaEngine(tiny_embed_dir / manifest.onnx_file, BucketPlan.build(32, manifest.max_length),
+                                   provider="tensorrt", trt_fp16=True, trt_cache_dir=tmp_path)
+    try:
+        _compare(engine, tiny_embed_dir, 0.999)
+    finally:
+        engine.close()
+
+
+def test_native_tensorrt_plan_matches_cpu(tiny_embed_dir: Path) -> None:
+    _require()
+    caps = probe(tiny_embed_dir)
+    if caps.tensorrt_version is None:
+        pytest.skip("tensorrt is not installed")
+    if not load_plan_specs(tiny_embed_dir):
+        pytest.skip("no TensorRT plan in the model directory (the TensorRT build step did not run)")
+    from engines.select import load_engine
+
+    manifest = Manifest.load(tiny_embed_dir)
+    engine = load_engine(tiny_embed_dir, manifest, EngineOptions(engine="tensorrt"))
+    try:
+        threshold = 0.999 if engine.info.precision == "fp16" else 0.9999
+        _compare(engine, tiny_embed_dir, threshold)
+    finally:
+        engine.close()
+
+
+def test_auto_picks_the_gpu(tiny_embed_dir: Path) -> None:
+    _require()
+    from engines.select import load_engine
+
+    engine = load_engine(tiny_embed_dir, Manifest.load(tiny_embed_dir), EngineOptions())
+    try:
+        assert engine.info.device == "cuda" and engine.info.reason.startswith("auto:")
+    finally:
+        engine.close()

@@ -1,0 +1,67 @@
+"""The ORT CUDA engine's IO-binding path (bucketed buffers, staging, bound outputs, reuse) run on CPU through
+its host backend, against the plain CPU engine. Only the CUDA copies and streams are left for GPU tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.base import EngineInputs
+from engines.buckets import BucketPlan
+from engines.cuda_runtime import HostBackend
+from engines.model_dir import Manifest
+from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+from engines.onnxruntime_engine import OnnxRuntimeCpuEngine
+
+
+def _batch(rng: np.random.Generator, lengths: list[int], padded: int) -> EngineInputs:
+    ids = np.zeros((len(lengths), padded), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for r, n in enumerate(lengths):
+        ids[r, :n] = rng.integers(1000, 30000, n)
+        mask[r, :n] = 1
+    return EngineInputs(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids))
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["exact-rows", "rows-padded-for-graphs"])
+def test_io_binding_path_matches_the_cpu_engine(tiny_embed_dir: Path, tiny_classify_dir: Path,
+                                                cuda_graphs: bool) -> None:
+    rng = np.random.default_rng(1)
+    for model_dir in (tiny_embed_dir, tiny_classify_dir):
+        manifest = Manifest.load(model_dir)
+        plan = BucketPlan.build(8, manifest.max_length)
+        engine = OnnxRuntimeCudaEngine(model_dir / manifest.onnx_file, plan, instances=2, backend=HostBackend(),
+                                       cuda_graphs=cuda_graphs, input_names=tuple(manifest.input_names))
+        reference = OnnxRuntimeCpuEngine(model_dir / manifest.onnx_file)
+        try:
+            assert engine.info.device == "cpu" and "IO binding" in engine.info.reason
+            assert engine.output_names == reference.output_names
+            # Shrinking and growing batches across buckets and instances: stale rows in reused buffers must
+            # never leak into a later, smaller batch.
+            for instance, lengths in enumerate([[5] * 8, [3], [20, 7, 33], [manifest.max_length] * 2, [2, 2]]):
+                padded = engine.padded_length(max(lengths))
+                assert padded in plan.lengths
+                batch = _batch(rng, lengths, padded)
+                got = engine.run(batch, instance % 2)
+                want = reference.run(batch, 0)
+                for name in reference.output_names:
+                    assert got[name].dtype == np.float32 and got[name].shape == want[name].shape
+                    np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+        finally:
+            engine.close()
+            reference.close()
+
+
+def test_a_batch_not_padded_to_a_bucket_is_refused(tiny_embed_dir: Path) -> None:
+    manifest = Manifest.load(tiny_embed_dir)
+    engine = OnnxRuntimeCudaEngine(tiny_embed_dir / manifest.onnx_file, BucketPlan.build(8, manifest.max_length),
+                                   backend=HostBackend())
+    try:
+        with pytest.raises(ValueError, match="bucket lengths"):
+            engine.run(_batch(np.random.default_rng(0), [5], 24), 0)
+        with pytest.raises(ValueError, match="rows"):
+            engine.run(_batch(np.random.default_rng(0), [5] * 9, 16), 0)
+    finally:
+        engine.close()
