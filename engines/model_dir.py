@@ -49,6 +49,8 @@ class Manifest:
     source_hash: str = ""
     #: Results of checking the converted model against PyTorch (max_abs_diff, min_cosine, stsb, ...).
     validation: dict[str, Any] = field(default_factory=dict)
+    #: Serialized TensorRT engines and their profiles (layout: engines/plans.py).
+    tensorrt_plans: list[dict[str, Any]] = field(default_factory=list)
     #: Manifest layout version.
     format_version: int = FORMAT_VERSION
 

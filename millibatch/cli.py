@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from millibatch.settings import add_settings_arguments, load_settings
 
 
@@ -36,15 +38,17 @@ def run_serve(args: argparse.Namespace) -> int:
     from service.server import serve
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
-    settings = load_settings(overrides, args.config)
+    try:
+        settings = load_settings(overrides, args.config)
+    except (ValidationError, FileNotFoundError) as error:
+        print(f"millibatch serve: bad settings: {error}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
         import uvloop
-
-        uvloop.run(serve(settings))
     except ImportError:  # uvloop is Linux/macOS only
-        asyncio.run(serve(settings))
-    return 0
+        return asyncio.run(serve(settings))
+    return uvloop.run(serve(settings))
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     """Engine instances per model that run batches concurrently."""
     threads_per_instance: int = Field(0, ge=0)
     """CPU threads per ONNX Runtime instance; 0 splits the available cores evenly."""
+    ort_tensorrt_provider: bool = False
+    """On CUDA, run ONNX Runtime through its TensorRT execution provider (engines cached in `cache_dir`)."""
+    ort_tensorrt_fp16: bool = False
+    """fp16 kernels in ONNX Runtime's TensorRT execution provider."""
+    cuda_graphs: bool = False
+    """Capture a CUDA graph per length bucket in ONNX Runtime (off until measured on the target GPU)."""
 
     # -- batching -------------------------------------------------------------------------------
     batch_policy: Literal["deadline", "fifo"] = "deadline"

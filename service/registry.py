@@ -73,8 +73,12 @@ def load_model(directory: Path, settings: Settings, observer: BatchObserver | No
     engine = load_engine(
         directory,
         manifest,
-        EngineOptions(settings.engine, settings.device, settings.instances, settings.threads_per_instance,
-                      max_rows=settings.max_batch_rows),
+        EngineOptions(
+            settings.engine, settings.device, settings.instances, settings.threads_per_instance,
+            max_rows=settings.max_batch_rows, max_length=manifest.max_length,
+            ort_tensorrt_provider=settings.ort_tensorrt_provider, ort_tensorrt_fp16=settings.ort_tensorrt_fp16,
+            ort_tensorrt_cache_dir=settings.cache_dir / "tensorrt", cuda_graphs=settings.cuda_graphs,
+        ),
     )
     batcher = Batcher(
         engine,

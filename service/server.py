@@ -172,16 +172,21 @@ def stop_on_signals(loop: asyncio.AbstractEventLoop, server: InferenceServer) ->
             loop.remove_signal_handler(sig)
 
 
-async def serve(settings: Settings) -> None:
-    """Run the server until SIGTERM/SIGINT, then drain and return."""
+async def serve(settings: Settings) -> int:
+    """Run the server until SIGTERM/SIGINT, then drain; returns the process exit code (1 when start-up
+    failed, with the reason logged in one line)."""
     server = InferenceServer(settings)
     loop = asyncio.get_running_loop()
+    code = 0
     with stop_on_signals(loop, server) as requested:
         starting = asyncio.create_task(server.start())
         waiting = asyncio.create_task(requested.wait())
         await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
-        if starting.done():
-            starting.result()  # start-up errors end the process with their message
+        if starting.done() and starting.exception() is not None:
+            waiting.cancel()
+            log.error("start-up failed: %s", starting.exception())
+            code = 1
+        elif starting.done():
             print(f"millibatch serving on port {server.port}", flush=True)
             await waiting
         else:
@@ -189,3 +194,4 @@ async def serve(settings: Settings) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await starting
         await server.stop()
+    return code

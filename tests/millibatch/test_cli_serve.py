@@ -68,3 +68,22 @@ def test_serve_from_config_file_and_env_then_sigterm(tiny_embed_dir: Path, tmp_p
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_unusable_engine_fails_start_up_with_one_clear_line(tiny_embed_dir: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "millibatch", "serve", "--model", str(tiny_embed_dir), "--port", "0",
+         "--metrics-port", "0", "--engine", "tensorrt"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "start-up failed" in result.stderr and "tensorrt" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_setting_is_reported_not_raised() -> None:
+    result = subprocess.run([sys.executable, "-m", "millibatch", "serve", "--port", "99999"],
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "bad settings" in result.stderr and "Traceback" not in result.stderr
