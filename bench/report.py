@@ -39,9 +39,9 @@ def pick(phases: list[dict[str, Any]], peer: str, **match: Any) -> dict[str, Any
     return None
 
 
-def fmt(value: float | None, digits: int = 1) -> str:
-    """A number for the table, or a dash."""
-    return "–" if value is None else f"{value:.{digits}f}"
+def fmt(value: Any, digits: int = 1) -> str:
+    """A number for the table, or a dash for a missing one (None, or a phase that did not run)."""
+    return "–" if not isinstance(value, int | float) else f"{value:.{digits}f}"
 
 
 def peers_of(phases: list[dict[str, Any]]) -> list[str]:
@@ -187,7 +187,8 @@ def plot(data: dict[str, Any], out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for peer in peers:
-        points = sorted((p for p in phases if p["peer"] == peer and p["mode"] == "open"), key=lambda p: p["offered_rps"])
+        points = sorted((p for p in phases if p["peer"] == peer and p["mode"] == "open"),
+                        key=lambda p: p["offered_rps"])
         if points:
             ax.plot([p["offered_rps"] for p in points], [p["p99_ms"] for p in points], "o-", label=peer)
     ax.set(title="open loop (Poisson), sts texts", xlabel="offered load (req/s)", ylabel="p99 latency (ms)",

@@ -11,6 +11,7 @@ pinned to core 0 and the load generator to the rest ("split"), and "shared" lets
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -131,6 +132,23 @@ def run_loadgen(spec: Launch, cores: Cores, texts: Path, flags: list[str], out: 
     return result
 
 
+READY_SECONDS = 240.0
+
+
+def wait_ready(server: Server, cores: Cores, texts: Path, wait: float) -> None:
+    """Probe with real requests until the peer answers; give up early if its process has exited."""
+    give_up = time.monotonic() + wait
+    while True:
+        try:
+            run_loadgen(server.launch, cores, texts, ["--mode", "probe", "--duration", "5"], None, 60)
+            return
+        except RuntimeError as error:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"server exited with {server.process.returncode} before answering") from error
+            if time.monotonic() > give_up:
+                raise
+
+
 @dataclass
 class Session:
     """One benchmark run: where things go and what was measured."""
@@ -179,7 +197,7 @@ class Session:
               flush=True)
         server = start_server(spec, cores, self.raw)
         try:
-            run_loadgen(spec, cores, self.texts["sts"], ["--mode", "probe", "--duration", "240"], None, 300)
+            wait_ready(server, cores, self.texts["sts"], READY_SECONDS)
             if check_only:
                 for text_name in self.plan.text_sets[:1]:
                     self.phase(server, cores, text_name,
@@ -196,7 +214,7 @@ class Session:
                 for fraction in self.plan.open_fractions if text_name == self.plan.text_sets[0] else []:
                     rate = max(0.5, saturation * fraction)
                     result = self.phase(server, cores, text_name, ["--mode", "open", "--rate", f"{rate:.3f}"],
-                                        f"open{int(round(fraction * 100))}")
+                                        f"open{round(fraction * 100)}")
                     result["load_fraction"] = fraction
         except (RuntimeError, subprocess.TimeoutExpired) as error:
             self.skipped[f"{name} ({cores.pinning})"] = f"{error} (server log: {server.log_path.name})"
@@ -224,6 +242,10 @@ def triton_env(path: str | None) -> tuple[str | None, str | None]:
     """The Triton environment's Python and its libpython folder, or (None, None) where it is missing."""
     python = Path(path) if path else TRITON_PYTHON
     if not python.exists():
+        return None, None
+    # A half-built environment (pip failed) must count as missing, not fail each Triton peer slowly.
+    if subprocess.run([str(python), "-c", "import pytriton, tritonclient.grpc.aio"], capture_output=True,
+                      check=False).returncode != 0:
         return None, None
     libdir = subprocess.run([str(python), "-c", "import sysconfig;print(sysconfig.get_config_var('LIBDIR'))"],
                             capture_output=True, text=True, check=False).stdout.strip()
@@ -261,10 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.duration is not None:
-        plan.duration = args.duration
-        plan.warmup = min(plan.warmup, args.duration / 4)
+        plan = dataclasses.replace(plan, duration=args.duration, warmup=min(plan.warmup, args.duration / 4))
     if args.pinning is not None:
-        plan.pinnings = ["split", "shared"] if args.pinning == "both" else [args.pinning]
+        plan = dataclasses.replace(plan, pinnings=["split", "shared"] if args.pinning == "both" else [args.pinning])
     out = args.out or (DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT)
     (out / "raw").mkdir(parents=True, exist_ok=True)
     sentences = stsb_sentences(args.stsb)

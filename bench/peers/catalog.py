@@ -49,7 +49,8 @@ def launch(name: str, model_dir: Path, ctx: PeerContext) -> Launch:
     threads = str(ctx.threads)
     if name in (BASELINE, "fastapi-onnx"):
         module = "bench.peers.fastapi_torch" if name == BASELINE else "bench.peers.fastapi_onnx"
-        command = [sys.executable, "-m", module, "--model-dir", str(model_dir), "--port", str(port), "--threads", threads]
+        command = [sys.executable, "-m", module, "--model-dir", str(model_dir), "--port", str(port),
+                   "--threads", threads]
         return Launch(name, command, "http", target)
     if name in TRITON_PEERS:
         if ctx.triton_python is None:

@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer.enable_truncation(int(manifest["max_length"]))
     tokenizer.enable_padding()
 
-    @batch
+    @batch  # type: ignore[untyped-decorator]
     def infer_ids(input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> dict[str, Any]:
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
         return {"embeddings": session.run(["embeddings"], feeds)[0]}
 
-    @batch
+    @batch  # type: ignore[untyped-decorator]
     def infer_text(text: np.ndarray) -> dict[str, Any]:
         encodings = tokenizer.encode_batch([t.decode("utf-8") for t in text[:, 0]])
         feeds = {
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"embeddings": session.run(["embeddings"], feeds)[0]}
 
     if args.mode == "ids":
-        inputs = [Tensor(name=n, dtype=np.int64, shape=(-1,)) for n in ("input_ids", "attention_mask", "token_type_ids")]
+        names = ("input_ids", "attention_mask", "token_type_ids")
+        inputs = [Tensor(name=n, dtype=np.int64, shape=(-1,)) for n in names]
         function = infer_ids
     else:
         inputs = [Tensor(name="text", dtype=bytes, shape=(1,))]
