@@ -1,6 +1,6 @@
 """Run every peer on this machine, one after another, under the same load plan; write raw data and the report.
 
-    python -m bench.run                   # full plan (about 13 minutes on 2 cores)
+    python -m bench.run                   # full plan (about 12-14 minutes on 2 cores)
     python -m bench.run --quick           # smoke plan (about 2 minutes)
     python -m bench.run --peers millibatch --millibatch int8=models/minilm-int8
 
@@ -48,7 +48,7 @@ class Plan:
 
 
 FULL = Plan(text_sets=list(TEXT_SETS), concurrencies=[1, 8, 32, 128], open_fractions=[0.25, 0.5, 0.7, 0.9, 1.1],
-            duration=8.0, warmup=1.0, pinnings=["split", "shared"])
+            duration=7.0, warmup=1.0, pinnings=["split", "shared"])
 QUICK = Plan(text_sets=["sts"], concurrencies=[1, 32], open_fractions=[0.7], duration=2.0, warmup=0.5,
              pinnings=["split"])
 
