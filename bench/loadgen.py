@@ -96,7 +96,9 @@ class MillibatchDriver:
         self._timeout = timeout
 
     async def call(self, text: str) -> None:
-        response = await self._stub.Embed(self._pb.EmbedRequest(inputs=[text]), timeout=self._timeout)
+        # truncate=True: the other peers cut at max_length silently; refusing long inputs would be less work.
+        request = self._pb.EmbedRequest(inputs=[text], truncate=True)
+        response = await self._stub.Embed(request, timeout=self._timeout)
         if len(response.embeddings) != 1:
             raise RuntimeError("wrong-count")
 

@@ -58,7 +58,7 @@ def summary_table(data: dict[str, Any]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for peer in peers_of(phases):
         single = pick(phases, peer, mode="closed", concurrency=1, texts=text_sets[0])
-        at70 = pick(phases, peer, mode="open", load_fraction=0.7)
+        at70 = pick(phases, peer, mode="open", load_fraction=0.7, texts=text_sets[0])
         mine = [p for p in phases if p["peer"] == peer]
         row = [peer, *[fmt(saturation(phases, peer, t)) for t in text_sets],
                fmt(single and single["p50_ms"]), fmt(single and single["p99_ms"]), fmt(at70 and at70["p99_ms"]),
@@ -80,8 +80,8 @@ def ratio_lines(data: dict[str, Any]) -> list[str]:
             if other in peers and theirs > 0:
                 lines.append(f"- {mine} saturation (sts) / {other}: **{sat / theirs:.2f}×** (goal ≥ {goal}×)")
         for other in ("triton-ids", "triton-text"):
-            a, b = pick(phases, mine, mode="open", load_fraction=0.7), pick(phases, other, mode="open",
-                                                                            load_fraction=0.7)
+            a = pick(phases, mine, mode="open", load_fraction=0.7, texts="sts")
+            b = pick(phases, other, mode="open", load_fraction=0.7, texts="sts")
             if a and b and b["p99_ms"] > 0:
                 lines.append(f"- {mine} p99 at 70% of own saturation / {other}'s: **{a['p99_ms'] / b['p99_ms']:.2f}×**"
                              " (goal ≤ 0.5×)")
@@ -185,16 +185,18 @@ def plot(data: dict[str, Any], out: Path) -> None:
     fig.savefig(out / "latency_vs_throughput.png", dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for peer in peers:
-        points = sorted((p for p in phases if p["peer"] == peer and p["mode"] == "open"),
-                        key=lambda p: p["offered_rps"])
-        if points:
-            ax.plot([p["offered_rps"] for p in points], [p["p99_ms"] for p in points], "o-", label=peer)
-    ax.set(title="open loop (Poisson), sts texts", xlabel="offered load (req/s)", ylabel="p99 latency (ms)",
-           xscale="log", yscale="log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    open_sets = [t for t in text_sets if any(p["mode"] == "open" and p["texts"] == t for p in phases)] or text_sets
+    fig, axes = plt.subplots(1, len(open_sets), figsize=(6.5 * len(open_sets), 4.5), squeeze=False)
+    for ax, texts in zip(axes[0], open_sets, strict=True):
+        for peer in peers:
+            points = sorted((p for p in phases if p["peer"] == peer and p["mode"] == "open" and p["texts"] == texts),
+                            key=lambda p: p["offered_rps"])
+            if points:
+                ax.plot([p["offered_rps"] for p in points], [p["p99_ms"] for p in points], "o-", label=peer)
+        ax.set(title=f"open loop (Poisson), {texts} texts", xlabel="offered load (req/s)",
+               ylabel="p99 latency (ms)", xscale="log", yscale="log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "open_loop.png", dpi=110)
     plt.close(fig)

@@ -39,7 +39,8 @@ class Plan:
 
     text_sets: list[str]
     concurrencies: list[int]
-    open_fractions: list[float]
+    open_fractions: dict[str, list[float]]
+    """Open-loop rates per text set, as fractions of the peer's best closed-loop rate on that set."""
     duration: float
     warmup: float
     pinnings: list[str]
@@ -47,9 +48,10 @@ class Plan:
     timeout: float = 10.0
 
 
-FULL = Plan(text_sets=list(TEXT_SETS), concurrencies=[1, 8, 32, 128], open_fractions=[0.25, 0.5, 0.7, 0.9, 1.1],
-            duration=7.0, warmup=1.0, pinnings=["split", "shared"])
-QUICK = Plan(text_sets=["sts"], concurrencies=[1, 32], open_fractions=[0.7], duration=2.0, warmup=0.5,
+FULL = Plan(text_sets=list(TEXT_SETS), concurrencies=[1, 8, 32, 128],
+            open_fractions={"sts": [0.25, 0.5, 0.7, 0.9, 1.1], "long": [0.5, 0.7, 0.9]},
+            duration=6.0, warmup=1.0, pinnings=["split", "shared"])
+QUICK = Plan(text_sets=["sts"], concurrencies=[1, 32], open_fractions={"sts": [0.7]}, duration=2.0, warmup=0.5,
              pinnings=["split"])
 
 
@@ -211,7 +213,7 @@ class Session:
                                                                    str(concurrency)], f"c{concurrency}")
                     saturation = max(saturation, result["throughput_rps"])
                 # Open-loop rates are fractions of this peer's own closed-loop best on the same texts.
-                for fraction in self.plan.open_fractions if text_name == self.plan.text_sets[0] else []:
+                for fraction in self.plan.open_fractions.get(text_name, []):
                     rate = max(0.5, saturation * fraction)
                     result = self.phase(server, cores, text_name, ["--mode", "open", "--rate", f"{rate:.3f}"],
                                         f"open{round(fraction * 100)}")
@@ -261,6 +263,19 @@ def ensure_model(model_dir: Path) -> Path:
     return model_dir
 
 
+def sibling_precisions(model_dir: Path) -> list[tuple[str, Path]]:
+    """Other model dirs beside `model_dir` converted from the same checkpoint at another precision (int8,
+    fp16, ...), so a run picks them up as millibatch-<precision> without flags."""
+    manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
+    found = []
+    for candidate in sorted(model_dir.parent.glob("*/manifest.json")):
+        other = json.loads(candidate.read_text(encoding="utf-8"))
+        if (candidate.parent != model_dir and other.get("source_hash") == manifest.get("source_hash")
+                and other.get("task") == manifest.get("task") and other.get("precision") != manifest.get("precision")):
+            found.append((f"millibatch-{other.get('precision')}", candidate.parent))
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags of the benchmark runner."""
     parser = argparse.ArgumentParser(prog="bench.run", description=__doc__.splitlines()[0])
@@ -268,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--peers", default=",".join(ALL_PEERS), help="comma-separated peers to run")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL, help="fp32 model dir (converted if absent)")
     parser.add_argument("--millibatch", action="append", default=[], metavar="LABEL=DIR",
-                        help="also serve this model dir as peer millibatch-LABEL (e.g. int8=models/minilm-int8)")
+                        help="also serve this model dir as peer millibatch-LABEL (e.g. int8=models/minilm-int8); "
+                             "without it, other precisions of the model beside --model-dir are found by manifest")
     parser.add_argument("--pinning", choices=("split", "shared", "both"), default=None,
                         help="split: server core 0, client other cores; both: full plan split + a check shared")
     parser.add_argument("--duration", type=float, default=None, help="seconds per measured phase")
@@ -302,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     peers = [(p.strip(), model_dir) for p in args.peers.split(",") if p.strip()]
     peers += [(f"millibatch-{label}", Path(folder).resolve())
               for label, _, folder in (item.partition("=") for item in args.millibatch)]
+    if any(name == "millibatch" for name, _ in peers) and not args.millibatch:
+        peers += sibling_precisions(model_dir)
     info = machine_info(plan)
     started = time.perf_counter()
     for index, pinning in enumerate(plan.pinnings):
