@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import resource
@@ -223,7 +224,7 @@ async def closed_loop(driver: Driver, texts: list[str], concurrency: int, durati
         while time.perf_counter() < stop_at:
             text = texts[rng.randrange(len(texts))]
             if recorder is None:
-                with _suppress():
+                with contextlib.suppress(Exception):  # warm-up: errors are neither counted nor fatal
                     await driver.call(text)
             else:
                 await recorder.timed(driver, text, time.perf_counter())
@@ -255,16 +256,6 @@ async def open_loop(driver: Driver, texts: list[str], rate: float, duration: flo
     if pending:
         await asyncio.wait(pending)
     return max(duration, time.perf_counter() - start)
-
-
-class _suppress:
-    """Ignore errors during warm-up (a context manager; contextlib.suppress without the import cost)."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return True
 
 
 def summarize(result: Result, recorder: Recorder, elapsed: float, cpu: float) -> Result:
