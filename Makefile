@@ -15,7 +15,7 @@ $(BIN)/python:
 # packages. The package metadata keeps a range, which the pinned install already satisfies.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[convert,dev]'
+	$(BIN)/pip install --quiet -e '.[convert,dev,bench]'
 	touch $@
 
 install: $(STAMP)
@@ -33,6 +33,26 @@ test: install lint
 
 protos: install
 	$(BIN)/python protos/generate.py
+
+# Benchmarks against FastAPI+PyTorch, FastAPI+ONNX Runtime and Triton (docs/BENCHMARKS.md); about 13 min.
+# `make bench BENCH_ARGS=--quick` is the 2-minute smoke run. Triton (nvidia-pytriton) gets its own
+# environment because it pins protobuf < 7; where it cannot be installed the Triton peers are skipped.
+BENCH_ARGS   ?=
+BENCH_STAMP  := $(VENV)/.bench-stamp
+TRITON_VENV  := build/bench-triton-venv
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/pip install --quiet -e '.[convert,dev,bench]'
+	touch $@
+
+$(TRITON_VENV)/.stamp:
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet nvidia-pytriton onnxruntime tokenizers uvloop \
+		|| echo "nvidia-pytriton could not be installed: the Triton peers will be skipped"
+	touch $@
+
+bench: $(BENCH_STAMP) $(TRITON_VENV)/.stamp
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -298,9 +298,9 @@ def main() -> None:
                               duration=args.duration, timeout=deadline, seed=int(load * 100))
             after = server.stats()
             delta = {k: after[k] - before[k] for k in after}
-            summary = summarise(result, args.duration, deadline)
+            summary: dict[str, object] = dict(summarise(result, args.duration, deadline))
             summary.update(policy=name, load=load, offered_rps=capacity * load,
-                           goodput_of_capacity=summary["goodput_rps"] / capacity,
+                           goodput_of_capacity=float(summary["goodput_rps"]) / capacity,  # type: ignore[arg-type]
                            padding_ratio=delta["padded_tokens"] / max(1, delta["real_tokens"]),
                            mean_batch_rows=delta["rows"] / max(1, delta["batches"]),
                            server_shed=delta["shed"], server_rejected=delta["rejected"])

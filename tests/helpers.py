@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from engines.build.sources import PACKAGED_MODELS, resolve
+from service.server import InferenceServer
 
 TINY_LABELS = ["negative", "neutral", "positive"]
 
@@ -37,10 +38,9 @@ def make_tiny_checkpoint(folder: Path, task: str, max_positions: int = 64) -> Pa
 
 
 @contextlib.asynccontextmanager
-async def running_server(models: list[Path], **overrides: object) -> AsyncIterator[object]:
+async def running_server(models: list[Path], **overrides: object) -> AsyncIterator[InferenceServer]:
     """An InferenceServer on a free loopback port, started and warmed, drained on exit."""
     from millibatch.settings import load_settings
-    from service.server import InferenceServer
 
     settings = load_settings({
         "models": [str(m) for m in models], "host": "127.0.0.1", "port": 0, "metrics_port": 0,

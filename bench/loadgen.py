@@ -1,0 +1,357 @@
+"""Load generator, run as its own process: closed loop (N workers) or open loop (Poisson arrivals).
+
+One request carries one text, as an online caller sends it. Latency of an open-loop request counts from
+its scheduled arrival, so a server that falls behind is charged for the queueing it causes. The process
+reports its own CPU use (cores) so a saturated client is visible next to the numbers it produced.
+
+    python -m bench.loadgen --protocol millibatch --target 127.0.0.1:50051 --texts texts.json \
+        --mode closed --concurrency 32 --duration 10 --out result.json
+
+Only the standard library and numpy are imported at the top: each protocol's client library is imported
+when chosen, so the Triton driver can run from the Triton virtual environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import resource
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+PROTOCOLS = ("http", "millibatch", "triton-ids", "triton-text")
+
+
+class Driver(Protocol):
+    """Sends one text and returns when the answer is in; raises on any error."""
+
+    async def call(self, text: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Result:
+    """What one load phase measured; latencies are of successful requests only."""
+
+    protocol: str
+    mode: str
+    concurrency: int
+    offered_rps: float
+    duration_s: float
+    requests: int = 0
+    ok: int = 0
+    errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    throughput_rps: float = 0.0
+    p50_ms: float = 0.0
+    p90_ms: float = 0.0
+    p99_ms: float = 0.0
+    mean_ms: float = 0.0
+    client_cpu_cores: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+class HttpDriver:
+    """POST {"inputs": [text]} to <target>/embed (the FastAPI peers)."""
+
+    def __init__(self, target: str, timeout: float) -> None:
+        import aiohttp
+
+        self._url = f"http://{target}/embed"
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                              timeout=aiohttp.ClientTimeout(total=timeout))
+
+    async def call(self, text: str) -> None:
+        async with self._session.post(self._url, json={"inputs": [text]}) as response:
+            body = await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"http-{response.status}")
+            if not body:
+                raise RuntimeError("empty-body")
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+class MillibatchDriver:
+    """millibatch's gRPC Embed over one channel, the call's deadline set to the timeout."""
+
+    def __init__(self, target: str, timeout: float) -> None:
+        import grpc
+
+        from millibatch.v1 import inference_pb2, inference_pb2_grpc
+
+        self._pb = inference_pb2
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = inference_pb2_grpc.InferenceStub(self._channel)
+        self._timeout = timeout
+
+    async def call(self, text: str) -> None:
+        # truncate=True: the other peers cut at max_length silently; refusing long inputs would be less work.
+        request = self._pb.EmbedRequest(inputs=[text], truncate=True)
+        response = await self._stub.Embed(request, timeout=self._timeout)
+        if len(response.embeddings) != 1:
+            raise RuntimeError("wrong-count")
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+def bucket_length(n: int, limit: int) -> int:
+    """Pad length for client-side tokens: the next power of two from 16, so Triton can batch equal shapes."""
+    length = 16
+    while length < n:
+        length *= 2
+    return min(length, limit)
+
+
+class TritonDriver:
+    """Triton's gRPC front end: token ids tokenized here (`ids`), or raw text tokenized in the server (`text`)."""
+
+    def __init__(self, target: str, timeout: float, model: str, tokenizer: Path | None, max_length: int) -> None:
+        import tritonclient.grpc.aio as triton
+
+        self._triton = triton
+        self._client = triton.InferenceServerClient(url=target)
+        self._model = model
+        self._timeout = timeout
+        self._max_length = max_length
+        self._tokenizer: Any = None
+        if tokenizer is not None:
+            from tokenizers import Tokenizer
+
+            self._tokenizer = Tokenizer.from_file(str(tokenizer))
+            self._tokenizer.no_padding()
+            self._tokenizer.enable_truncation(max_length)
+
+    def _inputs(self, text: str) -> list[Any]:
+        triton = self._triton
+        if self._tokenizer is None:
+            data = np.array([[text.encode("utf-8")]], dtype=np.object_)
+            item = triton.InferInput("text", list(data.shape), "BYTES")
+            item.set_data_from_numpy(data)
+            return [item]
+        ids = self._tokenizer.encode(text).ids
+        length = bucket_length(len(ids), self._max_length)
+        arrays = {"input_ids": np.zeros((1, length), np.int64), "attention_mask": np.zeros((1, length), np.int64),
+                  "token_type_ids": np.zeros((1, length), np.int64)}
+        arrays["input_ids"][0, :len(ids)] = ids
+        arrays["attention_mask"][0, :len(ids)] = 1
+        items = []
+        for name, array in arrays.items():
+            item = triton.InferInput(name, list(array.shape), "INT64")
+            item.set_data_from_numpy(array)
+            items.append(item)
+        return items
+
+    async def call(self, text: str) -> None:
+        outputs = [self._triton.InferRequestedOutput("embeddings")]
+        result = await self._client.infer(self._model, self._inputs(text), outputs=outputs,
+                                          client_timeout=self._timeout)
+        if result.as_numpy("embeddings") is None:
+            raise RuntimeError("no-output")
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def make_driver(args: argparse.Namespace) -> Driver:
+    """The driver for --protocol."""
+    if args.protocol == "http":
+        return HttpDriver(args.target, args.timeout)
+    if args.protocol == "millibatch":
+        return MillibatchDriver(args.target, args.timeout)
+    tokenizer = args.tokenizer if args.protocol == "triton-ids" else None
+    if args.protocol == "triton-ids" and tokenizer is None:
+        raise SystemExit("--tokenizer is needed for triton-ids")
+    return TritonDriver(args.target, args.timeout, args.model, tokenizer, args.max_length)
+
+
+def error_kind(error: BaseException) -> str:
+    """A short label for an error: the gRPC status name where there is one, else the message or class."""
+    code = getattr(error, "code", None)
+    if callable(code):
+        try:
+            return str(getattr(code(), "name", code()))
+        except Exception:  # some clients' code() needs state they lack; fall back below
+            pass
+    if isinstance(error, TimeoutError | asyncio.TimeoutError):
+        return "timeout"
+    text = str(error)
+    return text if text.startswith("http-") else type(error).__name__
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds used by this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Recorder:
+    """Collects outcomes of the measured phase."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.errors: Counter[str] = Counter()
+
+    async def timed(self, driver: Driver, text: str, started: float) -> None:
+        """Run one call; latency counts from `started` (the scheduled send time)."""
+        try:
+            await driver.call(text)
+        except Exception as error:  # every failure is counted by kind, none stops the run
+            self.errors[error_kind(error)] += 1
+            return
+        self.latencies.append(time.perf_counter() - started)
+
+
+async def closed_loop(driver: Driver, texts: list[str], concurrency: int, duration: float, rng: random.Random,
+                      recorder: Recorder | None) -> float:
+    """`concurrency` workers, each sending its next request when the last is answered; returns elapsed s."""
+    start = time.perf_counter()
+    stop_at = start + duration
+
+    async def worker() -> None:
+        while time.perf_counter() < stop_at:
+            text = texts[rng.randrange(len(texts))]
+            if recorder is None:
+                with contextlib.suppress(Exception):  # warm-up: errors are neither counted nor fatal
+                    await driver.call(text)
+            else:
+                await recorder.timed(driver, text, time.perf_counter())
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - start
+
+
+async def open_loop(driver: Driver, texts: list[str], rate: float, duration: float, rng: random.Random,
+                    recorder: Recorder, max_outstanding: int) -> float:
+    """Poisson arrivals at `rate` per second for `duration` s, never waiting for answers; returns elapsed s."""
+    start = time.perf_counter()
+    pending: set[asyncio.Task[None]] = set()
+    next_at = start
+    while True:
+        next_at += rng.expovariate(rate)
+        if next_at - start >= duration:
+            break
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if len(pending) >= max_outstanding:
+            # The client, not the server, would be the limit past this point: count it, do not hide it.
+            recorder.errors["client-overflow"] += 1
+            continue
+        task = asyncio.create_task(recorder.timed(driver, texts[rng.randrange(len(texts))], next_at))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.wait(pending)
+    return max(duration, time.perf_counter() - start)
+
+
+def summarize(result: Result, recorder: Recorder, elapsed: float, cpu: float) -> Result:
+    """Fill counts, percentiles, throughput and client CPU into `result`."""
+    latencies = np.array(recorder.latencies) * 1000.0
+    result.ok = len(latencies)
+    result.errors = sum(recorder.errors.values())
+    result.requests = result.ok + result.errors
+    result.error_kinds = dict(recorder.errors)
+    result.throughput_rps = result.ok / elapsed if elapsed > 0 else 0.0
+    if len(latencies):
+        result.p50_ms, result.p90_ms, result.p99_ms = (float(v) for v in np.percentile(latencies, [50, 90, 99]))
+        result.mean_ms = float(latencies.mean())
+    result.client_cpu_cores = cpu / elapsed if elapsed > 0 else 0.0
+    result.latencies_ms = [round(float(v), 3) for v in latencies]
+    return result
+
+
+async def probe(driver: Driver, text: str, wait: float) -> None:
+    """Retry one request until it succeeds (the peer is up and warm) or `wait` seconds pass."""
+    give_up = time.monotonic() + wait
+    while True:
+        try:
+            await driver.call(text)
+            return
+        except Exception as error:  # not up yet: any error means try again
+            if time.monotonic() > give_up:
+                raise SystemExit(f"peer not ready after {wait:.0f}s: {error_kind(error)}: {error}") from error
+            await asyncio.sleep(0.5)
+
+
+async def run(args: argparse.Namespace) -> Result | None:
+    """Probe, or warm up then measure one phase."""
+    texts: list[str] = args.text_list
+    rng = random.Random(args.seed)
+    driver = make_driver(args)
+    try:
+        if args.mode == "probe":
+            await probe(driver, texts[0], args.duration)
+            return None
+        if args.warmup > 0:
+            await closed_loop(driver, texts, max(1, min(args.concurrency, 8)), args.warmup, rng, None)
+        recorder = Recorder()
+        cpu_before = cpu_seconds()
+        if args.mode == "closed":
+            elapsed = await closed_loop(driver, texts, args.concurrency, args.duration, rng, recorder)
+        else:
+            elapsed = await open_loop(driver, texts, args.rate, args.duration, rng, recorder, args.max_outstanding)
+        cpu = cpu_seconds() - cpu_before
+    finally:
+        await driver.close()
+    result = Result(protocol=args.protocol, mode=args.mode,
+                    concurrency=args.concurrency if args.mode == "closed" else 0,
+                    offered_rps=args.rate if args.mode == "open" else 0.0, duration_s=elapsed)
+    return summarize(result, recorder, elapsed, cpu)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags of the load generator."""
+    parser = argparse.ArgumentParser(prog="bench.loadgen", description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", choices=PROTOCOLS, required=True)
+    parser.add_argument("--target", required=True, help="host:port of the peer")
+    parser.add_argument("--model", default="minilm", help="Triton model name")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (triton-ids tokenizes here)")
+    parser.add_argument("--max-length", type=int, default=256, help="truncate client-side tokens to this")
+    parser.add_argument("--texts", type=Path, required=True, help="JSON list of texts")
+    parser.add_argument("--mode", choices=("closed", "open", "probe"), default="closed")
+    parser.add_argument("--concurrency", type=int, default=1, help="closed loop: requests in flight")
+    parser.add_argument("--rate", type=float, default=10.0, help="open loop: mean arrivals per second")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (probe: seconds to wait)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
+    parser.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, seconds")
+    parser.add_argument("--max-outstanding", type=int, default=2048, help="open loop: cap on requests in flight")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="write the result JSON here (else stdout)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one probe or one measured phase."""
+    args = build_parser().parse_args(argv)
+    args.text_list = json.loads(args.texts.read_text(encoding="utf-8"))
+    try:
+        import uvloop
+    except ImportError:  # the Triton environment may lack it; the plain loop is then used
+        result = asyncio.run(run(args))
+    else:
+        result = uvloop.run(run(args))
+    if result is not None:
+        text = json.dumps(asdict(result))
+        if args.out is not None:
+            args.out.write_text(text, encoding="utf-8")
+        else:
+            print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

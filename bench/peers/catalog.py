@@ -1,0 +1,73 @@
+"""The peers: how to start each server and how the load generator talks to it."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BASELINE = "fastapi-torch"
+TRITON_PEERS = ("triton-ids", "triton-text")
+ALL_PEERS = (BASELINE, "fastapi-onnx", *TRITON_PEERS, "millibatch")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Launch:
+    """One started-to-be peer: its server command and the load generator's flags for it."""
+
+    name: str
+    command: list[str]
+    protocol: str
+    target: str
+    python: str = sys.executable
+    env: dict[str, str] = field(default_factory=dict)
+    loadgen_flags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PeerContext:
+    """What every launch needs: model directory, server threads, and the Triton environment's Python."""
+
+    model_dir: Path
+    threads: int
+    triton_python: str | None
+    triton_libdir: str | None
+
+
+def launch(name: str, model_dir: Path, ctx: PeerContext) -> Launch:
+    """The launch of peer `name`; a `millibatch*` name serves `model_dir` (fp32, int8, ... any model dir)."""
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    threads = str(ctx.threads)
+    if name in (BASELINE, "fastapi-onnx"):
+        module = "bench.peers.fastapi_torch" if name == BASELINE else "bench.peers.fastapi_onnx"
+        command = [sys.executable, "-m", module, "--model-dir", str(model_dir), "--port", str(port),
+                   "--threads", threads]
+        return Launch(name, command, "http", target)
+    if name in TRITON_PEERS:
+        if ctx.triton_python is None:
+            raise RuntimeError("no Triton environment (build/bench-triton-venv); `make bench` creates it")
+        mode = name.removeprefix("triton-")
+        command = [ctx.triton_python, "-m", "bench.peers.pytriton_onnx", "--model-dir", str(model_dir),
+                   "--mode", mode, "--grpc-port", str(port), "--http-port", str(free_port()),
+                   "--metrics-port", str(free_port()), "--threads", threads]
+        # tritonserver links libpython; pytriton finds it only through LD_LIBRARY_PATH.
+        env = {"LD_LIBRARY_PATH": ctx.triton_libdir or ""}
+        flags = ["--model", "minilm"]
+        if mode == "ids":
+            flags += ["--tokenizer", str(model_dir / "tokenizer.json")]
+        return Launch(name, command, f"triton-{mode}", target, python=ctx.triton_python, env=env, loadgen_flags=flags)
+    if name.startswith("millibatch"):
+        command = [sys.executable, "-m", "millibatch", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
+                   "--port", str(port), "--metrics-port", str(free_port()), "--threads-per-instance", threads,
+                   "--log-level", "warning"]
+        return Launch(name, command, "millibatch", target)
+    raise ValueError(f"unknown peer {name!r}; choose from {ALL_PEERS} or millibatch-<label>")

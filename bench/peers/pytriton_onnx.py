@@ -1,0 +1,86 @@
+"""Peer: NVIDIA Triton (via nvidia-pytriton, its real tritonserver on CPU) with dynamic batching.
+
+pytriton ships only Triton's Python backend, so the bound Python step runs the same model.onnx with ONNX
+Runtime. Two front ends:
+  ids   token ids tokenized by the client, padded to a power-of-two bucket so equal shapes can batch
+        (what Triton users do without an ensemble);
+  text  raw text, tokenized in the server's Python step per dynamic batch (the fairer variant).
+Runs from the Triton virtual environment (nvidia-pytriton pins protobuf/numpy apart from millibatch's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Bind the model named `minilm` and serve until killed."""
+    parser = argparse.ArgumentParser(description="pytriton peer")
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--mode", choices=("ids", "text"), required=True)
+    parser.add_argument("--grpc-port", type=int, required=True)
+    parser.add_argument("--http-port", type=int, required=True)
+    parser.add_argument("--metrics-port", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-batch", type=int, default=32, help="same row limit as millibatch's default")
+    parser.add_argument("--max-delay-us", type=int, default=2000, help="same wait as millibatch's max_delay_ms")
+    args = parser.parse_args(argv)
+
+    import onnxruntime as ort
+    from pytriton.decorators import batch
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig
+    from tokenizers import Tokenizer
+
+    folder = Path(args.model_dir)
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(folder / manifest["onnx_file"]), options, providers=["CPUExecutionProvider"])
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_truncation(int(manifest["max_length"]))
+    tokenizer.enable_padding()
+
+    @batch  # type: ignore[untyped-decorator]
+    def infer_ids(input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> dict[str, Any]:
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return {"embeddings": session.run(["embeddings"], feeds)[0]}
+
+    @batch  # type: ignore[untyped-decorator]
+    def infer_text(text: np.ndarray) -> dict[str, Any]:
+        encodings = tokenizer.encode_batch([t.decode("utf-8") for t in text[:, 0]])
+        feeds = {
+            "input_ids": np.array([e.ids for e in encodings], np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], np.int64),
+        }
+        return {"embeddings": session.run(["embeddings"], feeds)[0]}
+
+    if args.mode == "ids":
+        names = ("input_ids", "attention_mask", "token_type_ids")
+        inputs = [Tensor(name=n, dtype=np.int64, shape=(-1,)) for n in names]
+        function = infer_ids
+    else:
+        inputs = [Tensor(name="text", dtype=bytes, shape=(1,))]
+        function = infer_text
+    config = ModelConfig(max_batch_size=args.max_batch,
+                         batcher=DynamicBatcher(max_queue_delay_microseconds=args.max_delay_us))
+    triton_config = TritonConfig(grpc_address="127.0.0.1", http_address="127.0.0.1", grpc_port=args.grpc_port,
+                                 http_port=args.http_port, metrics_address="127.0.0.1",
+                                 metrics_port=args.metrics_port)
+    with Triton(config=triton_config) as triton:
+        triton.bind(model_name="minilm", infer_func=function, inputs=inputs,
+                    outputs=[Tensor(name="embeddings", dtype=np.float32, shape=(-1,))], config=config, strict=False)
+        triton.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
