@@ -1,0 +1,1 @@
+"""convert: Hugging Face checkpoint → validated model directory. Needs the `convert` extra (torch)."""

@@ -1,0 +1,91 @@
+"""Export a Hugging Face encoder to ONNX with its post-processing folded into the graph.
+
+Outputs by task (all float32):
+- embed: `embeddings` [rows, dim] pooled and L2-normalised; `pooled` [rows, dim] before normalising.
+- classify: `logits` [rows, labels] and `probabilities` (softmax of logits).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+OUTPUTS_BY_TASK = {"embed": ["embeddings", "pooled"], "classify": ["logits", "probabilities"]}
+OPSET = 17
+
+
+def load_reference(path: Path, task: str) -> Any:
+    """The PyTorch model in eval mode, with the eager attention path (exports cleanly)."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    cls = AutoModelForSequenceClassification if task == "classify" else AutoModel
+    return cls.from_pretrained(str(path), attn_implementation="eager").eval()
+
+
+def build_head(model: Any, task: str, pooling: str = "mean") -> torch.nn.Module:
+    """Wrap `model` so that it returns exactly the graph outputs of OUTPUTS_BY_TASK[task]."""
+    import torch
+
+    class EmbedHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            hidden = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+            if pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=1), pooled
+
+    class ClassifyHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).logits
+            return logits, torch.softmax(logits, dim=-1)
+
+    head = EmbedHead() if task == "embed" else ClassifyHead()
+    # A fresh Module starts in training mode and export restores that mode afterwards, which would
+    # switch dropout back on in the reference model.
+    return head.eval()
+
+
+def export_onnx(head: torch.nn.Module, task: str, out_file: Path) -> None:
+    """Trace `head` to ONNX with dynamic batch and sequence axes."""
+    import torch
+
+    example = torch.ones(2, 16, dtype=torch.long)
+    axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
+    axes.update({name: {0: "batch"} for name in OUTPUTS_BY_TASK[task]})
+    # Tracing warns about every Python branch on a tensor in the model code; validation after export
+    # checks the graph on real inputs, which is what those warnings are about.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            head,
+            (example, example, torch.zeros_like(example)),
+            str(out_file),
+            input_names=INPUT_NAMES,
+            output_names=OUTPUTS_BY_TASK[task],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
