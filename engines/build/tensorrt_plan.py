@@ -36,7 +36,7 @@ def length_buckets(seq_len: tuple[int, int, int], batch: tuple[int, int, int]) -
     """Split MIN..MAX tokens into buckets that double in length (e.g. 1-32, 33-64, 65-128, ...).
 
     Each bucket gets its own profile so short requests run kernels tuned for short inputs; the
-    bucket's opt length is its upper end, clamped to the requested OPT for the bucket holding it.
+    bucket's opt length is its upper end, except the bucket holding the requested OPT, which uses OPT.
     """
     low, opt, high = seq_len
     if not 1 <= low <= opt <= high:
@@ -47,7 +47,7 @@ def length_buckets(seq_len: tuple[int, int, int], batch: tuple[int, int, int]) -
     start, end = low, max(low, 32)
     while start <= high:
         end = min(end, high)
-        best = min(max(opt, start), end)
+        best = opt if start <= opt <= end else end
         profiles.append(Profile(batch=batch, seq_len=(start, best, end)))
         start, end = end + 1, end * 2
     return profiles

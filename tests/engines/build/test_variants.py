@@ -158,7 +158,8 @@ def test_cli_int8_prints_manifest_summary(tiny_checkpoint: Path, tmp_path: Path)
 
 def test_length_buckets_cover_the_range_once() -> None:
     profiles = length_buckets((1, 64, 256), (1, 16, 32))
-    assert [p.seq_len for p in profiles] == [(1, 32, 32), (33, 64, 64), (65, 65, 128), (129, 129, 256)]
+    assert [p.seq_len for p in profiles] == [(1, 32, 32), (33, 64, 64), (65, 128, 128), (129, 256, 256)]
     assert all(p.batch == (1, 16, 32) for p in profiles)
+    assert [p.seq_len for p in length_buckets((8, 20, 40), (1, 1, 1))] == [(8, 20, 32), (33, 40, 40)]
     with pytest.raises(ValueError):
         length_buckets((8, 4, 16), (1, 1, 1))
