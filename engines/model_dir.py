@@ -47,6 +47,12 @@ class Manifest:
     #: Where the weights came from and their digest, so a served model can be traced to its source.
     source: str = ""
     source_hash: str = ""
+    #: How the graph was optimised: fusion op counts, quantization method and fp32-kept nodes.
+    optimizations: dict[str, Any] = field(default_factory=dict)
+    #: TensorRT optimization profiles (one per length bucket): {"batch": [min, opt, max], "seq_len": [...]}.
+    profiles: list[dict[str, list[int]]] = field(default_factory=list)
+    #: TensorRT plan file inside the directory, when built.
+    plan_file: str = ""
     #: Results of checking the converted model against PyTorch (max_abs_diff, min_cosine, stsb, ...).
     validation: dict[str, Any] = field(default_factory=dict)
     #: Serialized TensorRT engines and their profiles (layout: engines/plans.py).

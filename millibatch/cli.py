@@ -25,11 +25,28 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="turn a Hugging Face checkpoint into a model directory")
     convert.add_argument("source", help="checkpoint folder, or a packaged model name such as all-MiniLM-L6-v2")
     convert.add_argument("-o", "--output", type=Path, required=True, help="model directory to write")
-    convert.add_argument("--task", choices=["embed", "classify"], default="embed")
+    convert.add_argument("--task", choices=["embed", "classify", "token-classify"], default="embed",
+                         help="classify takes single texts or pairs; token-classify exports per-token logits (NER)")
     convert.add_argument("--name", default="", help="serve the model under this name")
     convert.add_argument("--force", action="store_true", help="replace an existing output directory")
     convert.add_argument("--stsb", type=Path, default=None,
                          help="score embeddings on this STS-B test TSV and record it in the manifest")
+    convert.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                         help="int8 on cpu: dynamic quantization; int8 on cuda/tensorrt: calibrated QDQ; "
+                              "fp16 keeps LayerNorm/softmax/pooling in fp32")
+    convert.add_argument("--engine", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+                         help="tensorrt also builds a plan (needs the tensorrt package and a GPU)")
+    convert.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device the graph is tuned for")
+    convert.add_argument("--no-fuse", dest="fuse", action="store_false",
+                         help="skip onnxruntime's attention/LayerNorm/GELU fusion")
+    convert.add_argument("--seq-len", type=int, nargs=3, metavar=("MIN", "OPT", "MAX"), default=None,
+                         help="TensorRT profile token range (one profile per doubling length bucket)")
+    convert.add_argument("--batch", type=int, nargs=3, metavar=("MIN", "OPT", "MAX"), default=None,
+                         help="TensorRT profile batch range")
+    convert.add_argument("--instances", type=int, default=1,
+                         help="TensorRT: execution contexts to build profiles for (= serve --instances)")
+    convert.add_argument("--int8-fp32-nodes", nargs="*", default=None, metavar="NAME",
+                         help="node-name substrings kept fp32 in int8 graphs (default: first FFN output MatMul)")
     return parser
 
 
@@ -57,12 +74,18 @@ def run_convert(args: argparse.Namespace) -> int:
     try:
         manifest = convert(ConvertOptions(
             source=args.source, output=args.output, task=args.task, name=args.name, force=args.force,
-            stsb=args.stsb,
+            stsb=args.stsb, precision=args.precision, engine=args.engine, device=args.device, fuse=args.fuse,
+            seq_len=tuple(args.seq_len) if args.seq_len else None,
+            batch=tuple(args.batch) if args.batch else None,
+            instances=args.instances,
+            int8_fp32_nodes=tuple(args.int8_fp32_nodes) if args.int8_fp32_nodes is not None else None,
         ))
-    except (ConversionError, FileNotFoundError) as error:
+    except (ConversionError, FileNotFoundError, ValueError) as error:
         print(f"convert failed: {error}", file=sys.stderr)
         return 2
-    print(json.dumps({"name": manifest.name, "task": manifest.task, "validation": manifest.validation}, indent=2))
+    print(json.dumps({"name": manifest.name, "task": manifest.task, "precision": manifest.precision,
+                      "optimizations": manifest.optimizations, "profiles": manifest.profiles,
+                      "validation": manifest.validation}, indent=2))
     return 0
 
 

@@ -13,17 +13,41 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from engines.build import export, sources, validate
+from engines.buckets import BucketPlan
+from engines.build import export, optimize, quantize, sources, tensorrt_plan, validate
 from engines.model_dir import Manifest, Task
 from engines.onnxruntime_engine import OnnxRuntimeCpuEngine
+
+Precision = Literal["fp32", "fp16", "int8"]
 
 #: fp32 graphs must agree with PyTorch this closely on every validation row.
 FP32_MIN_COSINE = 0.9999
 FP32_MAX_ABS_DIFF = 1e-3
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How closely a variant must agree with PyTorch (cosine per row; abs diff only for fp32)."""
+
+    min_cosine: float
+    mean_cosine: float
+    max_abs_diff: float
+
+
+#: Per precision; int8 and fp16 change the numbers by design but must keep the meaning.
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(min_cosine=FP32_MIN_COSINE, mean_cosine=FP32_MIN_COSINE, max_abs_diff=FP32_MAX_ABS_DIFF),
+    "fp16": Tolerance(min_cosine=0.999, mean_cosine=0.9995, max_abs_diff=float("inf")),
+    "int8": Tolerance(min_cosine=0.95, mean_cosine=0.98, max_abs_diff=float("inf")),
+}
+
+#: Kept in fp32 by default for CPU int8. Found by rank_sensitive_nodes on all-MiniLM-L6-v2: the first
+#: layer's FFN output projection buys back the most STS-B per excluded MatMul (docs/OPTIMIZE.md).
+DEFAULT_INT8_FP32_PATTERNS = ("/layer.0/output/dense/MatMul",)
 
 
 class ConversionError(RuntimeError):
@@ -45,6 +69,21 @@ class ConvertOptions:
     validation_rows: int = 64
     #: Score the model on this STS-B file (embedding models); None skips it.
     stsb: Path | None = None
+    #: Weight precision of the served graph.
+    precision: Precision = "fp32"
+    #: Runtime the artefacts are for; "tensorrt" also builds a plan (needs tensorrt + a GPU).
+    engine: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    #: Device the graph is tuned for: int8 on "cpu" is dynamic, on "cuda" static QDQ.
+    device: Literal["cpu", "cuda"] = "cpu"
+    #: Fuse attention / LayerNorm / GELU with onnxruntime's transformer optimizer.
+    fuse: bool = True
+    #: TensorRT profile ranges (MIN, OPT, MAX); None uses (1, 128, max_length) and (1, 32, 64).
+    seq_len: tuple[int, int, int] | None = None
+    batch: tuple[int, int, int] | None = None
+    #: Execution contexts the TensorRT plan gets profiles for (must match the server's --instances).
+    instances: int = 1
+    #: Node names (substrings) kept fp32 in int8 graphs; None uses DEFAULT_INT8_FP32_PATTERNS.
+    int8_fp32_nodes: tuple[str, ...] | None = None
 
 
 def log(message: str) -> None:
@@ -56,6 +95,11 @@ def convert(options: ConvertOptions, progress: Callable[[str], None] = log) -> M
     """Build, validate and atomically publish a model directory; returns its manifest."""
     if options.task not in export.OUTPUTS_BY_TASK:
         raise ConversionError(f"task {options.task!r} is not supported by convert yet")
+    if options.engine == "tensorrt":
+        try:  # fail before the slow export, not after it
+            tensorrt_plan.tensorrt_version()
+        except tensorrt_plan.TensorRTUnavailable as error:
+            raise ConversionError(str(error)) from error
     output = options.output.resolve()
     if output.exists() and not options.force:
         raise ConversionError(f"{output} already exists; pass --force to replace it")
@@ -82,11 +126,14 @@ def _build(
     model = export.load_reference(source.path, options.task)
     head = export.build_head(model, options.task, source.pooling)
     progress("exporting ONNX graph")
-    export.export_onnx(head, options.task, staging / "model.onnx")
+    exported = staging / "exported.onnx"
+    export.export_onnx(head, options.task, exported)
     _write_plain_tokenizer(source.path / "tokenizer.json", staging / "tokenizer.json")
+    optimizations = _optimize(exported, staging, model.config, source.max_length, options, progress)
+    exported.unlink()
 
     labels: list[str] = []
-    if options.task == "classify":
+    if options.task in ("classify", "token-classify"):
         id2label = model.config.id2label
         labels = [str(id2label[i]) for i in range(len(id2label))]
     dimensions = len(labels) if labels else int(model.config.hidden_size)
@@ -102,12 +149,92 @@ def _build(
         normalize=source.normalize if options.task == "embed" else False,
         source=str(source.path),
         source_hash=sources.source_hash(source.path),
+        precision=options.precision,
+        engine=options.engine,
+        optimizations=optimizations,
     )
-    progress("validating against PyTorch")
+    if options.engine == "tensorrt":
+        _build_plan(manifest, staging, options, progress)
+    progress(f"validating {options.precision} graph against PyTorch")
     manifest.validation = _validate(head, manifest, staging, options)
     manifest.validation["convert_seconds"] = round(time.perf_counter() - started, 2)
     manifest.save(staging)
     return manifest
+
+
+def _optimize(
+    exported: Path,
+    staging: Path,
+    config: Any,
+    max_length: int,
+    options: ConvertOptions,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """Turn the exported fp32 graph into staging/model.onnx at the requested precision."""
+    target = staging / "model.onnx"
+    heads, hidden = int(config.num_attention_heads), int(config.hidden_size)
+    done: dict[str, Any] = {}
+    # TensorRT fuses on its own and wants the plain (QDQ) graph; so does static int8 for CUDA.
+    static_int8 = options.precision == "int8" and (options.device == "cuda" or options.engine == "tensorrt")
+    fuse = options.fuse and options.engine == "onnxruntime" and not static_int8
+    if options.precision == "fp16":
+        progress("converting to fp16 (normalisation, softmax and pooling stay fp32)")
+        done["fusion"] = optimize.to_fp16(exported, target, num_heads=heads, hidden_size=hidden, fused=fuse)
+        done["fp16_keep_fp32_ops"] = list(optimize.FP16_KEEP_FP32_OPS)
+        return done
+    graph = exported
+    if fuse:
+        progress("fusing attention, LayerNorm and GELU")
+        graph = staging / "fused.onnx"
+        done["fusion"] = optimize.fuse(exported, graph, num_heads=heads, hidden_size=hidden)
+    if options.precision == "int8":
+        patterns = DEFAULT_INT8_FP32_PATTERNS if options.int8_fp32_nodes is None else options.int8_fp32_nodes
+        keep = [n for n in quantize.weight_nodes(graph) if any(p in n for p in patterns)]
+        if static_int8:
+            progress("calibrating static int8 (QDQ) on real sentences")
+            done["quantization"] = quantize.quantize_static_qdq(
+                graph, target, _calibration_batches(staging, max_length, options), export.INPUT_NAMES, exclude=keep
+            )
+        else:
+            progress(f"quantizing to int8 (dynamic, per channel, {len(keep)} MatMul kept fp32)")
+            done["quantization"] = quantize.quantize_dynamic_int8(graph, target, exclude=keep)
+    elif graph == exported:
+        shutil.copyfile(exported, target)
+    else:
+        graph.replace(target)
+    if graph != exported and graph.exists():
+        graph.unlink()
+    return done
+
+
+def _calibration_batches(staging: Path, max_length: int, options: ConvertOptions) -> list[Any]:
+    """Real sentences (STS-B when available), encoded in batches of 16 for calibration."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(staging / "tokenizer.json"))
+    sentences = validate.sample_sentences(128, options.stsb)
+    return [validate.encode_padded(tokenizer, sentences[i : i + 16], max_length) for i in range(0, len(sentences), 16)]
+
+
+def _build_plan(
+    manifest: Manifest, staging: Path, options: ConvertOptions, progress: Callable[[str], None]
+) -> None:
+    """Build the TensorRT plan and record its profiles in the manifest."""
+    seq_len = options.seq_len or (1, min(128, manifest.max_length), manifest.max_length)
+    batch = options.batch or (1, 8, 32)
+    if not (1 <= seq_len[0] <= seq_len[1] <= seq_len[2] and 1 <= batch[0] <= batch[1] <= batch[2]):
+        raise ConversionError(f"--seq-len and --batch need 1 <= MIN <= OPT <= MAX, got {seq_len} and {batch}")
+    buckets = BucketPlan.build(batch[2], min(seq_len[2], manifest.max_length))
+    progress(f"building TensorRT plan: {options.instances} instance(s) x {len(buckets.lengths)} length buckets "
+             f"{list(buckets.lengths)}, rows 1..{buckets.max_rows}")
+    spec, details = tensorrt_plan.build_plan(
+        staging / manifest.onnx_file, staging, buckets, manifest.input_names, precision=options.precision,
+        instances=options.instances, opt_rows=batch[1],
+    )
+    manifest.tensorrt_plans.append(spec.to_json())
+    manifest.plan_file = spec.file
+    manifest.profiles = details["profiles"]
+    manifest.optimizations["tensorrt"] = {"workspace_bytes": details["workspace_bytes"]}
 
 
 def _write_plain_tokenizer(source: Path, target: Path) -> None:
@@ -125,7 +252,14 @@ def _validate(head: Any, manifest: Manifest, staging: Path, options: ConvertOpti
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(staging / "tokenizer.json"))
-    engine = OnnxRuntimeCpuEngine(staging / manifest.onnx_file)
+    try:
+        engine = OnnxRuntimeCpuEngine(staging / manifest.onnx_file)
+    except Exception as error:  # onnxruntime raises its own untyped errors for missing CPU kernels
+        if options.precision == "fp32":
+            raise
+        # Some fp16 contrib kernels exist only for CUDA: say so in the manifest instead of guessing.
+        return {"verified": False, "reason": f"ONNX Runtime CPU cannot run this graph: {str(error)[:200]}"}
+    tolerance = TOLERANCES[options.precision]
     output = manifest.output_names[0]
 
     def run_engine(texts: list[str]) -> np.ndarray:
@@ -138,13 +272,25 @@ def _validate(head: Any, manifest: Manifest, staging: Path, options: ConvertOpti
             *(torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.token_type_ids))
         )[0].numpy()
     candidate = engine.run(batch, 0)[output]
-    result: dict[str, Any] = {"rows": len(sentences), **validate.agreement(reference, candidate)}
-    if manifest.task == "classify":
-        result["label_agreement"] = float((reference.argmax(1) == candidate.argmax(1)).mean())
-    if result["min_cosine"] < FP32_MIN_COSINE or result["max_abs_diff"] > FP32_MAX_ABS_DIFF:
+    if manifest.task == "token-classify":
+        # Compare real tokens only: padding positions carry no meaning.
+        real = batch.attention_mask.astype(bool)
+        reference, candidate = reference[real], candidate[real]
+    result: dict[str, Any] = {
+        "rows": len(sentences), "verified": True, **validate.agreement(reference, candidate)
+    }
+    if manifest.task in ("classify", "token-classify"):
+        result["label_agreement"] = float((reference.argmax(-1) == candidate.argmax(-1)).mean())
+    if (
+        result["min_cosine"] < tolerance.min_cosine
+        or result["mean_cosine"] < tolerance.mean_cosine
+        or result["max_abs_diff"] > tolerance.max_abs_diff
+    ):
         raise ConversionError(
-            f"ONNX output disagrees with PyTorch: min cosine {result['min_cosine']:.6f} "
-            f"(need ≥ {FP32_MIN_COSINE}), max abs diff {result['max_abs_diff']:.2e} (need ≤ {FP32_MAX_ABS_DIFF})"
+            f"{options.precision} ONNX output disagrees with PyTorch: min cosine {result['min_cosine']:.6f} "
+            f"(need ≥ {tolerance.min_cosine}), mean cosine {result['mean_cosine']:.6f} "
+            f"(need ≥ {tolerance.mean_cosine}), max abs diff {result['max_abs_diff']:.2e} "
+            f"(need ≤ {tolerance.max_abs_diff})"
         )
     if options.stsb is not None and manifest.task == "embed":
         pairs = validate.load_stsb(options.stsb)

@@ -3,6 +3,8 @@
 Outputs by task (all float32):
 - embed: `embeddings` [rows, dim] pooled and L2-normalised; `pooled` [rows, dim] before normalising.
 - classify: `logits` [rows, labels] and `probabilities` (softmax of logits).
+- token-classify: `token_logits` [rows, tokens, labels] and `token_probabilities`, one row per word
+  piece (the server merges pieces into entities).
 """
 
 from __future__ import annotations
@@ -15,15 +17,20 @@ if TYPE_CHECKING:
     import torch
 
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
-OUTPUTS_BY_TASK = {"embed": ["embeddings", "pooled"], "classify": ["logits", "probabilities"]}
+OUTPUTS_BY_TASK = {
+    "embed": ["embeddings", "pooled"],
+    "classify": ["logits", "probabilities"],
+    "token-classify": ["token_logits", "token_probabilities"],
+}
 OPSET = 17
 
 
 def load_reference(path: Path, task: str) -> Any:
     """The PyTorch model in eval mode, with the eager attention path (exports cleanly)."""
-    from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-    cls = AutoModelForSequenceClassification if task == "classify" else AutoModel
+    classes = {"classify": AutoModelForSequenceClassification, "token-classify": AutoModelForTokenClassification}
+    cls = classes.get(task, AutoModel)
     return cls.from_pretrained(str(path), attn_implementation="eager").eval()
 
 
@@ -62,6 +69,8 @@ def build_head(model: Any, task: str, pooling: str = "mean") -> torch.nn.Module:
             ).logits
             return logits, torch.softmax(logits, dim=-1)
 
+    # ClassifyHead serves both classifiers: the softmax over the last axis is per sequence for
+    # classify and per token for token-classify.
     head = EmbedHead() if task == "embed" else ClassifyHead()
     # A fresh Module starts in training mode and export restores that mode afterwards, which would
     # switch dropout back on in the reference model.
@@ -74,7 +83,8 @@ def export_onnx(head: torch.nn.Module, task: str, out_file: Path) -> None:
 
     example = torch.ones(2, 16, dtype=torch.long)
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
-    axes.update({name: {0: "batch"} for name in OUTPUTS_BY_TASK[task]})
+    output_axes = {0: "batch", 1: "sequence"} if task == "token-classify" else {0: "batch"}
+    axes.update({name: dict(output_axes) for name in OUTPUTS_BY_TASK[task]})
     # Tracing warns about every Python branch on a tensor in the model code; validation after export
     # checks the graph on real inputs, which is what those warnings are about.
     with torch.no_grad(), warnings.catch_warnings():

@@ -31,7 +31,8 @@ def test_existing_output_needs_force(tmp_path: Path, tiny_embed_dir: Path) -> No
 
 def test_disagreement_fails_loudly_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", "embed")
-    monkeypatch.setattr(convert_module, "FP32_MAX_ABS_DIFF", -1.0)  # nothing can pass
+    impossible = convert_module.Tolerance(min_cosine=1.0, mean_cosine=1.0, max_abs_diff=-1.0)
+    monkeypatch.setitem(convert_module.TOLERANCES, "fp32", impossible)  # nothing can pass
     out = tmp_path / "out"
     with pytest.raises(ConversionError, match="disagrees with PyTorch"):
         convert(ConvertOptions(source=str(checkpoint), output=out), progress=lambda _: None)

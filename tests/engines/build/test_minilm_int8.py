@@ -1,0 +1,24 @@
+"""The real all-MiniLM-L6-v2 in int8: STS-B within 0.3 of PyTorch's and cosine ≥ 0.99 to fp32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engines.build.convert import ConvertOptions, convert
+
+#: PyTorch's STS-B Spearman for all-MiniLM-L6-v2 (bench/convert_variants.py reproduces it).
+PYTORCH_STSB = 82.05
+
+
+@pytest.mark.slow
+def test_minilm_int8_keeps_stsb_and_direction(tmp_path: Path, stsb_path: Path) -> None:
+    manifest = convert(
+        ConvertOptions(source="all-MiniLM-L6-v2", output=tmp_path / "int8", precision="int8", stsb=stsb_path),
+        progress=lambda _: None,
+    )
+    validation = manifest.validation
+    assert validation["mean_cosine"] >= 0.99, validation
+    assert abs(validation["stsb_spearman"] - PYTORCH_STSB) <= 0.3, validation
+    assert manifest.optimizations["fusion"]["Attention"] == 6
