@@ -247,7 +247,11 @@ class Batcher:
         instance = self._free.pop()
         task = asyncio.create_task(self._run_batch(decision.batch, inputs, instance))
         self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        task.add_done_callback(self._batch_finished)
+
+    def _batch_finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._settled.set()  # a drain waiting for idleness re-checks now
 
     async def _run_batch(self, batch: list[PendingRow], inputs: EngineInputs, instance: int) -> None:
         batch_id = next(self._batch_ids)
