@@ -40,6 +40,11 @@ lint: install
 test: install tools lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Builds the cpu image with buildah (no Docker engine), runs it and calls Embed; several minutes.
+test-container: install
+	$(BIN)/hadolint deploy/container/Dockerfile
+	deploy/container/build-and-test.sh
+
 protos: install
 	$(BIN)/python protos/generate.py
 

@@ -141,3 +141,9 @@ def test_dashboard_metrics_exist_in_the_server() -> None:
     text = (KUBE / "base" / "dashboard.json").read_text() + (KUBE / "prometheus-adapter" / "rules.yaml").read_text()
     used = set(re.findall(r"millibatch_[a-z0-9_]+", text)) - {"millibatch_queue_seconds_p90"}  # adapter's name
     assert used <= names, used - names
+
+
+def test_dockerfile_hadolint() -> None:
+    result = subprocess.run([tool("hadolint"), str(DEPLOY / "container" / "Dockerfile")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
