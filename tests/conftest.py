@@ -20,7 +20,8 @@ def tiny_embed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny-embed")
     checkpoint = make_tiny_checkpoint(root / "checkpoint", "embed")
     out = root / "model"
-    convert(ConvertOptions(source=str(checkpoint), output=out, task="embed", name="tiny-embed"), progress=lambda _: None)
+    convert(ConvertOptions(source=str(checkpoint), output=out, task="embed", name="tiny-embed"),
+            progress=lambda _: None)
     return out
 
 
