@@ -37,11 +37,17 @@ if ! "${BUILDAH[@]}" inspect --type image localhost/millibatch-base:bookworm > /
 fi
 
 # 2. The image. A local CPU torch wheel (e.g. from pip's find-links) spares the PyTorch index.
+torch_index=()
 for dir in ${PIP_FIND_LINKS:-} /opt/wheels; do
     cp -n "$dir"/torch-2.13.0+cpu-cp311-*.whl deploy/container/wheels/ 2>/dev/null || true
 done
+if compgen -G "deploy/container/wheels/torch-*.whl" > /dev/null; then
+    torch_index=(--build-arg TORCH_INDEX_URL=https://pypi.org/simple)
+fi
+# Trust the same extra CAs as this machine (a TLS-inspecting proxy in front of PyPI, if any).
+cp -n "${EXTRA_CA_DIR:-/usr/local/share/ca-certificates}"/*.crt deploy/container/ca/ 2>/dev/null || true
 stamp "buildah bud --target cpu"
-"${BUILDAH[@]}" bud --isolation chroot --layers \
+"${BUILDAH[@]}" bud --isolation chroot --layers "${torch_index[@]}" \
     --build-arg BASE=localhost/millibatch-base:bookworm \
     --target cpu -t localhost/millibatch:cpu -f deploy/container/Dockerfile . > "$WORK/bud.log" 2>&1 \
     || { tail -50 "$WORK/bud.log"; exit 1; }
