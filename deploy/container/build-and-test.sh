@@ -60,7 +60,11 @@ fi
 # 3. Run it as its own user, on the host's loopback, and talk to it.
 ctr=$("${BUILDAH[@]}" from --quiet localhost/millibatch:cpu)
 cleanup() {
-    [[ -n ${server:-} ]] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
+    # The server's own exit status (SIGTERM) must not become the script's.
+    if [[ -n ${server:-} ]]; then
+        kill "$server" 2> /dev/null || true
+        wait "$server" 2> /dev/null || true
+    fi
     "${BUILDAH[@]}" rm -a > /dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -95,7 +99,10 @@ assert vectors.shape == (3, 384), vectors.shape
 similar, different = vectors[0] @ vectors[1], vectors[0] @ vectors[2]
 assert similar > 0.8 > different, (similar, different)
 text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
-assert 'millibatch_requests_total{model="all-MiniLM-L6-v2",rpc="Embed",code="OK"} 1.0' in text, text[:2000]
+from prometheus_client.parser import text_string_to_metric_families
+ok = [s.value for f in text_string_to_metric_families(text) for s in f.samples
+      if s.name == "millibatch_requests_total" and s.labels == {"model": "all-MiniLM-L6-v2", "rpc": "Embed", "code": "OK"}]
+assert ok == [1.0], ok
 print(f"container answered Embed: dim 384, cos(similar)={similar:.3f} cos(different)={different:.3f}")
 PY
 stamp "ok"
