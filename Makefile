@@ -5,7 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint protos check-protos bench clean
+CHECKOV := build/tools/checkov/bin/checkov
+
+.PHONY: install tools serve test lint protos check-protos bench clean test-container
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +22,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# checkov pins packaging<24 (pytest 9 needs >=24), so it gets its own venv under the ignored build/.
+$(CHECKOV):
+	$(PYTHON) -m venv build/tools/checkov
+	build/tools/checkov/bin/pip install --quiet 'checkov>=3.2'
+
+tools: $(CHECKOV)
+
 # Serves all-MiniLM-L6-v2 (converted once into ~/.cache/millibatch on first use) on :50051.
 serve: install
 	$(BIN)/millibatch serve $(SERVE_ARGS)
@@ -28,8 +37,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: install lint
+test: install tools lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Builds the cpu image with buildah (no Docker engine), runs it and calls Embed; several minutes.
+test-container: install
+	$(BIN)/hadolint deploy/container/Dockerfile
+	deploy/container/build-and-test.sh
 
 protos: install
 	$(BIN)/python protos/generate.py

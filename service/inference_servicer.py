@@ -14,8 +14,9 @@ from millibatch.errors import DeadlineUnmeetable, InvalidInput
 from millibatch.settings import Settings
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import inference_pb2_grpc
+from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedModel
-from service.status import grpc_errors
+from service.status import RequestRecorder, grpc_errors
 from service.tokenization import to_rows
 
 
@@ -34,9 +35,12 @@ def micros(seconds: float) -> int:
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     """Embed, Classify and Tokenize over the model registry."""
 
-    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+    def __init__(self, registry: ModelRegistry, settings: Settings, metrics: Metrics | None = None) -> None:
         self._registry = registry
         self._settings = settings
+        self._metrics = metrics
+        #: Read by `@grpc_errors` to count every outcome.
+        self.on_request_done: RequestRecorder | None = metrics.recorder(registry) if metrics else None
 
     def _check_count(self, inputs: Sequence[str]) -> None:
         if not inputs:
@@ -63,6 +67,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             )
         item = model.batcher.submit(rows, deadline)
         results = await item.future
+        if self._metrics is not None:
+            self._metrics.work_done(model.name, item, tokenize_seconds)
         if asyncio.get_running_loop().time() > deadline:
             raise DeadlineUnmeetable("finished after the call's deadline")
         return results, item, pb.Usage(prompt_tokens=tokens, total_tokens=tokens), tokenize_seconds

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from engines.model_dir import Manifest
 from millibatch.kserve import grpc_service_pb2, grpc_service_pb2_grpc
 from millibatch.settings import Settings
 from millibatch.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
@@ -25,6 +26,7 @@ from service.auth import ApiKeyAuth
 from service.decoding import DecodeGuard
 from service.inference_servicer import InferenceServicer
 from service.kserve.servicer import KServeServicer
+from service.metrics import Metrics
 from service.models_servicer import ModelsServicer
 from service.registry import ModelRegistry, ServedModel, load_model, model_specs, resolve_model_dir
 from service.tls import server_credentials
@@ -71,6 +73,9 @@ class InferenceServer:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
+        self.metrics = Metrics(lambda: [(m.name, m.batcher) for m in self.registry.models.values()])
+        #: Bound metrics port (0: endpoint disabled).
+        self.metrics_port = 0
 
     async def start(self) -> None:
         """Bind and start answering (health NOT_SERVING), then load and warm every model."""
@@ -80,7 +85,8 @@ class InferenceServer:
         interceptors.append(DecodeGuard())
         credentials = server_credentials(self.settings)
         server = grpc.aio.server(options=channel_options(self.settings), interceptors=interceptors)
-        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.registry, self.settings), server)
+        inference = InferenceServicer(self.registry, self.settings, self.metrics)
+        inference_pb2_grpc.add_InferenceServicer_to_server(inference, server)
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.registry), server)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             KServeServicer(self.registry, self.settings), server
@@ -102,6 +108,10 @@ class InferenceServer:
         self._server = server
         log.info("gRPC listening on %s:%d%s (not serving until models are warm)", self.settings.host, self.port,
                  " with TLS" if credentials is not None else "")
+        log_settings(self.settings)
+        if self.settings.metrics_port:
+            self.metrics_port = self.metrics.serve_http(self.settings.host.strip("[]"), self.settings.metrics_port)
+            log.info("metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
         await self._load_models()
         for name in ("", INFERENCE_SERVICE, MODELS_SERVICE, KSERVE_SERVICE):
             await self.health.set(name, SERVING)
@@ -110,14 +120,21 @@ class InferenceServer:
     async def _load_models(self) -> None:
         for spec in model_specs(self.settings):
             directory = await asyncio.to_thread(resolve_model_dir, spec, self.settings)
-            model = await asyncio.to_thread(load_model, directory, self.settings)
+            name = Manifest.load(directory).name
+            model = await asyncio.to_thread(load_model, directory, self.settings, self.metrics.observer(name))
             self.registry.add(model)
+            self._describe(model)
             await model.batcher.start()
             model.ready = True
             model.batcher.on_unhealthy = self._unhealthy_callback(model)
             await self.health.set(model_health_name(model.name), SERVING)
         if self.settings.default_model and self.settings.default_model not in self.registry.models:
             raise ValueError(f"default_model {self.settings.default_model!r} is not among the served models")
+
+    def _describe(self, model: ServedModel) -> None:
+        info = model.engine.info
+        self.metrics.load_seconds.labels(model.name).set(model.load_seconds)
+        self.metrics.model_info.labels(model.name, model.manifest.task, info.engine, info.device, info.precision).set(1)
 
     def _unhealthy_callback(self, model: ServedModel):  # type: ignore[no-untyped-def]
         def mark(why: str) -> None:
@@ -145,10 +162,18 @@ class InferenceServer:
             await self._server.stop(grace=max(1.0, drain_ends - loop.time()))
         for model in self.registry.models.values():
             model.engine.close()
+        self.metrics.close()
         log.info("stopped")
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+def log_settings(settings: Settings) -> None:
+    """One start-up line with the effective settings; secrets (API keys) appear masked."""
+    values = settings.model_dump(mode="json")
+    values["api_keys"] = f"{len(settings.api_keys)} configured"
+    log.info("settings", extra={"settings": values})
 
 
 @contextlib.contextmanager

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -17,6 +18,12 @@ log = logging.getLogger("millibatch.requests")
 STATUS_CODES: dict[str, grpc.StatusCode] = {code.name: code for code in grpc.StatusCode}
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+class RequestRecorder(Protocol):
+    """Told about every finished RPC (metrics); must not block."""
+
+    def __call__(self, rpc: str, request: Any, code: str, seconds: float) -> None: ...
 
 
 def status_of(error: MillibatchError) -> grpc.StatusCode:
@@ -39,19 +46,33 @@ def grpc_errors(rpc: str) -> Callable[[Handler], Handler]:
     def decorate(method: Handler) -> Handler:
         @functools.wraps(method)
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = "OK"
             try:
                 return await method(self, request, context)
             except MillibatchError as error:
-                code = status_of(error)
-                log.info("request failed", extra={"rpc": rpc, "status": code.name, "detail": str(error),
+                status = status_of(error)
+                code = status.name
+                log.info("request failed", extra={"rpc": rpc, "status": code, "detail": str(error),
                                                    "request_id": request_id(context)})
-                await context.abort(code, str(error))
+                await context.abort(status, str(error))
             except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except grpc.aio.AbortError:
+                # The handler aborted by itself and has already chosen (and logged) its status.
+                code = context.code().name if context.code() is not None else "UNKNOWN"
                 raise
             except Exception:
-                log.exception("request failed", extra={"rpc": rpc, "status": "INTERNAL",
+                code = "INTERNAL"
+                log.exception("request failed", extra={"rpc": rpc, "status": code,
                                                         "request_id": request_id(context)})
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            finally:
+                # One place records every outcome; servicers opt in with an `on_request_done` attribute.
+                recorder: RequestRecorder | None = getattr(self, "on_request_done", None)
+                if recorder is not None:
+                    recorder(rpc, request, code, time.perf_counter() - started)
 
         return wrapper  # type: ignore[return-value]
 

@@ -1,0 +1,212 @@
+"""Prometheus metrics: request outcomes and timings, batch shapes, queue state, engine and GPU use.
+
+Everything lives in one `CollectorRegistry` per server (tests run several servers in one process).
+The request path only increments counters and observes histograms (a lock and a few adds); queue
+depth, in-flight rows and GPU readings are pulled at scrape time by custom collectors, on the HTTP
+server's own thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from batching.batcher import Batcher, BatchObserver, BatchRecord
+from batching.work import WorkItem
+from service.registry import ModelRegistry
+from service.status import RequestRecorder
+
+log = logging.getLogger("millibatch.metrics")
+
+#: Latency buckets from 0.5 ms to 10 s, roughly ×2 apart (fine enough for histogram_quantile).
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.012, 0.016, 0.024, 0.032, 0.048, 0.064, 0.096, 0.128,
+    0.192, 0.256, 0.384, 0.512, 0.768, 1.0, 1.5, 2.5, 5.0, 10.0,
+)
+ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+PADDING_BUCKETS = (1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
+#: Label for requests naming a model that is not served (keeps label cardinality bounded).
+UNKNOWN_MODEL = "unknown"
+
+
+class QueueCollector(Collector):
+    """Queue depth and in-flight rows per model, read from `Batcher.stats()` at scrape time."""
+
+    def __init__(self, batchers: Callable[[], Iterable[tuple[str, Batcher]]]) -> None:
+        self._batchers = batchers
+
+    def collect(self) -> Iterator[Metric]:
+        queued = GaugeMetricFamily("millibatch_queue_rows", "Rows waiting to be batched.", labels=["model"])
+        in_flight = GaugeMetricFamily("millibatch_in_flight_rows", "Rows queued or computing.", labels=["model"])
+        rate = GaugeMetricFamily("millibatch_arrival_rate_rows", "Recent arrivals in rows per second.",
+                                 labels=["model"])
+        for name, batcher in list(self._batchers()):
+            stats = batcher.stats()
+            queued.add_metric([name], stats["queued_rows"])
+            in_flight.add_metric([name], stats["in_flight_rows"])
+            rate.add_metric([name], stats["arrival_rate"])
+        yield from (queued, in_flight, rate)
+
+
+class GpuCollector(Collector):
+    """GPU utilization and memory through NVML; yields nothing where there is no NVIDIA GPU or driver."""
+
+    def __init__(self) -> None:
+        self._nvml: Any = None
+        try:
+            import pynvml  # from nvidia-ml-py; imported lazily so CPU images never need a driver
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._count = int(pynvml.nvmlDeviceGetCount())
+        except Exception as error:  # no package, no driver, no device: all mean "no GPU metrics"
+            log.debug("GPU metrics off: %s", error)
+            self._nvml = None
+            self._count = 0
+
+    @property
+    def available(self) -> bool:
+        """True when NVML answered and found at least one GPU."""
+        return self._nvml is not None and self._count > 0
+
+    def collect(self) -> Iterator[Metric]:
+        if not self.available:
+            return
+        nvml = self._nvml
+        util = GaugeMetricFamily("millibatch_gpu_utilization_ratio", "GPU busy fraction over the last sample.",
+                                 labels=["gpu"])
+        used = GaugeMetricFamily("millibatch_gpu_memory_used_bytes", "GPU memory in use.", labels=["gpu"])
+        total = GaugeMetricFamily("millibatch_gpu_memory_total_bytes", "GPU memory installed.", labels=["gpu"])
+        for index in range(self._count):
+            try:
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                rates = nvml.nvmlDeviceGetUtilizationRates(handle)
+                memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            except Exception as error:  # a flaky driver must not break the whole scrape
+                log.debug("NVML read of GPU %d failed: %s", index, error)
+                continue
+            util.add_metric([str(index)], rates.gpu / 100.0)
+            used.add_metric([str(index)], float(memory.used))
+            total.add_metric([str(index)], float(memory.total))
+        yield from (util, used, total)
+
+
+class ModelObserver(BatchObserver):
+    """The batcher's metric hooks for one model."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._m = metrics
+        self._model = model
+
+    def batch_done(self, record: BatchRecord) -> None:
+        m, model = self._m, self._model
+        padded = record.rows * record.padded_length
+        m.batch_rows.labels(model).observe(record.rows)
+        m.batch_tokens.labels(model).observe(padded)
+        if record.real_tokens:
+            m.padding_ratio.labels(model).observe(padded / record.real_tokens)
+        m.inference.labels(model).observe(record.seconds)
+        m.busy.labels(model, str(record.instance)).inc(record.seconds)
+        if record.ok:
+            m.tokens.labels(model).inc(record.real_tokens)
+        else:
+            m.batch_failures.labels(model).inc()
+
+    def shed(self, item: WorkItem, reason: str) -> None:
+        self._m.shed.labels(self._model, reason).inc()
+        self._m.shed_rows.labels(self._model, reason).inc(len(item.rows))
+
+    def rejected(self, rows: int, reason: str) -> None:
+        self._m.rejected.labels(self._model, reason).inc()
+        self._m.rejected_rows.labels(self._model, reason).inc(rows)
+
+
+class Metrics:
+    """All millibatch metrics in one registry, plus the HTTP endpoint that serves them."""
+
+    def __init__(self, batchers: Callable[[], Iterable[tuple[str, Batcher]]] | None = None) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("millibatch_requests_total", "Finished RPCs by model, method and gRPC status.",
+                                ["model", "rpc", "code"], registry=r)
+        self.request_duration = Histogram(
+            "millibatch_request_duration_seconds", "Server-side RPC latency, arrival to answer.",
+            ["model", "rpc"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue = Histogram("millibatch_queue_duration_seconds", "Time a request waited before its first batch.",
+                               ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tokenize = Histogram("millibatch_tokenize_duration_seconds", "Time tokenizing one request.",
+                                  ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inference = Histogram("millibatch_inference_duration_seconds", "Engine time of one batch.",
+                                   ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_rows = Histogram("millibatch_batch_rows", "Rows per batch.", ["model"],
+                                    buckets=ROW_BUCKETS, registry=r)
+        self.batch_tokens = Histogram("millibatch_batch_padded_tokens", "Padded tokens (rows × length) per batch.",
+                                      ["model"], buckets=TOKEN_BUCKETS, registry=r)
+        self.padding_ratio = Histogram("millibatch_batch_padding_ratio", "Padded tokens / real tokens per batch.",
+                                       ["model"], buckets=PADDING_BUCKETS, registry=r)
+        self.tokens = Counter("millibatch_tokens_total", "Real (unpadded) tokens computed.", ["model"], registry=r)
+        self.batch_failures = Counter("millibatch_batch_failures_total", "Engine calls that raised.", ["model"],
+                                      registry=r)
+        self.busy = Counter("millibatch_engine_busy_seconds_total", "Seconds each engine instance spent computing.",
+                            ["model", "instance"], registry=r)
+        self.shed = Counter("millibatch_shed_requests_total", "Admitted requests dropped before compute.",
+                            ["model", "reason"], registry=r)
+        self.shed_rows = Counter("millibatch_shed_rows_total", "Rows of shed requests.", ["model", "reason"],
+                                 registry=r)
+        self.rejected = Counter("millibatch_rejected_requests_total", "Requests refused at admission.",
+                                ["model", "reason"], registry=r)
+        self.rejected_rows = Counter("millibatch_rejected_rows_total", "Rows of refused requests.",
+                                     ["model", "reason"], registry=r)
+        self.load_seconds = Gauge("millibatch_model_load_seconds", "Seconds spent loading and warming a model.",
+                                  ["model"], registry=r)
+        self.model_info = Gauge("millibatch_model_info", "Served model and its engine (value is always 1).",
+                                ["model", "task", "engine", "device", "precision"], registry=r)
+        if batchers is not None:
+            r.register(QueueCollector(batchers))
+        self.gpu = GpuCollector()
+        r.register(self.gpu)
+        self._http: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def observer(self, model: str) -> ModelObserver:
+        """Batcher hooks that record into these metrics under `model`."""
+        return ModelObserver(self, model)
+
+    def request_done(self, model: str, rpc: str, code: str, seconds: float) -> None:
+        """Count one finished RPC and its latency."""
+        self.requests.labels(model, rpc, code).inc()
+        self.request_duration.labels(model, rpc).observe(seconds)
+
+    def recorder(self, registry: ModelRegistry) -> RequestRecorder:
+        """A `RequestRecorder` for `@grpc_errors` that labels requests with the served model they named."""
+
+        def record(rpc: str, request: Any, code: str, seconds: float) -> None:
+            name = getattr(request, "model", "") or registry.default
+            self.request_done(name if name in registry.models else UNKNOWN_MODEL, rpc, code, seconds)
+
+        return record
+
+    def work_done(self, model: str, item: WorkItem, tokenize_seconds: float) -> None:
+        """Per-request stage timings of a request that went through the batcher."""
+        self.tokenize.labels(model).observe(tokenize_seconds)
+        if item.first_batched_at is not None:
+            self.queue.labels(model).observe(item.queue_seconds)
+
+    def serve_http(self, host: str, port: int) -> int:
+        """Serve /metrics on `host:port` from a daemon thread; returns the bound port."""
+        self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._http.server_address[1])
+
+    def close(self) -> None:
+        """Stop the HTTP endpoint."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

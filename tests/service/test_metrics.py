@@ -1,0 +1,148 @@
+"""Metrics endpoint and logs of a real server: names, labels and counts after known traffic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from millibatch.client import AsyncClient
+from millibatch.v1 import inference_pb2 as pb
+from service.logs import JsonFormatter
+from service.metrics import GpuCollector
+from tests.helpers import running_server
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (the metrics port cannot be 0: 0 disables it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on /metrics as {(name, sorted labels): value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text) for s in family.samples
+    }
+
+
+def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_count_requests_batches_and_timings(tiny_embed_dir: Path) -> None:
+    port = free_port()
+    async with running_server([tiny_embed_dir], metrics_port=port) as server:
+        assert server.metrics_port == port
+        async with AsyncClient(f"127.0.0.1:{server.port}", timeout=10) as client:
+            await asyncio.gather(*(client.embed(["hello world", "a b c"]) for _ in range(5)))
+            for bad in (pb.EmbedRequest(inputs=[]), pb.EmbedRequest(inputs=["x"], model="nope")):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await client.inference.Embed(bad, timeout=10)
+        samples = await asyncio.to_thread(scrape, port)
+    ok = value(samples, "millibatch_requests_total", model="tiny-embed", rpc="Embed", code="OK")
+    assert ok == 5
+    assert value(samples, "millibatch_requests_total", model="tiny-embed", rpc="Embed", code="INVALID_ARGUMENT") == 1
+    # Unknown model names share one label value so clients cannot blow up the series count.
+    assert value(samples, "millibatch_requests_total", model="unknown", rpc="Embed", code="NOT_FOUND") == 1
+    assert value(samples, "millibatch_request_duration_seconds_count", model="tiny-embed", rpc="Embed") == 6
+    assert value(samples, "millibatch_queue_duration_seconds_count", model="tiny-embed") == 5
+    assert value(samples, "millibatch_tokenize_duration_seconds_count", model="tiny-embed") == 5
+    # 10 rows in batches: rows summed over batches equal rows sent; tokens: (2+2)+(3+2) per request.
+    assert value(samples, "millibatch_batch_rows_sum", model="tiny-embed") == 10
+    assert value(samples, "millibatch_tokens_total", model="tiny-embed") == 5 * (4 + 5)
+    batches = value(samples, "millibatch_batch_rows_count", model="tiny-embed")
+    assert batches >= 1
+    assert value(samples, "millibatch_inference_duration_seconds_count", model="tiny-embed") == batches
+    assert value(samples, "millibatch_batch_padding_ratio_count", model="tiny-embed") == batches
+    assert value(samples, "millibatch_engine_busy_seconds_total", model="tiny-embed", instance="0") > 0
+    assert value(samples, "millibatch_model_load_seconds", model="tiny-embed") > 0
+    assert value(samples, "millibatch_queue_rows", model="tiny-embed") == 0
+    assert value(samples, "millibatch_in_flight_rows", model="tiny-embed") == 0
+    assert any(name == "millibatch_model_info" and dict(labels)["model"] == "tiny-embed"
+               for name, labels in samples)
+
+
+async def test_queue_full_is_counted_as_rejected(tiny_embed_dir: Path) -> None:
+    port = free_port()
+    # A tiny queue and a long batching delay: concurrent requests find the queue full.
+    async with running_server([tiny_embed_dir], metrics_port=port, max_queue_rows=2, max_delay_ms=200) as server:
+        async with AsyncClient(f"127.0.0.1:{server.port}", timeout=10) as client:
+            outcomes = await asyncio.gather(*(client.embed(["a", "b"]) for _ in range(8)), return_exceptions=True)
+        samples = await asyncio.to_thread(scrape, port)
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    assert failures, "expected some requests to find the queue full"
+    assert all(isinstance(f, grpc.aio.AioRpcError) and f.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+               for f in failures)
+    rejected = value(samples, "millibatch_rejected_rows_total", model="tiny-embed", reason="queue_full")
+    assert rejected == 2 * len(failures)
+    assert value(samples, "millibatch_requests_total", model="tiny-embed", rpc="Embed",
+                 code="RESOURCE_EXHAUSTED") == len(failures)
+    assert value(samples, "millibatch_requests_total", model="tiny-embed", rpc="Embed", code="OK") == 8 - len(failures)
+
+
+async def test_metrics_port_zero_serves_nothing(tiny_embed_dir: Path) -> None:
+    async with running_server([tiny_embed_dir], metrics_port=0) as server:
+        assert server.metrics_port == 0
+
+
+def test_gpu_collector_is_silent_without_a_gpu() -> None:
+    collector = GpuCollector()
+    if collector.available:
+        pytest.skip("a GPU is present; this checks the no-GPU path")
+    assert list(collector.collect()) == []
+
+
+class Records(logging.Handler):
+    """Keeps formatted JSON lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.lines: list[dict[str, object]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+async def test_logs_describe_start_up_and_failed_requests_without_secrets(tiny_embed_dir: Path) -> None:
+    records = Records()
+    logger = logging.getLogger("millibatch")
+    logger.addHandler(records)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        async with running_server([tiny_embed_dir], api_keys=["s3cret-key"]) as server:
+            # With api_keys set the server may demand credentials; send them so the failure is ours.
+            metadata = (("x-request-id", "req-42"), ("authorization", "Bearer s3cret-key"))
+            async with AsyncClient(f"127.0.0.1:{server.port}", timeout=10) as client:
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await client.inference.Embed(pb.EmbedRequest(inputs=[]), metadata=metadata, timeout=10)
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(old_level)
+    text = json.dumps(records.lines)
+    assert "s3cret-key" not in text
+    settings = next(line for line in records.lines if line["message"] == "settings")["settings"]
+    assert isinstance(settings, dict)
+    assert settings["models"] == [str(tiny_embed_dir)]
+    assert "max_batch_rows" in settings
+    loaded = next(line for line in records.lines if str(line["message"]).startswith("loaded model tiny-embed"))
+    for word in ("engine=onnxruntime", "device=cpu", "precision="):
+        assert word in str(loaded["message"])
+    failed = [line for line in records.lines if line["message"] == "request failed"]
+    assert len(failed) == 1
+    assert failed[0]["request_id"] == "req-42"
+    assert failed[0]["status"] == "INVALID_ARGUMENT"
+    assert failed[0]["rpc"] == "Embed"
