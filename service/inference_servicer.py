@@ -14,6 +14,7 @@ from millibatch.errors import DeadlineUnmeetable, InvalidInput
 from millibatch.settings import Settings
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import inference_pb2_grpc
+from service.ledger import CallLedger
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedModel
 from service.status import RequestRecorder, grpc_errors
@@ -35,10 +36,13 @@ def micros(seconds: float) -> int:
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     """Embed, Classify and Tokenize over the model registry."""
 
-    def __init__(self, registry: ModelRegistry, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(self, registry: ModelRegistry, settings: Settings, metrics: Metrics | None = None,
+                 ledger: CallLedger | None = None) -> None:
         self._registry = registry
         self._settings = settings
         self._metrics = metrics
+        #: Read by `@grpc_errors` to account for every accepted call.
+        self.ledger = ledger
         #: Read by `@grpc_errors` to count every outcome.
         self.on_request_done: RequestRecorder | None = metrics.recorder(registry) if metrics else None
 

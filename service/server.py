@@ -26,12 +26,16 @@ from service.auth import ApiKeyAuth
 from service.decoding import DecodeGuard
 from service.inference_servicer import InferenceServicer
 from service.kserve.servicer import KServeServicer
+from service.ledger import CallLedger
 from service.metrics import Metrics
 from service.models_servicer import ModelsServicer
 from service.registry import ModelRegistry, ServedModel, load_model, model_specs, resolve_model_dir
 from service.tls import server_credentials
 
 log = logging.getLogger("millibatch.server")
+
+#: After the drain, how long gRPC gets to write out the last answers before closing.
+STOP_GRACE_SECONDS = 2.0
 
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 MODELS_SERVICE = models_pb2.DESCRIPTOR.services_by_name["Models"].full_name
@@ -73,6 +77,8 @@ class InferenceServer:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
+        #: Calls that reached a handler, and how they ended (checked after a drain).
+        self.ledger = CallLedger()
         self.metrics = Metrics(lambda: [(m.name, m.batcher) for m in self.registry.models.values()])
         #: Bound metrics port (0: endpoint disabled).
         self.metrics_port = 0
@@ -85,12 +91,11 @@ class InferenceServer:
         interceptors.append(DecodeGuard())
         credentials = server_credentials(self.settings)
         server = grpc.aio.server(options=channel_options(self.settings), interceptors=interceptors)
-        inference = InferenceServicer(self.registry, self.settings, self.metrics)
+        inference = InferenceServicer(self.registry, self.settings, self.metrics, self.ledger)
+        kserve = KServeServicer(self.registry, self.settings, self.ledger)
         inference_pb2_grpc.add_InferenceServicer_to_server(inference, server)
         models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.registry), server)
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            KServeServicer(self.registry, self.settings), server
-        )
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         services = [INFERENCE_SERVICE, MODELS_SERVICE, KSERVE_SERVICE, health.SERVICE_NAME]
         if self.settings.reflection:
@@ -156,10 +161,13 @@ class InferenceServer:
         await self.health.enter_graceful_shutdown()
         await asyncio.gather(*(m.batcher.stop(self.settings.drain_seconds) for m in self.registry.models.values()))
         if self._server is not None:
-            # Answers computed above still need to be written out, and a busy loop (thousands of refusals a
-            # second) may take more than a moment to flush them; stop() returns as soon as every call is done,
-            # so give it what is left of the drain budget rather than cancelling answers after a fixed second.
-            await self._server.stop(grace=max(1.0, drain_ends - loop.time()))
+            # Every accepted call has its answer now; the grace only lets them be written out. Calls that
+            # gRPC received but had not handed to a handler when stop() begins are never dispatched and
+            # end CANCELLED when the grace runs out (grpc/grpc#41785): a short grace ends that limbo soon.
+            await self._server.stop(grace=min(STOP_GRACE_SECONDS, max(0.5, drain_ends - loop.time())))
+        ledger = self.ledger
+        log.info("drain complete: accepted=%d answered=%d cancelled=%d open=%d",
+                 ledger.accepted, ledger.answered, ledger.cancelled, ledger.open)
         for model in self.registry.models.values():
             model.engine.close()
         self.metrics.close()

@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from millibatch.errors import MillibatchError
+from service.ledger import CallLedger
 
 log = logging.getLogger("millibatch.requests")
 
@@ -48,6 +49,9 @@ def grpc_errors(rpc: str) -> Callable[[Handler], Handler]:
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = "OK"
+            ledger: CallLedger | None = getattr(self, "ledger", None)
+            if ledger is not None:
+                ledger.accepted += 1
             try:
                 return await method(self, request, context)
             except MillibatchError as error:
@@ -69,6 +73,11 @@ def grpc_errors(rpc: str) -> Callable[[Handler], Handler]:
                                                         "request_id": request_id(context)})
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             finally:
+                if ledger is not None:
+                    if code == "CANCELLED":
+                        ledger.cancelled += 1
+                    else:
+                        ledger.answered += 1
                 # One place records every outcome; servicers opt in with an `on_request_done` attribute.
                 recorder: RequestRecorder | None = getattr(self, "on_request_done", None)
                 if recorder is not None:

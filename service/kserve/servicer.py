@@ -23,6 +23,7 @@ from service.kserve.inputs import request_rows
 from service.kserve.metadata import DEFAULT_OUTPUTS, VERSION, model_config, model_metadata, output_names
 from service.kserve.statistics import ModelCounters
 from service.kserve.tensors import output_tensor
+from service.ledger import CallLedger
 from service.registry import ModelRegistry, ServedModel
 from service.status import grpc_errors, request_id
 
@@ -36,10 +37,12 @@ EXTENSIONS = ["model_configuration", "statistics"]
 class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     """Health, metadata, inference and statistics in the V2 protocol."""
 
-    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+    def __init__(self, registry: ModelRegistry, settings: Settings, ledger: CallLedger | None = None) -> None:
         self._registry = registry
         self._settings = settings
         self._counters: defaultdict[str, ModelCounters] = defaultdict(ModelCounters)
+        #: Read by `@grpc_errors` to account for every accepted call.
+        self.ledger = ledger
 
     def _known_model(self, name: str, version: str) -> ServedModel:
         """A served model by its V2 name and optional version, ready or not."""

@@ -15,8 +15,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager
-def serve_process(model: Path, *flags: str, start_timeout: float = 120) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """Start the server, wait for its "serving on port N" line, yield (process, port); kill it if still alive."""
+def serve_process(
+    model: Path, *flags: str, start_timeout: float = 120, log_sink: list[str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """Start the server, wait for its "serving on port N" line, yield (process, port); kill it if still alive.
+    With `log_sink`, the server's log lines (stderr) are appended to it when the process has ended."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "millibatch", "serve", "--model", str(model), "--host", "127.0.0.1",
                "--port", "0", "--metrics-port", "0", "--no-profile-on-start", *flags]
@@ -43,3 +46,6 @@ def serve_process(model: Path, *flags: str, start_timeout: float = 120) -> Itera
             process.wait(10)
             if process.stdout is not None:
                 process.stdout.close()
+            if log_sink is not None:
+                errors.seek(0)
+                log_sink.extend(errors.read().splitlines())
