@@ -281,8 +281,13 @@ def main() -> None:
     texts_file.write_text(json.dumps(texts))
     deadline = args.deadline_ms / 1000
 
-    # Capacity: the deadline-aware server saturated by a closed loop, no deadline pressure.
+    # Single-request latency: one call at a time, nothing to batch with.
     server = Server(model, args.port, POLICIES["deadline-aware"])
+    alone = run_load(args.port, texts_file, args.out / "single.json", mode="closed", concurrency=1,
+                     duration=args.duration / 2, timeout=30)
+    single = summarise(alone, args.duration / 2, 30.0)
+    print(f"single request: p50 {single['p50_ms']:.1f} ms p99 {single['p99_ms']:.1f} ms", flush=True)
+    # Capacity: the deadline-aware server saturated by a closed loop, no deadline pressure.
     saturated = run_load(args.port, texts_file, args.out / "capacity.json", mode="closed", concurrency=64,
                          duration=args.duration, timeout=30)
     server.stop()
@@ -312,7 +317,7 @@ def main() -> None:
     report = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "duration_s": args.duration, "deadline_ms": args.deadline_ms, "capacity_rps": capacity,
-        "saturation": summarise(saturated, args.duration, 30.0), "raw_engine": raw,
+        "saturation": summarise(saturated, args.duration, 30.0), "raw_engine": raw, "single": single,
         "served_over_raw": capacity / raw["rows_per_s"], "runs": rows,
     }
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
@@ -337,6 +342,9 @@ def markdown(report: dict[str, object]) -> str:
             f"{r['deadline_exceeded']} | {r['resource_exhausted']} | {r['padding_ratio']:.3f} | "
             f"{r['mean_batch_rows']:.1f} | {r['client_cpu']:.2f} |"
         )
+    single = report["single"]
+    lines += ["", f"Single request alone (closed loop, 1 in flight): p50 {single['p50_ms']:.1f} ms, "  # type: ignore[index]
+              f"p99 {single['p99_ms']:.1f} ms."]  # type: ignore[index]
     raw = report["raw_engine"]
     lines += ["", f"Served saturation throughput {report['capacity_rps']:.0f} req/s vs raw engine "
               f"{raw['rows_per_s']:.0f} rows/s in-process at the same batch shapes "  # type: ignore[index]
