@@ -9,6 +9,7 @@ the warm-up profile and refitted online from real batches, newest observations w
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -55,6 +56,15 @@ class CostModel:
         c0, c1, c2, c3 = self._coef
         tokens = rows * length
         return c0 + c1 * rows + c2 * tokens + c3 * tokens * length
+
+    def efficient_rows(self, length: int, efficiency: float) -> int:
+        """Fewest rows for which the per-call overhead is at most (1 - efficiency) of a batch's cost,
+        i.e. per-row throughput within `efficiency` of the best this length allows."""
+        c0, c1, c2, c3 = self._coef
+        per_row = c1 + c2 * length + c3 * length * length
+        if per_row <= 0:
+            return 1
+        return max(1, math.ceil(c0 * efficiency / ((1.0 - efficiency) * per_row) - 1e-9))
 
     def fit_profile(self, observations: list[Observation]) -> None:
         """Replace the start-up profile and refit."""

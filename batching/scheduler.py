@@ -1,9 +1,11 @@
 """Which rows go into the next batch, and whether to send it now: pure logic on a given clock value.
 
 Earliest deadline first: the most urgent live row heads the batch, then rows are added in deadline
-order when they (a) fit the row and padded-token budgets, (b) keep padding within the grouping ratio,
-and (c) leave every chosen row's deadline reachable by the cost model. A row whose deadline cannot be
-met even if run alone next is shed before any compute is spent on it.
+order when they (a) fit the row and padded-token budgets, (b) keep padding within the grouping ratio
+or cost less together than apart (per-call overhead outweighs a little padding), and (c) leave every
+chosen row's deadline reachable by the cost model. A row whose deadline cannot be met even if run next
+is shed before any compute is spent on it; when enough rows of a similar length wait, "run next" means
+in an efficient batch, so overload sheds the hopeless few instead of shrinking every batch.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ class BatchLimits:
     safety: float = 0.0005
     #: Time constant of the arrival-rate estimate (seconds).
     rate_window: float = 0.1
+    #: Under a backlog, a row must fit its deadline in a batch this efficient (per-row throughput as a
+    #: fraction of the best for its length) or be shed: serving nearly-late rows one by one would
+    #: starve everyone else (earliest-deadline-first's domino effect under overload).
+    overload_efficiency: float = 0.8
 
 
 @dataclass
@@ -120,11 +126,13 @@ class Scheduler:
         live: list[PendingRow] = []
         removed: set[int] = set()
         deadline_aware = limits.policy == "deadline"
+        # Padded lengths of the waiting rows: how many could share a batch with a given row.
+        backlog = sorted(self._pad(row.length) for row in window if row.item.live) if deadline_aware else []
         for row in window:
             item = row.item
             if not item.live or id(item) in shed_ids:
                 removed.add(id(row))
-            elif deadline_aware and now + self.cost.predict(1, self._pad(row.length)) + limits.safety > row.deadline:
+            elif deadline_aware and not self._meetable(row, backlog, now):
                 shed_ids.add(id(item))
                 decision.shed.append(item)
                 removed.add(id(row))
@@ -145,6 +153,17 @@ class Scheduler:
                     self._remove(r)
             self._pending[: len(window)] = kept
         return decision
+
+    def _meetable(self, row: PendingRow, backlog: list[int], now: float) -> bool:
+        """Can `row` still finish in time, in the batch it would ride in? Alone when few rows of a
+        similar length wait; in an efficient batch when enough do to form one."""
+        length = self._pad(row.length)
+        similar = bisect.bisect_right(backlog, length) - bisect.bisect_left(
+            backlog, length / self.limits.max_padding_ratio
+        )
+        rows = max(1, min(self.cost.efficient_rows(length, self.limits.overload_efficiency), similar,
+                          self._capacity(length)))
+        return now + self.cost.predict(rows, length) + self.limits.safety <= row.deadline
 
     def _choose(self, live: list[PendingRow], now: float, decision: Decision) -> None:
         limits, pad, predict = self.limits, self._pad, self.cost.predict

@@ -193,6 +193,8 @@ def summarise(result: dict[str, object], duration: float, deadline: float) -> di
     records = result["records"]
     assert isinstance(records, list)
     ok = sorted(lat for lat, code in records if code == "OK")
+    # gRPC enforces the deadline itself (a late answer becomes DEADLINE_EXCEEDED), so every OK arrived
+    # in time; OKs the client's Python loop only got round to after the deadline are counted apart.
     late_ok = sum(1 for lat in ok if lat > deadline)
     codes: dict[str, int] = {}
     for _, code in records:
@@ -202,7 +204,7 @@ def summarise(result: dict[str, object], duration: float, deadline: float) -> di
         return 1000 * ok[min(len(ok) - 1, int(q * len(ok)))] if ok else float("nan")
 
     return {
-        "sent": len(records), "ok": len(ok), "goodput_rps": (len(ok) - late_ok) / duration,
+        "sent": len(records), "ok": len(ok), "goodput_rps": len(ok) / duration,
         "p50_ms": pct(0.5), "p99_ms": pct(0.99), "late_answers": late_ok,
         "deadline_exceeded": codes.get("DEADLINE_EXCEEDED", 0),
         "resource_exhausted": codes.get("RESOURCE_EXHAUSTED", 0),
@@ -287,12 +289,22 @@ def main() -> None:
                      duration=args.duration / 2, timeout=30)
     single = summarise(alone, args.duration / 2, 30.0)
     print(f"single request: p50 {single['p50_ms']:.1f} ms p99 {single['p99_ms']:.1f} ms", flush=True)
-    # Capacity: the deadline-aware server saturated by a closed loop, no deadline pressure.
-    saturated = run_load(args.port, texts_file, args.out / "capacity.json", mode="closed", concurrency=64,
+    # Capacity under the deadline: the best goodput of closed loops at rising concurrency, each call
+    # carrying the deadline. The open-loop levels below are multiples of it.
+    capacity, capacity_concurrency = 0.0, 0
+    for concurrency in (4, 8, 16, 32):
+        probe = run_load(args.port, texts_file, args.out / "capacity.json", mode="closed",
+                         concurrency=concurrency, duration=args.duration / 2, timeout=deadline)
+        goodput = float(summarise(probe, args.duration / 2, deadline)["goodput_rps"])
+        print(f"closed loop, {concurrency} in flight, {args.deadline_ms:.0f} ms deadline: {goodput:.1f} req/s",
+              flush=True)
+        if goodput > capacity:
+            capacity, capacity_concurrency = goodput, concurrency
+    # Saturation with no deadline pressure, for the served-vs-raw-engine comparison.
+    saturated = run_load(args.port, texts_file, args.out / "saturation.json", mode="closed", concurrency=64,
                          duration=args.duration, timeout=30)
     server.stop()
-    capacity = summarise(saturated, args.duration, 30.0)["goodput_rps"]
-    print(f"capacity (closed loop, 64 in flight): {capacity:.1f} requests/s", flush=True)
+    print(f"capacity under the deadline: {capacity:.1f} requests/s ({capacity_concurrency} in flight)", flush=True)
 
     rows = []
     for name, flags in POLICIES.items():
@@ -314,11 +326,14 @@ def main() -> None:
         server.stop()
 
     raw = raw_engine_throughput(model, texts)
+    saturation = summarise(saturated, args.duration, 30.0)
     report = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "duration_s": args.duration, "deadline_ms": args.deadline_ms, "capacity_rps": capacity,
-        "saturation": summarise(saturated, args.duration, 30.0), "raw_engine": raw, "single": single,
-        "served_over_raw": capacity / raw["rows_per_s"], "runs": rows,
+        "capacity_concurrency": capacity_concurrency, "saturation_rps": saturation["goodput_rps"],
+        "saturation": saturation, "raw_engine": raw, "single": single,
+        "served_over_raw": float(saturation["goodput_rps"]) / raw["rows_per_s"],
+        "runs": rows,
     }
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
     (args.out / "results.md").write_text(markdown(report))
@@ -329,9 +344,12 @@ def main() -> None:
 def markdown(report: dict[str, object]) -> str:
     lines = [
         f"Deadline {report['deadline_ms']} ms, {report['duration_s']} s per level, {report['machine']}, "
-        f"{report['date']}. Capacity {report['capacity_rps']:.0f} req/s (1 text each).",
+        f"{report['date']}. Capacity {report['capacity_rps']:.0f} req/s (1 text each): the best goodput of "
+        f"closed loops at 4-32 in flight with the deadline, deadline-aware server. Goodput counts OK answers "
+        f"(gRPC turns a late answer into DEADLINE_EXCEEDED); 'client saw late' counts OKs whose await "
+        f"returned after the deadline in the load generator's loop.",
         "",
-        "| policy | load | offered/s | goodput/s | goodput / capacity | p50 ms | p99 ms | answered late |"
+        "| policy | load | offered/s | goodput/s | goodput / capacity | p50 ms | p99 ms | client saw late |"
         " DEADLINE_EXCEEDED | RESOURCE_EXHAUSTED | padding ratio | rows/batch | client CPU |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -346,7 +364,8 @@ def markdown(report: dict[str, object]) -> str:
     lines += ["", f"Single request alone (closed loop, 1 in flight): p50 {single['p50_ms']:.1f} ms, "  # type: ignore[index]
               f"p99 {single['p99_ms']:.1f} ms."]  # type: ignore[index]
     raw = report["raw_engine"]
-    lines += ["", f"Served saturation throughput {report['capacity_rps']:.0f} req/s vs raw engine "
+    lines += ["", f"Served saturation throughput (64 in flight, no deadline) {report['saturation_rps']:.0f} req/s "
+              f"vs raw engine "
               f"{raw['rows_per_s']:.0f} rows/s in-process at the same batch shapes "  # type: ignore[index]
               f"(mean {raw['mean_batch_rows']:.1f} rows × {raw['mean_padded_length']:.0f} tokens): "  # type: ignore[index]
               f"ratio {report['served_over_raw']:.2f}."]

@@ -34,3 +34,11 @@ def test_negative_coefficients_are_clamped() -> None:
     model.fit_profile([Observation(r, 16, 0.001) for r in (1, 2, 4, 8, 16)])
     assert all(v >= 0 for v in model.coefficients.values())
     assert model.predict(4, 16) == pytest.approx(0.001, rel=0.05)
+
+
+def test_efficient_rows_amortise_the_per_call_overhead() -> None:
+    model = CostModel((0.002, 0.0, 1e-4, 0.0))  # 2 ms per call, 0.1 ms per token
+    assert model.efficient_rows(16, 0.8) == 5  # 2 ms overhead <= 20% of 5 x 1.6 ms
+    assert model.efficient_rows(256, 0.8) == 1  # long rows amortise the overhead alone
+    rows = model.efficient_rows(16, 0.8)
+    assert model.predict(rows, 16) * 0.8 <= rows * (model.predict(1, 16) - 0.002) + 1e-12

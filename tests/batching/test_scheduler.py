@@ -136,3 +136,27 @@ def test_fifo_policy_keeps_arrival_order_and_waits_the_fixed_delay() -> None:
     assert not waiting.batch and not waiting.shed and waiting.wait_until == 0.005
     sent = s.next(0.005)
     assert [r.item for r in sent.batch] == [late, urgent]  # no reordering, no shedding, no grouping
+
+
+def test_under_a_backlog_nearly_late_rows_are_shed_so_batches_stay_efficient() -> None:
+    s = scheduler(max_delay=0.0, max_rows=32)
+    efficient = s.cost.efficient_rows(16, s.limits.overload_efficiency)
+    assert 2 <= efficient <= 32
+    # Two rows with just enough time to run alone (not in an efficient batch), then a deep backlog.
+    nearly_late = [make_item([16], deadline=true_cost(1, 16) + 0.0007) for _ in range(2)]
+    for item in nearly_late:
+        s.add(item, 0.0)
+    for _ in range(40):
+        s.add(make_item([16], deadline=1.0), 0.0)
+    decision = s.next(0.0)
+    assert decision.shed == nearly_late
+    assert len(decision.batch) >= efficient
+
+
+def test_without_a_backlog_the_same_row_is_served_alone() -> None:
+    s = scheduler(max_delay=0.0)
+    nearly_late = make_item([16], deadline=true_cost(1, 16) + 0.0007)
+    s.add(nearly_late, 0.0)
+    s.add(make_item([200], deadline=1.0), 0.0)  # not a length it could share a batch with
+    decision = s.next(0.0)
+    assert not decision.shed and [r.item for r in decision.batch] == [nearly_late]
