@@ -139,7 +139,10 @@ class Scheduler:
             else:
                 live.append(row)
         if live:
-            (self._choose if deadline_aware else self._choose_fifo)(live, now, decision)
+            if deadline_aware:
+                self._choose(live, now, decision, backlog)
+            else:
+                self._choose_fifo(live, now, decision)
             if only_full and decision.batch and not self._is_full(decision):
                 decision.batch = []
             elif decision.batch and not flush and not self._should_send(decision, now):
@@ -154,18 +157,22 @@ class Scheduler:
             self._pending[: len(window)] = kept
         return decision
 
-    def _meetable(self, row: PendingRow, backlog: list[int], now: float) -> bool:
-        """Can `row` still finish in time, in the batch it would ride in? Alone when few rows of a
-        similar length wait; in an efficient batch when enough do to form one."""
-        length = self._pad(row.length)
+    def _own_batch_rows(self, length: int, backlog: list[int]) -> int:
+        """Rows a row of padded `length` would share a batch with if grouped by length: one when few
+        similar rows wait, up to an efficient batch when a backlog of them does."""
         similar = bisect.bisect_right(backlog, length) - bisect.bisect_left(
             backlog, length / self.limits.max_padding_ratio
         )
-        rows = max(1, min(self.cost.efficient_rows(length, self.limits.overload_efficiency), similar,
-                          self._capacity(length)))
+        efficient = self.cost.efficient_rows(length, self.limits.overload_efficiency)
+        return max(1, min(efficient, similar, self._capacity(length)))
+
+    def _meetable(self, row: PendingRow, backlog: list[int], now: float) -> bool:
+        """Can `row` still finish in time, in the batch it would ride in?"""
+        length = self._pad(row.length)
+        rows = self._own_batch_rows(length, backlog)
         return now + self.cost.predict(rows, length) + self.limits.safety <= row.deadline
 
-    def _choose(self, live: list[PendingRow], now: float, decision: Decision) -> None:
+    def _choose(self, live: list[PendingRow], now: float, decision: Decision, backlog: list[int]) -> None:
         limits, pad, predict = self.limits, self._pad, self.cost.predict
         head = live[0]
         length = pad(head.length)
@@ -180,11 +187,12 @@ class Scheduler:
             rows = len(chosen) + 1
             if rows * new_length > limits.max_tokens:
                 continue
-            if rows * new_length > limits.max_padding_ratio * (ideal_tokens + own) and (
-                predict(rows, new_length) > predict(rows - 1, length) + predict(1, own)
-            ):
-                # Too much padding, and running the row in a batch of its own would be cheaper.
-                continue
+            if rows * new_length > limits.max_padding_ratio * (ideal_tokens + own):
+                # Too much padding, unless adding the row costs less than its share of the batch it
+                # would otherwise ride in (alone at low load, among similar rows under a backlog).
+                apart = self._own_batch_rows(own, backlog)
+                if predict(rows, new_length) - predict(rows - 1, length) > predict(apart, own) / apart:
+                    continue
             if now + predict(rows, new_length) + limits.safety > min(earliest, row.deadline):
                 continue
             chosen.append(row)

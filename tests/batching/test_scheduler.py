@@ -160,3 +160,17 @@ def test_without_a_backlog_the_same_row_is_served_alone() -> None:
     s.add(make_item([200], deadline=1.0), 0.0)  # not a length it could share a batch with
     decision = s.next(0.0)
     assert not decision.shed and [r.item for r in decision.batch] == [nearly_late]
+
+
+def test_short_rows_join_a_longer_batch_only_when_they_have_no_peers_to_ride_with() -> None:
+    alone = scheduler(max_delay=0.0)
+    alone.add(make_item([24], deadline=1.0), 0.0)
+    alone.add(make_item([8], deadline=2.0), 0.0)  # one short row: cheaper padded along than on its own
+    assert len(alone.next(0.0).batch) == 2
+    backlog = scheduler(max_delay=0.0)
+    backlog.add(make_item([24], deadline=1.0), 0.0)
+    for i in range(40):  # many short rows: they fill an efficient batch of their own instead
+        backlog.add(make_item([8], deadline=2.0 + i), 0.0)
+    first = backlog.next(0.0)
+    assert [r.length for r in first.batch] == [24]
+    assert {r.length for r in backlog.next(0.0).batch} == {8}
