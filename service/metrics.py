@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from batching.batcher import Batcher, BatchObserver, BatchRecord
 from batching.work import WorkItem
+from engines.gpu_info import GpuStats, gpu_stats
 from service.registry import ModelRegistry
 from service.status import RequestRecorder
 
@@ -57,45 +58,30 @@ class QueueCollector(Collector):
 
 
 class GpuCollector(Collector):
-    """GPU utilization and memory through NVML; yields nothing where there is no NVIDIA GPU or driver."""
+    """GPU utilization and memory (engines.gpu_info, NVML); yields nothing without an NVIDIA GPU or driver."""
 
-    def __init__(self) -> None:
-        self._nvml: Any = None
-        try:
-            import pynvml  # from nvidia-ml-py; imported lazily so CPU images never need a driver
-
-            pynvml.nvmlInit()
-            self._nvml = pynvml
-            self._count = int(pynvml.nvmlDeviceGetCount())
-        except Exception as error:  # no package, no driver, no device: all mean "no GPU metrics"
-            log.debug("GPU metrics off: %s", error)
-            self._nvml = None
-            self._count = 0
+    def __init__(self, read: Callable[[], list[GpuStats] | None] = gpu_stats) -> None:
+        self._read = read
+        # Probe once: without a GPU, scrapes skip NVML entirely.
+        self._present = read() is not None
 
     @property
     def available(self) -> bool:
         """True when NVML answered and found at least one GPU."""
-        return self._nvml is not None and self._count > 0
+        return self._present
 
     def collect(self) -> Iterator[Metric]:
-        if not self.available:
+        stats = self._read() if self._present else None
+        if not stats:
             return
-        nvml = self._nvml
         util = GaugeMetricFamily("millibatch_gpu_utilization_ratio", "GPU busy fraction over the last sample.",
                                  labels=["gpu"])
         used = GaugeMetricFamily("millibatch_gpu_memory_used_bytes", "GPU memory in use.", labels=["gpu"])
         total = GaugeMetricFamily("millibatch_gpu_memory_total_bytes", "GPU memory installed.", labels=["gpu"])
-        for index in range(self._count):
-            try:
-                handle = nvml.nvmlDeviceGetHandleByIndex(index)
-                rates = nvml.nvmlDeviceGetUtilizationRates(handle)
-                memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-            except Exception as error:  # a flaky driver must not break the whole scrape
-                log.debug("NVML read of GPU %d failed: %s", index, error)
-                continue
-            util.add_metric([str(index)], rates.gpu / 100.0)
-            used.add_metric([str(index)], float(memory.used))
-            total.add_metric([str(index)], float(memory.total))
+        for gpu in stats:
+            util.add_metric([str(gpu.index)], gpu.utilization_percent / 100.0)
+            used.add_metric([str(gpu.index)], float(gpu.memory_used_bytes))
+            total.add_metric([str(gpu.index)], float(gpu.memory_total_bytes))
         yield from (util, used, total)
 
 

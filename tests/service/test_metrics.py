@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from millibatch.client import AsyncClient
 from millibatch.v1 import inference_pb2 as pb
 from service.logs import JsonFormatter
+from engines.gpu_info import GpuStats
 from service.metrics import GpuCollector
 from tests.helpers import running_server
 
@@ -102,6 +103,15 @@ def test_gpu_collector_is_silent_without_a_gpu() -> None:
     if collector.available:
         pytest.skip("a GPU is present; this checks the no-GPU path")
     assert list(collector.collect()) == []
+
+
+def test_gpu_collector_exports_what_nvml_reports() -> None:
+    reading = [GpuStats(index=0, name="H100", utilization_percent=37.0, memory_used_bytes=5 << 30,
+                        memory_total_bytes=80 << 30)]
+    families = {f.name: f for f in GpuCollector(read=lambda: reading).collect()}
+    assert families["millibatch_gpu_utilization_ratio"].samples[0].value == 0.37
+    assert families["millibatch_gpu_memory_used_bytes"].samples[0].value == float(5 << 30)
+    assert families["millibatch_gpu_memory_total_bytes"].samples[0].labels == {"gpu": "0"}
 
 
 class Records(logging.Handler):
