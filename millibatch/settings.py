@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     """Longest a request waits for others to share its batch."""
     max_padding_ratio: float = Field(1.10, ge=1.0)
     """Padded tokens may exceed the rows' own tokens by this factor when grouping lengths."""
+    batch_growth_efficiency: float = Field(0.9, gt=0, le=1.0)
+    """A batch stops growing once the cost model says its per-row throughput is within this fraction of
+    the best for its length (larger batches only add latency); 1.0 fills batches to the budgets."""
     default_deadline_ms: float = Field(1000.0, gt=0)
     """Deadline for calls that set no gRPC deadline."""
     max_queue_rows: int = Field(2048, ge=1)

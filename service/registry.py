@@ -62,6 +62,7 @@ def batch_limits(settings: Settings) -> BatchLimits:
         max_tokens=settings.max_batch_tokens,
         max_delay=settings.max_delay_ms / 1000.0,
         max_padding_ratio=settings.max_padding_ratio,
+        growth_efficiency=settings.batch_growth_efficiency,
     )
 
 

@@ -174,3 +174,17 @@ def test_short_rows_join_a_longer_batch_only_when_they_have_no_peers_to_ride_wit
     first = backlog.next(0.0)
     assert [r.length for r in first.batch] == [24]
     assert {r.length for r in backlog.next(0.0).batch} == {8}
+
+
+def test_batches_stop_growing_where_throughput_stops_improving() -> None:
+    s = scheduler(max_delay=1.0, rate_window=10.0, growth_efficiency=0.5)
+    worthwhile = s.cost.efficient_rows(16, 0.5)  # 1 ms overhead vs 0.32 ms per row: 4 rows
+    assert worthwhile == 4
+    for _ in range(40):
+        s.add(make_item([16], deadline=10.0), 0.0)
+    decision = s.next(0.0)
+    assert len(decision.batch) == worthwhile, "capped, and sent at once as a full batch"
+    unlimited = scheduler(max_delay=0.0, growth_efficiency=1.0)
+    for _ in range(40):
+        unlimited.add(make_item([16], deadline=10.0), 0.0)
+    assert len(unlimited.next(0.0).batch) == 32
