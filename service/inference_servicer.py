@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 
 from batching.work import RowResult, WorkItem
-from millibatch.errors import DeadlineUnmeetable, InvalidInput
+from millibatch.errors import InvalidInput
 from millibatch.settings import Settings
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import inference_pb2_grpc
@@ -64,17 +64,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         encodings = await model.encoder.encode_async(inputs, pairs, truncate=truncate)
         tokenize_seconds = time.perf_counter() - started
         rows = to_rows(encodings)
-        tokens = sum(r.length for r in rows)
-        if tokens > self._settings.max_tokens_per_request:
-            raise InvalidInput(
-                f"request has {tokens} tokens; the limit is {self._settings.max_tokens_per_request}"
-            )
-        item = model.batcher.submit(rows, deadline)
-        results = await item.future
+        results, item = await model.compute(rows, deadline, self._settings.max_tokens_per_request)
         if self._metrics is not None:
             self._metrics.work_done(model.name, item, tokenize_seconds)
-        if asyncio.get_running_loop().time() > deadline:
-            raise DeadlineUnmeetable("finished after the call's deadline")
+        tokens = sum(r.length for r in rows)
         return results, item, pb.Usage(prompt_tokens=tokens, total_tokens=tokens), tokenize_seconds
 
     def _timing(self, item: WorkItem, tokenize_seconds: float, started: float) -> pb.Timing:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -9,10 +10,11 @@ from pathlib import Path
 
 from batching.batcher import Batcher, BatchObserver
 from batching.scheduler import BatchLimits
+from batching.work import Row, RowResult, WorkItem
 from engines.base import Engine
 from engines.model_dir import Manifest, is_model_dir
 from engines.select import EngineOptions, load_engine
-from millibatch.errors import ModelNotFound, NotServing, WrongTask
+from millibatch.errors import DeadlineUnmeetable, InvalidInput, ModelNotFound, NotServing, WrongTask
 from millibatch.settings import DEFAULT_MODEL, Settings
 from service.tokenization import TextEncoder
 
@@ -33,6 +35,18 @@ class ServedModel:
     load_seconds: float = 0.0
     #: True once warmed up and until the model becomes unhealthy or the server drains.
     ready: bool = False
+
+    async def compute(self, rows: list[Row], deadline: float, max_tokens: int) -> tuple[list[RowResult], WorkItem]:
+        """Queue one request's rows and wait for them; per-row results in input order. Every protocol
+        goes through here: the request's token limit, admission, and never answering after `deadline`."""
+        tokens = sum(r.length for r in rows)
+        if tokens > max_tokens:
+            raise InvalidInput(f"request has {tokens} tokens; the limit is {max_tokens}")
+        item = self.batcher.submit(rows, deadline)
+        results = await item.future
+        if asyncio.get_running_loop().time() > deadline:
+            raise DeadlineUnmeetable("finished after the request's deadline")
+        return results, item
 
 
 def resolve_model_dir(spec: str, settings: Settings) -> Path:

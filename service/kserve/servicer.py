@@ -14,7 +14,7 @@ import numpy as np
 
 import millibatch
 from batching.work import WorkItem
-from millibatch.errors import DeadlineUnmeetable, InvalidInput, MillibatchError, ModelNotFound
+from millibatch.errors import InvalidInput, MillibatchError, ModelNotFound
 from millibatch.kserve import grpc_service_pb2 as v2
 from millibatch.kserve import grpc_service_pb2_grpc
 from millibatch.settings import Settings
@@ -201,13 +201,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         limit = self._settings.max_inputs_per_request
         if not rows or len(rows) > limit:
             raise InvalidInput(f"request has a batch of {len(rows)}; it must be between 1 and {limit}")
-        tokens = sum(r.length for r in rows)
-        if tokens > self._settings.max_tokens_per_request:
-            raise InvalidInput(f"request has {tokens} tokens; the limit is {self._settings.max_tokens_per_request}")
-        item = model.batcher.submit(rows, deadline)
-        results = await item.future
-        if asyncio.get_running_loop().time() > deadline:
-            raise DeadlineUnmeetable("finished after the request's deadline")
+        results, item = await model.compute(rows, deadline, self._settings.max_tokens_per_request)
         response = v2.ModelInferResponse(model_name=model.name, model_version=VERSION, id=request.id)
         for name in names:
             tensor, raw = output_tensor(name, np.stack([r.get(name) for r in results]))
