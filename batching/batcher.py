@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from batching.collate import collate, padding_ratio
+from batching.collate import collate
 from batching.cost_model import CostModel
 from batching.profile import measure, profile_shapes, synthetic_inputs
 from batching.scheduler import BatchLimits, Decision, Scheduler
@@ -356,4 +356,4 @@ class Batcher:
         }
 
 
-__all__ = ["BatchLimits", "BatchObserver", "BatchRecord", "Batcher", "padding_ratio"]
+__all__ = ["BatchLimits", "BatchObserver", "BatchRecord", "Batcher"]

@@ -20,9 +20,3 @@ def collate(rows: Sequence[Row], padded_length: int) -> EngineInputs:
     ids[real] = np.concatenate([row.ids for row in rows])
     types[real] = np.concatenate([row.type_ids for row in rows])
     return EngineInputs(input_ids=ids, attention_mask=real.astype(np.int64), token_type_ids=types)
-
-
-def padding_ratio(rows: Sequence[Row], padded_length: int) -> float:
-    """Computed tokens over real tokens (1.0 means no padding)."""
-    real = sum(r.length for r in rows)
-    return len(rows) * padded_length / real if real else 1.0

@@ -254,16 +254,6 @@ def raw_engine_throughput(model: Path, texts: list[str], seconds: float = 10.0) 
             "mean_padded_length": statistics.mean(b.padded_length for b in batches)}
 
 
-def ensure_model(path: Path) -> Path:
-    from engines.model_dir import is_model_dir
-
-    if not is_model_dir(path):
-        from engines.build.convert import ConvertOptions, convert
-
-        convert(ConvertOptions(source="all-MiniLM-L6-v2", output=path, force=True))
-    return path
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "loadgen":
         loadgen_main(sys.argv[2:])
@@ -276,6 +266,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=50151)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "deadline_batching")
     args = parser.parse_args()
+    from bench.run import ensure_model
+
     model = ensure_model(args.model)
     args.out.mkdir(parents=True, exist_ok=True)
     texts = workload()

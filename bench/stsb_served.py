@@ -58,7 +58,7 @@ def main() -> None:
     if args.target:
         served = asyncio.run(served_embeddings(args.target, args.model, texts))
     else:
-        from bench.deadline_batching import ensure_model
+        from bench.run import ensure_model
         from tests.helpers import running_server
 
         model_dir = ensure_model(args.model_dir)

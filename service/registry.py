@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,10 +81,14 @@ def batch_limits(settings: Settings) -> BatchLimits:
     )
 
 
-def load_model(directory: Path, settings: Settings, observer: BatchObserver | None = None) -> ServedModel:
-    """Load tokenizer and engine (blocking) and warm the engine up; not ready until `ready` is set."""
+def load_model(
+    directory: Path, settings: Settings, observer_for: Callable[[str], BatchObserver] | None = None
+) -> ServedModel:
+    """Load tokenizer and engine (blocking) and warm the engine up; not ready until `ready` is set.
+    `observer_for(model name)` gives the batcher's metric hooks."""
     started = time.perf_counter()
     manifest = Manifest.load(directory)
+    observer = observer_for(manifest.name) if observer_for is not None else None
     encoder = TextEncoder(directory / "tokenizer.json", manifest.max_length, settings.max_chars_per_input)
     engine = load_engine(
         directory,

@@ -18,7 +18,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from engines.model_dir import Manifest
 from millibatch.kserve import grpc_service_pb2, grpc_service_pb2_grpc
 from millibatch.settings import Settings
 from millibatch.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
@@ -125,8 +124,7 @@ class InferenceServer:
     async def _load_models(self) -> None:
         for spec in model_specs(self.settings):
             directory = await asyncio.to_thread(resolve_model_dir, spec, self.settings)
-            name = Manifest.load(directory).name
-            model = await asyncio.to_thread(load_model, directory, self.settings, self.metrics.observer(name))
+            model = await asyncio.to_thread(load_model, directory, self.settings, self.metrics.observer)
             self.registry.add(model)
             self._describe(model)
             await model.batcher.start()
@@ -172,9 +170,6 @@ class InferenceServer:
             model.engine.close()
         self.metrics.close()
         log.info("stopped")
-
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
 
 
 def log_settings(settings: Settings) -> None:
