@@ -317,7 +317,7 @@ class Batcher:
             if id(item) not in seen:
                 seen.add(id(item))
                 item.inference_seconds += seconds
-            item.results[p.index] = RowResult(outputs, position)
+            item.results[p.index] = RowResult(outputs, position, p.length)
             item.remaining -= 1
             if item.remaining == 0:
                 item.computed_at = finished

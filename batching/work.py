@@ -31,9 +31,15 @@ class RowResult:
 
     outputs: dict[str, npt.NDArray[np.float32]]
     row: int
+    #: The row's own token count; per-token outputs are padded past it to the batch's length.
+    length: int
 
     def get(self, name: str) -> npt.NDArray[np.float32]:
         return self.outputs[name][self.row]
+
+    def tokens(self, name: str) -> npt.NDArray[np.float32]:
+        """A per-token output ([rows, padded length, ...] in the batch) cut back to this row's tokens."""
+        return self.outputs[name][self.row, : self.length]
 
 
 @dataclass(eq=False, slots=True)

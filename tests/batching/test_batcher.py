@@ -172,6 +172,30 @@ async def test_cancelled_caller_rows_are_not_computed() -> None:
     await batcher.stop(grace=1)
 
 
+class PerTokenEngine(SyntheticEngine):
+    """Also returns a per-token output: each position's token id, padded with -1 like a real graph's
+    garbage past the attention mask."""
+
+    def run(self, inputs: EngineInputs, instance: int) -> dict[str, FloatArray]:
+        out = super().run(inputs, instance)
+        ids = np.where(inputs.attention_mask == 1, inputs.input_ids, -1).astype(np.float32)
+        return {**out, "token_ids": ids[:, :, None]}
+
+
+async def test_per_token_outputs_are_cut_back_to_each_rows_own_length() -> None:
+    engine = PerTokenEngine()
+    batcher = new_batcher(engine, BatchLimits(max_rows=3, max_tokens=4096, max_delay=0.0))
+    await batcher.start()
+    rows = [make_row(n, i * 5) for i, n in enumerate([3, 17, 9, 1, 30])]
+    item = batcher.submit(rows, asyncio.get_running_loop().time() + 5)
+    results = await item.future
+    assert len(set(item.batch_ids)) >= 2, "rows rode in batches of different padded lengths"
+    for row, result in zip(rows, results, strict=True):
+        assert result.get("token_ids").shape[0] >= row.length  # padded to its batch
+        np.testing.assert_array_equal(result.tokens("token_ids")[:, 0], row.ids)
+    await batcher.stop(grace=1)
+
+
 def test_outputs_are_plain_numpy() -> None:
     out = SyntheticEngine().run(
         EngineInputs(np.ones((2, 8), np.int64), np.ones((2, 8), np.int64), np.zeros((2, 8), np.int64)), 0
