@@ -1,10 +1,26 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class AggregationStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AGGREGATION_STRATEGY_UNSPECIFIED: _ClassVar[AggregationStrategy]
+    AGGREGATION_STRATEGY_NONE: _ClassVar[AggregationStrategy]
+    AGGREGATION_STRATEGY_SIMPLE: _ClassVar[AggregationStrategy]
+    AGGREGATION_STRATEGY_FIRST: _ClassVar[AggregationStrategy]
+    AGGREGATION_STRATEGY_AVERAGE: _ClassVar[AggregationStrategy]
+    AGGREGATION_STRATEGY_MAX: _ClassVar[AggregationStrategy]
+AGGREGATION_STRATEGY_UNSPECIFIED: AggregationStrategy
+AGGREGATION_STRATEGY_NONE: AggregationStrategy
+AGGREGATION_STRATEGY_SIMPLE: AggregationStrategy
+AGGREGATION_STRATEGY_FIRST: AggregationStrategy
+AGGREGATION_STRATEGY_AVERAGE: AggregationStrategy
+AGGREGATION_STRATEGY_MAX: AggregationStrategy
 
 class EmbedRequest(_message.Message):
     __slots__ = ("model", "inputs", "truncate", "normalize")
@@ -123,6 +139,58 @@ class TokenizeResponse(_message.Message):
     model: str
     usage: Usage
     def __init__(self, results: _Optional[_Iterable[_Union[Tokens, _Mapping]]] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
+class LabelList(_message.Message):
+    __slots__ = ("labels",)
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, labels: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ExtractEntitiesRequest(_message.Message):
+    __slots__ = ("model", "inputs", "truncate", "aggregation_strategy", "ignore_labels")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_LABELS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    truncate: bool
+    aggregation_strategy: AggregationStrategy
+    ignore_labels: LabelList
+    def __init__(self, model: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., truncate: _Optional[bool] = ..., aggregation_strategy: _Optional[_Union[AggregationStrategy, str]] = ..., ignore_labels: _Optional[_Union[LabelList, _Mapping]] = ...) -> None: ...
+
+class Entity(_message.Message):
+    __slots__ = ("label", "score", "start", "end", "text")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    score: float
+    start: int
+    end: int
+    text: str
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+
+class Entities(_message.Message):
+    __slots__ = ("entities",)
+    ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    entities: _containers.RepeatedCompositeFieldContainer[Entity]
+    def __init__(self, entities: _Optional[_Iterable[_Union[Entity, _Mapping]]] = ...) -> None: ...
+
+class ExtractEntitiesResponse(_message.Message):
+    __slots__ = ("results", "model", "usage", "timing")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[Entities]
+    model: str
+    usage: Usage
+    timing: Timing
+    def __init__(self, results: _Optional[_Iterable[_Union[Entities, _Mapping]]] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "total_tokens")

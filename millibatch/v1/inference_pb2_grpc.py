@@ -50,6 +50,11 @@ class InferenceStub:
                 request_serializer=millibatch_dot_v1_dot_inference__pb2.TokenizeRequest.SerializeToString,
                 response_deserializer=millibatch_dot_v1_dot_inference__pb2.TokenizeResponse.FromString,
                 _registered_method=True)
+        self.ExtractEntities = channel.unary_unary(
+                '/millibatch.v1.Inference/ExtractEntities',
+                request_serializer=millibatch_dot_v1_dot_inference__pb2.ExtractEntitiesRequest.SerializeToString,
+                response_deserializer=millibatch_dot_v1_dot_inference__pb2.ExtractEntitiesResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -77,6 +82,13 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExtractEntities(self, request, context):
+        """ExtractEntities returns the entities (NER) found in each input by a token-classify model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +106,11 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.Tokenize,
                     request_deserializer=millibatch_dot_v1_dot_inference__pb2.TokenizeRequest.FromString,
                     response_serializer=millibatch_dot_v1_dot_inference__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'ExtractEntities': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtractEntities,
+                    request_deserializer=millibatch_dot_v1_dot_inference__pb2.ExtractEntitiesRequest.FromString,
+                    response_serializer=millibatch_dot_v1_dot_inference__pb2.ExtractEntitiesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +195,33 @@ class Inference:
             '/millibatch.v1.Inference/Tokenize',
             millibatch_dot_v1_dot_inference__pb2.TokenizeRequest.SerializeToString,
             millibatch_dot_v1_dot_inference__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtractEntities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/millibatch.v1.Inference/ExtractEntities',
+            millibatch_dot_v1_dot_inference__pb2.ExtractEntitiesRequest.SerializeToString,
+            millibatch_dot_v1_dot_inference__pb2.ExtractEntitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,
