@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Literal
 
 import grpc
 
@@ -32,6 +33,20 @@ def _classify_request(
 
 def _labels(response: pb.ClassifyResponse) -> list[list[tuple[str, float]]]:
     return [[(s.label, s.score) for s in result.labels] for result in response.results]
+
+
+Aggregation = Literal["none", "simple", "first", "average", "max"]
+
+
+def _entities_request(inputs: Sequence[str], model: str, aggregation: Aggregation | None,
+                      ignore_labels: Sequence[str] | None, truncate: bool) -> pb.ExtractEntitiesRequest:
+    request = pb.ExtractEntitiesRequest(model=model, inputs=list(inputs), truncate=truncate)
+    if aggregation is not None:
+        request.aggregation_strategy = pb.AggregationStrategy.Value(f"AGGREGATION_STRATEGY_{aggregation.upper()}")
+    if ignore_labels is not None:  # present even when empty: an empty list keeps every label
+        request.ignore_labels.SetInParent()
+        request.ignore_labels.labels.extend(ignore_labels)
+    return request
 
 
 class Client:
@@ -59,6 +74,15 @@ class Client:
             _classify_request(inputs, model, text_pairs, top_k, raw_scores, truncate),
             timeout=self.timeout, metadata=self.metadata)
         return _labels(response)
+
+    def extract_entities(self, inputs: Sequence[str], *, model: str = "", aggregation: Aggregation | None = None,
+                         ignore_labels: Sequence[str] | None = None, truncate: bool = False) -> list[list[pb.Entity]]:
+        """Entities per input (label, score, start, end, text); `aggregation` None = the server's (simple),
+        `ignore_labels` None = ["O"]."""
+        response = self.inference.ExtractEntities(
+            _entities_request(inputs, model, aggregation, ignore_labels, truncate),
+            timeout=self.timeout, metadata=self.metadata)
+        return [list(r.entities) for r in response.results]
 
     def tokenize(self, inputs: Sequence[str], *, model: str = "") -> pb.TokenizeResponse:
         return self.inference.Tokenize(pb.TokenizeRequest(model=model, inputs=list(inputs)),
@@ -101,6 +125,14 @@ class AsyncClient:
             _classify_request(inputs, model, text_pairs, top_k, raw_scores, truncate),
             timeout=self.timeout, metadata=self.metadata)
         return _labels(response)
+
+    async def extract_entities(self, inputs: Sequence[str], *, model: str = "",
+                               aggregation: Aggregation | None = None, ignore_labels: Sequence[str] | None = None,
+                               truncate: bool = False) -> list[list[pb.Entity]]:
+        response = await self.inference.ExtractEntities(
+            _entities_request(inputs, model, aggregation, ignore_labels, truncate),
+            timeout=self.timeout, metadata=self.metadata)
+        return [list(r.entities) for r in response.results]
 
     async def tokenize(self, inputs: Sequence[str], *, model: str = "") -> pb.TokenizeResponse:
         return await self.inference.Tokenize(pb.TokenizeRequest(model=model, inputs=list(inputs)),

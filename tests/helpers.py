@@ -37,6 +37,33 @@ def make_tiny_checkpoint(folder: Path, task: str, max_positions: int = 64) -> Pa
     return folder
 
 
+TINY_NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def make_tiny_ner_checkpoint(folder: Path) -> Path:
+    """A random 2-layer BertForTokenClassification with the MiniLM tokenizer. Its classifier is scaled
+    up (and O favoured a little) so tokens get confident, varied labels: entities to find, O between."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForTokenClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64,
+        id2label=dict(enumerate(TINY_NER_LABELS)), label2id={n: i for i, n in enumerate(TINY_NER_LABELS)},
+    )
+    model = BertForTokenClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0.0, 1.0)
+        model.classifier.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0]))
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    shutil.copyfile(minilm_source() / "tokenizer.json", folder / "tokenizer.json")
+    return folder
+
+
 @contextlib.asynccontextmanager
 async def running_server(models: list[Path], **overrides: object) -> AsyncIterator[InferenceServer]:
     """An InferenceServer on a free loopback port, started and warmed, drained on exit."""
