@@ -11,7 +11,11 @@ from service.registry import ServedModel
 VERSION = "1"
 PLATFORM = "millibatch_onnxruntime"
 #: Outputs returned when a request names none.
-DEFAULT_OUTPUTS = {"embed": ("embeddings",), "classify": ("logits", "probabilities")}
+DEFAULT_OUTPUTS = {
+    "embed": ("embeddings",),
+    "classify": ("logits", "probabilities"),
+    "token-classify": ("token_logits", "token_probabilities"),
+}
 #: Inputs: name, V2 datatype, config datatype, shape without the batch dimension, optional in config.
 INPUTS = (
     (TEXT, "BYTES", mc.TYPE_STRING, [1]),
@@ -27,6 +31,12 @@ def output_names(model: ServedModel) -> list[str]:
     return list(model.manifest.output_names)
 
 
+def output_dims(model: ServedModel) -> list[int]:
+    """An output's shape without the batch dimension: [dimensions], or [-1 tokens, labels] per token."""
+    dims = model.manifest.dimensions
+    return [-1, dims] if model.manifest.task == "token-classify" else [dims]
+
+
 def model_metadata(model: ServedModel) -> v2.ModelMetadataResponse:
     """ModelMetadata: inputs and outputs with a leading -1 batch dimension."""
     tensor = v2.ModelMetadataResponse.TensorMetadata
@@ -35,7 +45,7 @@ def model_metadata(model: ServedModel) -> v2.ModelMetadataResponse:
         versions=[VERSION],
         platform=PLATFORM,
         inputs=[tensor(name=name, datatype=datatype, shape=[-1, *dims]) for name, datatype, _, dims in INPUTS],
-        outputs=[tensor(name=name, datatype="FP32", shape=[-1, model.manifest.dimensions])
+        outputs=[tensor(name=name, datatype="FP32", shape=[-1, *output_dims(model)])
                  for name in output_names(model)],
     )
 
@@ -57,7 +67,7 @@ def model_config(model: ServedModel, max_batch_rows: int, max_delay_ms: float) -
         max_batch_size=max_batch_rows,
         # Text and token ids are alternative layouts, so every input is optional on its own.
         input=[mc.ModelInput(name=name, data_type=dtype, dims=dims, optional=True) for name, _, dtype, dims in INPUTS],
-        output=[mc.ModelOutput(name=name, data_type=mc.TYPE_FP32, dims=[manifest.dimensions])
+        output=[mc.ModelOutput(name=name, data_type=mc.TYPE_FP32, dims=output_dims(model))
                 for name in output_names(model)],
         instance_group=[mc.ModelInstanceGroup(
             name=model.name, count=info.instances,

@@ -13,7 +13,8 @@ import grpc
 import numpy as np
 
 import millibatch
-from batching.work import WorkItem
+from batching.work import RowResult, WorkItem
+from engines.base import FloatArray
 from millibatch.errors import InvalidInput, MillibatchError, ModelNotFound
 from millibatch.kserve import grpc_service_pb2 as v2
 from millibatch.kserve import grpc_service_pb2_grpc
@@ -32,6 +33,16 @@ Context: TypeAlias = grpc.aio.ServicerContext
 
 #: Protocol extensions this server implements.
 EXTENSIONS = ["model_configuration", "statistics"]
+
+
+def padded_tokens(results: list[RowResult], name: str) -> FloatArray:
+    """A per-token output for a request's rows, which may have ridden in batches padded to different
+    lengths: each row cut to its own tokens, then zero-padded to the request's longest row."""
+    rows = [r.tokens(name) for r in results]
+    out = np.zeros((len(rows), max(len(r) for r in rows), *rows[0].shape[1:]), dtype=np.float32)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
 
 
 class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -203,8 +214,10 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             raise InvalidInput(f"request has a batch of {len(rows)}; it must be between 1 and {limit}")
         results, item = await model.compute(rows, deadline, self._settings.max_tokens_per_request)
         response = v2.ModelInferResponse(model_name=model.name, model_version=VERSION, id=request.id)
+        per_token = model.manifest.task == "token-classify"
         for name in names:
-            tensor, raw = output_tensor(name, np.stack([r.get(name) for r in results]))
+            values = padded_tokens(results, name) if per_token else np.stack([r.get(name) for r in results])
+            tensor, raw = output_tensor(name, values)
             response.outputs.append(tensor)
             response.raw_output_contents.append(raw)
         return response, item

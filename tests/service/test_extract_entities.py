@@ -142,3 +142,29 @@ async def test_bad_input_gets_a_clear_status_and_the_server_keeps_serving(client
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "token-classify" in (caught.value.details() or "")
     assert len(await client.extract_entities(["still serving"])) == 1
+
+
+async def test_kserve_returns_per_token_outputs_padded_to_the_longest_row(client: AsyncClient) -> None:
+    from millibatch.kserve import grpc_service_pb2 as v2
+    from millibatch.kserve import grpc_service_pb2_grpc
+    from service.kserve.tensors import encode_bytes_elements
+
+    stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(client.channel)
+    metadata = await stub.ModelMetadata(v2.ModelMetadataRequest(name="tiny-ner"), timeout=10)
+    assert {o.name: list(o.shape) for o in metadata.outputs} == {
+        "token_logits": [-1, -1, 5], "token_probabilities": [-1, -1, 5]}
+    texts = ["hello", SENTENCES[0]]  # 3 and 13 tokens: one batch padded to 16
+    reply = await stub.ModelInfer(v2.ModelInferRequest(
+        model_name="tiny-ner",
+        inputs=[v2.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=[2])],
+        raw_input_contents=[encode_bytes_elements([t.encode() for t in texts])],
+    ), timeout=10)
+    outputs = {o.name: np.frombuffer(raw, "<f4").reshape(o.shape)
+               for o, raw in zip(reply.outputs, reply.raw_output_contents, strict=True)}
+    probabilities = outputs["token_probabilities"]
+    assert set(outputs) == {"token_logits", "token_probabilities"} and probabilities.shape == (2, 13, 5)
+    np.testing.assert_allclose(probabilities[0, :3].sum(-1), 1.0, atol=1e-5)
+    assert not probabilities[0, 3:].any()  # zeros past the short row, not another batch's padding
+    # The same numbers ExtractEntities aggregates: each token's best probability.
+    [tokens] = await client.extract_entities(texts[1:], aggregation="none", ignore_labels=[])
+    np.testing.assert_allclose([t.score for t in tokens], probabilities[1, 1:-1].max(-1), atol=1e-6)
