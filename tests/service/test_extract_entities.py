@@ -168,3 +168,14 @@ async def test_kserve_returns_per_token_outputs_padded_to_the_longest_row(client
     # The same numbers ExtractEntities aggregates: each token's best probability.
     [tokens] = await client.extract_entities(texts[1:], aggregation="none", ignore_labels=[])
     np.testing.assert_allclose([t.score for t in tokens], probabilities[1, 1:-1].max(-1), atol=1e-6)
+
+
+def test_blocking_client_extract_entities(ner: tuple[Path, Path]) -> None:
+    from millibatch.client import Client
+    from tests.service.background import server_in_thread
+
+    with server_in_thread([ner[1]]) as server, Client(f"127.0.0.1:{server.port}", timeout=10) as client:
+        [tokens] = client.extract_entities(["Москва 🙂 Zürich"], aggregation="none", ignore_labels=[])
+        assert [t.text for t in tokens] == ["М", "о", "с", "к", "в", "а", "🙂", "Zürich"]
+        [entities] = client.extract_entities(["Angela Merkel visited Zürich."])
+        assert entities and {e.label for e in entities} <= {"PER", "LOC"}
