@@ -9,11 +9,30 @@ import numpy as np
 
 from engines.base import EngineInfo, EngineInputs, FloatArray, round_up
 
+#: Most instances `auto` starts on CPU; beyond it the cores go to threads within each instance.
+MAX_AUTO_INSTANCES = 4
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, which containers' cpusets narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def auto_instances() -> int:
+    """Instances for `instances = 0`: one per core, up to MAX_AUTO_INSTANCES.
+
+    Under load, single-threaded sessions running side by side get more rows per second out of the
+    cores than one session spreading each (small) batch over them: ONNX Runtime's intra-op threads
+    spend much of a short batch waking and waiting for each other (2 cores: +35-50% rows/s,
+    bench/deadline_batching.py). The price is latency of a lone long input, which one thread runs
+    about 1.5-1.8x slower than two; `instances = 1` keeps that latency for lightly loaded servers.
+    """
+    return max(1, min(usable_cores(), MAX_AUTO_INSTANCES))
+
 
 def default_threads_per_instance(instances: int) -> int:
     """Split the usable cores evenly between instances (at least one thread each)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, instances))
+    return max(1, usable_cores() // max(1, instances))
 
 
 class OnnxRuntimeCpuEngine:
@@ -23,14 +42,15 @@ class OnnxRuntimeCpuEngine:
         self,
         onnx_path: Path,
         *,
-        instances: int = 1,
+        instances: int = 1,  # 0: auto_instances()
         threads_per_instance: int = 0,
         precision: str = "fp32",
         reason: str = "requested",
-        pad_multiple: int = 8,
+        pad_multiple: int = 1,
     ) -> None:
         import onnxruntime as ort
 
+        instances = instances or auto_instances()
         threads = threads_per_instance or default_threads_per_instance(instances)
         self._sessions = []
         for _ in range(instances):
@@ -47,6 +67,8 @@ class OnnxRuntimeCpuEngine:
         first = self._sessions[0]
         self._input_names = [i.name for i in first.get_inputs()]
         self._output_names = [o.name for o in first.get_outputs()]
+        # On CPU a batch costs in proportion to its tokens (8 x 57 takes 0.89x of 8 x 64, see
+        # bench/cpu_padding.py): rounding lengths up is pure waste here, unlike on GPU tensor cores.
         self._pad_multiple = pad_multiple
         self._info = EngineInfo(
             engine="onnxruntime", device="cpu", precision=precision, instances=instances, reason=reason
