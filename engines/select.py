@@ -34,7 +34,8 @@ class EngineOptions:
 
     engine: EngineName = "auto"
     device: DeviceName = "auto"
-    instances: int = 1
+    #: Engine instances; 0 picks per device (CPU: see auto_instances; GPU: one).
+    instances: int = 0
     threads_per_instance: int = 0
     #: Most rows per GPU call (GPU buffers and TensorRT profiles are sized for it).
     max_rows: int = 32
@@ -123,7 +124,7 @@ def _tensorrt_problem(caps: Capabilities, model_dir: Path, options: EngineOption
     if caps.tensorrt_version is None:
         return None, "the tensorrt Python package is not installed (pip install tensorrt)"
     assert caps.compute_capability is not None
-    return pick_plan(caps.plans, caps.tensorrt_version, caps.compute_capability, options.instances, model_dir,
+    return pick_plan(caps.plans, caps.tensorrt_version, caps.compute_capability, options.instances or 1, model_dir,
                      options.max_rows, options.max_length)
 
 
@@ -163,6 +164,9 @@ def load_engine(model_dir: Path, manifest: Manifest, options: EngineOptions) -> 
     options = replace(options, max_length=options.max_length or manifest.max_length)
     choice = choose(options, probe(model_dir), model_dir)
     log.info("engine for %s: %s on %s (%s)", manifest.name, choice.engine, choice.device, choice.reason)
+    if choice.device == "cuda":
+        # One context per GPU until more are measured to pay; CPU resolves 0 in its engine.
+        options = replace(options, instances=options.instances or 1)
     if choice.engine == "tensorrt":
         from engines.tensorrt_engine import TensorRtEngine
 

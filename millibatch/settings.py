@@ -66,8 +66,9 @@ class Settings(BaseSettings):
     """Inference backend; `auto` picks the fastest available."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Device to run on; `auto` uses a CUDA GPU when one is usable."""
-    instances: int = Field(1, ge=1, le=64)
-    """Engine instances per model that run batches concurrently."""
+    instances: int = Field(0, ge=0, le=64)
+    """Engine instances per model that run batches concurrently. 0 = auto: on CPU one per core (at most
+    4; more rows/s under load, slower lone long inputs), on a GPU one."""
     threads_per_instance: int = Field(0, ge=0)
     """CPU threads per ONNX Runtime instance; 0 splits the available cores evenly."""
     ort_tensorrt_provider: bool = False

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from engines.model_dir import Manifest
-from engines.onnxruntime_engine import OnnxRuntimeCpuEngine
+from engines.onnxruntime_engine import MAX_AUTO_INSTANCES, OnnxRuntimeCpuEngine, auto_instances, usable_cores
 from engines.plans import PlanSpec
 from engines.select import Capabilities, EngineOptions, EngineUnavailable, choose, load_engine, probe
 
@@ -89,6 +89,9 @@ def test_real_probe_and_load_on_this_machine(tiny_embed_dir: Path) -> None:
     try:
         assert isinstance(engine, OnnxRuntimeCpuEngine)
         assert engine.info.reason.startswith("auto: ONNX Runtime on CPU because")
+        # instances 0 = one per core (up to 4); the CPU pads only to the batch's longest row.
+        assert engine.info.instances == auto_instances() == min(usable_cores(), MAX_AUTO_INSTANCES)
+        assert engine.padded_length(13) == 13
     finally:
         engine.close()
     with pytest.raises(EngineUnavailable, match="device 'cuda'"):
