@@ -34,6 +34,7 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         batching=pb.BatchingStats(
             batches=counters.batches, rows=counters.rows, real_tokens=counters.real_tokens,
             padded_tokens=counters.padded_tokens, shed=counters.shed, rejected=counters.rejected,
+            engine_seconds=counters.engine_seconds,
             policy=model.batcher.limits.policy,
         ),
     )

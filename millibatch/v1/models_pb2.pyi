@@ -68,7 +68,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., dimensions: _Optional[int] = ..., max_length: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ..., engine: _Optional[str] = ..., device: _Optional[str] = ..., engine_reason: _Optional[str] = ..., instances: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., ready: _Optional[bool] = ..., cost_model: _Optional[_Mapping[str, float]] = ..., source_hash: _Optional[str] = ..., batching: _Optional[_Union[BatchingStats, _Mapping]] = ...) -> None: ...
 
 class BatchingStats(_message.Message):
-    __slots__ = ("batches", "rows", "real_tokens", "padded_tokens", "shed", "rejected", "policy")
+    __slots__ = ("batches", "rows", "real_tokens", "padded_tokens", "shed", "rejected", "policy", "engine_seconds")
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     REAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class BatchingStats(_message.Message):
     SHED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     batches: int
     rows: int
     real_tokens: int
@@ -83,4 +84,5 @@ class BatchingStats(_message.Message):
     shed: int
     rejected: int
     policy: str
-    def __init__(self, batches: _Optional[int] = ..., rows: _Optional[int] = ..., real_tokens: _Optional[int] = ..., padded_tokens: _Optional[int] = ..., shed: _Optional[int] = ..., rejected: _Optional[int] = ..., policy: _Optional[str] = ...) -> None: ...
+    engine_seconds: float
+    def __init__(self, batches: _Optional[int] = ..., rows: _Optional[int] = ..., real_tokens: _Optional[int] = ..., padded_tokens: _Optional[int] = ..., shed: _Optional[int] = ..., rejected: _Optional[int] = ..., policy: _Optional[str] = ..., engine_seconds: _Optional[float] = ...) -> None: ...

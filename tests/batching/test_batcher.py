@@ -15,7 +15,7 @@ from batching.scheduler import BatchLimits
 from batching.work import RowResult, WorkItem
 from engines.base import EngineInputs, FloatArray
 from millibatch.errors import DeadlineUnmeetable, EngineFailure, MillibatchError, QueueFull
-from tests.batching.fakes import SyntheticEngine, exact_cost_model, expected_checksum, make_row
+from tests.batching.fakes import SyntheticEngine, exact_cost_model, expected_checksum, make_row, true_cost
 
 LIMITS = BatchLimits(max_rows=8, max_tokens=384, max_delay=0.002)
 
@@ -100,6 +100,9 @@ async def test_large_request_is_split_across_batches_and_reassembled_in_order() 
     item = batcher.submit(rows, asyncio.get_running_loop().time() + 5)
     check_results(item, await item.future)
     assert len(set(item.batch_ids)) >= 4  # 30 rows, at most 8 per batch
+    # Engine time is counted inside the worker thread: at least the synthetic engine's own sleeps.
+    assert batcher.counters.batches == len(engine.batches)
+    assert batcher.counters.engine_seconds >= sum(true_cost(r, n) for r, n in engine.batches) * engine.speed
     await batcher.stop(grace=1)
 
 

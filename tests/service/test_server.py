@@ -147,3 +147,6 @@ async def test_models_service_describes_served_models(client: AsyncClient) -> No
     assert list(by_name["tiny-classify"].labels) == TINY_LABELS
     assert by_name["tiny-embed"].engine == "onnxruntime" and by_name["tiny-embed"].ready
     assert set(by_name["tiny-embed"].cost_model) == {"overhead", "per_row", "per_token", "per_token_squared"}
+    await client.embed(["counted by the batcher"], model="tiny-embed")
+    stats = {m.name: m for m in (await client.list_models()).models}["tiny-embed"].batching
+    assert stats.batches >= 1 and stats.padded_tokens >= stats.real_tokens > 0 and stats.engine_seconds > 0
