@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
 import random
 import resource
+import shlex
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -36,6 +40,10 @@ POLICIES = {
     "fixed delay (FIFO, 5 ms)": ["--batch-policy", "fifo", "--max-delay-ms", "5"],
     "deadline-aware": ["--batch-policy", "deadline"],
 }
+
+
+#: Calls kept in flight for the served saturation run (and the raw engine's queue depth to match).
+SATURATION_IN_FLIGHT = 64
 
 
 # -- workload ---------------------------------------------------------------------------------------
@@ -136,12 +144,13 @@ def loadgen_main(argv: list[str]) -> None:
 class Server:
     """A `millibatch serve` child process."""
 
-    def __init__(self, model: Path, port: int, flags: list[str]) -> None:
+    def __init__(self, model: Path, port: int, flags: list[str], instances: int = 1) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.port = port
         self.process = subprocess.Popen(
             [sys.executable, "-m", "millibatch", "serve", "--model", str(model), "--host", "127.0.0.1",
-             "--port", str(port), "--metrics-port", "0", "--max-queue-rows", "256", *flags],
+             "--port", str(port), "--metrics-port", "0", "--max-queue-rows", "256", "--instances", str(instances),
+             *flags],
             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self._wait_serving()
@@ -170,7 +179,8 @@ class Server:
             info = models_pb2_grpc.ModelsStub(channel).DescribeModel(models_pb2.DescribeModelRequest(), timeout=5)
         b = info.batching
         return {"batches": b.batches, "rows": b.rows, "real_tokens": b.real_tokens,
-                "padded_tokens": b.padded_tokens, "shed": b.shed, "rejected": b.rejected}
+                "padded_tokens": b.padded_tokens, "shed": b.shed, "rejected": b.rejected,
+                "engine_seconds": b.engine_seconds, "instances": info.instances}
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -213,8 +223,21 @@ def summarise(result: dict[str, object], duration: float, deadline: float) -> di
     }
 
 
-def raw_engine_throughput(model: Path, texts: list[str], seconds: float = 10.0) -> dict[str, float]:
-    """Rows/s of the engine alone, on batches the scheduler forms from the same texts (flush mode)."""
+def batch_shapes(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, float]:
+    """Mean batch shape, engine utilization and engine time per padded token between two stats reads."""
+    delta = {k: after[k] - before[k] for k in after}
+    instances = after["instances"]
+    batches, rows = max(1.0, delta["batches"]), max(1.0, delta["rows"])
+    return {"mean_batch_rows": delta["rows"] / batches, "mean_padded_length": delta["padded_tokens"] / rows,
+            "engine_utilization": delta["engine_seconds"] / (wall * instances),
+            "engine_us_per_padded_token": 1e6 * delta["engine_seconds"] / max(1.0, delta["padded_tokens"])}
+
+
+def raw_engine_throughput(
+    model: Path, texts: list[str], instances: int, in_flight: int, seconds: float = 10.0
+) -> dict[str, float]:
+    """Rows/s of the engine alone on the batches the server forms from the same texts with `in_flight`
+    calls waiting, with `instances` sessions running concurrently as the server runs them."""
     from batching.cost_model import CostModel
     from batching.scheduler import BatchLimits, Scheduler
     from batching.work import WorkItem
@@ -223,7 +246,8 @@ def raw_engine_throughput(model: Path, texts: list[str], seconds: float = 10.0) 
     from service.tokenization import TextEncoder, to_rows
 
     manifest = Manifest.load(model)
-    engine = load_engine(model, manifest, EngineOptions(engine="onnxruntime", device="cpu"))
+    engine = load_engine(model, manifest, EngineOptions(engine="onnxruntime", device="cpu", instances=instances))
+    instances = engine.info.instances  # 0 resolved the way the server resolves it
     encoder = TextEncoder(model / "tokenizer.json", manifest.max_length, 100_000)
     rows = to_rows(encoder.encode(texts, truncate=True))
     from batching.collate import collate
@@ -233,25 +257,46 @@ def raw_engine_throughput(model: Path, texts: list[str], seconds: float = 10.0) 
     cost.fit_profile(measure(engine, profile_shapes(BatchLimits(), manifest.max_length, engine)))
     scheduler = Scheduler(BatchLimits(), cost, engine.padded_length)
 
+    # Batches as the server forms them in the saturation run: the same scheduler over a queue kept at
+    # `in_flight` rows (each call carries one text), refilled in arrival order as batches leave.
     loop = asyncio.new_event_loop()
-    for row in rows:
-        scheduler.add(WorkItem(rows=[row], deadline=1e9, future=loop.create_future(), enqueued_at=0.0), 0.0)
+    waiting = iter(rows)
+
+    def refill(count: int) -> None:
+        for row in itertools.islice(waiting, count):
+            scheduler.add(WorkItem(rows=[row], deadline=1e9, future=loop.create_future(), enqueued_at=0.0), 0.0)
+
+    refill(in_flight)
     batches = []
     while scheduler.queued_rows:
         decision = scheduler.next(0.0, flush=True)
         batches.append(collate([p.item.rows[p.index] for p in decision.batch], decision.padded_length))
+        refill(len(decision.batch))
     loop.close()
-    done_rows = 0
+    done_rows = [0] * instances
+    done_tokens = [0] * instances
     start = time.perf_counter()
-    i = 0
-    while time.perf_counter() - start < seconds:
-        batch = batches[i % len(batches)]
-        engine.run(batch, 0)
-        done_rows += batch.rows
-        i += 1
+
+    def drive(instance: int) -> None:
+        i = instance
+        while time.perf_counter() - start < seconds:
+            batch = batches[i % len(batches)]
+            engine.run(batch, instance)
+            done_rows[instance] += batch.rows
+            done_tokens[instance] += batch.rows * batch.padded_length
+            i += instances
+
+    workers = [threading.Thread(target=drive, args=(n,)) for n in range(instances)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
     elapsed = time.perf_counter() - start
-    return {"rows_per_s": done_rows / elapsed, "mean_batch_rows": statistics.mean(b.rows for b in batches),
-            "mean_padded_length": statistics.mean(b.padded_length for b in batches)}
+    return {"rows_per_s": sum(done_rows) / elapsed, "instances": instances,
+            "engine_us_per_padded_token": 1e6 * elapsed * instances / max(1, sum(done_tokens)),
+            "mean_batch_rows": statistics.mean(b.rows for b in batches),
+            # per row, as the server's counters give it: padded tokens / rows
+            "mean_padded_length": sum(b.rows * b.padded_length for b in batches) / sum(b.rows for b in batches)}
 
 
 def main() -> None:
@@ -264,8 +309,15 @@ def main() -> None:
     parser.add_argument("--loads", type=float, nargs="+", default=[0.5, 1.0, 2.0])
     parser.add_argument("--deadline-ms", type=float, default=100.0)
     parser.add_argument("--port", type=int, default=50151)
+    parser.add_argument("--instances", type=int, default=0,
+                        help="engine instances (cores split between them); 0 = the server's auto choice")
+    parser.add_argument("--server-args", default="", help="extra `millibatch serve` flags for every server")
+    parser.add_argument("--policies", nargs="+", choices=list(POLICIES), default=list(POLICIES))
+    parser.add_argument("--capacity", type=float, default=0.0,
+                        help="req/s to take as capacity instead of measuring it (quick comparisons only)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "deadline_batching")
     args = parser.parse_args()
+    extra = shlex.split(args.server_args)
     from bench.run import ensure_model
 
     model = ensure_model(args.model)
@@ -276,15 +328,15 @@ def main() -> None:
     deadline = args.deadline_ms / 1000
 
     # Single-request latency: one call at a time, nothing to batch with.
-    server = Server(model, args.port, POLICIES["deadline-aware"])
+    server = Server(model, args.port, [*POLICIES["deadline-aware"], *extra], args.instances)
     alone = run_load(args.port, texts_file, args.out / "single.json", mode="closed", concurrency=1,
                      duration=args.duration / 2, timeout=30)
     single = summarise(alone, args.duration / 2, 30.0)
     print(f"single request: p50 {single['p50_ms']:.1f} ms p99 {single['p99_ms']:.1f} ms", flush=True)
     # Capacity under the deadline: the best goodput of closed loops at rising concurrency, each call
     # carrying the deadline. The open-loop levels below are multiples of it.
-    capacity, capacity_concurrency = 0.0, 0
-    for concurrency in (4, 8, 16, 32):
+    capacity, capacity_concurrency = args.capacity, 0
+    for concurrency in () if args.capacity else (4, 8, 16, 32):
         probe = run_load(args.port, texts_file, args.out / "capacity.json", mode="closed",
                          concurrency=concurrency, duration=args.duration / 2, timeout=deadline)
         goodput = float(summarise(probe, args.duration / 2, deadline)["goodput_rps"])
@@ -293,14 +345,18 @@ def main() -> None:
         if goodput > capacity:
             capacity, capacity_concurrency = goodput, concurrency
     # Saturation with no deadline pressure, for the served-vs-raw-engine comparison.
-    saturated = run_load(args.port, texts_file, args.out / "saturation.json", mode="closed", concurrency=64,
+    before = server.stats()
+    saturated = run_load(args.port, texts_file, args.out / "saturation.json", mode="closed",
+                         concurrency=SATURATION_IN_FLIGHT,
                          duration=args.duration, timeout=30)
+    served_batches = batch_shapes(before, server.stats(), args.duration)
     server.stop()
     print(f"capacity under the deadline: {capacity:.1f} requests/s ({capacity_concurrency} in flight)", flush=True)
 
     rows = []
-    for name, flags in POLICIES.items():
-        server = Server(model, args.port, flags)
+    for name in args.policies:
+        flags = POLICIES[name]
+        server = Server(model, args.port, [*flags, *extra], args.instances)
         for load in args.loads:
             before = server.stats()
             result = run_load(args.port, texts_file, args.out / "load.json", mode="open", rate=capacity * load,
@@ -317,14 +373,15 @@ def main() -> None:
             print(json.dumps(summary), flush=True)
         server.stop()
 
-    raw = raw_engine_throughput(model, texts)
+    raw = raw_engine_throughput(model, texts, args.instances, SATURATION_IN_FLIGHT)
     saturation = summarise(saturated, args.duration, 30.0)
     report = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "duration_s": args.duration, "deadline_ms": args.deadline_ms, "capacity_rps": capacity,
+        "duration_s": args.duration, "deadline_ms": args.deadline_ms, "instances": raw["instances"],
+        "capacity_rps": capacity,
         "capacity_concurrency": capacity_concurrency, "saturation_rps": saturation["goodput_rps"],
         "saturation": saturation, "raw_engine": raw, "single": single,
-        "served_over_raw": float(saturation["goodput_rps"]) / raw["rows_per_s"],
+        "served_over_raw": float(saturation["goodput_rps"]) / raw["rows_per_s"], "served_batches": served_batches,
         "runs": rows,
     }
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
@@ -336,6 +393,7 @@ def main() -> None:
 def markdown(report: dict[str, object]) -> str:
     lines = [
         f"Deadline {report['deadline_ms']} ms, {report['duration_s']} s per level, {report['machine']}, "
+        f"{report['instances']} engine instance(s), "
         f"{report['date']}. Capacity {report['capacity_rps']:.0f} req/s (1 text each): the best goodput of "
         f"closed loops at 4-32 in flight with the deadline, deadline-aware server. Goodput counts OK answers "
         f"(gRPC turns a late answer into DEADLINE_EXCEEDED); 'client saw late' counts OKs whose await "
@@ -355,12 +413,17 @@ def markdown(report: dict[str, object]) -> str:
     single = report["single"]
     lines += ["", f"Single request alone (closed loop, 1 in flight): p50 {single['p50_ms']:.1f} ms, "  # type: ignore[index]
               f"p99 {single['p99_ms']:.1f} ms."]  # type: ignore[index]
-    raw = report["raw_engine"]
-    lines += ["", f"Served saturation throughput (64 in flight, no deadline) {report['saturation_rps']:.0f} req/s "
+    raw, served = cast(dict[str, float], report["raw_engine"]), cast(dict[str, float], report["served_batches"])
+    lines += ["", f"Served saturation throughput ({SATURATION_IN_FLIGHT} in flight, no deadline) "
+              f"{report['saturation_rps']:.0f} req/s "
               f"vs raw engine "
-              f"{raw['rows_per_s']:.0f} rows/s in-process at the same batch shapes "  # type: ignore[index]
-              f"(mean {raw['mean_batch_rows']:.1f} rows × {raw['mean_padded_length']:.0f} tokens): "  # type: ignore[index]
-              f"ratio {report['served_over_raw']:.2f}."]
+              f"{raw['rows_per_s']:.0f} rows/s in-process at the same batch shapes "
+              f"(mean {raw['mean_batch_rows']:.1f} rows × {raw['mean_padded_length']:.0f} tokens): "
+              f"ratio {report['served_over_raw']:.2f}. Served batches meanwhile: "
+              f"{served['mean_batch_rows']:.1f} rows × "
+              f"{served['mean_padded_length']:.0f} tokens, engine busy {served['engine_utilization']:.0%} of the time, "
+              f"{served['engine_us_per_padded_token']:.0f} µs per padded token (raw engine "
+              f"{raw['engine_us_per_padded_token']:.0f})."]
     return "\n".join(lines) + "\n"
 
 
