@@ -182,6 +182,17 @@ class Server:
                 "padded_tokens": b.padded_tokens, "shed": b.shed, "rejected": b.rejected,
                 "engine_seconds": b.engine_seconds, "instances": info.instances}
 
+    def cost_model(self) -> tuple[float, float, float, float]:
+        """The served model's cost-model coefficients as the server has refitted them so far."""
+        import grpc
+
+        from millibatch.v1 import models_pb2, models_pb2_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            info = models_pb2_grpc.ModelsStub(channel).DescribeModel(models_pb2.DescribeModelRequest(), timeout=5)
+        c = info.cost_model
+        return (c["overhead"], c["per_row"], c["per_token"], c["per_token_squared"])
+
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -234,10 +245,12 @@ def batch_shapes(before: dict[str, float], after: dict[str, float], wall: float)
 
 
 def raw_engine_throughput(
-    model: Path, texts: list[str], instances: int, in_flight: int, seconds: float = 10.0
+    model: Path, texts: list[str], instances: int, in_flight: int, cost: tuple[float, float, float, float],
+    seconds: float = 10.0,
 ) -> dict[str, float]:
     """Rows/s of the engine alone on the batches the server forms from the same texts with `in_flight`
-    calls waiting, with `instances` sessions running concurrently as the server runs them."""
+    calls waiting (same scheduler, same cost-model coefficients as the server had), with `instances`
+    sessions running concurrently as the server runs them."""
     from batching.cost_model import CostModel
     from batching.scheduler import BatchLimits, Scheduler
     from batching.work import WorkItem
@@ -251,11 +264,8 @@ def raw_engine_throughput(
     encoder = TextEncoder(model / "tokenizer.json", manifest.max_length, 100_000)
     rows = to_rows(encoder.encode(texts, truncate=True))
     from batching.collate import collate
-    from batching.profile import measure, profile_shapes
 
-    cost = CostModel()
-    cost.fit_profile(measure(engine, profile_shapes(BatchLimits(), manifest.max_length, engine)))
-    scheduler = Scheduler(BatchLimits(), cost, engine.padded_length)
+    scheduler = Scheduler(BatchLimits(), CostModel(cost), engine.padded_length)
 
     # Batches as the server forms them in the saturation run: the same scheduler over a queue kept at
     # `in_flight` rows (each call carries one text), refilled in arrival order as batches leave.
@@ -350,6 +360,7 @@ def main() -> None:
                          concurrency=SATURATION_IN_FLIGHT,
                          duration=args.duration, timeout=30)
     served_batches = batch_shapes(before, server.stats(), args.duration)
+    served_cost = server.cost_model()
     server.stop()
     print(f"capacity under the deadline: {capacity:.1f} requests/s ({capacity_concurrency} in flight)", flush=True)
 
@@ -373,7 +384,7 @@ def main() -> None:
             print(json.dumps(summary), flush=True)
         server.stop()
 
-    raw = raw_engine_throughput(model, texts, args.instances, SATURATION_IN_FLIGHT)
+    raw = raw_engine_throughput(model, texts, args.instances, SATURATION_IN_FLIGHT, served_cost)
     saturation = summarise(saturated, args.duration, 30.0)
     report = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
