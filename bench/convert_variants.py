@@ -1,10 +1,12 @@
 """Accuracy and speed of convert's variants side by side: PyTorch, fp32, fp32 fused, int8 (CPU).
 
-    .venv/bin/python bench/convert_variants.py [--source all-MiniLM-L6-v2] [--rounds 2]
+    .venv/bin/python bench/convert_variants.py [--source all-MiniLM-L6-v2] [--rounds 2] [--threads 1 2]
 
 Builds every variant from one fp32 export with the same functions `convert` uses, scores each on
 STS-B, then times them interleaved (variant A, B, C, A, B, C, ...) so a busy machine slows all of
-them alike. Prints a table and writes the raw per-call timings to bench/results/.
+them alike, once per ONNX Runtime thread count (default: the threads one server instance gets by
+default, and all the cores). Prints a table per thread count and writes the raw per-call timings to
+bench/results/.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ sys.path.insert(0, str(REPO))
 from engines.base import EngineInputs  # noqa: E402
 from engines.build import export, optimize, quantize, sources, validate  # noqa: E402
 from engines.build.convert import DEFAULT_INT8_FP32_PATTERNS, ConvertOptions, convert  # noqa: E402
-from engines.onnxruntime_engine import OnnxRuntimeCpuEngine  # noqa: E402
+from engines.onnxruntime_engine import (  # noqa: E402
+    OnnxRuntimeCpuEngine,
+    auto_instances,
+    default_threads_per_instance,
+    usable_cores,
+)
 
 SHAPES = [(1, 16, 100), (1, 128, 30), (32, 128, 5)]  # rows, tokens, timed calls per round
 
@@ -60,6 +67,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="all-MiniLM-L6-v2")
     parser.add_argument("--rounds", type=int, default=2, help="timing rounds; medians are over all of them")
+    server_default = default_threads_per_instance(auto_instances())
+    parser.add_argument("--threads", type=int, nargs="+", default=sorted({server_default, usable_cores()}),
+                        help="ONNX Runtime intra-op threads per session to time with")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     stsb = validate.default_stsb_path()
@@ -69,7 +79,6 @@ def main() -> int:
     import torch
     from tokenizers import Tokenizer
 
-    torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
     with tempfile.TemporaryDirectory() as tmp:
         files, base, build_info = build_variants(args.source, Path(tmp), stsb)
         tokenizer = Tokenizer.from_file(str(base / "tokenizer.json"))
@@ -81,12 +90,17 @@ def main() -> int:
                 tensors = (torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.token_type_ids))
                 return head(*tensors)[0].numpy()
 
-        runners: dict[str, Callable[[EngineInputs], np.ndarray]] = {"pytorch": torch_run}
         def engine_runner(engine: OnnxRuntimeCpuEngine) -> Callable[[EngineInputs], np.ndarray]:
             return lambda batch: engine.run(batch, 0)["embeddings"]
 
-        for name, file in files.items():
-            runners[name] = engine_runner(OnnxRuntimeCpuEngine(file))
+        def runners_with(threads: int) -> dict[str, Callable[[EngineInputs], np.ndarray]]:
+            torch.set_num_threads(threads)
+            found: dict[str, Callable[[EngineInputs], np.ndarray]] = {"pytorch": torch_run}
+            for name, file in files.items():
+                found[name] = engine_runner(OnnxRuntimeCpuEngine(file, threads_per_instance=threads))
+            return found
+
+        runners = runners_with(max(args.threads))
 
         pairs = validate.load_stsb(stsb)
         check = validate.encode_padded(tokenizer, validate.sample_sentences(256, stsb), max_length)
@@ -100,28 +114,36 @@ def main() -> int:
             score = validate.stsb_score(embed, pairs)
             accuracy[name] = {"stsb_spearman": round(score, 3), **validate.agreement(reference, run(check))}
 
-        timings: dict[str, dict[str, list[float]]] = {}
-        for rows, tokens, calls in SHAPES:
-            batch, key = synthetic(rows, tokens), f"{rows}x{tokens}"
-            timings[key] = {name: [] for name in runners}
-            for run in runners.values():
-                run(batch)  # warm-up
-            for _ in range(args.rounds * calls):
-                for name, run in runners.items():
-                    started = time.perf_counter()
-                    run(batch)
-                    timings[key][name].append(time.perf_counter() - started)
-            print(f"[bench] timed {key}", file=sys.stderr, flush=True)
+        timings: dict[str, dict[str, dict[str, list[float]]]] = {}
+        for threads in args.threads:
+            timed = runners_with(threads)
+            per_shape = timings[f"{threads} threads"] = {}
+            for rows, tokens, calls in SHAPES:
+                batch, key = synthetic(rows, tokens), f"{rows}x{tokens}"
+                per_shape[key] = {name: [] for name in timed}
+                for run in timed.values():
+                    run(batch)  # warm-up
+                for _ in range(args.rounds * calls):
+                    for name, run in timed.items():
+                        started = time.perf_counter()
+                        run(batch)
+                        per_shape[key][name].append(time.perf_counter() - started)
+                print(f"[bench] timed {key} on {threads} threads", file=sys.stderr, flush=True)
 
-    medians = {k: {n: float(np.median(v)) * 1000 for n, v in per.items()} for k, per in timings.items()}
-    header = f"| variant | STS-B | mean cos | min cos | {' | '.join(f'{k} ms (× fp32)' for k in medians)} |"
-    print(header)
-    print("|" + "---|" * (4 + len(medians)))
-    for name in runners:
-        acc = accuracy[name]
-        cells = [f"{medians[k][name]:.2f} ({medians[k]['fp32'] / medians[k][name]:.2f}×)" for k in medians]
-        print(f"| {name} | {acc['stsb_spearman']:.2f} | {acc['mean_cosine']:.4f} | {acc['min_cosine']:.4f} | "
-              + " | ".join(cells) + " |")
+    medians = {
+        threads: {k: {n: float(np.median(v)) * 1000 for n, v in per.items()} for k, per in shapes.items()}
+        for threads, shapes in timings.items()
+    }
+    for threads, by_shape in medians.items():
+        print(f"\n{threads} per session (ONNX Runtime intra-op, PyTorch set_num_threads)")
+        header = f"| variant | STS-B | mean cos | min cos | {' | '.join(f'{k} ms (× fp32)' for k in by_shape)} |"
+        print(header)
+        print("|" + "---|" * (4 + len(by_shape)))
+        for name in runners:
+            acc = accuracy[name]
+            cells = [f"{by_shape[k][name]:.2f} ({by_shape[k]['fp32'] / by_shape[k][name]:.2f}×)" for k in by_shape]
+            print(f"| {name} | {acc['stsb_spearman']:.2f} | {acc['mean_cosine']:.4f} | {acc['min_cosine']:.4f} | "
+                  + " | ".join(cells) + " |")
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     result = {
