@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from engines.base import EngineInputs, round_up  # noqa: E402
-from engines.onnxruntime_engine import OnnxRuntimeCpuEngine  # noqa: E402
+from engines.onnxruntime_engine import OnnxRuntimeCpuEngine, usable_cores  # noqa: E402
 
 SHAPES = [(1, 9), (4, 13), (8, 57), (2, 121), (16, 25)]
 
@@ -38,6 +38,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=REPO / "models" / "all-MiniLM-L6-v2")
     parser.add_argument("--calls", type=int, default=40)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "cpu_padding.md")
     args = parser.parse_args()
     from bench.run import ensure_model
 
@@ -53,13 +54,21 @@ def main() -> int:
             started = time.perf_counter()
             engine.run(value, 0)
             times[key].append(time.perf_counter() - started)
-    print(f"{datetime.now(UTC):%Y-%m-%d}, {platform.machine()}, {model.name}, median of {args.calls} calls")
-    print("| rows | length | padded to 8 | ms at length | ms padded | time ratio | token ratio |")
-    print("|---|---|---|---|---|---|---|")
+    lines = [
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {usable_cores()} cores, {model.name}, "
+        f"one session with all cores, median of {args.calls} interleaved calls (`bench/cpu_padding.py`)",
+        "",
+        "| rows | length | padded to 8 | ms at length | ms padded | time ratio | token ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for rows, length, padded in cases:
         exact, rounded = (statistics.median(times[(rows, n)]) * 1000 for n in (length, padded))
-        print(f"| {rows} | {length} | {padded} | {exact:.2f} | {rounded:.2f} | {rounded / exact:.3f} | "
-              f"{padded / length:.3f} |")
+        lines.append(f"| {rows} | {length} | {padded} | {exact:.2f} | {rounded:.2f} | {rounded / exact:.3f} | "
+                     f"{padded / length:.3f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
     return 0
 
 
