@@ -21,8 +21,9 @@ WATCHDOG = 0.5
 
 @pytest.fixture
 async def server(tiny_embed_dir: Path, tiny_classify_dir: Path) -> AsyncIterator[Any]:
+    # One engine instance (not one per core), so a hung call holds the whole engine.
     async with running_server([tiny_embed_dir, tiny_classify_dir], watchdog_seconds=WATCHDOG,
-                              max_batch_rows=1) as running:
+                              max_batch_rows=1, instances=1) as running:
         yield running
 
 

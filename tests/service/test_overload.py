@@ -36,8 +36,9 @@ def rss_mb() -> float:
 
 @pytest.fixture
 async def stub(tiny_embed_dir: Path) -> AsyncIterator[tuple[Any, Any]]:
+    # One engine instance (not one per core), so one slow batch holds the engine and work queues.
     async with running_server([tiny_embed_dir], max_queue_rows=QUEUE_ROWS, max_batch_rows=8,
-                              max_concurrent_streams=4096) as server:
+                              max_concurrent_streams=4096, instances=1) as server:
         batcher = server.registry.models["tiny-embed"].batcher
         batcher.engine = FaultyEngine(batcher.engine, delay=ENGINE_SECONDS)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
