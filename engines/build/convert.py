@@ -186,7 +186,8 @@ def _optimize(
     if fuse:
         progress("fusing attention, LayerNorm and GELU")
         graph = staging / "fused.onnx"
-        done["fusion"] = optimize.fuse(exported, graph, num_heads=heads, hidden_size=hidden)
+        done["fusion"] = optimize.fuse(exported, graph, num_heads=heads, hidden_size=hidden,
+                                       use_gpu=options.device == "cuda")
     if options.precision == "int8":
         patterns = DEFAULT_INT8_FP32_PATTERNS if options.int8_fp32_nodes is None else options.int8_fp32_nodes
         keep = [n for n in quantize.weight_nodes(graph) if any(p in n for p in patterns)]
