@@ -23,8 +23,8 @@ def auto_instances() -> int:
 
     Under load, single-threaded sessions running side by side get more rows per second out of the
     cores than one session spreading each (small) batch over them: ONNX Runtime's intra-op threads
-    spend much of a short batch waking and waiting for each other (2 cores: +35-50% rows/s,
-    bench/deadline_batching.py). The price is latency of a lone long input, which one thread runs
+    spend much of a short batch waking and waiting for each other (2 cores: +30% rows/s on mixed
+    batches, bench/cpu_instances.py). The price is the latency of a lone input, which one thread runs
     about 1.5-1.8x slower than two; `instances = 1` keeps that latency for lightly loaded servers.
     """
     return max(1, min(usable_cores(), MAX_AUTO_INSTANCES))
