@@ -38,19 +38,7 @@ class BatchRecord:
     seconds: float
     instance: int
     ok: bool
-
-
-@dataclass
-class BatchCounters:
-    """Running totals since start, for inspection (Models service) and benchmarks."""
-
-    batches: int = 0
-    rows: int = 0
-    real_tokens: int = 0
-    padded_tokens: int = 0
-    shed: int = 0
-    rejected: int = 0
-    #: Time spent inside engine calls, summed over instances (utilization = this / (wall x instances)).
+    #: Time inside the engine call itself, measured in the worker thread (0 if it never returned).
     engine_seconds: float = 0.0
 
 
@@ -62,6 +50,53 @@ class BatchObserver:
     def shed(self, item: WorkItem, reason: str) -> None: ...
 
     def rejected(self, rows: int, reason: str) -> None: ...
+
+
+@dataclass
+class BatchCounters(BatchObserver):
+    """Running totals since start, for inspection (Models service) and benchmarks."""
+
+    batches: int = 0
+    rows: int = 0
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    #: Requests dropped because their deadline could not be met, and refused at admission.
+    requests_shed: int = 0
+    requests_rejected: int = 0
+    #: Time spent inside engine calls, summed over instances (utilization = this / (wall x instances)).
+    engine_seconds: float = 0.0
+
+    def batch_done(self, record: BatchRecord) -> None:
+        self.batches += 1
+        self.rows += record.rows
+        self.real_tokens += record.real_tokens
+        self.padded_tokens += record.rows * record.padded_length
+        self.engine_seconds += record.engine_seconds
+
+    def shed(self, item: WorkItem, reason: str) -> None:
+        self.requests_shed += 1
+
+    def rejected(self, rows: int, reason: str) -> None:
+        self.requests_rejected += 1
+
+
+class _Observers(BatchObserver):
+    """Tells every observer (the batcher's own counters, then metrics) about each event."""
+
+    def __init__(self, *observers: BatchObserver) -> None:
+        self._observers = observers
+
+    def batch_done(self, record: BatchRecord) -> None:
+        for observer in self._observers:
+            observer.batch_done(record)
+
+    def shed(self, item: WorkItem, reason: str) -> None:
+        for observer in self._observers:
+            observer.shed(item, reason)
+
+    def rejected(self, rows: int, reason: str) -> None:
+        for observer in self._observers:
+            observer.rejected(rows, reason)
 
 
 class Batcher:
@@ -85,7 +120,8 @@ class Batcher:
         self.scheduler = Scheduler(limits, self.cost_model, engine.padded_length)
         self.max_queue_rows = max_queue_rows
         self.watchdog_seconds = watchdog_seconds
-        self._observer = observer or BatchObserver()
+        self.counters = BatchCounters()
+        self._observer = _Observers(self.counters, observer) if observer else self.counters
         self.on_unhealthy = on_unhealthy
         self._clock = clock
         instances = engine.info.instances
@@ -101,7 +137,6 @@ class Batcher:
         self._healthy = True
         self._batch_ids = itertools.count(1)
         self.in_flight_rows = 0
-        self.counters = BatchCounters()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -158,14 +193,12 @@ class Batcher:
         if count > self.max_queue_rows:
             raise InvalidInput(f"request has {count} inputs; this model queues at most {self.max_queue_rows}")
         if self.scheduler.queued_rows + count > self.max_queue_rows:
-            self.counters.rejected += 1
             self._observer.rejected(count, "queue_full")
             raise QueueFull(
                 f"queue full ({self.scheduler.queued_rows} of {self.max_queue_rows} rows waiting); retry later"
             )
         now = self._now()
         if deadline <= now:
-            self.counters.rejected += 1
             self._observer.rejected(count, "deadline")
             raise DeadlineUnmeetable("deadline already passed when the request was queued")
         loop = asyncio.get_running_loop()
@@ -214,9 +247,7 @@ class Batcher:
 
     def _shed(self, decision: Decision) -> None:
         for item in decision.shed:
-            self.counters.shed += 1
-            self._observer.shed(item, "deadline")
-            self._fail(item, DeadlineUnmeetable("deadline cannot be met; request dropped before compute"))
+            self._drop(item, "deadline", "deadline cannot be met; request dropped before compute")
         if decision.shed:
             self._settled.set()
 
@@ -228,9 +259,7 @@ class Batcher:
         keep = []
         for p in decision.batch:
             if p.item.live and finish > p.deadline:
-                self.counters.shed += 1
-                self._observer.shed(p.item, "deadline")
-                self._fail(p.item, DeadlineUnmeetable("deadline cannot be met; request dropped before compute"))
+                self._drop(p.item, "deadline", "deadline cannot be met; request dropped before compute")
             if p.item.live:
                 keep.append(p)
         if len(keep) == len(decision.batch):
@@ -257,7 +286,6 @@ class Batcher:
 
     async def _run_batch(self, batch: list[PendingRow], inputs: EngineInputs, instance: int) -> None:
         batch_id = next(self._batch_ids)
-        rows = [p.item.rows[p.index] for p in batch]
         padded_length = inputs.padded_length
         started = self._now()
         for p in batch:
@@ -268,11 +296,11 @@ class Batcher:
         loop = asyncio.get_running_loop()
         ok = False
         hung = False
+        engine_seconds = 0.0
         wall_start = time.perf_counter()
         try:
             call = loop.run_in_executor(self._executor, self._timed_run, inputs, instance)
             outputs, engine_seconds = await asyncio.wait_for(call, self.watchdog_seconds)
-            self.counters.engine_seconds += engine_seconds
             self._check_outputs(outputs, len(batch))
             ok = True
         except TimeoutError:
@@ -292,14 +320,9 @@ class Batcher:
             error = EngineFailure("the engine failed on this request's batch")
             for p in batch:
                 self._fail(p.item, error)
-        real_tokens = sum(r.length for r in rows)
-        counters = self.counters
-        counters.batches += 1
-        counters.rows += len(batch)
-        counters.real_tokens += real_tokens
-        counters.padded_tokens += len(batch) * padded_length
+        real_tokens = sum(p.length for p in batch)
         self._observer.batch_done(BatchRecord(batch_id, len(batch), padded_length, real_tokens, seconds,
-                                              instance, ok))
+                                              instance, ok, engine_seconds))
         if not hung:  # a hung thread still holds its instance
             self._free.append(instance)
         self._wake.set()
@@ -331,11 +354,14 @@ class Batcher:
             if item.remaining == 0:
                 item.computed_at = finished
                 if finished > item.deadline:
-                    self.counters.shed += 1
-                    self._observer.shed(item, "late")
-                    item.future.set_exception(DeadlineUnmeetable("computed too late for the request's deadline"))
+                    self._drop(item, "late", "computed too late for the request's deadline")
                 else:
                     item.future.set_result([r for r in item.results if r is not None])
+
+    def _drop(self, item: WorkItem, reason: str, why: str) -> None:
+        """Shed `item`: counted under `reason`, answered DEADLINE_EXCEEDED with `why`."""
+        self._observer.shed(item, reason)
+        self._fail(item, DeadlineUnmeetable(why))
 
     def _fail(self, item: WorkItem, error: Exception) -> None:
         if item.live:

@@ -33,7 +33,7 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         source_hash=manifest.source_hash,
         batching=pb.BatchingStats(
             batches=counters.batches, rows=counters.rows, real_tokens=counters.real_tokens,
-            padded_tokens=counters.padded_tokens, shed=counters.shed, rejected=counters.rejected,
+            padded_tokens=counters.padded_tokens, shed=counters.requests_shed, rejected=counters.requests_rejected,
             engine_seconds=counters.engine_seconds,
             policy=model.batcher.limits.policy,
         ),
