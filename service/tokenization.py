@@ -56,6 +56,12 @@ class TextEncoder:
     ) -> list[Encoding]:
         """Tokenize; without `truncate` an input longer than the model's limit is an error."""
         self.check(texts, pairs)
+        return self._encode_checked(texts, pairs, truncate, add_special_tokens)
+
+    def _encode_checked(
+        self, texts: Sequence[str], pairs: Sequence[str], truncate: bool, add_special_tokens: bool
+    ) -> list[Encoding]:
+        """`encode` for texts that already passed `check`."""
         tokenizer = self._truncating if truncate else self._plain
         if len(texts) <= SEQUENTIAL_INPUTS:
             # encode_batch fans out to a thread pool; for a few short texts that costs ~10x the work.
@@ -86,10 +92,8 @@ class TextEncoder:
         self.check(texts, pairs)
         chars = sum(map(len, texts)) + sum(map(len, pairs))
         if chars <= INLINE_CHARS:
-            return self.encode(texts, pairs, truncate=truncate, add_special_tokens=add_special_tokens)
-        return await asyncio.to_thread(
-            self.encode, texts, pairs, truncate=truncate, add_special_tokens=add_special_tokens
-        )
+            return self._encode_checked(texts, pairs, truncate, add_special_tokens)
+        return await asyncio.to_thread(self._encode_checked, texts, pairs, truncate, add_special_tokens)
 
 
 def to_rows(encodings: Sequence[Encoding]) -> list[Row]:
