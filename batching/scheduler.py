@@ -247,10 +247,9 @@ class Scheduler:
     def _should_send(self, decision: Decision, now: float) -> bool:
         if self._is_full(decision):
             return True
-        if self.limits.policy == "fifo":
-            oldest = min(r.item.enqueued_at for r in decision.batch)
-            return now >= oldest + self.limits.max_delay
         wait = self._send_by(decision, now) - now
+        if self.limits.policy == "fifo":  # the classic batcher always waits out its delay
+            return wait <= 0
         if wait <= 0:
             return True
         # Waiting only pays if company is likely to arrive in time; otherwise it is pure latency.
