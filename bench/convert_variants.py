@@ -16,9 +16,9 @@ import json
 import platform
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +26,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from batching.profile import synthetic_inputs  # noqa: E402
+from bench.timing import interleaved  # noqa: E402
 from engines.base import EngineInputs  # noqa: E402
 from engines.build import export, optimize, quantize, sources, validate  # noqa: E402
 from engines.build.convert import DEFAULT_INT8_FP32_PATTERNS, ConvertOptions, convert  # noqa: E402
+from engines.model_dir import Manifest  # noqa: E402
 from engines.onnxruntime_engine import (  # noqa: E402
     OnnxRuntimeCpuEngine,
     auto_instances,
@@ -39,22 +42,22 @@ from engines.onnxruntime_engine import (  # noqa: E402
 SHAPES = [(1, 16, 100), (1, 128, 30), (32, 128, 5)]  # rows, tokens, timed calls per round
 
 
-def synthetic(rows: int, tokens: int) -> EngineInputs:
-    """A full batch of `rows` x `tokens` real-vocabulary ids (no padding)."""
-    rng = np.random.default_rng(0)
-    ids = rng.integers(2000, 20000, size=(rows, tokens), dtype=np.int64)
-    ids[:, 0], ids[:, -1] = 101, 102
-    return EngineInputs(input_ids=ids, attention_mask=np.ones_like(ids), token_type_ids=np.zeros_like(ids))
+def fused_fp32(source: str, work: Path, stsb: Path | None = None) -> tuple[Manifest, Path, Path]:
+    """An unfused fp32 model dir via convert (work/fp32) and the fused graph of its model.onnx
+    (work/fused.onnx), as convert would fuse it; returns the manifest, the dir and the fused graph."""
+    base = work / "fp32"
+    manifest = convert(ConvertOptions(source=source, output=base, fuse=False, stsb=stsb))
+    config = json.loads((sources.resolve(source).path / "config.json").read_text())
+    fused = work / "fused.onnx"
+    optimize.fuse(base / "model.onnx", fused, num_heads=int(config["num_attention_heads"]),
+                  hidden_size=int(config["hidden_size"]))
+    return manifest, base, fused
 
 
 def build_variants(source: str, work: Path, stsb: Path) -> tuple[dict[str, Path], Path, dict[str, object]]:
     """fp32 model dir via convert (unfused), then fused and int8 graphs from its model.onnx."""
-    base = work / "fp32"
-    manifest = convert(ConvertOptions(source=source, output=base, fuse=False, stsb=stsb))
-    config = json.loads((sources.resolve(source).path / "config.json").read_text())
-    heads, hidden = int(config["num_attention_heads"]), int(config["hidden_size"])
-    files = {"fp32": base / "model.onnx", "fp32-fused": work / "fused.onnx"}
-    optimize.fuse(files["fp32"], files["fp32-fused"], num_heads=heads, hidden_size=hidden)
+    manifest, base, fused = fused_fp32(source, work, stsb)
+    files = {"fp32": base / "model.onnx", "fp32-fused": fused}
     keep = [n for n in quantize.weight_nodes(files["fp32-fused"]) if any(p in n for p in DEFAULT_INT8_FP32_PATTERNS)]
     files["int8"] = work / "int8.onnx"
     quantize.quantize_dynamic_int8(files["fp32-fused"], files["int8"], exclude=keep)
@@ -94,12 +97,12 @@ def main() -> int:
             return lambda batch: engine.run(batch, 0)["embeddings"]
 
         def runners_with(threads: int) -> dict[str, Callable[[EngineInputs], np.ndarray]]:
-            torch.set_num_threads(threads)
             found: dict[str, Callable[[EngineInputs], np.ndarray]] = {"pytorch": torch_run}
             for name, file in files.items():
                 found[name] = engine_runner(OnnxRuntimeCpuEngine(file, threads_per_instance=threads))
             return found
 
+        torch.set_num_threads(max(args.threads))
         runners = runners_with(max(args.threads))
 
         pairs = validate.load_stsb(stsb)
@@ -116,18 +119,13 @@ def main() -> int:
 
         timings: dict[str, dict[str, dict[str, list[float]]]] = {}
         for threads in args.threads:
-            timed = runners_with(threads)
+            torch.set_num_threads(threads)
+            timed = runners if threads == max(args.threads) else runners_with(threads)
             per_shape = timings[f"{threads} threads"] = {}
             for rows, tokens, calls in SHAPES:
-                batch, key = synthetic(rows, tokens), f"{rows}x{tokens}"
-                per_shape[key] = {name: [] for name in timed}
-                for run in timed.values():
-                    run(batch)  # warm-up
-                for _ in range(args.rounds * calls):
-                    for name, run in timed.items():
-                        started = time.perf_counter()
-                        run(batch)
-                        per_shape[key][name].append(time.perf_counter() - started)
+                batch, key = synthetic_inputs(rows, tokens), f"{rows}x{tokens}"
+                per_shape[key] = interleaved({name: partial(run, batch) for name, run in timed.items()},
+                                             args.rounds * calls)
                 print(f"[bench] timed {key} on {threads} threads", file=sys.stderr, flush=True)
 
     medians = {
@@ -148,7 +146,7 @@ def main() -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     result = {
         "when": stamp, "machine": platform.processor() or platform.machine(),
-        "cores": len(__import__("os").sched_getaffinity(0)), "vnni": quantize.has_vnni(),
+        "cores": usable_cores(), "vnni": quantize.has_vnni(),
         "source": args.source, "rounds": args.rounds, "accuracy": accuracy, "median_ms": medians,
         "build": build_info, "raw_seconds": timings,
     }

@@ -11,30 +11,24 @@ tokens on a single instance of each set-up, interleaved. Writes bench/results/cp
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from batching.profile import synthetic_inputs  # noqa: E402
+from bench.timing import interleaved, write_table  # noqa: E402
 from engines.base import EngineInputs  # noqa: E402
 from engines.onnxruntime_engine import OnnxRuntimeCpuEngine, usable_cores  # noqa: E402
 
 #: Batch shapes (rows, tokens) like those the deadline-aware batcher forms from mixed traffic.
 MIX = [(3, 14), (2, 20), (4, 12), (1, 160), (3, 30), (1, 256), (2, 17), (2, 90)]
 LONE = [16, 128, 256]
-
-
-def batch(rows: int, tokens: int) -> EngineInputs:
-    ids = np.random.default_rng(rows * 1000 + tokens).integers(2000, 20000, size=(rows, tokens), dtype=np.int64)
-    return EngineInputs(input_ids=ids, attention_mask=np.ones_like(ids), token_type_ids=np.zeros_like(ids))
 
 
 def rows_per_second(engine: OnnxRuntimeCpuEngine, batches: list[EngineInputs], seconds: float) -> float:
@@ -72,36 +66,22 @@ def main() -> int:
         f"1 instance x {cores} threads": OnnxRuntimeCpuEngine(model, instances=1, threads_per_instance=cores),
         f"{cores} instances x 1 thread": OnnxRuntimeCpuEngine(model, instances=cores, threads_per_instance=1),
     }
-    mix = [batch(r, t) for r, t in MIX]
+    mix = [synthetic_inputs(r, t) for r, t in MIX]
     throughput: dict[str, list[float]] = {name: [] for name in setups}
     for _ in range(args.rounds):
         for name, engine in setups.items():
             throughput[name].append(rows_per_second(engine, mix, args.seconds))
-    lone: dict[str, dict[int, list[float]]] = {name: {n: [] for n in LONE} for name in setups}
-    for tokens in LONE:
-        inputs = batch(1, tokens)
-        for engine in setups.values():
-            engine.run(inputs, 0)  # warm-up
-        for _ in range(args.calls):
-            for name, engine in setups.items():
-                started = time.perf_counter()
-                engine.run(inputs, 0)
-                lone[name][tokens].append(time.perf_counter() - started)
-    lines = [
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {cores} cores, {model.parent.name}, "
-        f"`bench/cpu_instances.py` ({args.rounds} rounds of {args.seconds:.0f} s; lone requests: median of "
-        f"{args.calls} interleaved calls)",
-        "",
-        "| set-up | rows/s, mixed batches (median of rounds) | " + " | ".join(f"1×{n} ms" for n in LONE) + " |",
-        "|---|---|" + "---|" * len(LONE),
-    ]
-    for name in setups:
-        cells = " | ".join(f"{statistics.median(lone[name][n]) * 1000:.1f}" for n in LONE)
-        lines.append(f"| {name} | {statistics.median(throughput[name]):.0f} | {cells} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    lone = {tokens: interleaved({name: partial(engine.run, synthetic_inputs(1, tokens), 0)
+                                 for name, engine in setups.items()}, args.calls)
+            for tokens in LONE}
+    write_table(
+        args.out,
+        f"{cores} cores, {model.parent.name}, `bench/cpu_instances.py` ({args.rounds} rounds of {args.seconds:.0f} s; "
+        f"lone requests: median of {args.calls} interleaved calls)",
+        ["set-up", "rows/s, mixed batches (median of rounds)", *(f"1×{n} ms" for n in LONE)],
+        [[name, f"{statistics.median(throughput[name]):.0f}",
+          *(f"{statistics.median(lone[n][name]) * 1000:.1f}" for n in LONE)] for name in setups],
+    )
     return 0
 
 

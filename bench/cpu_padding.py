@@ -11,27 +11,20 @@ and shape buckets, where tensor cores and prebuilt profiles want them.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
-import time
-from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engines.base import EngineInputs, round_up  # noqa: E402
+from batching.profile import synthetic_inputs  # noqa: E402
+from bench.timing import interleaved, write_table  # noqa: E402
+from engines.base import round_up  # noqa: E402
 from engines.onnxruntime_engine import OnnxRuntimeCpuEngine, usable_cores  # noqa: E402
 
 SHAPES = [(1, 9), (4, 13), (8, 57), (2, 121), (16, 25)]
-
-
-def batch(rows: int, tokens: int) -> EngineInputs:
-    ids = np.random.default_rng(tokens).integers(2000, 20000, size=(rows, tokens), dtype=np.int64)
-    return EngineInputs(input_ids=ids, attention_mask=np.ones_like(ids), token_type_ids=np.zeros_like(ids))
 
 
 def main() -> int:
@@ -45,30 +38,17 @@ def main() -> int:
     model = ensure_model(args.model)
     engine = OnnxRuntimeCpuEngine(model / "model.onnx")
     cases = [(rows, length, round_up(length, 8)) for rows, length in SHAPES]
-    inputs = {(rows, n): batch(rows, n) for rows, length, padded in cases for n in (length, padded)}
-    times: dict[tuple[int, int], list[float]] = {key: [] for key in inputs}
-    for value in inputs.values():
-        engine.run(value, 0)  # warm-up
-    for _ in range(args.calls):
-        for key, value in inputs.items():
-            started = time.perf_counter()
-            engine.run(value, 0)
-            times[key].append(time.perf_counter() - started)
-    lines = [
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {usable_cores()} cores, {model.name}, "
-        f"one session with all cores, median of {args.calls} interleaved calls (`bench/cpu_padding.py`)",
-        "",
-        "| rows | length | padded to 8 | ms at length | ms padded | time ratio | token ratio |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    runs = {(rows, n): partial(engine.run, synthetic_inputs(rows, n), 0)
+            for rows, length, padded in cases for n in (length, padded)}
+    times = interleaved(runs, args.calls)
+    table = []
     for rows, length, padded in cases:
         exact, rounded = (statistics.median(times[(rows, n)]) * 1000 for n in (length, padded))
-        lines.append(f"| {rows} | {length} | {padded} | {exact:.2f} | {rounded:.2f} | {rounded / exact:.3f} | "
-                     f"{padded / length:.3f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+        table.append([rows, length, padded, f"{exact:.2f}", f"{rounded:.2f}", f"{rounded / exact:.3f}",
+                      f"{padded / length:.3f}"])
+    write_table(args.out, f"{usable_cores()} cores, {model.name}, one session with all cores, median of "
+                f"{args.calls} interleaved calls (`bench/cpu_padding.py`)",
+                ["rows", "length", "padded to 8", "ms at length", "ms padded", "time ratio", "token ratio"], table)
     return 0
 
 
