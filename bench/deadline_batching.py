@@ -21,7 +21,6 @@ import platform
 import random
 import resource
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ from typing import cast
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.processes import stop_process  # noqa: E402
 
 POLICIES = {
     # name: server flags
@@ -170,13 +171,17 @@ class Server:
                 time.sleep(0.2)
         raise RuntimeError("server did not start")
 
-    def stats(self) -> dict[str, float]:
+    def _describe(self):  # type: ignore[no-untyped-def]
         import grpc
 
         from millibatch.v1 import models_pb2, models_pb2_grpc
 
         with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            info = models_pb2_grpc.ModelsStub(channel).DescribeModel(models_pb2.DescribeModelRequest(), timeout=5)
+            return models_pb2_grpc.ModelsStub(channel).DescribeModel(models_pb2.DescribeModelRequest(), timeout=5)
+
+    def stats(self) -> dict[str, float]:
+        """The served model's batching counters (running totals) and instance count."""
+        info = self._describe()
         b = info.batching
         return {"batches": b.batches, "rows": b.rows, "real_tokens": b.real_tokens,
                 "padded_tokens": b.padded_tokens, "shed": b.shed, "rejected": b.rejected,
@@ -184,21 +189,11 @@ class Server:
 
     def cost_model(self) -> tuple[float, float, float, float]:
         """The served model's cost-model coefficients as the server has refitted them so far."""
-        import grpc
-
-        from millibatch.v1 import models_pb2, models_pb2_grpc
-
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            info = models_pb2_grpc.ModelsStub(channel).DescribeModel(models_pb2.DescribeModelRequest(), timeout=5)
-        c = info.cost_model
+        c = self._describe().cost_model
         return (c["overhead"], c["per_row"], c["per_token"], c["per_token_squared"])
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process, 30)
 
 
 def run_load(port: int, texts_file: Path, out: Path, **options: object) -> dict[str, object]:
@@ -208,6 +203,11 @@ def run_load(port: int, texts_file: Path, out: Path, **options: object) -> dict[
         args += [f"--{key}", str(value)]
     subprocess.run(args, check=True, cwd=REPO)
     return dict(json.loads(out.read_text()))
+
+
+def percentile_ms(ordered: list[float], q: float) -> float:
+    """The q-quantile of sorted seconds, in milliseconds (nearest rank below); NaN when empty."""
+    return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def summarise(result: dict[str, object], duration: float, deadline: float) -> dict[str, float]:
@@ -221,12 +221,9 @@ def summarise(result: dict[str, object], duration: float, deadline: float) -> di
     for _, code in records:
         codes[code] = codes.get(code, 0) + 1
 
-    def pct(q: float) -> float:
-        return 1000 * ok[min(len(ok) - 1, int(q * len(ok)))] if ok else float("nan")
-
     return {
         "sent": len(records), "ok": len(ok), "goodput_rps": len(ok) / duration,
-        "p50_ms": pct(0.5), "p99_ms": pct(0.99), "late_answers": late_ok,
+        "p50_ms": percentile_ms(ok, 0.5), "p99_ms": percentile_ms(ok, 0.99), "late_answers": late_ok,
         "deadline_exceeded": codes.get("DEADLINE_EXCEEDED", 0),
         "resource_exhausted": codes.get("RESOURCE_EXHAUSTED", 0),
         "other_errors": sum(v for k, v in codes.items() if k not in ("OK", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")),

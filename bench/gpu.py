@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.processes import free_port, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -165,13 +166,6 @@ def text_with_tokens(tokenizer_path: Path, tokens: int) -> str:
     return text
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _latency(target: str, text: str, seconds: float) -> list[float]:
     from millibatch.client import AsyncClient
 
@@ -235,12 +229,7 @@ def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int
         result["saturation"] = asyncio.run(_saturation(target, text, seconds, concurrency)) | {"tokens": 16}
         return result
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, 30)
 
 
 def _wait_ready(target: str, server: subprocess.Popen[str], timeout: float = 300.0) -> None:

@@ -13,21 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.deadline_batching import POLICIES, Server, run_load, workload  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+from bench.deadline_batching import POLICIES, Server, percentile_ms, run_load, workload  # noqa: E402
+from bench.timing import write_table  # noqa: E402
 
 
 def main() -> int:
@@ -57,20 +51,15 @@ def main() -> int:
     by_code: dict[str, list[float]] = {}
     for seconds, code in records:
         by_code.setdefault(code, []).append(seconds)
-    lines = [
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} cores: open loop at "
-        f"{args.rate:.0f} calls/s for {args.duration:.0f} s, admission queue {args.queue_rows} rows, 1 s deadlines, "
-        f"client in its own process (`bench/refusal_latency.py`). Client CPU {result['client_cpu']:.2f} of a core.",
-        "",
-        "| status | calls | p50 ms | p99 ms | max ms |",
-        "|---|---|---|---|---|",
-    ]
+    rows = []
     for code, values in sorted(by_code.items(), key=lambda kv: -len(kv[1])):
-        lines.append(f"| {code} | {len(values)} | {percentile(values, 0.5):.1f} | {percentile(values, 0.99):.1f} | "
-                     f"{1000 * max(values):.1f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.write_text(text)
+        values.sort()
+        rows.append([code, len(values), f"{percentile_ms(values, 0.5):.1f}", f"{percentile_ms(values, 0.99):.1f}",
+                     f"{1000 * values[-1]:.1f}"])
+    write_table(args.out, f"{os.cpu_count()} cores: open loop at {args.rate:.0f} calls/s for {args.duration:.0f} s, "
+                f"admission queue {args.queue_rows} rows, 1 s deadlines, client in its own process "
+                f"(`bench/refusal_latency.py`). Client CPU {result['client_cpu']:.2f} of a core.",
+                ["status", "calls", "p50 ms", "p99 ms", "max ms"], rows)
     print(f"(also {statistics.mean(s for s, _ in records) * 1000:.1f} ms mean over all calls)", file=sys.stderr)
     return 0
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.peers.catalog import ALL_PEERS, Launch, PeerContext, launch
+from bench.processes import stop_process
 from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,13 +98,7 @@ class Server:
 
     def stop(self) -> None:
         """Terminate, then kill if it does not exit in 15 s."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 15)
 
 
 def start_server(spec: Launch, cores: Cores, logs: Path) -> Server:

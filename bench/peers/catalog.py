@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.processes import free_port
+
 BASELINE = "fastapi-torch"
 TRITON_PEERS = ("triton-ids", "triton-text")
 ALL_PEERS = (BASELINE, "fastapi-onnx", *TRITON_PEERS, "millibatch")
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
