@@ -11,12 +11,12 @@ Runs from the Triton virtual environment (nvidia-pytriton pins protobuf/numpy ap
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.peers.onnx_common import load
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,36 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-delay-us", type=int, default=2000, help="same wait as millibatch's max_delay_ms")
     args = parser.parse_args(argv)
 
-    import onnxruntime as ort
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
-    from tokenizers import Tokenizer
 
-    folder = Path(args.model_dir)
-    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(folder / manifest["onnx_file"]), options, providers=["CPUExecutionProvider"])
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tokenizer.enable_truncation(int(manifest["max_length"]))
-    tokenizer.enable_padding()
+    run_ids, embed_texts = load(args.model_dir, args.threads)
 
     @batch  # type: ignore[untyped-decorator]
     def infer_ids(input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> dict[str, Any]:
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
-        return {"embeddings": session.run(["embeddings"], feeds)[0]}
+        return {"embeddings": run_ids(input_ids, attention_mask, token_type_ids)}
 
     @batch  # type: ignore[untyped-decorator]
     def infer_text(text: np.ndarray) -> dict[str, Any]:
-        encodings = tokenizer.encode_batch([t.decode("utf-8") for t in text[:, 0]])
-        feeds = {
-            "input_ids": np.array([e.ids for e in encodings], np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], np.int64),
-        }
-        return {"embeddings": session.run(["embeddings"], feeds)[0]}
+        return {"embeddings": embed_texts([t.decode("utf-8") for t in text[:, 0]])}
 
     if args.mode == "ids":
         names = ("input_ids", "attention_mask", "token_type_ids")
