@@ -18,8 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engines.build import optimize, quantize, sources, validate  # noqa: E402
-from engines.build.convert import ConvertOptions, convert  # noqa: E402
+from bench.convert_variants import fused_fp32  # noqa: E402
+from engines.build import quantize, validate  # noqa: E402
 from engines.onnxruntime_engine import OnnxRuntimeCpuEngine  # noqa: E402
 
 
@@ -33,11 +33,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        manifest = convert(ConvertOptions(source=args.source, output=work / "fp32", fuse=False))
-        config = json.loads((sources.resolve(args.source).path / "config.json").read_text())
-        fused = work / "fused.onnx"
-        optimize.fuse(work / "fp32" / "model.onnx", fused, num_heads=int(config["num_attention_heads"]),
-                      hidden_size=int(config["hidden_size"]))
+        manifest, _, fused = fused_fp32(args.source, work)
         tokenizer = Tokenizer.from_file(str(work / "fp32" / "tokenizer.json"))
         batch = validate.encode_padded(tokenizer, validate.sample_sentences(args.sentences), manifest.max_length)
         reference = OnnxRuntimeCpuEngine(fused).run(batch, 0)["embeddings"]

@@ -179,11 +179,8 @@ def plot(data: dict[str, Any], out: Path) -> None:
                         color=line.get_color())
         ax.set(title=f"closed loop, {texts} texts (p99 solid, p50 dotted)", xlabel="throughput (req/s)",
                ylabel="latency (ms)", yscale="log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "latency_vs_throughput.png", dpi=110)
-    plt.close(fig)
+        _finish_axes(ax)
+    _save(plt, fig, out / "latency_vs_throughput.png")
 
     open_sets = [t for t in text_sets if any(p["mode"] == "open" and p["texts"] == t for p in phases)] or text_sets
     fig, axes = plt.subplots(1, len(open_sets), figsize=(6.5 * len(open_sets), 4.5), squeeze=False)
@@ -195,11 +192,8 @@ def plot(data: dict[str, Any], out: Path) -> None:
                 ax.plot([p["offered_rps"] for p in points], [p["p99_ms"] for p in points], "o-", label=peer)
         ax.set(title=f"open loop (Poisson), {texts} texts", xlabel="offered load (req/s)",
                ylabel="p99 latency (ms)", xscale="log", yscale="log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "open_loop.png", dpi=110)
-    plt.close(fig)
+        _finish_axes(ax)
+    _save(plt, fig, out / "open_loop.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     concurrency = max((p["concurrency"] for p in phases if p["mode"] == "closed" and p["concurrency"] <= 32), default=1)
@@ -212,10 +206,18 @@ def plot(data: dict[str, Any], out: Path) -> None:
                 ax.plot(latencies, np.arange(1, len(latencies) + 1) / len(latencies), label=peer)
     ax.set(title=f"latency CDF, closed loop c={concurrency}, {text_sets[0]} texts", xlabel="latency (ms)",
            ylabel="fraction of requests", xscale="log")
+    _finish_axes(ax)
+    _save(plt, fig, out / "latency_cdf.png")
+
+
+def _finish_axes(ax: Any) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def _save(plt: Any, fig: Any, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(out / "latency_cdf.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

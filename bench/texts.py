@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
+
+from engines.build.validate import load_stsb
 
 # The STS-B test set sits in the shared folder beside a checkout (../shared/data/stsb-test.tsv).
 DEFAULT_STSB = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "stsb-test.tsv"
@@ -16,12 +17,8 @@ TEXT_SETS = ("sts", "long")
 
 
 def stsb_sentences(path: Path) -> list[str]:
-    """Both sentences of every STS-B row (columns 6 and 7), in file order."""
-    sentences: list[str] = []
-    with path.open(encoding="utf-8", newline="") as handle:
-        for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
-            if len(row) >= 7:
-                sentences += [row[5].strip(), row[6].strip()]
+    """Both sentences of every STS-B row, in file order."""
+    sentences = [s.strip() for pair in load_stsb(path) for s in (pair.first, pair.second)]
     if not sentences:
         raise ValueError(f"no STS-B sentences in {path}")
     return sentences
