@@ -52,12 +52,7 @@ protos: install
 # `make bench BENCH_ARGS=--quick` is the 2-minute smoke run. Triton (nvidia-pytriton) gets its own
 # environment because it pins protobuf < 7; where it cannot be installed the Triton peers are skipped.
 BENCH_ARGS   ?=
-BENCH_STAMP  := $(VENV)/.bench-stamp
 TRITON_VENV  := build/bench-triton-venv
-
-$(BENCH_STAMP): pyproject.toml | $(STAMP)
-	$(BIN)/pip install --quiet -e '.[convert,dev,bench]'
-	touch $@
 
 $(TRITON_VENV)/.stamp:
 	$(PYTHON) -m venv $(TRITON_VENV)
@@ -65,7 +60,7 @@ $(TRITON_VENV)/.stamp:
 		|| echo "nvidia-pytriton could not be installed: the Triton peers will be skipped"
 	touch $@
 
-bench: $(BENCH_STAMP) $(TRITON_VENV)/.stamp
+bench: install $(TRITON_VENV)/.stamp
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
