@@ -7,6 +7,7 @@ never needs a GPU; `available()` and `device_count()` say whether one can be use
 from __future__ import annotations
 
 import ctypes
+import functools
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ class CudaError(RuntimeError):
     """A CUDA runtime call failed; the message names the call and CUDA's error string."""
 
 
+@functools.cache  # one import per process, not one per CUDA call (an ImportError is not cached)
 def _cudart() -> Any:
     """The cuda-python runtime module (new `cuda.bindings` layout first, then the older `cuda.cudart`)."""
     try:
@@ -63,12 +65,32 @@ def compute_capability(device: int = 0) -> tuple[int, int]:
 
 def host_view(pointer: int, nbytes: int, dtype: npt.DTypeLike, shape: tuple[int, ...]) -> npt.NDArray[Any]:
     """A numpy array over `nbytes` of host memory at `pointer` (no copy); the caller keeps the memory alive."""
+    raw = (ctypes.c_byte * nbytes).from_address(pointer)
+    return _typed(np.frombuffer(memoryview(raw), dtype=np.uint8), dtype, shape)
+
+
+def _typed(raw: npt.NDArray[np.uint8], dtype: npt.DTypeLike, shape: tuple[int, ...]) -> npt.NDArray[Any]:
+    """The first bytes of `raw` as an array of `shape` and `dtype` (no copy)."""
     dtype = np.dtype(dtype)
     needed = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if needed > nbytes:
-        raise ValueError(f"view of {shape} {dtype} needs {needed} bytes, buffer has {nbytes}")
-    raw = (ctypes.c_byte * nbytes).from_address(pointer)
-    return np.frombuffer(memoryview(raw), dtype=np.uint8, count=needed).view(dtype).reshape(shape)
+    if needed > raw.nbytes:
+        raise ValueError(f"view of {shape} {dtype} needs {needed} bytes, buffer has {raw.nbytes}")
+    return raw[:needed].view(dtype).reshape(shape)
+
+
+class _HostMemory:
+    """Host memory at `pointer` that engines fill and read through numpy views every batch."""
+
+    nbytes: int
+    pointer: int
+
+    def _map(self) -> None:
+        # One byte view for the buffer's life; `view` only slices and retypes it.
+        self._bytes = host_view(self.pointer, self.nbytes, np.uint8, (self.nbytes,))
+
+    def view(self, dtype: npt.DTypeLike, shape: tuple[int, ...]) -> npt.NDArray[Any]:
+        """The first bytes of the buffer as an array of `shape` (no copy)."""
+        return _typed(self._bytes, dtype, shape)
 
 
 class Stream:
@@ -77,11 +99,8 @@ class Stream:
     def __init__(self) -> None:
         rt = _cudart()
         self._stream = check("cudaStreamCreateWithFlags", rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking))
-
-    @property
-    def handle(self) -> int:
-        """The raw cudaStream_t as an integer (what ORT's user_compute_stream and TensorRT take)."""
-        return int(self._stream)
+        #: The raw cudaStream_t as an integer (what ORT's user_compute_stream and TensorRT take).
+        self.handle = int(self._stream)
 
     def synchronize(self) -> None:
         """Block until all work queued on this stream has finished."""
@@ -94,16 +113,13 @@ class Stream:
             self._stream = None
 
 
-class PinnedBuffer:
+class PinnedBuffer(_HostMemory):
     """Page-locked host memory: copies from it to the GPU are true async DMA instead of staged copies."""
 
     def __init__(self, nbytes: int) -> None:
         self.nbytes = max(1, nbytes)
         self.pointer = int(check("cudaMallocHost", _cudart().cudaMallocHost(self.nbytes)))
-
-    def view(self, dtype: npt.DTypeLike, shape: tuple[int, ...]) -> npt.NDArray[Any]:
-        """The first bytes of the buffer as an array of `shape` (no copy)."""
-        return host_view(self.pointer, self.nbytes, dtype, shape)
+        self._map()
 
     def close(self) -> None:
         """Free the memory (idempotent); views taken earlier must not be used afterwards."""
@@ -126,25 +142,17 @@ class DeviceBuffer:
             self.pointer = 0
 
 
-def copy_to_device(dst: int, src: int, nbytes: int, stream: Stream) -> None:
-    """Queue a host→device copy on `stream` (async when `src` is pinned)."""
-    rt = _cudart()
-    check("cudaMemcpyAsync(H2D)",
-          rt.cudaMemcpyAsync(dst, src, nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream.handle))
-
-
-def copy_to_host(dst: int, src: int, nbytes: int, stream: Stream) -> None:
-    """Queue a device→host copy on `stream` (async when `dst` is pinned)."""
-    rt = _cudart()
-    check("cudaMemcpyAsync(D2H)",
-          rt.cudaMemcpyAsync(dst, src, nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream.handle))
-
-
 class CudaBackend:
     """Where the ORT CUDA engine's buffers, streams and copies live: a CUDA GPU (the real thing)."""
 
     #: ONNX Runtime device type for bound buffers.
     device = "cuda"
+
+    def __init__(self) -> None:
+        rt = _cudart()
+        self._memcpy_async = rt.cudaMemcpyAsync
+        self._to_device = rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._to_host = rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
 
     def stream(self) -> Stream:
         """A new non-blocking stream."""
@@ -159,12 +167,12 @@ class CudaBackend:
         return DeviceBuffer(nbytes)
 
     def copy_to_device(self, dst: int, src: int, nbytes: int, stream: Stream) -> None:
-        """Queue a host→device copy on `stream`."""
-        copy_to_device(dst, src, nbytes, stream)
+        """Queue a host→device copy on `stream` (async when `src` is pinned)."""
+        check("cudaMemcpyAsync(H2D)", self._memcpy_async(dst, src, nbytes, self._to_device, stream.handle))
 
     def copy_to_host(self, dst: int, src: int, nbytes: int, stream: Stream) -> None:
-        """Queue a device→host copy on `stream`."""
-        copy_to_host(dst, src, nbytes, stream)
+        """Queue a device→host copy on `stream` (async when `dst` is pinned)."""
+        check("cudaMemcpyAsync(D2H)", self._memcpy_async(dst, src, nbytes, self._to_host, stream.handle))
 
 
 class HostStream:
@@ -179,17 +187,14 @@ class HostStream:
         """Nothing to release."""
 
 
-class HostBuffer:
+class HostBuffer(_HostMemory):
     """Ordinary host memory with PinnedBuffer's interface."""
 
     def __init__(self, nbytes: int) -> None:
         self.nbytes = max(1, nbytes)
         self._memory = (ctypes.c_byte * self.nbytes)()
         self.pointer = ctypes.addressof(self._memory)
-
-    def view(self, dtype: npt.DTypeLike, shape: tuple[int, ...]) -> npt.NDArray[Any]:
-        """The first bytes of the buffer as an array of `shape` (no copy)."""
-        return host_view(self.pointer, self.nbytes, dtype, shape)
+        self._map()
 
     def close(self) -> None:
         """Memory is freed with the object."""
