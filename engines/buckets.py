@@ -8,6 +8,7 @@ logic, no CUDA: everything here is tested on CPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -58,10 +59,15 @@ class BucketPlan:
         kept = sorted({n for n in lengths if 0 < n < max_length} | {max_length})
         return cls(tuple(kept), max_rows)
 
-    @property
-    def buckets(self) -> list[Bucket]:
+    @cached_property
+    def buckets(self) -> tuple[Bucket, ...]:
         """Every bucket, shortest first."""
-        return [Bucket(i, n, self.max_rows) for i, n in enumerate(self.lengths)]
+        return tuple(Bucket(i, n, self.max_rows) for i, n in enumerate(self.lengths))
+
+    @cached_property
+    def _bucket_of_length(self) -> tuple[Bucket, ...]:
+        """The bucket for every length 0..max_length, computed once: the scheduler asks per waiting row."""
+        return tuple(next(b for b in self.buckets if max(n, 1) <= b.length) for n in range(self.max_length + 1))
 
     @property
     def max_length(self) -> int:
@@ -74,15 +80,11 @@ class BucketPlan:
             raise ValueError(f"batch of {rows} rows is outside 1..{self.max_rows}")
         if not 1 <= length <= self.max_length:
             raise ValueError(f"length {length} is outside 1..{self.max_length}")
-        # Few buckets (<= ~10), so a scan is clearer than bisect and just as fast.
-        for i, n in enumerate(self.lengths):
-            if length <= n:
-                return Bucket(i, n, self.max_rows)
-        raise AssertionError("unreachable: max_length is the last bucket")
+        return self._bucket_of_length[length]
 
     def padded_length(self, length: int) -> int:
         """The length a batch whose longest row is `length` tokens is padded to (clipped to max_length)."""
-        return self.bucket(1, min(max(length, 1), self.max_length)).length
+        return self._bucket_of_length[min(max(length, 1), self.max_length)].length
 
     def profile_index(self, instance: int, bucket: Bucket) -> int:
         """TensorRT profile for `bucket` on `instance`: profiles are laid out instance-major.
@@ -126,11 +128,11 @@ class TensorSpec:
     shape: ShapeTemplate
 
 
-def buffer_bytes(plan: BucketPlan, bucket: Bucket, tensors: list[TensorSpec]) -> dict[str, int]:
+def buffer_bytes(bucket: Bucket, tensors: list[TensorSpec]) -> dict[str, int]:
     """Bytes each tensor needs for the largest batch of `bucket` (max_rows x bucket length)."""
     return {t.name: nbytes(output_shape(t.shape, bucket.max_rows, bucket.length), t.dtype) for t in tensors}
 
 
 def largest_buffer_bytes(plan: BucketPlan, tensors: list[TensorSpec]) -> dict[str, int]:
     """Bytes each tensor needs for the largest bucket; one buffer this size serves every bucket."""
-    return buffer_bytes(plan, plan.buckets[-1], tensors)
+    return buffer_bytes(plan.buckets[-1], tensors)

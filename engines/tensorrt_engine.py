@@ -54,7 +54,6 @@ class TensorRtEngine:
 
         # HostBackend swaps CUDA memory for host memory so the buffer logic can be tested without a GPU.
         self._backend: Backend = backend if backend is not None else cuda.CudaBackend()
-        self._spec = spec
         self._plan = spec.buckets
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)

@@ -70,6 +70,6 @@ def test_buffer_sizes_per_bucket() -> None:
         TensorSpec("input_ids", np.dtype(np.int64), ("batch", "seq")),
         TensorSpec("embeddings", np.dtype(np.float16), ("batch", 384)),
     ]
-    assert buffer_bytes(plan, plan.bucket(1, 16), tensors) == {"input_ids": 32 * 16 * 8, "embeddings": 32 * 384 * 2}
+    assert buffer_bytes(plan.bucket(1, 16), tensors) == {"input_ids": 32 * 16 * 8, "embeddings": 32 * 384 * 2}
     assert largest_buffer_bytes(plan, tensors) == {"input_ids": 32 * 128 * 8, "embeddings": 32 * 384 * 2}
     assert nbytes((0, 5), np.float32) == 0
