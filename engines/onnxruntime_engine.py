@@ -42,7 +42,7 @@ class OnnxRuntimeCpuEngine:
         self,
         onnx_path: Path,
         *,
-        instances: int = 1,  # 0: auto_instances()
+        instances: int = 1,
         threads_per_instance: int = 0,
         precision: str = "fp32",
         reason: str = "requested",
@@ -50,7 +50,6 @@ class OnnxRuntimeCpuEngine:
     ) -> None:
         import onnxruntime as ort
 
-        instances = instances or auto_instances()
         threads = threads_per_instance or default_threads_per_instance(instances)
         self._sessions = []
         for _ in range(instances):

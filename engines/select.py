@@ -124,8 +124,8 @@ def _tensorrt_problem(caps: Capabilities, model_dir: Path, options: EngineOption
     if caps.tensorrt_version is None:
         return None, "the tensorrt Python package is not installed (pip install tensorrt)"
     assert caps.compute_capability is not None
-    return pick_plan(caps.plans, caps.tensorrt_version, caps.compute_capability, options.instances or 1, model_dir,
-                     options.max_rows, options.max_length)
+    return pick_plan(caps.plans, caps.tensorrt_version, caps.compute_capability, instances_on(options, "cuda"),
+                     model_dir, options.max_rows, options.max_length)
 
 
 def choose(options: EngineOptions, caps: Capabilities, model_dir: Path) -> Choice:
@@ -159,14 +159,24 @@ def choose(options: EngineOptions, caps: Capabilities, model_dir: Path) -> Choic
     return Choice("onnxruntime", "cpu", f"auto: ONNX Runtime on CPU because {ort_cuda}")
 
 
+def instances_on(options: EngineOptions, device: DeviceName) -> int:
+    """`options.instances`, or for 0 (auto): one on a GPU until more are measured to pay, and on CPU
+    one single-threaded instance per core (engines.onnxruntime_engine.auto_instances)."""
+    if options.instances:
+        return options.instances
+    if device == "cuda":
+        return 1
+    from engines.onnxruntime_engine import auto_instances
+
+    return auto_instances()
+
+
 def load_engine(model_dir: Path, manifest: Manifest, options: EngineOptions) -> Engine:
     """Load the engine `options` ask for, or with `auto` the fastest this machine can run."""
     options = replace(options, max_length=options.max_length or manifest.max_length)
     choice = choose(options, probe(model_dir), model_dir)
     log.info("engine for %s: %s on %s (%s)", manifest.name, choice.engine, choice.device, choice.reason)
-    if choice.device == "cuda":
-        # One context per GPU until more are measured to pay; CPU resolves 0 in its engine.
-        options = replace(options, instances=options.instances or 1)
+    options = replace(options, instances=instances_on(options, choice.device))
     if choice.engine == "tensorrt":
         from engines.tensorrt_engine import TensorRtEngine
 
