@@ -13,6 +13,7 @@ from typing import Any
 
 from engines.buckets import BucketPlan
 from engines.plans import PlanSpec
+from engines.tensorrt_engine import tensorrt_version as installed_tensorrt_version
 
 TIMING_CACHE_FILE = "timing.cache"
 
@@ -39,20 +40,20 @@ def runtime_profiles(buckets: BucketPlan, instances: int, opt_rows: int) -> list
     rows 1..max_rows. Concurrent contexts must not share a profile, hence a full set per instance."""
     if instances < 1:
         raise ValueError(f"instances must be >= 1, got {instances}")
-    rows = (1, max(1, min(opt_rows, buckets.max_rows)), buckets.max_rows)
-    return [Profile(batch=rows, seq_len=(n, n, n)) for _ in range(instances) for n in buckets.lengths]
+    shapes = [buckets.profile_shapes(bucket, opt_rows) for bucket in buckets.buckets]
+    return [Profile(batch=(s.min[0], s.opt[0], s.max[0]), seq_len=(s.min[1], s.opt[1], s.max[1]))
+            for _ in range(instances) for s in shapes]
 
 
 def tensorrt_version() -> str:
     """The importable TensorRT's version; raises TensorRTUnavailable when there is none."""
-    try:
-        import tensorrt
-    except ImportError as error:
+    version = installed_tensorrt_version()
+    if version is None:
         raise TensorRTUnavailable(
-            "--engine tensorrt needs the 'tensorrt' Python package and a CUDA GPU; "
-            f"it cannot be imported here ({error}). Build on the GPU host, or use --engine onnxruntime."
-        ) from error
-    return str(tensorrt.__version__)
+            "--engine tensorrt needs the 'tensorrt' Python package and a CUDA GPU; it cannot be imported "
+            "here. Build on the GPU host, or use --engine onnxruntime."
+        )
+    return version
 
 
 def build_plan(
