@@ -16,7 +16,7 @@ import numpy as np
 
 from engines import cuda_runtime as cuda
 from engines.base import EngineInfo, EngineInputs, FloatArray
-from engines.buckets import BucketPlan, TensorSpec, largest_buffer_bytes, nbytes, output_shape
+from engines.buckets import BucketPlan, TensorSpec, largest_buffer_bytes, output_shape
 
 OrtProvider = Literal["cuda", "tensorrt"]
 
@@ -77,16 +77,17 @@ BufferLike = cuda.PinnedBuffer | cuda.HostBuffer
 
 @dataclass
 class _Instance:
-    """One session with its stream, pinned staging and per-bucket device buffers."""
+    """One session with its stream, and its pinned staging and device buffers."""
 
     session: Any
     stream: StreamLike
     binding: Any
-    run_options: Any
-    #: Host staging, one pinned buffer per graph input/output, sized for the largest bucket.
-    pinned: dict[str, BufferLike]
-    #: Device OrtValues per bucket index and tensor name, allocated on first use of the bucket.
-    device: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: Run options per bucket index (each names its CUDA graph when graphs are on).
+    run_options: list[Any]
+    #: One pinned (host) and one device buffer per graph input/output, sized for the largest bucket:
+    #: every bind passes its own shape, so one buffer serves every bucket and its address never moves.
+    pinned: dict[str, BufferLike] = field(default_factory=dict)
+    device: dict[str, BufferLike | cuda.DeviceBuffer] = field(default_factory=dict)
 
 
 class OnnxRuntimeCudaEngine:
@@ -127,11 +128,10 @@ class OnnxRuntimeCudaEngine:
         first = self._instances[0].session
         self._inputs = [TensorSpec(i.name, ONNX_TYPES[i.type], tuple(i.shape)) for i in first.get_inputs()]
         self._outputs = [TensorSpec(o.name, ONNX_TYPES[o.type], tuple(o.shape)) for o in first.get_outputs()]
+        sizes = largest_buffer_bytes(plan, self._inputs + self._outputs)
         for instance in self._instances:
-            instance.pinned = {
-                name: self._backend.pinned(size)
-                for name, size in largest_buffer_bytes(plan, self._inputs + self._outputs).items()
-            }
+            instance.pinned = {name: self._backend.pinned(size) for name, size in sizes.items()}
+            instance.device = {name: self._backend.device_buffer(size) for name, size in sizes.items()}
         used = "TensorRT execution provider" if provider == "tensorrt" else "CUDA execution provider"
         if self._backend.device == "cpu":
             used = "CPU execution provider, host backend"
@@ -141,8 +141,8 @@ class OnnxRuntimeCudaEngine:
         self._warm_buckets()
 
     def _warm_buckets(self) -> None:
-        """Allocate every bucket's device buffers and run its largest batch once per instance, so ORT's
-        arena, kernel selection (and CUDA graph capture) happen at load time, not under traffic."""
+        """Run every bucket's largest batch once per instance, so ORT's arena, kernel selection (and CUDA
+        graph capture) happen at load time, not under traffic."""
         for index in range(len(self._instances)):
             for bucket in self._plan.buckets:
                 shape = (self._plan.max_rows, bucket.length)
@@ -164,10 +164,15 @@ class OnnxRuntimeCudaEngine:
                                             stream=stream.handle, fp16=fp16, cache_dir=cache_dir)
             providers.insert(0, ("TensorrtExecutionProvider", trt))
         session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
-        run_options = ort.RunOptions()
-        # We copy outputs back on the same stream and synchronise once ourselves.
-        run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-        return _Instance(session, stream, session.io_binding(), run_options, pinned={})
+        run_options = []
+        for bucket in self._plan.buckets:
+            options_for_bucket = ort.RunOptions()
+            # We copy outputs back on the same stream and synchronise once ourselves.
+            options_for_bucket.add_run_config_entry("disable_synchronize_execution_providers", "1")
+            if self._cuda_graphs:
+                options_for_bucket.add_run_config_entry("gpu_graph_id", str(bucket.index))
+            run_options.append(options_for_bucket)
+        return _Instance(session, stream, session.io_binding(), run_options)
 
     @property
     def info(self) -> EngineInfo:
@@ -180,19 +185,6 @@ class OnnxRuntimeCudaEngine:
     def padded_length(self, length: int) -> int:
         return self._plan.padded_length(length)
 
-    def _device_buffers(self, instance: _Instance, bucket_index: int, length: int) -> dict[str, Any]:
-        """Device OrtValues for one bucket: [max_rows, length] each, allocated once and reused."""
-        buffers = instance.device.get(bucket_index)
-        if buffers is None:
-            rows = self._plan.max_rows
-            buffers = {
-                t.name: self._ort.OrtValue.ortvalue_from_shape_and_type(
-                    list(output_shape(t.shape, rows, length)), t.dtype, self._backend.device, self._device_id)
-                for t in self._inputs + self._outputs
-            }
-            instance.device[bucket_index] = buffers
-        return buffers
-
     def run(self, inputs: EngineInputs, instance: int) -> dict[str, FloatArray]:
         state = self._instances[instance]
         rows, length = inputs.rows, inputs.padded_length
@@ -201,48 +193,40 @@ class OnnxRuntimeCudaEngine:
             raise ValueError(f"batch padded to {length}, engine expects bucket lengths {self._plan.lengths}")
         # CUDA graphs replay fixed shapes and addresses, so rows are padded to max_rows when they are on.
         run_rows = self._plan.max_rows if self._cuda_graphs else rows
-        buffers = self._device_buffers(state, bucket.index, length)
+        device = self._backend.device
         binding = state.binding
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
         for spec in self._inputs:
-            host = state.pinned[spec.name].view(spec.dtype, (run_rows, length))
-            source = getattr(inputs, spec.name)
-            host[:rows] = source
+            pinned, target = state.pinned[spec.name], state.device[spec.name].pointer
+            host = pinned.view(spec.dtype, (run_rows, length))
+            host[:rows] = getattr(inputs, spec.name)
             if run_rows > rows:
                 host[rows:] = 0
                 if spec.name == "attention_mask":
                     host[rows:, 0] = 1  # a fully masked pad row would divide by zero in mean pooling
-            size = nbytes((run_rows, length), spec.dtype)
-            self._backend.copy_to_device(buffers[spec.name].data_ptr(), state.pinned[spec.name].pointer, size,
+            self._backend.copy_to_device(target, pinned.pointer, host.nbytes,
                                          state.stream)  # type: ignore[arg-type]  # stream matches its backend
-            binding.bind_input(spec.name, self._backend.device, self._device_id, spec.dtype, [run_rows, length],
-                               buffers[spec.name].data_ptr())
+            binding.bind_input(spec.name, device, self._device_id, spec.dtype, [run_rows, length], target)
         for spec in self._outputs:
-            binding.bind_output(spec.name, self._backend.device, self._device_id, spec.dtype,
-                                list(output_shape(spec.shape, run_rows, length)), buffers[spec.name].data_ptr())
-        if self._cuda_graphs:
-            state.run_options.add_run_config_entry("gpu_graph_id", str(bucket.index))
-        state.session.run_with_iobinding(binding, state.run_options)
-        results: dict[str, FloatArray] = {}
+            binding.bind_output(spec.name, device, self._device_id, spec.dtype,
+                                list(output_shape(spec.shape, run_rows, length)), state.device[spec.name].pointer)
+        state.session.run_with_iobinding(binding, state.run_options[bucket.index])
         views = {}
         for spec in self._outputs:
-            shape = output_shape(spec.shape, rows, length)
-            self._backend.copy_to_host(state.pinned[spec.name].pointer, buffers[spec.name].data_ptr(),
-                                       nbytes(shape, spec.dtype), state.stream)  # type: ignore[arg-type]
-            views[spec.name] = state.pinned[spec.name].view(spec.dtype, shape)
+            pinned = state.pinned[spec.name]
+            views[spec.name] = pinned.view(spec.dtype, output_shape(spec.shape, rows, length))
+            self._backend.copy_to_host(pinned.pointer, state.device[spec.name].pointer, views[spec.name].nbytes,
+                                       state.stream)  # type: ignore[arg-type]
         state.stream.synchronize()
-        for name, view in views.items():
-            # Copy out of the pinned buffer: the next call on this instance overwrites it.
-            results[name] = np.array(view, dtype=np.float32, copy=True)
-        return results
+        # Copy out of the pinned buffers: the next call on this instance overwrites them.
+        return {name: np.array(view, dtype=np.float32, copy=True) for name, view in views.items()}
 
     def close(self) -> None:
         for state in self._instances:
             state.binding = None
-            state.device.clear()
             state.session = None
-            for buffer in state.pinned.values():
+            for buffer in [*state.pinned.values(), *state.device.values()]:
                 buffer.close()
             state.stream.close()
         self._instances.clear()
