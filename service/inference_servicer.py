@@ -16,22 +16,18 @@ from millibatch.errors import InvalidInput
 from millibatch.settings import Settings
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import inference_pb2_grpc
-from service.entities import DEFAULT_IGNORE_LABELS, Entity, Strategy, extract_entities
+from service.entities import DEFAULT_IGNORE_LABELS, STRATEGIES, Entity, Strategy, extract_entities
 from service.ledger import CallLedger
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ServedModel
 from service.status import RequestRecorder, grpc_errors
 from service.tokenization import to_rows
 
-#: Wire enum → aggregation strategy; UNSPECIFIED gets SIMPLE, what most transformers NER examples use.
-STRATEGIES: dict[int, Strategy] = {
-    pb.AGGREGATION_STRATEGY_UNSPECIFIED: "simple",
-    pb.AGGREGATION_STRATEGY_NONE: "none",
-    pb.AGGREGATION_STRATEGY_SIMPLE: "simple",
-    pb.AGGREGATION_STRATEGY_FIRST: "first",
-    pb.AGGREGATION_STRATEGY_AVERAGE: "average",
-    pb.AGGREGATION_STRATEGY_MAX: "max",
-}
+#: Wire enum (AGGREGATION_STRATEGY_<NAME>) → aggregation strategy; UNSPECIFIED gets SIMPLE, what most
+#: transformers NER examples use.
+WIRE_STRATEGIES: dict[int, Strategy] = {
+    pb.AggregationStrategy.Value(f"AGGREGATION_STRATEGY_{name.upper()}"): name for name in STRATEGIES
+} | {pb.AGGREGATION_STRATEGY_UNSPECIFIED: "simple"}
 #: Above this many tokens in a request, entities are gathered in a thread (about 3 µs a token) so the
 #: event loop keeps answering other calls meanwhile.
 INLINE_ENTITY_TOKENS = 4096
@@ -151,7 +147,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     ) -> pb.ExtractEntitiesResponse:
         started = time.perf_counter()
         model = self._registry.get(request.model, task="token-classify")
-        strategy = STRATEGIES.get(request.aggregation_strategy)
+        strategy = WIRE_STRATEGIES.get(request.aggregation_strategy)
         if strategy is None:  # proto3 enums are open: a newer client may send a value this server lacks
             raise InvalidInput(f"unknown aggregation_strategy {request.aggregation_strategy}")
         ignore = (
