@@ -25,7 +25,7 @@ def auto_instances() -> int:
     cores than one session spreading each (small) batch over them: ONNX Runtime's intra-op threads
     spend much of a short batch waking and waiting for each other (2 cores: +30% rows/s on mixed
     batches, bench/cpu_instances.py). The price is the latency of a lone input, which one thread runs
-    about 1.5-1.8x slower than two; `instances = 1` keeps that latency for lightly loaded servers.
+    about 1.3-1.8x slower than two; `instances = 1` keeps that latency for lightly loaded servers.
     """
     return max(1, min(usable_cores(), MAX_AUTO_INSTANCES))
 
