@@ -1,8 +1,10 @@
 """The batcher: one asyncio task owns the scheduler and hands batches to free engine instances.
 
 Callers `submit` rows and await the item's future. Admission is decided at once (never an unbounded
-wait); batches are formed only when an instance is free, so they grow naturally under load; the engine
-call runs in a thread so the event loop keeps accepting, tokenizing and answering meanwhile.
+wait); batches are formed only when an instance is free, so they grow naturally under load, plus one
+full batch prepared ahead while every instance is busy. Engine calls run on the instances' own threads
+(`batching.workers`), so the event loop keeps accepting, tokenizing and answering meanwhile, and an
+instance that finishes starts on the prepared batch without waiting for the loop.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from batching.collate import collate
@@ -21,6 +22,7 @@ from batching.cost_model import CostModel
 from batching.profile import measure, profile_shapes, synthetic_inputs
 from batching.scheduler import BatchLimits, Decision, Scheduler
 from batching.work import PendingRow, Row, RowResult, WorkItem
+from batching.workers import EngineWorkers, Job
 from engines.base import Engine, EngineInputs, FloatArray
 from millibatch.errors import DeadlineUnmeetable, EngineFailure, InvalidInput, NotServing, QueueFull
 
@@ -124,14 +126,15 @@ class Batcher:
         self._observer = _Observers(self.counters, observer) if observer else self.counters
         self.on_unhealthy = on_unhealthy
         self._clock = clock
-        instances = engine.info.instances
-        self._free = list(range(instances))
-        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="engine")
+        self._instances = engine.info.instances
+        self._workers: EngineWorkers | None = None  # started with the loop, in `start`
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()  # set whenever a batch finishes or items are shed
-        self._running: set[asyncio.Task[None]] = set()
+        #: Jobs handed to the workers and not yet settled: running, or prepared ahead and waiting.
+        self._out: set[Job] = set()
+        #: Instances whose thread is stuck in a hung engine call; they take no more work.
+        self._hung = 0
         self._loop_task: asyncio.Task[None] | None = None
-        self._prepared: tuple[Decision, EngineInputs] | None = None  # full batch formed ahead
         self._accepting = False
         self._draining = False
         self._healthy = True
@@ -151,6 +154,10 @@ class Batcher:
 
     async def start(self) -> None:
         """Begin accepting and dispatching."""
+        # Through `self.engine` at call time, not a bound method: the engine may be swapped (tests inject faults).
+        self._workers = EngineWorkers(lambda inputs, instance: self.engine.run(inputs, instance), self._instances,
+                                      asyncio.get_running_loop(), self._clock or time.monotonic,
+                                      self._job_done, self._job_stale)
         self._accepting = True
         self._loop_task = asyncio.create_task(self._dispatch_loop(), name="batcher")
 
@@ -171,7 +178,8 @@ class Batcher:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._workers is not None:
+            self._workers.close()
 
     @property
     def healthy(self) -> bool:
@@ -179,7 +187,7 @@ class Batcher:
 
     @property
     def idle(self) -> bool:
-        return not self.scheduler.queued_rows and not self._running and self._prepared is None
+        return not self.scheduler.queued_rows and not self._out
 
     # -- submission ------------------------------------------------------------------------------
 
@@ -216,19 +224,15 @@ class Batcher:
     async def _dispatch_loop(self) -> None:
         while True:
             self._wake.clear()
-            if self._prepared is not None and self._free:
-                prepared, self._prepared = self._refresh(*self._prepared), None
-                if prepared is not None:
-                    self._launch(*prepared)
-                continue
-            if not self._free:
+            busy = len(self._out) + self._hung
+            if busy >= self._instances:
                 # Every instance is busy: prepare the next batch now if it is already full (waiting
                 # cannot improve it), so the instance that frees first starts on it at once.
-                if self._prepared is None and self.scheduler.queued_rows:
+                if busy == self._instances and self.scheduler.queued_rows:
                     decision = self.scheduler.next(self._now(), only_full=True)
                     self._shed(decision)
                     if decision.batch:
-                        self._prepared = (decision, self._collate(decision))
+                        self._submit(decision.batch, self._collate(decision))
                 await self._wake.wait()
                 continue
             if not self.scheduler.queued_rows:
@@ -237,7 +241,7 @@ class Batcher:
             decision = self.scheduler.next(self._now(), flush=self._draining)
             self._shed(decision)
             if decision.batch:
-                self._launch(decision, self._collate(decision))
+                self._submit(decision.batch, self._collate(decision))
             elif decision.wait_until is not None:
                 timeout = max(0.0, decision.wait_until - self._now())
                 with contextlib.suppress(TimeoutError):
@@ -251,88 +255,114 @@ class Batcher:
         if decision.shed:
             self._settled.set()
 
-    def _refresh(self, decision: Decision, inputs: EngineInputs) -> tuple[Decision, EngineInputs] | None:
-        """A batch prepared ahead waited for an instance: drop rows whose caller left or whose deadline
-        can no longer be met, so no compute is spent on them."""
-        now = self._now()
-        finish = now + self.cost_model.predict(len(decision.batch), decision.padded_length) + self.limits.safety
-        keep = []
-        for p in decision.batch:
-            if p.item.live and finish > p.deadline:
-                self._drop(p.item, "deadline", "deadline cannot be met; request dropped before compute")
-            if p.item.live:
-                keep.append(p)
-        if len(keep) == len(decision.batch):
-            return decision, inputs
-        self._settled.set()
-        if not keep:
-            return None
-        decision.batch = keep
-        return decision, self._collate(decision)
-
     @staticmethod
     def _collate(decision: Decision) -> EngineInputs:
         return collate([p.item.rows[p.index] for p in decision.batch], decision.padded_length)
 
-    def _launch(self, decision: Decision, inputs: EngineInputs) -> None:
-        instance = self._free.pop()
-        task = asyncio.create_task(self._run_batch(decision.batch, inputs, instance))
-        self._running.add(task)
-        task.add_done_callback(self._batch_finished)
-
-    def _batch_finished(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
-        self._settled.set()  # a drain waiting for idleness re-checks now
-
-    async def _run_batch(self, batch: list[PendingRow], inputs: EngineInputs, instance: int) -> None:
-        batch_id = next(self._batch_ids)
-        padded_length = inputs.padded_length
-        started = self._now()
+    def _submit(self, batch: list[PendingRow], inputs: EngineInputs, batch_id: int | None = None) -> None:
+        """Hand a batch to the engine threads. One submitted while no instance is free waits, so it is
+        checked again when it would start."""
+        assert self._workers is not None
+        ahead = len(self._out) + self._hung >= self._instances
+        job = Job(next(self._batch_ids) if batch_id is None else batch_id, batch, inputs, ahead=ahead)
+        if ahead:
+            cost = self.cost_model.predict(len(batch), inputs.padded_length) + self.limits.safety
+            job.start_by = min(p.deadline for p in batch) - cost
         for p in batch:
-            if p.item.first_batched_at is None:
-                p.item.first_batched_at = started
-            p.item.batch_ids.append(batch_id)
+            p.item.batch_ids.append(job.batch_id)
         self.in_flight_rows += len(batch)
-        loop = asyncio.get_running_loop()
-        ok = False
-        hung = False
-        engine_seconds = 0.0
-        wall_start = time.perf_counter()
-        try:
-            call = loop.run_in_executor(self._executor, self._timed_run, inputs, instance)
-            outputs, engine_seconds = await asyncio.wait_for(call, self.watchdog_seconds)
-            self._check_outputs(outputs, len(batch))
-            ok = True
-        except TimeoutError:
-            hung = True
-            log.error("engine call hung for over %.1fs on batch %d; marking model unhealthy",
-                      self.watchdog_seconds, batch_id)
-            self._mark_unhealthy(f"engine call exceeded the {self.watchdog_seconds:.1f}s watchdog")
-        except Exception:
-            log.exception("engine failed on batch %d (%d rows x %d tokens)", batch_id, len(batch), padded_length)
-        seconds = time.perf_counter() - wall_start
-        finished = self._now()
-        self.in_flight_rows -= len(batch)
-        if ok:
-            self.cost_model.observe(len(batch), padded_length, seconds)
-            self._deliver(batch, outputs, seconds, finished)
-        else:
-            error = EngineFailure("the engine failed on this request's batch")
-            for p in batch:
-                self._fail(p.item, error)
-        real_tokens = sum(p.length for p in batch)
-        self._observer.batch_done(BatchRecord(batch_id, len(batch), padded_length, real_tokens, seconds,
-                                              instance, ok, engine_seconds))
-        if not hung:  # a hung thread still holds its instance
-            self._free.append(instance)
+        self._out.add(job)
+        job.watchdog = asyncio.get_running_loop().call_later(self.watchdog_seconds, self._watch, job)
+        self._workers.submit(job)
+
+    def _release(self, job: Job) -> None:
+        """`job` is no longer out: it finished, hung, went stale or was withdrawn."""
+        job.settled = True
+        self._out.discard(job)
+        self.in_flight_rows -= len(job.batch)
+        if job.watchdog is not None:
+            job.watchdog.cancel()
         self._wake.set()
         self._settled.set()
 
-    def _timed_run(self, inputs: EngineInputs, instance: int) -> tuple[dict[str, FloatArray], float]:
-        """The engine call and its own duration, measured in the worker thread (no event-loop delay)."""
-        started = time.perf_counter()
-        outputs = self.engine.run(inputs, instance)
-        return outputs, time.perf_counter() - started
+    def _job_stale(self, job: Job) -> None:
+        """A batch prepared ahead could not start as formed: drop rows whose caller left or whose
+        deadline can no longer be met (no compute spent on them), and run the rest now."""
+        if job.settled:
+            return
+        self._release(job)
+        now = self._now()
+        finish = now + self.cost_model.predict(len(job.batch), job.inputs.padded_length) + self.limits.safety
+        keep = []
+        for p in job.batch:
+            if p.item.live and finish > p.deadline:
+                self._drop(p.item, "deadline", "deadline cannot be met; request dropped before compute")
+            if p.item.live:
+                keep.append(p)
+        for p in job.batch:
+            if job.batch_id in p.item.batch_ids:
+                p.item.batch_ids.remove(job.batch_id)
+        if keep:
+            decision = Decision(batch=keep, padded_length=job.inputs.padded_length)
+            self._submit(keep, self._collate(decision), job.batch_id)
+
+    def _watch(self, job: Job) -> None:
+        """Watchdog: a job that has been inside the engine for `watchdog_seconds` is hung."""
+        if job.settled:
+            return
+        loop = asyncio.get_running_loop()
+        if job.started is None:  # still waiting for an instance: look again later
+            job.watchdog = loop.call_later(self.watchdog_seconds, self._watch, job)
+            return
+        running = time.perf_counter() - job.started_perf
+        if running < self.watchdog_seconds:
+            job.watchdog = loop.call_later(self.watchdog_seconds - running, self._watch, job)
+            return
+        self._hung += 1  # its thread still holds the instance
+        self._release(job)
+        log.error("engine call hung for over %.1fs on batch %d; marking model unhealthy",
+                  self.watchdog_seconds, job.batch_id)
+        error = EngineFailure("the engine failed on this request's batch")
+        for p in job.batch:
+            self._fail(p.item, error)
+        self._observer.batch_done(self._record(job, running, ok=False))
+        self._mark_unhealthy(f"engine call exceeded the {self.watchdog_seconds:.1f}s watchdog")
+
+    def _job_done(self, job: Job) -> None:
+        """A worker finished `job`: answer its rows (or fail them) and account for it."""
+        if job.settled:  # the watchdog gave up on it already
+            return
+        self._release(job)
+        seconds = time.perf_counter() - job.started_perf
+        finished = self._now()
+        if job.started is not None:
+            for p in job.batch:
+                first = p.item.first_batched_at
+                p.item.first_batched_at = job.started if first is None else min(first, job.started)
+        outputs = job.outputs
+        ok = False
+        if job.error is not None:
+            log.error("engine failed on batch %d (%d rows x %d tokens)", job.batch_id, len(job.batch),
+                      job.inputs.padded_length, exc_info=job.error)
+        elif outputs is not None:
+            try:
+                self._check_outputs(outputs, len(job.batch))
+                ok = True
+            except ValueError:
+                log.exception("engine returned bad outputs on batch %d", job.batch_id)
+        if ok and outputs is not None:
+            self.cost_model.observe(len(job.batch), job.inputs.padded_length, seconds)
+            self._deliver(job.batch, outputs, seconds, finished)
+        else:
+            error = EngineFailure("the engine failed on this request's batch")
+            for p in job.batch:
+                self._fail(p.item, error)
+        self._observer.batch_done(self._record(job, seconds, ok))
+
+    @staticmethod
+    def _record(job: Job, seconds: float, ok: bool) -> BatchRecord:
+        return BatchRecord(job.batch_id, len(job.batch), job.inputs.padded_length,
+                           sum(p.length for p in job.batch), seconds, job.instance, ok, job.engine_seconds)
 
     def _check_outputs(self, outputs: dict[str, FloatArray], rows: int) -> None:
         for name, value in outputs.items():
@@ -370,9 +400,10 @@ class Batcher:
     def _take_waiting(self) -> list[WorkItem]:
         """Every item not yet running: the queue and the batch prepared ahead."""
         items = self.scheduler.take_all()
-        if self._prepared is not None:
-            items += [p.item for p in self._prepared[0].batch]
-            self._prepared = None
+        for job in list(self._out):
+            if self._workers is not None and self._workers.withdraw(job):
+                self._release(job)
+                items += [p.item for p in job.batch]
         return items
 
     def _mark_unhealthy(self, why: str) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -221,4 +223,55 @@ async def test_a_full_batch_is_prepared_while_the_instance_is_busy() -> None:
     for item in queued:
         check_results(item, await item.future)
     assert engine.batches == [(1, 200), (4, 8)]
+    await batcher.stop(grace=1)
+
+
+class StampingEngine(SyntheticEngine):
+    """Also records when each batch started and ended (perf_counter)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spans: list[tuple[float, float]] = []
+
+    def run(self, inputs: EngineInputs, instance: int) -> dict[str, FloatArray]:
+        began = time.perf_counter()
+        out = super().run(inputs, instance)
+        self.spans.append((began, time.perf_counter()))
+        return out
+
+
+async def test_the_prepared_batch_starts_while_the_event_loop_is_busy() -> None:
+    engine = StampingEngine()
+    batcher = new_batcher(engine, BatchLimits(max_rows=4, max_tokens=4096, max_delay=0.0))
+    await batcher.start()
+    deadline = asyncio.get_running_loop().time() + 5
+    running = batcher.submit([make_row(200)], deadline)  # ~5 ms on the only instance
+    await asyncio.sleep(0.001)
+    queued = [batcher.submit([make_row(8, i)], deadline) for i in range(4)]
+    await asyncio.sleep(0)  # the dispatcher prepares the full batch ahead
+    blocked_until = time.perf_counter() + 0.05
+    time.sleep(0.05)  # noqa: ASYNC251 - the loop is busy (answering other callers) as the first batch ends
+    check_results(running, await running.future)
+    for item in queued:
+        check_results(item, await item.future)
+    assert engine.batches == [(1, 200), (4, 8)]
+    (_, first_end), (second_start, _) = engine.spans
+    assert first_end < second_start < blocked_until, "the engine waited for the event loop between batches"
+    await batcher.stop(grace=1)
+
+
+async def test_a_prepared_batch_whose_deadline_passed_while_waiting_is_shed_uncomputed() -> None:
+    engine = SyntheticEngine(speed=4.0)  # the cost model expects a quarter of the time each batch takes
+    batcher = new_batcher(engine, BatchLimits(max_rows=4, max_tokens=4096, max_delay=0.0))
+    await batcher.start()
+    now = asyncio.get_running_loop().time()
+    running = batcher.submit([make_row(300)], now + 5)  # ~28 ms on the only instance
+    await asyncio.sleep(0.001)
+    # Reachable when prepared (~2 ms of work), no longer once the running batch ends.
+    doomed = [batcher.submit([make_row(8, i)], asyncio.get_running_loop().time() + 0.004) for i in range(4)]
+    check_results(running, await running.future)
+    outcomes = await asyncio.gather(*(d.future for d in doomed), return_exceptions=True)
+    assert all(isinstance(o, DeadlineUnmeetable) for o in outcomes), outcomes
+    assert engine.batches == [(1, 304)]
+    assert batcher.counters.requests_shed == 4
     await batcher.stop(grace=1)

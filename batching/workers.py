@@ -1,0 +1,125 @@
+"""Engine instance threads that hand batches to each other without waiting for the event loop.
+
+Each instance has its own thread. A finished batch's outputs go to the loop (`on_done`), and the
+thread at once takes the next batch from the shared handoff: under load that is the batch the loop
+prepared ahead while every instance was busy, so the engine does not sit idle while the loop answers
+the previous batch's callers. A batch prepared ahead is checked again when it would start (callers
+still waiting, deadlines still reachable); if not, it goes back to the loop (`on_stale`) to be trimmed.
+Futures and the scheduler are only ever touched on the loop: threads read, never resolve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from batching.work import PendingRow
+from engines.base import EngineInputs, FloatArray
+
+
+@dataclass(eq=False)
+class Job:
+    """One batch on its way through an engine instance."""
+
+    batch_id: int
+    batch: list[PendingRow]
+    inputs: EngineInputs
+    #: Set for a batch formed while every instance was busy: check it again before starting.
+    ahead: bool = False
+    #: Latest clock value at which the batch may start and still meet every row's predicted deadline.
+    start_by: float = float("inf")
+    # -- filled in by the worker thread --
+    instance: int = -1
+    #: Batcher clock and perf_counter when the engine call began (None until then).
+    started: float | None = None
+    started_perf: float = 0.0
+    engine_seconds: float = 0.0
+    outputs: dict[str, FloatArray] | None = None
+    error: BaseException | None = None
+    # -- loop side --
+    #: The loop has dealt with this job (answered, failed, or given up on it as hung).
+    settled: bool = False
+    watchdog: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    def fresh(self, now: float) -> bool:
+        """May a batch prepared ahead still start at `now`: every caller waiting, every deadline met?"""
+        return now <= self.start_by and all(p.item.live for p in self.batch)
+
+
+class EngineWorkers:
+    """One thread per engine instance, pulling jobs from a shared handoff queue."""
+
+    def __init__(
+        self,
+        run: Callable[[EngineInputs, int], dict[str, FloatArray]],
+        instances: int,
+        loop: asyncio.AbstractEventLoop,
+        clock: Callable[[], float],
+        on_done: Callable[[Job], None],
+        on_stale: Callable[[Job], None],
+    ) -> None:
+        self._run = run
+        self._loop = loop
+        self._clock = clock
+        self._on_done = on_done
+        self._on_stale = on_stale
+        self._ready: deque[Job | None] = deque()
+        self._available = threading.Condition()
+        self._threads = [
+            threading.Thread(target=self._work, args=(instance,), name=f"engine-{instance}", daemon=True)
+            for instance in range(instances)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue `job` for the first instance that is (or becomes) free."""
+        with self._available:
+            self._ready.append(job)
+            self._available.notify()
+
+    def withdraw(self, job: Job) -> bool:
+        """Take back a job no thread has started yet; False if one already has."""
+        with self._available:
+            try:
+                self._ready.remove(job)
+            except ValueError:
+                return False
+            return True
+
+    def close(self) -> None:
+        """Let every thread exit once it is idle (a thread stuck in the engine is a daemon)."""
+        with self._available:
+            self._ready.extend([None] * len(self._threads))
+            self._available.notify_all()
+
+    def _take(self) -> Job | None:
+        with self._available:
+            while not self._ready:
+                self._available.wait()
+            return self._ready.popleft()
+
+    def _work(self, instance: int) -> None:
+        while (job := self._take()) is not None:
+            if job.ahead and not job.fresh(self._clock()):
+                self._post(self._on_stale, job)
+                continue
+            job.instance = instance
+            job.started_perf = time.perf_counter()  # before `started`: the watchdog reads both
+            job.started = self._clock()
+            try:
+                job.outputs = self._run(job.inputs, instance)
+            except BaseException as error:  # reported on the loop; the thread serves on
+                job.error = error
+            job.engine_seconds = time.perf_counter() - job.started_perf
+            self._post(self._on_done, job)
+
+    def _post(self, callback: Callable[[Job], None], job: Job) -> None:
+        # A closed loop (process exit) raises RuntimeError: nobody is waiting for the answer any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(callback, job)
