@@ -17,6 +17,9 @@ from service.ledger import CallLedger
 log = logging.getLogger("millibatch.requests")
 
 STATUS_CODES: dict[str, grpc.StatusCode] = {code.name: code for code in grpc.StatusCode}
+#: Load-shedding answers: under overload they come by the thousand per second, so they are logged at
+#: DEBUG only (metrics count every one); every other failure gets an INFO line.
+OVERLOAD_CODES = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
@@ -40,9 +43,17 @@ def request_id(context: grpc.aio.ServicerContext) -> str:
     return "-"
 
 
+def fail(context: grpc.aio.ServicerContext, status: grpc.StatusCode, details: str) -> None:
+    """End the call with `status`. Setting the code and returning is what `context.abort` does, minus
+    the exception it raises through grpc's machinery (a tenth of the event loop's time when shedding
+    at twice capacity); grpc sends no response message with a non-OK code."""
+    context.set_code(status)
+    context.set_details(details)
+
+
 def grpc_errors(rpc: str) -> Callable[[Handler], Handler]:
     """Turn MillibatchError into its status and anything unexpected into INTERNAL without internals;
-    log one line per failed request."""
+    log one line per failed request (DEBUG for load shedding, see OVERLOAD_CODES)."""
 
     def decorate(method: Handler) -> Handler:
         @functools.wraps(method)
@@ -57,9 +68,12 @@ def grpc_errors(rpc: str) -> Callable[[Handler], Handler]:
             except MillibatchError as error:
                 status = status_of(error)
                 code = status.name
-                log.info("request failed", extra={"rpc": rpc, "status": code, "detail": str(error),
-                                                   "request_id": request_id(context)})
-                await context.abort(status, str(error))
+                level = logging.DEBUG if status in OVERLOAD_CODES else logging.INFO
+                if log.isEnabledFor(level):
+                    log.log(level, "request failed", extra={"rpc": rpc, "status": code, "detail": str(error),
+                                                            "request_id": request_id(context)})
+                fail(context, status, str(error))
+                return None
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
@@ -71,7 +85,8 @@ def grpc_errors(rpc: str) -> Callable[[Handler], Handler]:
                 code = "INTERNAL"
                 log.exception("request failed", extra={"rpc": rpc, "status": code,
                                                         "request_id": request_id(context)})
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                fail(context, grpc.StatusCode.INTERNAL, "internal error")
+                return None
             finally:
                 if ledger is not None:
                     if code == "CANCELLED":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -136,3 +137,28 @@ async def test_expired_deadline_is_dropped_before_compute(stub: tuple[Any, Any])
     await blocker
     assert {code for code, _ in codes} == {grpc.StatusCode.DEADLINE_EXCEEDED}
     assert engine.rows - rows_before == 0  # none of them was computed
+
+
+async def test_load_shedding_is_logged_at_debug_and_still_explained_to_the_caller(
+    stub: tuple[Any, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    _server, inference = stub
+    caplog.set_level(logging.DEBUG, logger="millibatch.requests")
+
+    async def call(i: int) -> grpc.aio.AioRpcError | None:
+        try:
+            await inference.Embed(pb.EmbedRequest(inputs=[f"burst {i}"]), timeout=10)
+        except grpc.aio.AioRpcError as error:
+            return error
+        return None
+
+    errors = [e for e in await asyncio.gather(*(call(i) for i in range(QUEUE_ROWS * 4))) if e is not None]
+    assert errors and all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in errors)
+    assert all("queue full" in (e.details() or "") for e in errors)
+    failed = [r for r in caplog.records if r.getMessage() == "request failed"]
+    assert len(failed) == len(errors)
+    assert {r.levelno for r in failed} == {logging.DEBUG}
+    # An ordinary client error still gets its INFO line.
+    with pytest.raises(grpc.aio.AioRpcError):
+        await inference.Embed(pb.EmbedRequest(inputs=[]), timeout=10)
+    assert caplog.records[-1].levelno == logging.INFO and caplog.records[-1].status == "INVALID_ARGUMENT"
