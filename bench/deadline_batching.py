@@ -145,14 +145,15 @@ def loadgen_main(argv: list[str]) -> None:
 class Server:
     """A `millibatch serve` child process."""
 
-    def __init__(self, model: Path, port: int, flags: list[str], instances: int = 1) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+    def __init__(self, model: Path, port: int, flags: list[str], instances: int = 1, repo: Path = REPO) -> None:
+        """Serve `model` from the checkout at `repo` (another build, for bench/compare_builds.py)."""
+        env = {**os.environ, "PYTHONPATH": str(repo)}
         self.port = port
         self.process = subprocess.Popen(
             [sys.executable, "-m", "millibatch", "serve", "--model", str(model), "--host", "127.0.0.1",
              "--port", str(port), "--metrics-port", "0", "--max-queue-rows", "256", "--instances", str(instances),
              *flags],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self._wait_serving()
 
