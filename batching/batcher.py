@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
@@ -27,6 +28,8 @@ from engines.base import Engine, EngineInputs, FloatArray
 from millibatch.errors import DeadlineUnmeetable, EngineFailure, InvalidInput, NotServing, QueueFull
 
 log = logging.getLogger("millibatch.batching")
+#: Weight of each new answer-lag sample when it is below the estimate (see Batcher._answered).
+ANSWER_LAG_DECAY = 0.02
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,7 @@ class Batcher:
         self._out: set[Job] = set()
         #: Instances whose thread is stuck in a hung engine call; they take no more work.
         self._hung = 0
+        self._answer_lag = 0.0  # see _answered
         self._loop_task: asyncio.Task[None] | None = None
         self._accepting = False
         self._draining = False
@@ -266,7 +270,7 @@ class Batcher:
         ahead = len(self._out) + self._hung >= self._instances
         job = Job(next(self._batch_ids) if batch_id is None else batch_id, batch, inputs, ahead=ahead)
         if ahead:
-            cost = self.cost_model.predict(len(batch), inputs.padded_length) + self.limits.safety
+            cost = self.cost_model.predict(len(batch), inputs.padded_length) + self.scheduler.margin
             job.start_by = min(p.deadline for p in batch) - cost
         for p in batch:
             p.item.batch_ids.append(job.batch_id)
@@ -292,7 +296,7 @@ class Batcher:
             return
         self._release(job)
         now = self._now()
-        finish = now + self.cost_model.predict(len(job.batch), job.inputs.padded_length) + self.limits.safety
+        finish = now + self.cost_model.predict(len(job.batch), job.inputs.padded_length) + self.scheduler.margin
         keep = []
         for p in job.batch:
             if p.item.live and finish > p.deadline:
@@ -387,6 +391,18 @@ class Batcher:
                     self._drop(item, "late", "computed too late for the request's deadline")
                 else:
                     item.future.set_result([r for r in item.results if r is not None])
+                    # Runs right after the caller's own wake-up: measures result-to-answer time.
+                    item.future.add_done_callback(functools.partial(self._answered, finished))
+
+    def _answered(self, computed_at: float, _future: object = None) -> None:
+        """A caller took its result `now - computed_at` after it was computed: under load the event loop
+        runs many callers before it, and an answer computed just in time reaches its caller too late.
+        Keep that time (a fast-rising, slowly decaying estimate) as extra scheduling margin, so such
+        rows are shed before compute instead of after."""
+        lag = max(0.0, self._now() - computed_at)
+        previous = self._answer_lag
+        self._answer_lag = lag if lag > previous else previous + ANSWER_LAG_DECAY * (lag - previous)
+        self.scheduler.margin = self.limits.safety + self._answer_lag
 
     def _drop(self, item: WorkItem, reason: str, why: str) -> None:
         """Shed `item`: counted under `reason`, answered DEADLINE_EXCEEDED with `why`."""

@@ -40,7 +40,8 @@ class BatchLimits:
     max_padding_ratio: float = 1.10
     #: Rows examined per decision, so a deep queue cannot make scheduling slow.
     scan_window: int = 256
-    #: Margin kept between predicted finish and deadline (seconds).
+    #: Margin kept between predicted finish and deadline (seconds); the batcher adds the measured time
+    #: from a row's result to its caller's answer (`Scheduler.margin`).
     safety: float = 0.0005
     #: Time constant of the arrival-rate estimate (seconds).
     rate_window: float = 0.1
@@ -80,6 +81,9 @@ class Scheduler:
         self._dead = 0  # rows of finished items still physically queued
         self._rate = 0.0
         self._rate_at = 0.0
+        #: Seconds kept between predicted finish and deadline: `limits.safety` plus, set by the batcher,
+        #: how long a computed row takes to reach its caller (longer when the event loop is busy).
+        self.margin = limits.safety
 
     @property
     def queued_rows(self) -> int:
@@ -174,7 +178,7 @@ class Scheduler:
         """Can `row` still finish in time, in the batch it would ride in?"""
         length = self._pad(row.length)
         rows = self._own_batch_rows(length, backlog)
-        return now + self.cost.predict(rows, length) + self.limits.safety <= row.deadline
+        return now + self.cost.predict(rows, length) + self.margin <= row.deadline
 
     def _choose(self, live: list[PendingRow], now: float, decision: Decision, backlog: list[int]) -> None:
         limits, pad, predict = self.limits, self._pad, self.cost.predict
@@ -199,7 +203,7 @@ class Scheduler:
                 apart = self._own_batch_rows(own, backlog)
                 if predict(rows, new_length) - predict(rows - 1, length) > predict(apart, own) / apart:
                     continue
-            if now + predict(rows, new_length) + limits.safety > min(earliest, row.deadline):
+            if now + predict(rows, new_length) + self.margin > min(earliest, row.deadline):
                 continue
             chosen.append(row)
             length, ideal_tokens, earliest = new_length, ideal_tokens + own, min(earliest, row.deadline)
@@ -239,7 +243,7 @@ class Scheduler:
             return oldest + self.limits.max_delay
         earliest = min(r.deadline for r in decision.batch)
         full_cost = self.cost.predict(self._capacity(length), length)
-        return min(oldest + self.limits.max_delay, earliest - full_cost - self.limits.safety)
+        return min(oldest + self.limits.max_delay, earliest - full_cost - self.margin)
 
     def _is_full(self, decision: Decision) -> bool:
         return len(decision.batch) >= self._capacity(decision.padded_length)

@@ -275,3 +275,28 @@ async def test_a_prepared_batch_whose_deadline_passed_while_waiting_is_shed_unco
     assert engine.batches == [(1, 304)]
     assert batcher.counters.requests_shed == 4
     await batcher.stop(grace=1)
+
+
+async def test_slow_answers_widen_the_margin_so_late_rows_are_shed_before_compute() -> None:
+    engine = SyntheticEngine()
+    batcher = new_batcher(engine, BatchLimits(max_rows=4, max_tokens=4096, max_delay=0.0))
+    await batcher.start()
+    loop = asyncio.get_running_loop()
+    first = batcher.submit([make_row(8)], loop.time() + 5)
+    check_results(first, await first.future)
+    # The caller took its answer 30 ms after it was computed (a busy loop): the batcher sees that lag.
+    time.sleep(0.03)  # noqa: ASYNC251 - stands for other callers' work on the loop
+    await asyncio.sleep(0)
+    assert batcher.scheduler.margin >= 0.025
+    # ~1 ms of compute fits a 20 ms deadline, but the answer would not reach the caller in time.
+    doomed = batcher.submit([make_row(8, 1)], loop.time() + 0.02)
+    with pytest.raises(DeadlineUnmeetable):
+        await doomed.future
+    assert engine.batches == [(1, 8)], "the doomed row was not computed"
+    # Prompt answers let the margin decay again.
+    for i in range(300):
+        item = batcher.submit([make_row(8, i)], loop.time() + 5)
+        await item.future
+        await asyncio.sleep(0)
+    assert batcher.scheduler.margin < 0.025
+    await batcher.stop(grace=1)
