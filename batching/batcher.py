@@ -228,11 +228,10 @@ class Batcher:
     async def _dispatch_loop(self) -> None:
         while True:
             self._wake.clear()
-            busy = len(self._out) + self._hung
-            if busy >= self._instances:
+            if self._busy >= self._instances:
                 # Every instance is busy: prepare the next batch now if it is already full (waiting
                 # cannot improve it), so the instance that frees first starts on it at once.
-                if busy == self._instances and self.scheduler.queued_rows:
+                if self._busy == self._instances and self.scheduler.queued_rows:
                     decision = self.scheduler.next(self._now(), only_full=True)
                     self._shed(decision)
                     if decision.batch:
@@ -263,17 +262,22 @@ class Batcher:
     def _collate(decision: Decision) -> EngineInputs:
         return collate([p.item.rows[p.index] for p in decision.batch], decision.padded_length)
 
+    @property
+    def _busy(self) -> int:
+        """Instances taken: by jobs out (running, or one prepared ahead) and by hung calls."""
+        return len(self._out) + self._hung
+
+    def _time_needed(self, rows: int, padded_length: int) -> float:
+        """Seconds a batch needs before its deadline: predicted run time plus the scheduler's margin."""
+        return self.cost_model.predict(rows, padded_length) + self.scheduler.margin
+
     def _submit(self, batch: list[PendingRow], inputs: EngineInputs, batch_id: int | None = None) -> None:
         """Hand a batch to the engine threads. One submitted while no instance is free waits, so it is
         checked again when it would start."""
         assert self._workers is not None
-        ahead = len(self._out) + self._hung >= self._instances
-        job = Job(next(self._batch_ids) if batch_id is None else batch_id, batch, inputs, ahead=ahead)
-        if ahead:
-            cost = self.cost_model.predict(len(batch), inputs.padded_length) + self.scheduler.margin
-            job.start_by = min(p.deadline for p in batch) - cost
-        for p in batch:
-            p.item.batch_ids.append(job.batch_id)
+        job = Job(next(self._batch_ids) if batch_id is None else batch_id, batch, inputs)
+        if self._busy >= self._instances:
+            job.start_by = min(p.deadline for p in batch) - self._time_needed(len(batch), inputs.padded_length)
         self.in_flight_rows += len(batch)
         self._out.add(job)
         job.watchdog = asyncio.get_running_loop().call_later(self.watchdog_seconds, self._watch, job)
@@ -295,17 +299,13 @@ class Batcher:
         if job.settled:
             return
         self._release(job)
-        now = self._now()
-        finish = now + self.cost_model.predict(len(job.batch), job.inputs.padded_length) + self.scheduler.margin
+        finish = self._now() + self._time_needed(len(job.batch), job.inputs.padded_length)
         keep = []
         for p in job.batch:
             if p.item.live and finish > p.deadline:
                 self._drop(p.item, "deadline", "deadline cannot be met; request dropped before compute")
             if p.item.live:
                 keep.append(p)
-        for p in job.batch:
-            if job.batch_id in p.item.batch_ids:
-                p.item.batch_ids.remove(job.batch_id)
         if keep:
             decision = Decision(batch=keep, padded_length=job.inputs.padded_length)
             self._submit(keep, self._collate(decision), job.batch_id)
@@ -339,8 +339,9 @@ class Batcher:
         self._release(job)
         seconds = time.perf_counter() - job.started_perf
         finished = self._now()
-        if job.started is not None:
-            for p in job.batch:
+        for p in job.batch:
+            p.item.batch_ids.append(job.batch_id)
+            if job.started is not None:
                 first = p.item.first_batched_at
                 p.item.first_batched_at = job.started if first is None else min(first, job.started)
         outputs = job.outputs

@@ -42,10 +42,9 @@ class Job:
     batch_id: int
     batch: list[PendingRow]
     inputs: EngineInputs
-    #: Set for a batch formed while every instance was busy: check it again before starting.
-    ahead: bool = False
-    #: Latest clock value at which the batch may start and still meet every row's predicted deadline.
-    start_by: float = float("inf")
+    #: For a batch formed while every instance was busy, the latest clock value at which it may start
+    #: and still meet every row's predicted deadline: checked again before starting. None: start at once.
+    start_by: float | None = None
     # -- filled in by the worker thread --
     instance: int = -1
     #: Batcher clock and perf_counter when the engine call began (None until then).
@@ -60,8 +59,8 @@ class Job:
     watchdog: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     def fresh(self, now: float) -> bool:
-        """May a batch prepared ahead still start at `now`: every caller waiting, every deadline met?"""
-        return now <= self.start_by and all(p.item.live for p in self.batch)
+        """May the batch still start at `now`: every caller waiting, every deadline met?"""
+        return self.start_by is None or (now <= self.start_by and all(p.item.live for p in self.batch))
 
 
 class EngineWorkers:
@@ -120,7 +119,7 @@ class EngineWorkers:
     def _work(self, instance: int) -> None:
         lower_thread_priority(ENGINE_NICE)
         while (job := self._take()) is not None:
-            if job.ahead and not job.fresh(self._clock()):
+            if not job.fresh(self._clock()):
                 self._post(self._on_stale, job)
                 continue
             job.instance = instance

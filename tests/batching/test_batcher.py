@@ -208,19 +208,23 @@ def test_outputs_are_plain_numpy() -> None:
     assert out["checksum"].shape == (2, 2)
 
 
-async def test_a_full_batch_is_prepared_while_the_instance_is_busy() -> None:
-    engine = SyntheticEngine()
+async def busy_with_a_full_batch_queued(engine: SyntheticEngine) -> tuple[Batcher, WorkItem, list[WorkItem]]:
+    """A started batcher whose only instance runs a ~5 ms batch, with a full batch (4 rows) queued."""
     batcher = new_batcher(engine, BatchLimits(max_rows=4, max_tokens=4096, max_delay=0.0))
     await batcher.start()
     deadline = asyncio.get_running_loop().time() + 5
-    running = batcher.submit([make_row(200)], deadline)  # ~5 ms on the only instance
+    running = batcher.submit([make_row(200)], deadline)
     await asyncio.sleep(0.001)
-    queued = [batcher.submit([make_row(8, i)], deadline) for i in range(4)]
+    return batcher, running, [batcher.submit([make_row(8, i)], deadline) for i in range(4)]
+
+
+async def test_a_full_batch_is_prepared_while_the_instance_is_busy() -> None:
+    engine = SyntheticEngine()
+    batcher, running, queued = await busy_with_a_full_batch_queued(engine)
     await asyncio.sleep(0.001)
     assert batcher.scheduler.queued_rows == 0, "the full batch left the queue while the engine was busy"
     assert not batcher.idle
-    check_results(running, await running.future)
-    for item in queued:
+    for item in (running, *queued):
         check_results(item, await item.future)
     assert engine.batches == [(1, 200), (4, 8)]
     await batcher.stop(grace=1)
@@ -242,17 +246,11 @@ class StampingEngine(SyntheticEngine):
 
 async def test_the_prepared_batch_starts_while_the_event_loop_is_busy() -> None:
     engine = StampingEngine()
-    batcher = new_batcher(engine, BatchLimits(max_rows=4, max_tokens=4096, max_delay=0.0))
-    await batcher.start()
-    deadline = asyncio.get_running_loop().time() + 5
-    running = batcher.submit([make_row(200)], deadline)  # ~5 ms on the only instance
-    await asyncio.sleep(0.001)
-    queued = [batcher.submit([make_row(8, i)], deadline) for i in range(4)]
+    batcher, running, queued = await busy_with_a_full_batch_queued(engine)
     await asyncio.sleep(0)  # the dispatcher prepares the full batch ahead
     blocked_until = time.perf_counter() + 0.05
     time.sleep(0.05)  # noqa: ASYNC251 - the loop is busy (answering other callers) as the first batch ends
-    check_results(running, await running.future)
-    for item in queued:
+    for item in (running, *queued):
         check_results(item, await item.future)
     assert engine.batches == [(1, 200), (4, 8)]
     (_, first_end), (second_start, _) = engine.spans
