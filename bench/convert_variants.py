@@ -6,7 +6,8 @@ Builds every variant from one fp32 export with the same functions `convert` uses
 STS-B, then times them interleaved (variant A, B, C, A, B, C, ...) so a busy machine slows all of
 them alike, once per ONNX Runtime thread count (default: the threads one server instance gets by
 default, and all the cores). Prints a table per thread count and writes the raw per-call timings to
-bench/results/.
+bench/results/. "int8+ort-skipln" is the int8 graph with all of ONNX Runtime's load-time rewrites,
+including the SkipLayerNormFusion the engine leaves out (engines/onnxruntime_engine.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from engines.model_dir import Manifest  # noqa: E402
 from engines.onnxruntime_engine import (  # noqa: E402
     OnnxRuntimeCpuEngine,
     auto_instances,
+    cpu_session,
     default_threads_per_instance,
     usable_cores,
 )
@@ -96,10 +98,18 @@ def main() -> int:
         def engine_runner(engine: OnnxRuntimeCpuEngine) -> Callable[[EngineInputs], np.ndarray]:
             return lambda batch: engine.run(batch, 0)["embeddings"]
 
+        def all_rewrites_runner(file: Path, threads: int) -> Callable[[EngineInputs], np.ndarray]:
+            """A session with every ONNX Runtime rewrite, CPU_DISABLED_OPTIMIZERS included."""
+            session = cpu_session(file, threads, disabled_optimizers=())
+            names = [i.name for i in session.get_inputs()]
+            return lambda batch: session.run(["embeddings"], {n: getattr(batch, n) for n in names})[0]
+
         def runners_with(threads: int) -> dict[str, Callable[[EngineInputs], np.ndarray]]:
             found: dict[str, Callable[[EngineInputs], np.ndarray]] = {"pytorch": torch_run}
             for name, file in files.items():
                 found[name] = engine_runner(OnnxRuntimeCpuEngine(file, threads_per_instance=threads))
+            # What the engine's CPU_DISABLED_OPTIMIZERS buys: int8 as ONNX Runtime would rewrite it.
+            found["int8+ort-skipln"] = all_rewrites_runner(files["int8"], threads)
             return found
 
         torch.set_num_threads(max(args.threads))

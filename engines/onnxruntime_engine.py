@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +37,39 @@ def default_threads_per_instance(instances: int) -> int:
     return max(1, usable_cores() // max(1, instances))
 
 
+#: ONNX Runtime graph rewrites left out on CPU. SkipLayerNormFusion turns a residual Add plus
+#: LayerNormalization into SkipLayerNormalization, whose CPU kernel is slower than the two ops it
+#: replaces (convert leaves it out of CPU graphs for the same reason). ONNX Runtime applies it at
+#: load to int8 graphs, where it cost int8 much of its lead: bench/convert_variants.py times int8
+#: with and without it side by side ("int8+ort-skipln").
+CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+
+
+def cpu_session(
+    onnx_path: Path,
+    threads: int,
+    *,
+    disabled_optimizers: Sequence[str] = CPU_DISABLED_OPTIMIZERS,
+    optimized_copy: Path | None = None,
+) -> Any:
+    """One CPU InferenceSession as the engine runs it: `threads` intra-op threads that do not spin,
+    every graph optimisation but `disabled_optimizers`. `optimized_copy` saves the graph as
+    optimised at load (to see which rewrites fired)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning threads burn the cores the event loop and tokenizer need between batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if optimized_copy is not None:
+        options.optimized_model_filepath = str(optimized_copy)
+    return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(disabled_optimizers))
+
+
 class OnnxRuntimeCpuEngine:
     """Runs an ONNX graph with ONNX Runtime's CPU provider; one InferenceSession per instance."""
 
@@ -48,21 +83,8 @@ class OnnxRuntimeCpuEngine:
         reason: str = "requested",
         pad_multiple: int = 1,
     ) -> None:
-        import onnxruntime as ort
-
         threads = threads_per_instance or default_threads_per_instance(instances)
-        self._sessions = []
-        for _ in range(instances):
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # Spinning threads burn the cores the event loop and tokenizer need between batches.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._sessions.append(
-                ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
-            )
+        self._sessions = [cpu_session(onnx_path, threads) for _ in range(instances)]
         first = self._sessions[0]
         self._input_names = [i.name for i in first.get_inputs()]
         self._output_names = [o.name for o in first.get_outputs()]
