@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import platform
-import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
 
-Key = TypeVar("Key", bound=Hashable)
+# convert's quick benchmark owns the interleaved timer (it ships in the package; bench/ does not).
+from engines.build.quick_bench import interleaved
 
-
-def interleaved(runs: Mapping[Key, Callable[[], object]], calls: int) -> dict[Key, list[float]]:
-    """Seconds per call of each candidate: one untimed call each, then `calls` rounds that run every
-    candidate in turn (A, B, C, A, B, C, ...), so a busy machine slows all of them alike."""
-    for run in runs.values():
-        run()
-    times: dict[Key, list[float]] = {key: [] for key in runs}
-    for _ in range(calls):
-        for key, run in runs.items():
-            started = time.perf_counter()
-            run()
-            times[key].append(time.perf_counter() - started)
-    return times
+__all__ = ["interleaved", "write_table"]
 
 
 def write_table(out: Path, caption: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -55,6 +55,8 @@ class Manifest:
     plan_file: str = ""
     #: Results of checking the converted model against PyTorch (max_abs_diff, min_cosine, stsb, ...).
     validation: dict[str, Any] = field(default_factory=dict)
+    #: convert --benchmark: median ms of this variant beside fp32 and PyTorch (engines/build/quick_bench.py).
+    benchmark: dict[str, Any] = field(default_factory=dict)
     #: Serialized TensorRT engines and their profiles (layout: engines/plans.py).
     tensorrt_plans: list[dict[str, Any]] = field(default_factory=list)
     #: Manifest layout version.

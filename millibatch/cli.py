@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="TensorRT: execution contexts to build profiles for (= serve --instances)")
     convert.add_argument("--int8-fp32-nodes", nargs="*", default=None, metavar="NAME",
                          help="node-name substrings kept fp32 in int8 graphs (default: first FFN output MatMul)")
+    convert.add_argument("--benchmark", action="store_true",
+                         help="time the variant beside the plain fp32 graph and PyTorch (1x16, 1x128, 32x128; "
+                              "about half a minute for MiniLM) and record it in the manifest")
+    convert.add_argument("--benchmark-threads", type=int, default=0, metavar="N",
+                         help="threads per session for --benchmark (default: what one server instance gets)")
     return parser
 
 
@@ -69,7 +74,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from engines.build.convert import ConversionError, ConvertOptions, convert
+    from engines.build import quick_bench
+    from engines.build.convert import ConversionError, ConvertOptions, convert, validation_table
 
     try:
         manifest = convert(ConvertOptions(
@@ -79,13 +85,18 @@ def run_convert(args: argparse.Namespace) -> int:
             batch=tuple(args.batch) if args.batch else None,
             instances=args.instances,
             int8_fp32_nodes=tuple(args.int8_fp32_nodes) if args.int8_fp32_nodes is not None else None,
+            benchmark=args.benchmark, benchmark_threads=args.benchmark_threads,
         ))
     except (ConversionError, FileNotFoundError, ValueError) as error:
         print(f"convert failed: {error}", file=sys.stderr)
         return 2
+    # Tables for people on stderr; stdout stays one JSON document for scripts.
+    print(validation_table(manifest), file=sys.stderr)
+    if manifest.benchmark:
+        print("\n" + quick_bench.table(manifest.benchmark), file=sys.stderr)
     print(json.dumps({"name": manifest.name, "task": manifest.task, "precision": manifest.precision,
                       "optimizations": manifest.optimizations, "profiles": manifest.profiles,
-                      "validation": manifest.validation}, indent=2))
+                      "validation": manifest.validation, "benchmark": manifest.benchmark}, indent=2))
     return 0
 
 

@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from engines.base import EngineInputs
 from engines.buckets import BucketPlan
-from engines.build import export, optimize, quantize, sources, tensorrt_plan, validate
+from engines.build import export, optimize, quantize, quick_bench, sources, tensorrt_plan, validate
 from engines.model_dir import Manifest, Task
 from engines.onnxruntime_engine import OnnxRuntimeCpuEngine
 
@@ -84,6 +85,10 @@ class ConvertOptions:
     instances: int = 1
     #: Node names (substrings) kept fp32 in int8 graphs; None uses DEFAULT_INT8_FP32_PATTERNS.
     int8_fp32_nodes: tuple[str, ...] | None = None
+    #: Time the variant beside the plain fp32 graph and PyTorch after validation (quick_bench).
+    benchmark: bool = False
+    #: ONNX Runtime / PyTorch threads for the benchmark; 0 = what one server instance gets by default.
+    benchmark_threads: int = 0
 
 
 def log(message: str) -> None:
@@ -130,7 +135,6 @@ def _build(
     export.export_onnx(head, options.task, exported)
     _write_plain_tokenizer(source.path / "tokenizer.json", staging / "tokenizer.json")
     optimizations = _optimize(exported, staging, model.config, source.max_length, options, progress)
-    exported.unlink()
 
     labels: list[str] = []
     if options.task in ("classify", "token-classify"):
@@ -158,8 +162,54 @@ def _build(
     progress(f"validating {options.precision} graph against PyTorch")
     manifest.validation = _validate(head, manifest, staging, options)
     manifest.validation["convert_seconds"] = round(time.perf_counter() - started, 2)
+    if options.benchmark:
+        manifest.benchmark = _benchmark(head, manifest, staging, exported, options, progress)
+    exported.unlink()
     manifest.save(staging)
     return manifest
+
+
+def variant_label(manifest: Manifest) -> str:
+    """How the quick benchmark names the built variant: its precision, "-fused" for a fused fp32 graph."""
+    fused = manifest.precision == "fp32" and bool(manifest.optimizations.get("fusion"))
+    return f"{manifest.precision}-fused" if fused else manifest.precision
+
+
+def _benchmark(
+    head: Any, manifest: Manifest, staging: Path, exported: Path, options: ConvertOptions,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """Time PyTorch, the exported fp32 graph and the built variant side by side on this CPU."""
+    import torch
+
+    from engines.onnxruntime_engine import auto_instances, default_threads_per_instance
+
+    threads = options.benchmark_threads or default_threads_per_instance(auto_instances())
+    output = manifest.output_names[0]
+
+    def onnx_runner(path: Path) -> Callable[[EngineInputs], object]:
+        engine = OnnxRuntimeCpuEngine(path, threads_per_instance=threads)
+        return lambda batch: engine.run(batch, 0)[output]
+
+    def torch_runner(batch: EngineInputs) -> object:
+        with torch.no_grad():
+            return head(*(torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.token_type_ids)))
+
+    candidates = {"pytorch": torch_runner, quick_bench.BASELINE: onnx_runner(exported)}
+    label = variant_label(manifest)
+    if label == quick_bench.BASELINE:
+        pass  # the served graph is the exported one
+    elif manifest.validation.get("verified") is False:
+        progress(f"quick benchmark leaves out {label}: {manifest.validation.get('reason')}")
+    else:
+        candidates[label] = onnx_runner(staging / manifest.onnx_file)
+    progress(f"quick benchmark on CPU, {threads} thread(s) per session: {', '.join(candidates)}")
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return quick_bench.run(candidates, max_length=manifest.max_length, threads=threads, progress=progress)
+    finally:
+        torch.set_num_threads(torch_threads)
 
 
 def _optimize(
@@ -266,12 +316,15 @@ def _validate(head: Any, manifest: Manifest, staging: Path, options: ConvertOpti
     def run_engine(texts: list[str]) -> np.ndarray:
         return engine.run(validate.encode_padded(tokenizer, texts, manifest.max_length), 0)[output]
 
+    def run_torch(texts: list[str]) -> np.ndarray:
+        batch = validate.encode_padded(tokenizer, texts, manifest.max_length)
+        with torch.no_grad():
+            tensors = (torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.token_type_ids))
+            return head(*tensors)[0].numpy()
+
     sentences = validate.sample_sentences(options.validation_rows, options.stsb)
     batch = validate.encode_padded(tokenizer, sentences, manifest.max_length)
-    with torch.no_grad():
-        reference = head(
-            *(torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.token_type_ids))
-        )[0].numpy()
+    reference = run_torch(sentences)
     candidate = engine.run(batch, 0)[output]
     if manifest.task == "token-classify":
         # Compare real tokens only: padding positions carry no meaning.
@@ -296,5 +349,31 @@ def _validate(head: Any, manifest: Manifest, staging: Path, options: ConvertOpti
     if options.stsb is not None and manifest.task == "embed":
         pairs = validate.load_stsb(options.stsb)
         result["stsb_spearman"] = round(validate.stsb_score(run_engine, pairs), 4)
+        result["stsb_spearman_pytorch"] = round(validate.stsb_score(run_torch, pairs), 4)
     engine.close()
     return result
+
+
+def validation_table(manifest: Manifest) -> str:
+    """The manifest's validation as a markdown table: each check, its result and what it had to meet."""
+    result = manifest.validation
+    if result.get("verified") is False:
+        return f"validation: not verified ({result.get('reason')})"
+    tolerance = TOLERANCES.get(manifest.precision)
+    rows: list[tuple[str, str, str]] = [("rows compared with PyTorch", str(result.get("rows")), "")]
+    if tolerance is not None:
+        limit = "" if tolerance.max_abs_diff == float("inf") else f"≤ {tolerance.max_abs_diff:g}"
+        rows += [
+            ("max abs diff", f"{result['max_abs_diff']:.2e}", limit),
+            ("min cosine", f"{result['min_cosine']:.6f}", f"≥ {tolerance.min_cosine:g}"),
+            ("mean cosine", f"{result['mean_cosine']:.6f}", f"≥ {tolerance.mean_cosine:g}"),
+        ]
+    if "label_agreement" in result:
+        rows.append(("label agreement", f"{result['label_agreement']:.4f}", ""))
+    if "stsb_spearman" in result:
+        rows.append(("STS-B Spearman x100", f"{result['stsb_spearman']:.2f}",
+                     f"PyTorch: {result['stsb_spearman_pytorch']:.2f}" if "stsb_spearman_pytorch" in result else ""))
+    lines = [f"validation of {manifest.name} ({manifest.precision}) against PyTorch", "",
+             "| check | result | bound |", "|---|---|---|"]
+    lines += [f"| {check} | {value} | {bound} |" for check, value, bound in rows]
+    return "\n".join(lines)

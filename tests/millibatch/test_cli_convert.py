@@ -1,0 +1,47 @@
+"""`millibatch convert` from the command line: tables for people on stderr, one JSON document on stdout,
+and --benchmark timing the variant beside fp32 and PyTorch into the manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engines.build.convert import variant_label
+from engines.model_dir import Manifest
+from millibatch import cli
+from tests.helpers import make_tiny_checkpoint
+
+
+def test_int8_with_benchmark_prints_tables_and_records_the_timings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = make_tiny_checkpoint(tmp_path / "checkpoint", "embed")
+    out = tmp_path / "int8"
+    code = cli.main(["convert", str(checkpoint), "-o", str(out), "--precision", "int8", "--benchmark",
+                     "--benchmark-threads", "1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    printed = json.loads(captured.out)
+    assert "| mean cosine |" in captured.err and "≥ 0.98" in captured.err
+    assert "| variant | 1x16 | 1x64 | 32x64 |" in captured.err  # tokens capped at the tiny model's 64
+    assert "| int8 |" in captured.err and "| pytorch |" in captured.err
+
+    manifest = Manifest.load(out)
+    assert manifest.benchmark == printed["benchmark"]
+    assert manifest.benchmark["threads"] == 1
+    for medians in manifest.benchmark["median_ms"].values():
+        assert set(medians) == {"pytorch", "fp32", "int8"} and min(medians.values()) > 0
+    # The plain export it was timed against is not left in the directory.
+    assert {p.name for p in out.iterdir()} == {"manifest.json", "model.onnx", "tokenizer.json"}
+
+
+def test_variant_labels() -> None:
+    def manifest(precision: str, fusion: dict[str, int]) -> Manifest:
+        return Manifest(name="m", task="embed", max_length=8, dimensions=4, input_names=[], output_names=[],
+                        precision=precision, optimizations={"fusion": fusion} if fusion else {})
+
+    assert variant_label(manifest("fp32", {"Attention": 2})) == "fp32-fused"
+    assert variant_label(manifest("fp32", {})) == "fp32"  # the export itself: timed once, as the baseline
+    assert variant_label(manifest("int8", {"Attention": 2})) == "int8"
