@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,19 @@ def has_vnni(flags: set[str] | None = None) -> bool:
     return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
+@contextmanager
+def _root_logger_at(level: int) -> Iterator[None]:
+    """onnxruntime.quantization advises on the root logger ("consider pre-processing", which does not
+    apply to these graphs); raise the root level while it runs, then put it back."""
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(max(previous, level))
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
+
+
 def weight_nodes(onnx_file: Path) -> list[str]:
     """Names of the nodes dynamic quantization would touch (MatMul with a constant weight, Attention)."""
     import onnx
@@ -61,13 +75,13 @@ def quantize_dynamic_int8(
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     reduce = (not has_vnni()) if reduce_range is None else reduce_range
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
-    quantize_dynamic(
-        str(onnx_file), str(out_file), op_types_to_quantize=DYNAMIC_OPS, per_channel=True,
-        reduce_range=reduce, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
-        # Shape inference cannot see through fused contrib ops; everything else in these graphs is fp32.
-        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    with _root_logger_at(logging.ERROR):
+        quantize_dynamic(
+            str(onnx_file), str(out_file), op_types_to_quantize=DYNAMIC_OPS, per_channel=True,
+            reduce_range=reduce, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+            # Shape inference cannot see through fused contrib ops; everything else in these graphs is fp32.
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     return {"method": "dynamic", "per_channel": True, "reduce_range": reduce, "fp32_nodes": list(exclude)}
 
 
@@ -102,12 +116,13 @@ def quantize_static_qdq(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     reader = _Calibration(batches, input_names)
-    quantize_static(
-        str(onnx_file), str(out_file), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
-        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True},
-    )
+    with _root_logger_at(logging.ERROR):
+        quantize_static(
+            str(onnx_file), str(out_file), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True},
+        )
     rows = sum(int(b.input_ids.shape[0]) for b in batches)
     return {"method": "static-qdq", "calibration_rows": rows, "calibrate_method": "minmax",
             "fp32_nodes": list(exclude)}
