@@ -48,6 +48,7 @@ TOLERANCES: dict[str, Tolerance] = {
 
 #: Kept in fp32 by default for CPU int8. Found by rank_sensitive_nodes on all-MiniLM-L6-v2: the first
 #: layer's FFN output projection buys back the most STS-B per excluded MatMul (docs/OPTIMIZE.md).
+#: Static int8 (GPU / TensorRT) keeps every FFN output projection instead (quantize.ffn_output_nodes).
 DEFAULT_INT8_FP32_PATTERNS = ("/layer.0/output/dense/MatMul",)
 
 
@@ -239,10 +240,15 @@ def _optimize(
         done["fusion"] = optimize.fuse(exported, graph, num_heads=heads, hidden_size=hidden,
                                        use_gpu=options.device == "cuda")
     if options.precision == "int8":
-        patterns = DEFAULT_INT8_FP32_PATTERNS if options.int8_fp32_nodes is None else options.int8_fp32_nodes
-        keep = [n for n in quantize.weight_nodes(graph) if any(p in n for p in patterns)]
+        candidates = quantize.weight_nodes(graph)
+        if options.int8_fp32_nodes is not None:
+            keep = [n for n in candidates if any(p in n for p in options.int8_fp32_nodes)]
+        elif static_int8:
+            keep = quantize.ffn_output_nodes(candidates)
+        else:
+            keep = [n for n in candidates if any(p in n for p in DEFAULT_INT8_FP32_PATTERNS)]
         if static_int8:
-            progress("calibrating static int8 (QDQ) on real sentences")
+            progress(f"smoothing and calibrating static int8 (QDQ) on real sentences, {len(keep)} MatMul kept fp32")
             done["quantization"] = quantize.quantize_static_qdq(
                 graph, target, _calibration_batches(staging, max_length, options), export.INPUT_NAMES, exclude=keep
             )

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.base import EngineInputs
+from engines.build import smooth
 
 #: Ops dynamic quantization turns into int8 kernels (fused Attention becomes QAttention).
 DYNAMIC_OPS = ["MatMul", "Attention"]
@@ -100,6 +101,13 @@ class _Calibration:
         pass
 
 
+def ffn_output_nodes(names: Sequence[str]) -> list[str]:
+    """The feed-forward output projections among `names` (BERT-style exports: layer.N/output/dense,
+    not attention/output/dense). Their input, the GELU output, has outliers that one static int8
+    scale per tensor cannot hold even after smoothing."""
+    return [n for n in names if n.endswith("/output/dense/MatMul") and "/attention/" not in n]
+
+
 def quantize_static_qdq(
     onnx_file: Path,
     out_file: Path,
@@ -107,25 +115,40 @@ def quantize_static_qdq(
     input_names: Sequence[str],
     *,
     exclude: Sequence[str] = (),
+    smooth_alpha: float | None = smooth.DEFAULT_ALPHA,
 ) -> dict[str, object]:
     """Write a QDQ int8 copy of `onnx_file` calibrated on `batches` (real text, encoded).
 
     Symmetric int8 activations and per-channel weights, as TensorRT expects; only MatMuls are
-    quantized so normalisation, softmax and the pooling tail stay in float.
+    quantized so normalisation, softmax and the pooling tail stay in float. With `smooth_alpha`,
+    SmoothQuant first evens out the activations of the MatMuls to be quantized (engines/build/smooth.py).
+    Activation ranges are the moving average of each calibration batch's min/max, so one extreme batch
+    does not coarsen the scale for all.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    done: dict[str, object] = {"method": "static-qdq", "calibrate_method": "minmax-moving-average"}
+    source = onnx_file
+    if smooth_alpha is not None:
+        source = out_file.with_name(out_file.stem + ".smoothed.onnx")
+        targets = [n for n in weight_nodes(onnx_file) if n not in set(exclude)]
+        done.update(smooth.smooth_matmuls(onnx_file, source, targets, batches, input_names, alpha=smooth_alpha))
     reader = _Calibration(batches, input_names)
-    with _root_logger_at(logging.ERROR):
-        quantize_static(
-            str(onnx_file), str(out_file), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
-            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True},
-        )
-    rows = sum(int(b.input_ids.shape[0]) for b in batches)
-    return {"method": "static-qdq", "calibration_rows": rows, "calibrate_method": "minmax",
-            "fp32_nodes": list(exclude)}
+    try:
+        with _root_logger_at(logging.ERROR):
+            quantize_static(
+                str(source), str(out_file), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+                per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True,
+                               "CalibMovingAverage": True},
+            )
+    finally:
+        if source != onnx_file:
+            source.unlink(missing_ok=True)
+    done["calibration_rows"] = sum(int(b.input_ids.shape[0]) for b in batches)
+    done["fp32_nodes"] = list(exclude)
+    return done
 
 
 def rank_sensitive_nodes(

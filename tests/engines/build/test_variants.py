@@ -88,6 +88,17 @@ def test_int8_static_qdq_for_cuda_is_calibrated(tiny_checkpoint: Path, tmp_path:
     assert manifest.validation["verified"] is True and manifest.validation["mean_cosine"] >= 0.98
 
 
+def test_int8_static_qdq_smooths_and_keeps_ffn_outputs_by_default(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    manifest = convert(ConvertOptions(source=str(tiny_checkpoint), output=tmp_path / "qdq", precision="int8",
+                                      device="cuda"), progress=quiet)
+    quantization = manifest.optimizations["quantization"]
+    assert quantization["fp32_nodes"] == [f"/model/encoder/layer.{i}/output/dense/MatMul" for i in range(2)]
+    # Per layer: the attention input (query, key, value share it), the context, the FFN input.
+    assert quantization["smoothed_activations"] == 6 and quantization["smoothed_matmuls"] == 10
+    assert "Mul" in op_types(tmp_path / "qdq" / "model.onnx")
+    assert [p.name for p in (tmp_path / "qdq").iterdir() if "smoothed" in p.name] == []
+
+
 def test_fp16_keeps_io_fp32_and_sensitive_ops_fp32(tiny_checkpoint: Path, tmp_path: Path) -> None:
     import onnx
 
