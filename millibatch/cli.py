@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -77,6 +78,9 @@ def run_convert(args: argparse.Namespace) -> int:
     from engines.build import quick_bench
     from engines.build.convert import ConversionError, ConvertOptions, convert, validation_table
 
+    # A stopped job (kill, Kubernetes, CI timeout) unwinds like Ctrl-C, so the staging folder is
+    # removed rather than left half-written beside the output.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         manifest = convert(ConvertOptions(
             source=args.source, output=args.output, task=args.task, name=args.name, force=args.force,
@@ -90,6 +94,10 @@ def run_convert(args: argparse.Namespace) -> int:
     except (ConversionError, FileNotFoundError, ValueError) as error:
         print(f"convert failed: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # convert's staging folder is already gone (its finally ran); the output was never created.
+        print(f"convert interrupted: {args.output} was not written", file=sys.stderr)
+        return 130
     # Tables for people on stderr; stdout stays one JSON document for scripts.
     print(validation_table(manifest), file=sys.stderr)
     if manifest.benchmark:

@@ -4,6 +4,9 @@ and --benchmark timing the variant beside fp32 and PyTorch into the manifest."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ from engines.build.convert import variant_label
 from engines.model_dir import Manifest
 from millibatch import cli
 from tests.helpers import make_tiny_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_int8_with_benchmark_prints_tables_and_records_the_timings(
@@ -45,3 +50,25 @@ def test_variant_labels() -> None:
     assert variant_label(manifest("fp32", {"Attention": 2})) == "fp32-fused"
     assert variant_label(manifest("fp32", {})) == "fp32"  # the export itself: timed once, as the baseline
     assert variant_label(manifest("int8", {"Attention": 2})) == "int8"
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_convert_leaves_nothing_behind(tmp_path: Path, stop: signal.Signals) -> None:
+    checkpoint = make_tiny_checkpoint(tmp_path / "checkpoint", "embed")
+    out = tmp_path / "models" / "tiny"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "millibatch", "convert", str(checkpoint), "-o", str(out), "--benchmark"],
+        cwd=REPO, stderr=subprocess.PIPE, text=True,
+    )
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:  # stop it mid-run: once the model is built and being timed
+        seen.append(line)
+        if "quick benchmark on CPU" in line:
+            process.send_signal(stop)
+            break
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == 130, "".join(seen) + rest
+    assert "was not written" in rest
+    assert not out.exists()
+    assert list((tmp_path / "models").iterdir()) == [], "no staging folder left behind"
