@@ -90,10 +90,7 @@ def main() -> int:
         max_length = json.loads((base / "manifest.json").read_text())["max_length"]
         head = export.build_head(export.load_reference(sources.resolve(args.source).path, "embed"), "embed")
 
-        def torch_run(batch: EngineInputs) -> np.ndarray:
-            with torch.no_grad():
-                tensors = (torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.token_type_ids))
-                return head(*tensors)[0].numpy()
+        torch_run = partial(export.run_reference, head)
 
         def engine_runner(engine: OnnxRuntimeCpuEngine) -> Callable[[EngineInputs], np.ndarray]:
             return lambda batch: engine.run(batch, 0)["embeddings"]

@@ -27,6 +27,7 @@ from typing import Any
 from bench.peers.catalog import ALL_PEERS, Launch, PeerContext, launch
 from bench.processes import stop_process
 from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
+from engines.build.quantize import cpuinfo_value
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"
@@ -222,17 +223,12 @@ class Session:
 
 def machine_info(plan: Plan) -> dict[str, Any]:
     """Where and when this ran, and how busy the machine was at the start (other work skews numbers)."""
-    model = ""
-    with Path("/proc/cpuinfo").open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                             check=False).stdout.strip()
     return {"date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
-            "cpu": model, "cores": len(os.sched_getaffinity(0)), "load_avg_1m": os.getloadavg()[0],
-            "python": platform.python_version(), "commit": commit, "plan": plan.__dict__}
+            "cpu": cpuinfo_value("model name"), "cores": len(os.sched_getaffinity(0)),
+            "load_avg_1m": os.getloadavg()[0], "python": platform.python_version(), "commit": commit,
+            "plan": plan.__dict__}
 
 
 def triton_env(path: str | None) -> tuple[str | None, str | None]:

@@ -6,6 +6,7 @@ passed validation, so an interrupted or failed run never leaves a half-written m
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 import tempfile
@@ -192,11 +193,9 @@ def _benchmark(
         engine = OnnxRuntimeCpuEngine(path, threads_per_instance=threads)
         return lambda batch: engine.run(batch, 0)[output]
 
-    def torch_runner(batch: EngineInputs) -> object:
-        with torch.no_grad():
-            return head(*(torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.token_type_ids)))
-
-    candidates = {"pytorch": torch_runner, quick_bench.BASELINE: onnx_runner(exported)}
+    candidates: dict[str, Callable[[EngineInputs], object]] = {
+        "pytorch": functools.partial(export.run_reference, head), quick_bench.BASELINE: onnx_runner(exported)
+    }
     label = variant_label(manifest)
     if label == quick_bench.BASELINE:
         pass  # the served graph is the exported one
@@ -305,7 +304,6 @@ def _write_plain_tokenizer(source: Path, target: Path) -> None:
 
 
 def _validate(head: Any, manifest: Manifest, staging: Path, options: ConvertOptions) -> dict[str, Any]:
-    import torch
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(staging / "tokenizer.json"))
@@ -323,14 +321,11 @@ def _validate(head: Any, manifest: Manifest, staging: Path, options: ConvertOpti
         return engine.run(validate.encode_padded(tokenizer, texts, manifest.max_length), 0)[output]
 
     def run_torch(texts: list[str]) -> np.ndarray:
-        batch = validate.encode_padded(tokenizer, texts, manifest.max_length)
-        with torch.no_grad():
-            tensors = (torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.token_type_ids))
-            return head(*tensors)[0].numpy()
+        return export.run_reference(head, validate.encode_padded(tokenizer, texts, manifest.max_length))
 
     sentences = validate.sample_sentences(options.validation_rows, options.stsb)
     batch = validate.encode_padded(tokenizer, sentences, manifest.max_length)
-    reference = run_torch(sentences)
+    reference = export.run_reference(head, batch)
     candidate = engine.run(batch, 0)[output]
     if manifest.task == "token-classify":
         # Compare real tokens only: padding positions carry no meaning.

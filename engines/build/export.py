@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
+
+    from engines.base import EngineInputs
 
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 OUTPUTS_BY_TASK = {
@@ -75,6 +78,16 @@ def build_head(model: Any, task: str, pooling: str = "mean") -> torch.nn.Module:
     # A fresh Module starts in training mode and export restores that mode afterwards, which would
     # switch dropout back on in the reference model.
     return head.eval()
+
+
+def run_reference(head: torch.nn.Module, batch: EngineInputs) -> np.ndarray:
+    """`head`'s first output for an encoded batch, as numpy: the PyTorch answer variants are checked
+    and timed against."""
+    import torch
+
+    with torch.no_grad():
+        tensors = (torch.from_numpy(a) for a in (batch.input_ids, batch.attention_mask, batch.token_type_ids))
+        return head(*tensors)[0].numpy()
 
 
 def export_onnx(head: torch.nn.Module, task: str, out_file: Path) -> None:

@@ -21,15 +21,18 @@ from engines.build import smooth
 DYNAMIC_OPS = ["MatMul", "Attention"]
 
 
+def cpuinfo_value(key: str) -> str:
+    """The first CPU's `key` line in /proc/cpuinfo ("flags", "model name"); empty where there is none."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return ""
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == key), "")
+
+
 def cpu_flags() -> set[str]:
     """CPU feature flags from /proc/cpuinfo (empty where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set(cpuinfo_value("flags").split())
 
 
 def has_vnni(flags: set[str] | None = None) -> bool:
@@ -115,40 +118,34 @@ def quantize_static_qdq(
     input_names: Sequence[str],
     *,
     exclude: Sequence[str] = (),
-    smooth_alpha: float | None = smooth.DEFAULT_ALPHA,
 ) -> dict[str, object]:
     """Write a QDQ int8 copy of `onnx_file` calibrated on `batches` (real text, encoded).
 
     Symmetric int8 activations and per-channel weights, as TensorRT expects; only MatMuls are
-    quantized so normalisation, softmax and the pooling tail stay in float. With `smooth_alpha`,
-    SmoothQuant first evens out the activations of the MatMuls to be quantized (engines/build/smooth.py).
-    Activation ranges are the moving average of each calibration batch's min/max, so one extreme batch
-    does not coarsen the scale for all.
+    quantized so normalisation, softmax and the pooling tail stay in float. SmoothQuant first evens
+    out the activations of the MatMuls to be quantized (engines/build/smooth.py). Activation ranges
+    are the moving average of each calibration batch's min/max, so one extreme batch does not coarsen
+    the scale for all.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    done: dict[str, object] = {"method": "static-qdq", "calibrate_method": "minmax-moving-average"}
-    source = onnx_file
-    if smooth_alpha is not None:
-        source = out_file.with_name(out_file.stem + ".smoothed.onnx")
-        targets = [n for n in weight_nodes(onnx_file) if n not in set(exclude)]
-        done.update(smooth.smooth_matmuls(onnx_file, source, targets, batches, input_names, alpha=smooth_alpha))
-    reader = _Calibration(batches, input_names)
+    kept = set(exclude)
+    smoothed = out_file.with_name(out_file.stem + ".smoothed.onnx")
     try:
+        done = smooth.smooth_matmuls(onnx_file, smoothed, [n for n in weight_nodes(onnx_file) if n not in kept],
+                                     batches, input_names)
         with _root_logger_at(logging.ERROR):
             quantize_static(
-                str(source), str(out_file), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
-                per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,
+                str(smoothed), str(out_file), _Calibration(batches, input_names), quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=["MatMul"], per_channel=True, activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "MatMulConstBOnly": True,
                                "CalibMovingAverage": True},
             )
     finally:
-        if source != onnx_file:
-            source.unlink(missing_ok=True)
-    done["calibration_rows"] = sum(int(b.input_ids.shape[0]) for b in batches)
-    done["fp32_nodes"] = list(exclude)
-    return done
+        smoothed.unlink(missing_ok=True)
+    return {"method": "static-qdq", "calibrate_method": "minmax-moving-average", **done,
+            "calibration_rows": sum(int(b.input_ids.shape[0]) for b in batches), "fp32_nodes": list(exclude)}
 
 
 def rank_sensitive_nodes(

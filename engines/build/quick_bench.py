@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar
 
 from batching.profile import synthetic_inputs
@@ -44,15 +43,10 @@ def interleaved(runs: Mapping[Key, Callable[[], object]], calls: int) -> dict[Ke
 
 def machine() -> str:
     """The CPU's model name and the cores this process may use, for the record beside the numbers."""
+    from engines.build.quantize import cpuinfo_value
     from engines.onnxruntime_engine import usable_cores
 
-    name = platform.processor() or platform.machine()
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        cpuinfo = []
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
-    name = models[0] if models else name
+    name = cpuinfo_value("model name") or platform.processor() or platform.machine()
     return f"{name}, {usable_cores()} usable cores"
 
 
