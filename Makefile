@@ -17,7 +17,7 @@ $(BIN)/python:
 # packages. The package metadata keeps a range, which the pinned install already satisfies.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[convert,dev,bench]'
+	$(BIN)/pip install --quiet -e '.[server,convert,dev,bench]'
 	touch $@
 
 install: $(STAMP)
@@ -36,13 +36,14 @@ serve: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: install tools lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Builds the cpu image with buildah (no Docker engine), runs it and calls Embed; several minutes.
 test-container: install
-	$(BIN)/hadolint deploy/container/Dockerfile
+	$(BIN)/hadolint Dockerfile
 	deploy/container/build-and-test.sh
 
 protos: install

@@ -18,13 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from batching.collate import collate
-from batching.cost_model import CostModel
-from batching.profile import measure, profile_shapes, synthetic_inputs
-from batching.scheduler import BatchLimits, Decision, Scheduler
-from batching.work import PendingRow, Row, RowResult, WorkItem
-from batching.workers import EngineWorkers, Job
-from engines.base import Engine, EngineInputs, FloatArray
+from millibatch.batching.collate import collate
+from millibatch.batching.cost_model import CostModel
+from millibatch.batching.profile import measure, profile_shapes
+from millibatch.batching.scheduler import BatchLimits, Decision, Scheduler
+from millibatch.batching.work import PendingRow, Row, RowResult, WorkItem
+from millibatch.batching.workers import EngineWorkers, Job
+from millibatch.engines.base import Engine, EngineInputs, FloatArray, synthetic_inputs
 from millibatch.errors import DeadlineUnmeetable, EngineFailure, InvalidInput, NotServing, QueueFull
 
 log = logging.getLogger("millibatch.batching")

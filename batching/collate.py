@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from batching.work import Row
-from engines.base import EngineInputs
+from millibatch.batching.work import Row
+from millibatch.engines.base import EngineInputs
 
 
 def collate(rows: Sequence[Row], padded_length: int) -> EngineInputs:

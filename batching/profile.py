@@ -6,11 +6,9 @@ import statistics
 import time
 from collections.abc import Iterable
 
-import numpy as np
-
-from batching.cost_model import Observation
-from batching.scheduler import BatchLimits
-from engines.base import Engine, EngineInputs
+from millibatch.batching.cost_model import Observation
+from millibatch.batching.scheduler import BatchLimits
+from millibatch.engines.base import Engine, synthetic_inputs
 
 PROFILE_LENGTHS = (8, 32, 128, 256, 512)
 PROFILE_ROWS = (1, 4, 16, 64)
@@ -22,13 +20,6 @@ def profile_shapes(limits: BatchLimits, max_length: int, engine: Engine) -> list
     rows = sorted({min(r, limits.max_rows) for r in PROFILE_ROWS})
     shapes = [(r, n) for n in lengths for r in rows if r * n <= limits.max_tokens]
     return sorted(shapes, key=lambda shape: shape[0] * shape[1])
-
-
-def synthetic_inputs(rows: int, length: int) -> EngineInputs:
-    """Token ids in the ordinary vocabulary range; the content does not change the timing."""
-    rng = np.random.default_rng(rows * 100_003 + length)
-    ids = rng.integers(1000, 2000, size=(rows, length), dtype=np.int64)
-    return EngineInputs(input_ids=ids, attention_mask=np.ones_like(ids), token_type_ids=np.zeros_like(ids))
 
 
 def measure(

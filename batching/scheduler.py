@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from batching.cost_model import CostModel
-from batching.work import PendingRow, WorkItem
+from millibatch.batching.cost_model import CostModel
+from millibatch.batching.work import PendingRow, WorkItem
 
 Policy = Literal["deadline", "fifo"]
 

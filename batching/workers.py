@@ -19,8 +19,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from batching.work import PendingRow
-from engines.base import EngineInputs, FloatArray
+from millibatch.batching.work import PendingRow
+from millibatch.engines.base import EngineInputs, FloatArray
 
 #: Engine threads run at this much lower priority (Linux nice) than the event loop. With every instance
 #: busy back to back, the loop would otherwise get only its 1/(instances+1) share of the cores, and

@@ -27,13 +27,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from batching.profile import synthetic_inputs  # noqa: E402
 from bench.timing import interleaved  # noqa: E402
-from engines.base import EngineInputs  # noqa: E402
-from engines.build import export, optimize, quantize, sources, validate  # noqa: E402
-from engines.build.convert import DEFAULT_INT8_FP32_PATTERNS, ConvertOptions, convert  # noqa: E402
-from engines.model_dir import Manifest  # noqa: E402
-from engines.onnxruntime_engine import (  # noqa: E402
+from millibatch.engines.base import EngineInputs, synthetic_inputs  # noqa: E402
+from millibatch.engines.convert import export, optimize, quantize, sources, validate  # noqa: E402
+from millibatch.engines.convert.convert import DEFAULT_INT8_FP32_PATTERNS, ConvertOptions, convert  # noqa: E402
+from millibatch.engines.model_dir import Manifest  # noqa: E402
+from millibatch.engines.onnxruntime_engine import (  # noqa: E402
     OnnxRuntimeCpuEngine,
     auto_instances,
     cpu_session,

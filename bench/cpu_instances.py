@@ -21,10 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from batching.profile import synthetic_inputs  # noqa: E402
 from bench.timing import interleaved, write_table  # noqa: E402
-from engines.base import EngineInputs  # noqa: E402
-from engines.onnxruntime_engine import OnnxRuntimeCpuEngine, usable_cores  # noqa: E402
+from millibatch.engines.base import EngineInputs, synthetic_inputs  # noqa: E402
+from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine, usable_cores  # noqa: E402
 
 #: Batch shapes (rows, tokens) like those the deadline-aware batcher forms from mixed traffic.
 MIX = [(3, 14), (2, 20), (4, 12), (1, 160), (3, 30), (1, 256), (2, 17), (2, 90)]

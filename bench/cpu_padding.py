@@ -19,10 +19,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from batching.profile import synthetic_inputs  # noqa: E402
 from bench.timing import interleaved, write_table  # noqa: E402
-from engines.base import round_up  # noqa: E402
-from engines.onnxruntime_engine import OnnxRuntimeCpuEngine, usable_cores  # noqa: E402
+from millibatch.engines.base import round_up, synthetic_inputs  # noqa: E402
+from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine, usable_cores  # noqa: E402
 
 SHAPES = [(1, 9), (4, 13), (8, 57), (2, 121), (16, 25)]
 

@@ -51,7 +51,7 @@ SATURATION_IN_FLIGHT = 64
 
 def workload(seed: int = 7, count: int = 4000) -> list[str]:
     """Mixed lengths: 75% single STS-B sentences (~8-30 tokens), 25% 3-12 joined (up to 256 tokens)."""
-    from engines.build.validate import default_stsb_path, load_stsb
+    from millibatch.engines.convert.validate import default_stsb_path, load_stsb
 
     path = default_stsb_path()
     if path is None:
@@ -249,19 +249,19 @@ def raw_engine_throughput(
     """Rows/s of the engine alone on the batches the server forms from the same texts with `in_flight`
     calls waiting (same scheduler, same cost-model coefficients as the server had), with `instances`
     sessions running concurrently as the server runs them."""
-    from batching.cost_model import CostModel
-    from batching.scheduler import BatchLimits, Scheduler
-    from batching.work import WorkItem
-    from engines.model_dir import Manifest
-    from engines.select import EngineOptions, load_engine
-    from service.tokenization import TextEncoder, to_rows
+    from millibatch.batching.cost_model import CostModel
+    from millibatch.batching.scheduler import BatchLimits, Scheduler
+    from millibatch.batching.work import WorkItem
+    from millibatch.engines.model_dir import Manifest
+    from millibatch.engines.select import EngineOptions, load_engine
+    from millibatch.service.tokenization import TextEncoder, to_rows
 
     manifest = Manifest.load(model)
     engine = load_engine(model, manifest, EngineOptions(engine="onnxruntime", device="cpu", instances=instances))
     instances = engine.info.instances  # 0 resolved the way the server resolves it
     encoder = TextEncoder(model / "tokenizer.json", manifest.max_length, 100_000)
     rows = to_rows(encoder.encode(texts, truncate=True))
-    from batching.collate import collate
+    from millibatch.batching.collate import collate
 
     scheduler = Scheduler(BatchLimits(), CostModel(cost), engine.padded_length)
 

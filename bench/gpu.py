@@ -52,14 +52,14 @@ def percentile(values: list[float], q: float) -> float:
 
 def resolve_model(spec: str) -> Path:
     """A model directory; a packaged model name is converted once into bench/results/raw/."""
-    from engines.model_dir import is_model_dir
+    from millibatch.engines.model_dir import is_model_dir
 
     path = Path(spec)
     if is_model_dir(path):
         return path
     out = RESULTS / "raw" / spec
     if not is_model_dir(out):
-        from engines.build.convert import ConvertOptions, convert
+        from millibatch.engines.convert.convert import ConvertOptions, convert
 
         convert(ConvertOptions(source=spec, output=out, force=True), progress=lambda _: None)
     return out
@@ -70,7 +70,7 @@ def make_fp16_dir(src: Path, dst: Path) -> Path:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from engines.model_dir import Manifest
+    from millibatch.engines.model_dir import Manifest
 
     manifest = Manifest.load(src)
     if dst.exists() and Manifest.load(dst).precision == "fp16":
@@ -86,7 +86,7 @@ def make_fp16_dir(src: Path, dst: Path) -> Path:
 
 def variants(names: list[str], fp32_dir: Path) -> tuple[list[Variant], dict[str, str]]:
     """The requested variants that can run here, and the others with the reason they cannot."""
-    from engines.select import onnxruntime_providers
+    from millibatch.engines.select import onnxruntime_providers
 
     providers = onnxruntime_providers()
     found: list[Variant] = []
@@ -114,9 +114,9 @@ def variants(names: list[str], fp32_dir: Path) -> tuple[list[Variant], dict[str,
 
 def bench_engine(variant: Variant, shapes: list[tuple[int, int]], seconds: float, max_rows: int) -> dict[str, Any]:
     """Median/p99 latency and rows/s of `engine.run` per (rows, tokens) shape on instance 0."""
-    from engines.base import EngineInputs
-    from engines.model_dir import Manifest
-    from engines.select import EngineOptions, EngineUnavailable, load_engine
+    from millibatch.engines.base import EngineInputs
+    from millibatch.engines.model_dir import Manifest
+    from millibatch.engines.select import EngineOptions, EngineUnavailable, load_engine
 
     manifest = Manifest.load(variant.model_dir)
     try:
@@ -206,7 +206,7 @@ async def _saturation(target: str, text: str, seconds: float, concurrency: int) 
 
 def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int) -> dict[str, Any]:
     """Start `millibatch serve` for the variant, measure batch-1 latency at 16/128 tokens and saturation."""
-    from engines.model_dir import Manifest
+    from millibatch.engines.model_dir import Manifest
 
     if variant.serve_flags is None:
         return {"variant": variant.name, "skipped": "the server has no setting that selects this variant"}
@@ -254,8 +254,8 @@ def machine() -> dict[str, Any]:
     """What this ran on: host, GPUs (NVML), library versions."""
     import onnxruntime as ort
 
-    from engines.gpu_info import gpu_stats
-    from engines.tensorrt_engine import tensorrt_version
+    from millibatch.engines.gpu_info import gpu_stats
+    from millibatch.engines.tensorrt_engine import tensorrt_version
 
     gpus = gpu_stats()
     return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "host": platform.node(),

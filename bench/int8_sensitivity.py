@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.convert_variants import fused_fp32  # noqa: E402
-from engines.build import quantize, validate  # noqa: E402
-from engines.onnxruntime_engine import OnnxRuntimeCpuEngine  # noqa: E402
+from millibatch.engines.convert import quantize, validate  # noqa: E402
+from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine  # noqa: E402
 
 
 def main() -> int:

@@ -27,7 +27,7 @@ from typing import Any
 from bench.peers.catalog import ALL_PEERS, Launch, PeerContext, launch
 from bench.processes import stop_process
 from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
-from engines.build.quantize import cpuinfo_value
+from millibatch.engines.convert.quantize import cpuinfo_value
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"

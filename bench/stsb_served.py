@@ -24,8 +24,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engines.build.validate import cosine_rows, default_stsb_path, load_stsb, spearman  # noqa: E402
 from millibatch.client import AsyncClient  # noqa: E402
+from millibatch.engines.convert.validate import cosine_rows, default_stsb_path, load_stsb, spearman  # noqa: E402
 
 
 async def served_embeddings(target: str, model: str, texts: list[str]) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engines.build.validate import load_stsb
+from millibatch.engines.convert.validate import load_stsb
 
 # The STS-B test set sits in the shared folder beside a checkout (../shared/data/stsb-test.tsv).
 DEFAULT_STSB = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "stsb-test.tsv"

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 # convert's quick benchmark owns the interleaved timer (it ships in the package; bench/ does not).
-from engines.build.quick_bench import interleaved
+from millibatch.engines.convert.quick_bench import interleaved
 
 __all__ = ["interleaved", "write_table"]
 

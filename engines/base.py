@@ -70,3 +70,10 @@ class Engine(Protocol):
 def round_up(length: int, multiple: int) -> int:
     """Smallest multiple of `multiple` that is >= length (length >= 1)."""
     return -(-length // multiple) * multiple
+
+
+def synthetic_inputs(rows: int, length: int) -> EngineInputs:
+    """A batch of token ids in the ordinary vocabulary range, for timing: the content does not change it."""
+    rng = np.random.default_rng(rows * 100_003 + length)
+    ids = rng.integers(1000, 2000, size=(rows, length), dtype=np.int64)
+    return EngineInputs(input_ids=ids, attention_mask=np.ones_like(ids), token_type_ids=np.zeros_like(ids))

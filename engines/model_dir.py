@@ -30,7 +30,7 @@ class Manifest:
     dimensions: int
     #: Graph input names, in the order the engine feeds them.
     input_names: list[str]
-    #: Graph output names; see engines/build/export.py for their meaning per task.
+    #: Graph output names; see engines/convert/export.py for their meaning per task.
     output_names: list[str]
     #: Labels by output index for classifiers.
     labels: list[str] = field(default_factory=list)
@@ -55,7 +55,7 @@ class Manifest:
     plan_file: str = ""
     #: Results of checking the converted model against PyTorch (max_abs_diff, min_cosine, stsb, ...).
     validation: dict[str, Any] = field(default_factory=dict)
-    #: convert --benchmark: median ms of this variant beside fp32 and PyTorch (engines/build/quick_bench.py).
+    #: convert --benchmark: median ms of this variant beside fp32 and PyTorch (engines/convert/quick_bench.py).
     benchmark: dict[str, Any] = field(default_factory=dict)
     #: Serialized TensorRT engines and their profiles (layout: engines/plans.py).
     tensorrt_plans: list[dict[str, Any]] = field(default_factory=list)

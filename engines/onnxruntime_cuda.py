@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from engines import cuda_runtime as cuda
-from engines.base import EngineInfo, EngineInputs, FloatArray
-from engines.buckets import BucketPlan, TensorSpec, largest_buffer_bytes, output_shape
+from millibatch.engines import cuda_runtime as cuda
+from millibatch.engines.base import EngineInfo, EngineInputs, FloatArray
+from millibatch.engines.buckets import BucketPlan, TensorSpec, largest_buffer_bytes, output_shape
 
 OrtProvider = Literal["cuda", "tensorrt"]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import EngineInfo, EngineInputs, FloatArray, round_up
+from millibatch.engines.base import EngineInfo, EngineInputs, FloatArray, round_up
 
 #: Most instances `auto` starts on CPU; beyond it the cores go to threads within each instance.
 MAX_AUTO_INSTANCES = 4

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from engines.buckets import BucketPlan
-from engines.model_dir import MANIFEST_NAME
+from millibatch.engines.buckets import BucketPlan
+from millibatch.engines.model_dir import MANIFEST_NAME
 
 #: Manifest key holding the list of plan entries.
 MANIFEST_KEY = "tensorrt_plans"

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from engines.base import Engine
-from engines.model_dir import Manifest
-from engines.plans import PlanSpec, load_plan_specs, pick_plan
+from millibatch.engines.base import Engine
+from millibatch.engines.model_dir import Manifest
+from millibatch.engines.plans import PlanSpec, load_plan_specs, pick_plan
 
 EngineName = Literal["auto", "onnxruntime", "tensorrt"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -88,8 +88,8 @@ def onnxruntime_providers() -> list[str]:
 
 def probe(model_dir: Path) -> Capabilities:
     """Probe ONNX Runtime, cuda-python, the GPU and TensorRT (never raises for a missing piece)."""
-    from engines import cuda_runtime
-    from engines.tensorrt_engine import tensorrt_version
+    from millibatch.engines import cuda_runtime
+    from millibatch.engines.tensorrt_engine import tensorrt_version
 
     devices = cuda_runtime.device_count()
     return Capabilities(
@@ -166,7 +166,7 @@ def instances_on(options: EngineOptions, device: DeviceName) -> int:
         return options.instances
     if device == "cuda":
         return 1
-    from engines.onnxruntime_engine import auto_instances
+    from millibatch.engines.onnxruntime_engine import auto_instances
 
     return auto_instances()
 
@@ -178,13 +178,13 @@ def load_engine(model_dir: Path, manifest: Manifest, options: EngineOptions) -> 
     log.info("engine for %s: %s on %s (%s)", manifest.name, choice.engine, choice.device, choice.reason)
     options = replace(options, instances=instances_on(options, choice.device))
     if choice.engine == "tensorrt":
-        from engines.tensorrt_engine import TensorRtEngine
+        from millibatch.engines.tensorrt_engine import TensorRtEngine
 
         assert choice.plan is not None
         return TensorRtEngine(model_dir, choice.plan, instances=options.instances, reason=choice.reason)
     if choice.device == "cuda":
-        from engines.buckets import BucketPlan
-        from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+        from millibatch.engines.buckets import BucketPlan
+        from millibatch.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
 
         return OnnxRuntimeCudaEngine(
             model_dir / manifest.onnx_file,
@@ -198,7 +198,7 @@ def load_engine(model_dir: Path, manifest: Manifest, options: EngineOptions) -> 
             input_names=tuple(manifest.input_names),
             reason=choice.reason,
         )
-    from engines.onnxruntime_engine import OnnxRuntimeCpuEngine
+    from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine
 
     return OnnxRuntimeCpuEngine(
         model_dir / manifest.onnx_file,

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from engines import cuda_runtime as cuda
-from engines.base import EngineInfo, EngineInputs, FloatArray
-from engines.buckets import ShapeTemplate, TensorSpec, largest_buffer_bytes, nbytes
-from engines.plans import PlanSpec
+from millibatch.engines import cuda_runtime as cuda
+from millibatch.engines.base import EngineInfo, EngineInputs, FloatArray
+from millibatch.engines.buckets import ShapeTemplate, TensorSpec, largest_buffer_bytes, nbytes
+from millibatch.engines.plans import PlanSpec
 
 
 def tensorrt_version() -> str | None:

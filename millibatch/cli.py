@@ -9,12 +9,13 @@ import signal
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from millibatch.settings import add_settings_arguments, load_settings
+#: What to install when the CLI runs from a client-only install (`pip install millibatch`).
+SERVER_EXTRA_HINT = "millibatch serve and convert need the server extra: pip install 'millibatch[server]'"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from millibatch.settings import add_settings_arguments
+
     parser = argparse.ArgumentParser(prog="millibatch", description="gRPC inference server for transformer encoders")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -57,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from service.logs import configure_logging
-    from service.server import serve
+    from pydantic import ValidationError
+
+    from millibatch.service.logs import configure_logging
+    from millibatch.service.server import serve
+    from millibatch.settings import load_settings
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     try:
@@ -75,8 +79,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from engines.build import quick_bench
-    from engines.build.convert import ConversionError, ConvertOptions, convert, validation_table
+    from millibatch.engines.convert import quick_bench
+    from millibatch.engines.convert.convert import ConversionError, ConvertOptions, convert, validation_table
 
     # A stopped job (kill, Kubernetes, CI timeout) unwinds like Ctrl-C, so the staging folder is
     # removed rather than left half-written beside the output.
@@ -109,7 +113,12 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except ImportError as error:  # a client-only install: no pydantic, onnxruntime, tokenizers ...
+        print(f"{SERVER_EXTRA_HINT} ({error})", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     if args.command == "serve":
         return run_serve(args)
     return run_convert(args)

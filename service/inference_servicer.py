@@ -11,17 +11,17 @@ import grpc
 import numpy as np
 from tokenizers import Encoding
 
-from batching.work import RowResult, WorkItem
+from millibatch.batching.work import RowResult, WorkItem
 from millibatch.errors import InvalidInput
+from millibatch.service.entities import DEFAULT_IGNORE_LABELS, STRATEGIES, Entity, Strategy, extract_entities
+from millibatch.service.ledger import CallLedger
+from millibatch.service.metrics import Metrics
+from millibatch.service.registry import ModelRegistry, ServedModel
+from millibatch.service.status import RequestRecorder, grpc_errors
+from millibatch.service.tokenization import to_rows
 from millibatch.settings import Settings
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import inference_pb2_grpc
-from service.entities import DEFAULT_IGNORE_LABELS, STRATEGIES, Entity, Strategy, extract_entities
-from service.ledger import CallLedger
-from service.metrics import Metrics
-from service.registry import ModelRegistry, ServedModel
-from service.status import RequestRecorder, grpc_errors
-from service.tokenization import to_rows
 
 #: Wire enum (AGGREGATION_STRATEGY_<NAME>) → aggregation strategy; UNSPECIFIED gets SIMPLE, what most
 #: transformers NER examples use.

@@ -18,11 +18,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from batching.batcher import Batcher, BatchObserver, BatchRecord
-from batching.work import WorkItem
-from engines.gpu_info import GpuStats, gpu_stats
-from service.registry import ModelRegistry
-from service.status import RequestRecorder
+from millibatch.batching.batcher import Batcher, BatchObserver, BatchRecord
+from millibatch.batching.work import WorkItem
+from millibatch.engines.gpu_info import GpuStats, gpu_stats
+from millibatch.service.registry import ModelRegistry
+from millibatch.service.status import RequestRecorder
 
 log = logging.getLogger("millibatch.metrics")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 
 from millibatch.errors import ModelNotFound
+from millibatch.service.registry import ModelRegistry, ServedModel
+from millibatch.service.status import grpc_errors
 from millibatch.v1 import models_pb2 as pb
 from millibatch.v1 import models_pb2_grpc
-from service.registry import ModelRegistry, ServedModel
-from service.status import grpc_errors
 
 
 def model_info(model: ServedModel) -> pb.ModelInfo:

@@ -9,15 +9,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batching.batcher import Batcher, BatchObserver
-from batching.scheduler import BatchLimits
-from batching.work import Row, RowResult, WorkItem
-from engines.base import Engine
-from engines.model_dir import Manifest, is_model_dir
-from engines.select import EngineOptions, load_engine
+from millibatch.batching.batcher import Batcher, BatchObserver
+from millibatch.batching.scheduler import BatchLimits
+from millibatch.batching.work import Row, RowResult, WorkItem
+from millibatch.engines.base import Engine
+from millibatch.engines.model_dir import Manifest, is_model_dir
+from millibatch.engines.select import EngineOptions, load_engine
 from millibatch.errors import DeadlineUnmeetable, InvalidInput, ModelNotFound, NotServing, WrongTask
+from millibatch.service.tokenization import TextEncoder
 from millibatch.settings import DEFAULT_MODEL, Settings
-from service.tokenization import TextEncoder
 
 log = logging.getLogger("millibatch.models")
 
@@ -56,13 +56,13 @@ def resolve_model_dir(spec: str, settings: Settings) -> Path:
     path = Path(spec).expanduser()
     if is_model_dir(path):
         return path
-    from engines.build.sources import PACKAGED_MODELS
+    from millibatch.engines.convert.sources import PACKAGED_MODELS
 
     if spec not in PACKAGED_MODELS:
         raise FileNotFoundError(f"model {spec!r}: not a model directory (no manifest.json) nor a packaged model")
     cached = settings.cache_dir / spec
     if not is_model_dir(cached):
-        from engines.build.convert import ConvertOptions, convert
+        from millibatch.engines.convert.convert import ConvertOptions, convert
 
         log.info("converting %s into %s (first use)", spec, cached)
         convert(ConvertOptions(source=spec, output=cached, force=True))

@@ -19,17 +19,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from millibatch.kserve import grpc_service_pb2, grpc_service_pb2_grpc
+from millibatch.service.auth import ApiKeyAuth
+from millibatch.service.decoding import DecodeGuard
+from millibatch.service.inference_servicer import InferenceServicer
+from millibatch.service.kserve.servicer import KServeServicer
+from millibatch.service.ledger import CallLedger
+from millibatch.service.metrics import Metrics
+from millibatch.service.models_servicer import ModelsServicer
+from millibatch.service.registry import ModelRegistry, ServedModel, load_model, model_specs, resolve_model_dir
+from millibatch.service.tls import server_credentials
 from millibatch.settings import Settings
 from millibatch.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
-from service.auth import ApiKeyAuth
-from service.decoding import DecodeGuard
-from service.inference_servicer import InferenceServicer
-from service.kserve.servicer import KServeServicer
-from service.ledger import CallLedger
-from service.metrics import Metrics
-from service.models_servicer import ModelsServicer
-from service.registry import ModelRegistry, ServedModel, load_model, model_specs, resolve_model_dir
-from service.tls import server_credentials
 
 log = logging.getLogger("millibatch.server")
 

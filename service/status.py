@@ -12,7 +12,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from millibatch.errors import MillibatchError
-from service.ledger import CallLedger
+from millibatch.service.ledger import CallLedger
 
 log = logging.getLogger("millibatch.requests")
 

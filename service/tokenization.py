@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from batching.work import Row
+from millibatch.batching.work import Row
 from millibatch.errors import InputTooLong, InvalidInput
 
 #: Below this many characters in a request, tokenizing inline is cheaper than a thread hop.

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engines.build.convert import ConvertOptions, convert
-from engines.build.validate import default_stsb_path
+from millibatch.engines.convert.convert import ConvertOptions, convert
+from millibatch.engines.convert.validate import default_stsb_path
 from tests.helpers import make_tiny_checkpoint
 
 # Keep thread pools small: CI has 2 cores and tests run servers and references side by side.

@@ -6,8 +6,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from engines.build.sources import PACKAGED_MODELS, resolve
-from service.server import InferenceServer
+from millibatch.engines.convert.sources import PACKAGED_MODELS, resolve
+from millibatch.service.server import InferenceServer
 
 TINY_LABELS = ["negative", "neutral", "positive"]
 

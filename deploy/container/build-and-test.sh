@@ -49,7 +49,7 @@ cp -n "${EXTRA_CA_DIR:-/usr/local/share/ca-certificates}"/*.crt deploy/container
 stamp "buildah bud --target cpu"
 "${BUILDAH[@]}" bud --isolation chroot --layers "${torch_index[@]}" \
     --build-arg BASE=localhost/millibatch-base:bookworm \
-    --target cpu -t localhost/millibatch:cpu -f deploy/container/Dockerfile . > "$WORK/bud.log" 2>&1 \
+    --target cpu -t localhost/millibatch:cpu -f Dockerfile . > "$WORK/bud.log" 2>&1 \
     || { tail -50 "$WORK/bud.log"; exit 1; }
 stamp "image built: $("${BUILDAH[@]}" images --format '{{.Name}}:{{.Tag}} {{.Size}}' localhost/millibatch:cpu)"
 if "${BUILDAH[@]}" run --isolation chroot "$("${BUILDAH[@]}" from --quiet localhost/millibatch:cpu)" -- \

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from batching.work import Row
+from millibatch.batching.work import Row
 from millibatch.errors import InputTooLong, InvalidInput
 from millibatch.kserve import grpc_service_pb2 as v2
-from service.kserve.tensors import InputTensor, raw_contents, read_integers, read_texts
-from service.tokenization import TextEncoder, to_rows
+from millibatch.service.kserve.tensors import InputTensor, raw_contents, read_integers, read_texts
+from millibatch.service.tokenization import TextEncoder, to_rows
 
 TEXT, TEXT_PAIR = "text", "text_pair"
 INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "input_ids", "attention_mask", "token_type_ids"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from millibatch.kserve import grpc_service_pb2 as v2
 from millibatch.kserve import model_config_pb2 as mc
-from service.kserve.inputs import ATTENTION_MASK, INPUT_IDS, TEXT, TEXT_PAIR, TOKEN_TYPE_IDS
-from service.registry import ServedModel
+from millibatch.service.kserve.inputs import ATTENTION_MASK, INPUT_IDS, TEXT, TEXT_PAIR, TOKEN_TYPE_IDS
+from millibatch.service.registry import ServedModel
 
 #: The one model version millibatch serves; V2 versions are strings.
 VERSION = "1"

@@ -13,20 +13,20 @@ import grpc
 import numpy as np
 
 import millibatch
-from batching.work import RowResult, WorkItem
-from engines.base import FloatArray
+from millibatch.batching.work import RowResult, WorkItem
+from millibatch.engines.base import FloatArray
 from millibatch.errors import InvalidInput, MillibatchError, ModelNotFound
 from millibatch.kserve import grpc_service_pb2 as v2
 from millibatch.kserve import grpc_service_pb2_grpc
+from millibatch.service.inference_servicer import call_deadline
+from millibatch.service.kserve.inputs import request_rows
+from millibatch.service.kserve.metadata import DEFAULT_OUTPUTS, VERSION, model_config, model_metadata, output_names
+from millibatch.service.kserve.statistics import ModelCounters
+from millibatch.service.kserve.tensors import output_tensor
+from millibatch.service.ledger import CallLedger
+from millibatch.service.registry import ModelRegistry, ServedModel
+from millibatch.service.status import grpc_errors, request_id
 from millibatch.settings import Settings
-from service.inference_servicer import call_deadline
-from service.kserve.inputs import request_rows
-from service.kserve.metadata import DEFAULT_OUTPUTS, VERSION, model_config, model_metadata, output_names
-from service.kserve.statistics import ModelCounters
-from service.kserve.tensors import output_tensor
-from service.ledger import CallLedger
-from service.registry import ModelRegistry, ServedModel
-from service.status import grpc_errors, request_id
 
 log = logging.getLogger("millibatch.requests")
 Context: TypeAlias = grpc.aio.ServicerContext

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from batching.work import WorkItem
+from millibatch.batching.work import WorkItem
 from millibatch.kserve import grpc_service_pb2 as v2
 
 

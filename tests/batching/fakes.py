@@ -8,9 +8,9 @@ import time
 
 import numpy as np
 
-from batching.cost_model import CostModel
-from batching.work import Row, WorkItem
-from engines.base import EngineInfo, EngineInputs, FloatArray, round_up
+from millibatch.batching.cost_model import CostModel
+from millibatch.batching.work import Row, WorkItem
+from millibatch.engines.base import EngineInfo, EngineInputs, FloatArray, round_up
 
 #: Seconds = OVERHEAD + PER_TOKEN * rows * length (the synthetic engine's true cost).
 OVERHEAD = 0.001

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batching.batcher import Batcher
-from batching.scheduler import BatchLimits
-from batching.work import RowResult, WorkItem
-from engines.base import EngineInputs, FloatArray
+from millibatch.batching.batcher import Batcher
+from millibatch.batching.scheduler import BatchLimits
+from millibatch.batching.work import RowResult, WorkItem
+from millibatch.engines.base import EngineInputs, FloatArray
 from millibatch.errors import DeadlineUnmeetable, EngineFailure, MillibatchError, QueueFull
 from tests.batching.fakes import SyntheticEngine, exact_cost_model, expected_checksum, make_row, true_cost
 

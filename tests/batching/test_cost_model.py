@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batching.cost_model import CostModel, Observation
+from millibatch.batching.cost_model import CostModel, Observation
 
 
 def truth(rows: int, length: int) -> float:

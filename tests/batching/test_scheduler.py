@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from batching.scheduler import BatchLimits, Scheduler
-from engines.base import round_up
+from millibatch.batching.scheduler import BatchLimits, Scheduler
+from millibatch.engines.base import round_up
 from tests.batching.fakes import exact_cost_model, make_item, true_cost
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import onnx
 
 from bench import gpu
-from engines import cuda_runtime
-from engines.model_dir import Manifest
+from millibatch.engines import cuda_runtime
+from millibatch.engines.model_dir import Manifest
 
 
 def test_harness_writes_json_and_markdown(tiny_embed_dir: Path, tmp_path: Path) -> None:

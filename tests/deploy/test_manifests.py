@@ -132,7 +132,7 @@ def test_dashboard_and_kserve_example_are_well_formed(rendered: tuple[str, Path]
 
 def test_dashboard_metrics_exist_in_the_server() -> None:
     """Every metric the dashboard and HPA use is one the server defines."""
-    from service.metrics import Metrics
+    from millibatch.service.metrics import Metrics
 
     families = list(Metrics(batchers=lambda: []).registry.collect())
     names = {f"{f.name}{suffix}" for f in families for suffix in ("", "_total", "_bucket", "_sum", "_count")}
@@ -144,6 +144,6 @@ def test_dashboard_metrics_exist_in_the_server() -> None:
 
 
 def test_dockerfile_hadolint() -> None:
-    result = subprocess.run([tool("hadolint"), str(DEPLOY / "container" / "Dockerfile")],
+    result = subprocess.run([tool("hadolint"), str(ROOT / "Dockerfile")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engines.buckets import (
+from millibatch.engines.buckets import (
     BucketPlan,
     TensorSpec,
     buffer_bytes,

@@ -7,7 +7,7 @@ import ctypes
 import numpy as np
 import pytest
 
-from engines import cuda_runtime
+from millibatch.engines import cuda_runtime
 
 
 def test_host_view_aliases_raw_memory_without_copying() -> None:

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines import cuda_runtime
-from engines.base import Engine, EngineInputs, FloatArray
-from engines.buckets import BucketPlan
-from engines.model_dir import Manifest
-from engines.onnxruntime_engine import OnnxRuntimeCpuEngine
-from engines.plans import load_plan_specs
-from engines.select import EngineOptions, onnxruntime_providers, probe
+from millibatch.engines import cuda_runtime
+from millibatch.engines.base import Engine, EngineInputs, FloatArray
+from millibatch.engines.buckets import BucketPlan
+from millibatch.engines.model_dir import Manifest
+from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine
+from millibatch.engines.plans import load_plan_specs
+from millibatch.engines.select import EngineOptions, onnxruntime_providers, probe
 
 pytestmark = pytest.mark.gpu
 
@@ -65,7 +65,7 @@ def _compare(gpu_engine: Engine, model_dir: Path, threshold: float) -> None:
 
 def test_ort_cuda_matches_cpu_fp32(tiny_embed_dir: Path, tiny_classify_dir: Path) -> None:
     _require()
-    from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+    from millibatch.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
 
     for model_dir in (tiny_embed_dir, tiny_classify_dir):
         manifest = Manifest.load(model_dir)
@@ -80,7 +80,7 @@ def test_ort_cuda_matches_cpu_fp32(tiny_embed_dir: Path, tiny_classify_dir: Path
 
 def test_ort_tensorrt_provider_fp16_matches_cpu(tiny_embed_dir: Path, tmp_path: Path) -> None:
     _require("TensorrtExecutionProvider")
-    from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+    from millibatch.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
 
     manifest = Manifest.load(tiny_embed_dir)
     engine = OnnxRuntimeCudaEngine(tiny_embed_dir / manifest.onnx_file, BucketPlan.build(32, manifest.max_length),
@@ -98,7 +98,7 @@ def test_native_tensorrt_plan_matches_cpu(tiny_embed_dir: Path) -> None:
         pytest.skip("tensorrt is not installed")
     if not load_plan_specs(tiny_embed_dir):
         pytest.skip("no TensorRT plan in the model directory (the TensorRT build step did not run)")
-    from engines.select import load_engine
+    from millibatch.engines.select import load_engine
 
     manifest = Manifest.load(tiny_embed_dir)
     engine = load_engine(tiny_embed_dir, manifest, EngineOptions(engine="tensorrt"))
@@ -111,7 +111,7 @@ def test_native_tensorrt_plan_matches_cpu(tiny_embed_dir: Path) -> None:
 
 def test_auto_picks_the_gpu(tiny_embed_dir: Path) -> None:
     _require()
-    from engines.select import load_engine
+    from millibatch.engines.select import load_engine
 
     engine = load_engine(tiny_embed_dir, Manifest.load(tiny_embed_dir), EngineOptions())
     try:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engines import cuda_runtime
-from engines.gpu_info import gpu_stats
+from millibatch.engines import cuda_runtime
+from millibatch.engines.gpu_info import gpu_stats
 
 
 def test_gpu_stats_match_the_machine() -> None:

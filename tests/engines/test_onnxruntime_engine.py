@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from engines.build.convert import ConvertOptions, convert
-from engines.onnxruntime_engine import cpu_session
+from millibatch.engines.convert.convert import ConvertOptions, convert
+from millibatch.engines.onnxruntime_engine import cpu_session
 from tests.helpers import make_tiny_checkpoint
 
 

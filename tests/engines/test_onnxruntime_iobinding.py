@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.base import EngineInputs
-from engines.buckets import BucketPlan
-from engines.cuda_runtime import HostBackend
-from engines.model_dir import Manifest
-from engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
-from engines.onnxruntime_engine import OnnxRuntimeCpuEngine
+from millibatch.engines.base import EngineInputs
+from millibatch.engines.buckets import BucketPlan
+from millibatch.engines.cuda_runtime import HostBackend
+from millibatch.engines.model_dir import Manifest
+from millibatch.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine
 
 
 def _batch(rng: np.random.Generator, lengths: list[int], padded: int) -> EngineInputs:

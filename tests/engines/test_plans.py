@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.plans import MANIFEST_KEY, PlanSpec, load_plan_specs, pick_plan
+from millibatch.engines.plans import MANIFEST_KEY, PlanSpec, load_plan_specs, pick_plan
 
 ENTRY = {"file": "model.sm90.fp16.plan", "precision": "fp16", "tensorrt_version": "10.7.0",
          "compute_capability": [9, 0], "instances": 2, "max_rows": 32, "lengths": [16, 32, 64, 128]}

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from engines.model_dir import Manifest
-from engines.onnxruntime_engine import MAX_AUTO_INSTANCES, OnnxRuntimeCpuEngine, auto_instances, usable_cores
-from engines.plans import PlanSpec
-from engines.select import Capabilities, EngineOptions, EngineUnavailable, choose, load_engine, probe
+from millibatch.engines.model_dir import Manifest
+from millibatch.engines.onnxruntime_engine import MAX_AUTO_INSTANCES, OnnxRuntimeCpuEngine, auto_instances, usable_cores
+from millibatch.engines.plans import PlanSpec
+from millibatch.engines.select import Capabilities, EngineOptions, EngineUnavailable, choose, load_engine, probe
 
 CPU_ONLY = Capabilities(ort_providers=("CPUExecutionProvider",), cuda_python=False, cuda_devices=0)
 GPU = Capabilities(ort_providers=("CUDAExecutionProvider", "CPUExecutionProvider"), cuda_python=True,

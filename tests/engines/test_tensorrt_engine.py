@@ -15,13 +15,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from engines.base import EngineInputs
-from engines.buckets import BucketPlan
-from engines.cuda_runtime import HostBackend, host_view
-from engines.model_dir import Manifest
-from engines.onnxruntime_engine import OnnxRuntimeCpuEngine
-from engines.plans import PlanSpec
-from engines.tensorrt_engine import TensorRtEngine
+from millibatch.engines.base import EngineInputs
+from millibatch.engines.buckets import BucketPlan
+from millibatch.engines.cuda_runtime import HostBackend, host_view
+from millibatch.engines.model_dir import Manifest
+from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine
+from millibatch.engines.plans import PlanSpec
+from millibatch.engines.tensorrt_engine import TensorRtEngine
 
 BIG = 1 << 24  # host_view bound for fake device pointers; buffers are far smaller and views never exceed them
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engines.build.convert import variant_label
-from engines.model_dir import Manifest
 from millibatch import cli
+from millibatch.engines.convert.convert import variant_label
+from millibatch.engines.model_dir import Manifest
 from tests.helpers import make_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]

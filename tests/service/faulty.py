@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any
 
-from engines.base import Engine, EngineInputs
+from millibatch.engines.base import Engine, EngineInputs
 
 
 class FaultyEngine:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.build.validate import cosine_rows, load_stsb, spearman
 from millibatch.client import AsyncClient
+from millibatch.engines.convert.validate import cosine_rows, load_stsb, spearman
 from tests.helpers import minilm_source, running_server
 
 SAMPLE_PAIRS = 150

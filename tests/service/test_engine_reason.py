@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engines import cuda_runtime
 from millibatch.client import AsyncClient
+from millibatch.engines import cuda_runtime
 from tests.helpers import running_server
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.entities import STRATEGIES, Entity, Strategy, extract_entities
+from millibatch.service.entities import STRATEGIES, Entity, Strategy, extract_entities
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 

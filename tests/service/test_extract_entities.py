@@ -11,10 +11,10 @@ import grpc
 import numpy as np
 import pytest
 
-from engines.build.convert import ConvertOptions, convert
 from millibatch.client import AsyncClient
+from millibatch.engines.convert.convert import ConvertOptions, convert
+from millibatch.service.entities import STRATEGIES
 from millibatch.v1 import inference_pb2 as pb
-from service.entities import STRATEGIES
 from tests.helpers import make_tiny_ner_checkpoint, running_server
 
 # Multi-piece words (mer|##kel, un|##bel|##ie|##va|##bly), accents, Cyrillic pieces, CJK, an emoji
@@ -147,7 +147,7 @@ async def test_bad_input_gets_a_clear_status_and_the_server_keeps_serving(client
 async def test_kserve_returns_per_token_outputs_padded_to_the_longest_row(client: AsyncClient) -> None:
     from millibatch.kserve import grpc_service_pb2 as v2
     from millibatch.kserve import grpc_service_pb2_grpc
-    from service.kserve.tensors import encode_bytes_elements
+    from millibatch.service.kserve.tensors import encode_bytes_elements
 
     stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(client.channel)
     metadata = await stub.ModelMetadata(v2.ModelMetadataRequest(name="tiny-ner"), timeout=10)

@@ -13,11 +13,11 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from engines.gpu_info import GpuStats
 from millibatch.client import AsyncClient
+from millibatch.engines.gpu_info import GpuStats
+from millibatch.service.logs import JsonFormatter
+from millibatch.service.metrics import GpuCollector
 from millibatch.v1 import inference_pb2 as pb
-from service.logs import JsonFormatter
-from service.metrics import GpuCollector
 from tests.helpers import running_server
 
 

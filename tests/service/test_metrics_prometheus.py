@@ -18,8 +18,8 @@ import grpc
 import pytest
 
 from millibatch.client import AsyncClient
+from millibatch.service.metrics import LATENCY_BUCKETS
 from millibatch.v1 import inference_pb2 as pb
-from service.metrics import LATENCY_BUCKETS
 from tests.helpers import running_server
 from tests.service.test_metrics import free_port
 

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from millibatch.client import AsyncClient
 from millibatch.kserve import grpc_service_pb2 as v2
 from millibatch.kserve import grpc_service_pb2_grpc
-from service.kserve.tensors import encode_bytes_elements
+from millibatch.service.kserve.tensors import encode_bytes_elements
 from tests.helpers import running_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

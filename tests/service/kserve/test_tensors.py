@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from millibatch.errors import InvalidInput
 from millibatch.kserve import grpc_service_pb2 as v2
-from service.kserve.tensors import (
+from millibatch.service.kserve.tensors import (
     decode_bytes_elements,
     element_count,
     encode_bytes_elements,

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from engines.base import EngineInputs
+    from millibatch.engines.base import EngineInputs
 
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
 OUTPUTS_BY_TASK = {

@@ -2,7 +2,7 @@
 # millibatch images. Targets:
 #   cpu  Debian slim + ONNX Runtime CPU, serving all-MiniLM-L6-v2 converted at build time (no torch).
 #   gpu  NVIDIA CUDA runtime + onnxruntime-gpu + TensorRT.
-# Build from the repository root:  docker build -f deploy/container/Dockerfile --target cpu .
+# Build from the repository root:  docker build --target cpu .
 # Without a registry (CI): deploy/container/build-and-test.sh makes BASE from debootstrap.
 ARG BASE=debian:bookworm-slim
 ARG CUDA_BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
@@ -38,8 +38,8 @@ COPY millibatch/ millibatch/
 COPY service/ service/
 COPY batching/ batching/
 COPY engines/ engines/
-RUN /opt/build/bin/pip install --find-links /wheels ".[convert]" \
-    && /opt/build/bin/pip wheel --no-deps --wheel-dir /dist . \
+RUN /opt/build/bin/pip install --find-links /wheels ".[server,convert]" \
+    && /opt/build/bin/pip wheel --wheel-dir /dist ".[server]" \
     && /opt/build/bin/millibatch convert "${MODEL}" -o "/models/${MODEL}" \
     && chmod -R a+rX /models  # convert's staging dir is private (mkdtemp 0700); the server runs as uid 10001
 
@@ -48,7 +48,7 @@ FROM python AS cpu
 ARG MODEL=all-MiniLM-L6-v2
 COPY --from=builder /dist/ /dist/
 RUN python3 -m venv /opt/millibatch \
-    && /opt/millibatch/bin/pip install /dist/*.whl \
+    && /opt/millibatch/bin/pip install --no-index --find-links /dist "millibatch[server]" \
     && rm -rf /dist \
     && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent millibatch
 COPY --from=builder --chown=root:root /models/ /models/
@@ -81,7 +81,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY --from=builder /dist/ /dist/
 # onnxruntime (CPU) and onnxruntime-gpu share one import name: remove the CPU build before adding the GPU one.
 RUN python3 -m venv /opt/millibatch \
-    && /opt/millibatch/bin/pip install /dist/*.whl \
+    && /opt/millibatch/bin/pip install --no-index --find-links /dist "millibatch[server]" \
     && /opt/millibatch/bin/pip uninstall -y onnxruntime \
     && /opt/millibatch/bin/pip install "onnxruntime-gpu==${ORT_GPU_VERSION}" "cuda-python>=12.3" \
         "tensorrt-cu12==${TENSORRT_VERSION}" \

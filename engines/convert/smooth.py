@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import EngineInputs
+from millibatch.engines.base import EngineInputs
 
 #: Migration strength: 0.5 splits the range evenly between activations and weights.
 DEFAULT_ALPHA = 0.5

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from engines.base import EngineInputs
-from engines.build import quick_bench
+from millibatch.engines.base import EngineInputs
+from millibatch.engines.convert import quick_bench
 
 
 def test_rounds_fit_the_budget_within_bounds() -> None:

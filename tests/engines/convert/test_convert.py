@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from engines.build import convert as convert_module
-from engines.build.convert import ConversionError, ConvertOptions, convert
-from engines.model_dir import Manifest
+from millibatch.engines.convert import convert as convert_module
+from millibatch.engines.convert.convert import ConversionError, ConvertOptions, convert
+from millibatch.engines.model_dir import Manifest
 from tests.helpers import TINY_LABELS, make_tiny_checkpoint
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.base import EngineInputs, FloatArray
+from millibatch.engines.base import EngineInputs, FloatArray
 
 #: Used when the STS-B file is not around: short, long, punctuated and non-ASCII text.
 FALLBACK_SENTENCES = [

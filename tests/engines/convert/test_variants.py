@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.buckets import BucketPlan
-from engines.build.convert import ConversionError, ConvertOptions, convert
-from engines.build.tensorrt_plan import runtime_profiles
-from engines.build.validate import encode_padded
-from engines.model_dir import Manifest
-from engines.onnxruntime_engine import OnnxRuntimeCpuEngine
-from engines.plans import PlanSpec
+from millibatch.engines.buckets import BucketPlan
+from millibatch.engines.convert.convert import ConversionError, ConvertOptions, convert
+from millibatch.engines.convert.tensorrt_plan import runtime_profiles
+from millibatch.engines.convert.validate import encode_padded
+from millibatch.engines.model_dir import Manifest
+from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine
+from millibatch.engines.plans import PlanSpec
 from tests.helpers import make_tiny_checkpoint, minilm_source
 
 REPO = Path(__file__).resolve().parents[3]

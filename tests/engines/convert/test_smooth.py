@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.base import EngineInputs
-from engines.build import export, quantize, smooth
-from engines.build.validate import encode_padded
-from engines.onnxruntime_engine import OnnxRuntimeCpuEngine
+from millibatch.engines.base import EngineInputs
+from millibatch.engines.convert import export, quantize, smooth
+from millibatch.engines.convert.validate import encode_padded
+from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine
 from tests.helpers import make_tiny_checkpoint
 
 TEXTS = ["a man plays a guitar", "short", "a much longer sentence with several more word pieces in it, ok?"]

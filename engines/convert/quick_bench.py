@@ -16,8 +16,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from batching.profile import synthetic_inputs
-from engines.base import EngineInputs
+from millibatch.engines.base import EngineInputs, synthetic_inputs
 
 Key = TypeVar("Key", bound=Hashable)
 
@@ -43,8 +42,8 @@ def interleaved(runs: Mapping[Key, Callable[[], object]], calls: int) -> dict[Ke
 
 def machine() -> str:
     """The CPU's model name and the cores this process may use, for the record beside the numbers."""
-    from engines.build.quantize import cpuinfo_value
-    from engines.onnxruntime_engine import usable_cores
+    from millibatch.engines.convert.quantize import cpuinfo_value
+    from millibatch.engines.onnxruntime_engine import usable_cores
 
     name = cpuinfo_value("model name") or platform.processor() or platform.machine()
     return f"{name}, {usable_cores()} usable cores"

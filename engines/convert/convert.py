@@ -18,11 +18,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from engines.base import EngineInputs
-from engines.buckets import BucketPlan
-from engines.build import export, optimize, quantize, quick_bench, sources, tensorrt_plan, validate
-from engines.model_dir import Manifest, Task
-from engines.onnxruntime_engine import OnnxRuntimeCpuEngine
+from millibatch.engines.base import EngineInputs
+from millibatch.engines.buckets import BucketPlan
+from millibatch.engines.convert import export, optimize, quantize, quick_bench, sources, tensorrt_plan, validate
+from millibatch.engines.model_dir import Manifest, Task
+from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine
 
 Precision = Literal["fp32", "fp16", "int8"]
 
@@ -184,7 +184,7 @@ def _benchmark(
     """Time PyTorch, the exported fp32 graph and the built variant side by side on this CPU."""
     import torch
 
-    from engines.onnxruntime_engine import auto_instances, default_threads_per_instance
+    from millibatch.engines.onnxruntime_engine import auto_instances, default_threads_per_instance
 
     threads = options.benchmark_threads or default_threads_per_instance(auto_instances())
     output = manifest.output_names[0]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.base import EngineInputs
-from engines.build import smooth
+from millibatch.engines.base import EngineInputs
+from millibatch.engines.convert import smooth
 
 #: Ops dynamic quantization turns into int8 kernels (fused Attention becomes QAttention).
 DYNAMIC_OPS = ["MatMul", "Attention"]
@@ -123,7 +123,7 @@ def quantize_static_qdq(
 
     Symmetric int8 activations and per-channel weights, as TensorRT expects; only MatMuls are
     quantized so normalisation, softmax and the pooling tail stay in float. SmoothQuant first evens
-    out the activations of the MatMuls to be quantized (engines/build/smooth.py). Activation ranges
+    out the activations of the MatMuls to be quantized (engines/convert/smooth.py). Activation ranges
     are the moving average of each calibration batch's min/max, so one extreme batch does not coarsen
     the scale for all.
     """

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.build.convert import ConvertOptions, convert
+from millibatch.engines.convert.convert import ConvertOptions, convert
 
 #: PyTorch's STS-B Spearman for all-MiniLM-L6-v2 (bench/convert_variants.py reproduces it).
 PYTORCH_STSB = 82.05

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from engines.buckets import BucketPlan
-from engines.plans import PlanSpec
-from engines.tensorrt_engine import tensorrt_version as installed_tensorrt_version
+from millibatch.engines.buckets import BucketPlan
+from millibatch.engines.plans import PlanSpec
+from millibatch.engines.tensorrt_engine import tensorrt_version as installed_tensorrt_version
 
 TIMING_CACHE_FILE = "timing.cache"
 
@@ -76,7 +76,7 @@ def build_plan(
     tensorrt_version()
     import tensorrt as trt
 
-    from engines.cuda_runtime import compute_capability
+    from millibatch.engines.cuda_runtime import compute_capability
 
     profiles = runtime_profiles(buckets, instances, opt_rows)
     capability = compute_capability()
