@@ -21,7 +21,7 @@ import random
 import resource
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,6 +58,18 @@ class Result:
     p99_ms: float = 0.0
     mean_ms: float = 0.0
     client_cpu_cores: float = 0.0
+    #: OK answers that came later than --timeout after the call was sent (a server that answers after the
+    #: caller's deadline); the client library normally turns those into DEADLINE_EXCEEDED itself.
+    late_ok: int = 0
+    #: OK answers within --timeout of sending, per second: what the callers could use.
+    goodput_rps: float = 0.0
+    #: p99 over every call with failures counted as infinitely slow (MLPerf's server-scenario view); None
+    #: when more than 1% failed.
+    p99_all_ms: float | None = None
+    #: p99 time to each failure kind, from sending: how soon a refused caller hears it.
+    error_p99_ms: dict[str, float] = field(default_factory=dict)
+    #: p99 of how late the client sent a call after its scheduled arrival (a saturated client shows here).
+    send_lag_p99_ms: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
 
 
@@ -200,18 +212,29 @@ def cpu_seconds() -> float:
 class Recorder:
     """Collects outcomes of the measured phase."""
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float = float("inf")) -> None:
+        self.deadline = deadline
         self.latencies: list[float] = []
+        self.late = 0
         self.errors: Counter[str] = Counter()
+        self.error_latencies: dict[str, list[float]] = defaultdict(list)
+        self.send_lags: list[float] = []
 
     async def timed(self, driver: Driver, text: str, started: float) -> None:
-        """Run one call; latency counts from `started` (the scheduled send time)."""
+        """Run one call; latency counts from `started` (the scheduled send time), lateness from sending."""
+        sent = time.perf_counter()
+        self.send_lags.append(sent - started)
         try:
             await driver.call(text)
         except Exception as error:  # every failure is counted by kind, none stops the run
-            self.errors[error_kind(error)] += 1
+            kind = error_kind(error)
+            self.errors[kind] += 1
+            self.error_latencies[kind].append(time.perf_counter() - sent)
             return
-        self.latencies.append(time.perf_counter() - started)
+        done = time.perf_counter()
+        if done - sent > self.deadline:
+            self.late += 1
+        self.latencies.append(done - started)
 
 
 async def closed_loop(driver: Driver, texts: list[str], concurrency: int, duration: float, rng: random.Random,
@@ -270,6 +293,16 @@ def summarize(result: Result, recorder: Recorder, elapsed: float, cpu: float) ->
         result.p50_ms, result.p90_ms, result.p99_ms = (float(v) for v in np.percentile(latencies, [50, 90, 99]))
         result.mean_ms = float(latencies.mean())
     result.client_cpu_cores = cpu / elapsed if elapsed > 0 else 0.0
+    result.late_ok = recorder.late
+    result.goodput_rps = (result.ok - recorder.late) / elapsed if elapsed > 0 else 0.0
+    if result.requests:
+        everything = np.concatenate([latencies, np.full(result.errors, np.inf)])
+        p99_all = float(np.percentile(everything, 99, method="higher"))
+        result.p99_all_ms = p99_all if np.isfinite(p99_all) else None
+    result.error_p99_ms = {kind: float(np.percentile(np.array(times) * 1000.0, 99))
+                           for kind, times in recorder.error_latencies.items()}
+    if recorder.send_lags:
+        result.send_lag_p99_ms = float(np.percentile(np.array(recorder.send_lags) * 1000.0, 99))
     result.latencies_ms = [round(float(v), 3) for v in latencies]
     return result
 
@@ -298,7 +331,7 @@ async def run(args: argparse.Namespace) -> Result | None:
             return None
         if args.warmup > 0:
             await closed_loop(driver, texts, max(1, min(args.concurrency, 8)), args.warmup, rng, None)
-        recorder = Recorder()
+        recorder = Recorder(args.timeout)
         cpu_before = cpu_seconds()
         if args.mode == "closed":
             elapsed = await closed_loop(driver, texts, args.concurrency, args.duration, rng, recorder)

@@ -24,6 +24,8 @@ class Launch:
     python: str = sys.executable
     env: dict[str, str] = field(default_factory=dict)
     loadgen_flags: list[str] = field(default_factory=list)
+    #: Prometheus text endpoint of the server (millibatch's and Triton's own), where it has one.
+    metrics_url: str | None = None
 
 
 @dataclass
@@ -36,8 +38,9 @@ class PeerContext:
     triton_libdir: str | None
 
 
-def launch(name: str, model_dir: Path, ctx: PeerContext) -> Launch:
-    """The launch of peer `name`; a `millibatch*` name serves `model_dir` (fp32, int8, ... any model dir)."""
+def launch(name: str, model_dir: Path, ctx: PeerContext, extra_args: list[str] | None = None) -> Launch:
+    """The launch of peer `name`; a `millibatch*` name serves `model_dir` (fp32, int8, ... any model dir).
+    `extra_args` go on the server's command line."""
     port = free_port()
     target = f"127.0.0.1:{port}"
     threads = str(ctx.threads)
@@ -50,18 +53,21 @@ def launch(name: str, model_dir: Path, ctx: PeerContext) -> Launch:
         if ctx.triton_python is None:
             raise RuntimeError("no Triton environment (build/bench-triton-venv); `make bench` creates it")
         mode = name.removeprefix("triton-")
+        metrics_port = free_port()
         command = [ctx.triton_python, "-m", "bench.peers.pytriton_onnx", "--model-dir", str(model_dir),
                    "--mode", mode, "--grpc-port", str(port), "--http-port", str(free_port()),
-                   "--metrics-port", str(free_port()), "--threads", threads]
+                   "--metrics-port", str(metrics_port), "--threads", threads, *(extra_args or [])]
         # tritonserver links libpython; pytriton finds it only through LD_LIBRARY_PATH.
         env = {"LD_LIBRARY_PATH": ctx.triton_libdir or ""}
         flags = ["--model", "minilm"]
         if mode == "ids":
             flags += ["--tokenizer", str(model_dir / "tokenizer.json")]
-        return Launch(name, command, f"triton-{mode}", target, python=ctx.triton_python, env=env, loadgen_flags=flags)
+        return Launch(name, command, f"triton-{mode}", target, python=ctx.triton_python, env=env, loadgen_flags=flags,
+                      metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
     if name.startswith("millibatch"):
+        metrics_port = free_port()
         command = [sys.executable, "-m", "millibatch", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
-                   "--port", str(port), "--metrics-port", str(free_port()), "--threads-per-instance", threads,
-                   "--log-level", "warning"]
-        return Launch(name, command, "millibatch", target)
+                   "--port", str(port), "--metrics-port", str(metrics_port), "--threads-per-instance", threads,
+                   "--log-level", "warning", *(extra_args or [])]
+        return Launch(name, command, "millibatch", target, metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
     raise ValueError(f"unknown peer {name!r}; choose from {ALL_PEERS} or millibatch-<label>")

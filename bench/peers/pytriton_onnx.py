@@ -30,10 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-batch", type=int, default=32, help="same row limit as millibatch's default")
     parser.add_argument("--max-delay-us", type=int, default=2000, help="same wait as millibatch's max_delay_ms")
+    parser.add_argument("--queue-timeout-us", type=int, default=0,
+                        help="queue policy: reject requests still queued after this long (0: no queue policy); "
+                             "the way a Triton user gives requests a deadline")
+    parser.add_argument("--max-queue-size", type=int, default=0, help="queue policy: refuse beyond this many queued")
     args = parser.parse_args(argv)
 
     from pytriton.decorators import batch
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
     from pytriton.triton import Triton, TritonConfig
 
     run_ids, embed_texts = load(args.model_dir, args.threads)
@@ -53,8 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         inputs = [Tensor(name="text", dtype=bytes, shape=(1,))]
         function = infer_text
+    policy = None
+    if args.queue_timeout_us or args.max_queue_size:
+        policy = QueuePolicy(timeout_action=TimeoutAction.REJECT, default_timeout_microseconds=args.queue_timeout_us,
+                             allow_timeout_override=True, max_queue_size=args.max_queue_size)
     config = ModelConfig(max_batch_size=args.max_batch,
-                         batcher=DynamicBatcher(max_queue_delay_microseconds=args.max_delay_us))
+                         batcher=DynamicBatcher(max_queue_delay_microseconds=args.max_delay_us,
+                                                default_queue_policy=policy))
     triton_config = TritonConfig(grpc_address="127.0.0.1", http_address="127.0.0.1", grpc_port=args.grpc_port,
                                  http_port=args.http_port, metrics_address="127.0.0.1",
                                  metrics_port=args.metrics_port)

@@ -1,0 +1,315 @@
+"""Goodput under overload, and the highest Poisson rate held under a p99 bound, for millibatch and Triton.
+
+    .venv/bin/python -m bench.goodput                          # millibatch vs triton-text, STS-B sentences
+    .venv/bin/python -m bench.goodput --texts long --rounds 2  # long texts, each peer twice (A B A B)
+
+Every call carries one text and a deadline (`--deadline-ms`, 100 by default): millibatch reads it from
+gRPC; Triton gets it the way a Triton user does, from a queue policy (timeout = the deadline, REJECT,
+`--triton-max-queue`). The load generator is its own process on its own core(s) and reports its CPU.
+For each peer:
+
+1. **sweep**: open-loop Poisson rates rising by `--step` until goodput falls well behind the offered
+   rate. The peer's *peak* is its best goodput (OK answers within the deadline, per second). Its
+   *p99-bound rate* is the highest rate at which p99 over every call (failures count as infinitely
+   slow) stays within the deadline, MLPerf's server-scenario measure; two bisection steps refine it.
+2. **overload**: `--multiples` of that peak (1x to 5x by default): goodput, p99 of the OKs, shed
+   (DEADLINE_EXCEEDED), refused (RESOURCE_EXHAUSTED), how soon refusals arrive, mean rows per batch
+   (from the server's own metrics), client and server CPU.
+
+Writes results.json, results.md and goodput.png to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.peers.catalog import PeerContext, launch
+from bench.run import (
+    Cores,
+    Server,
+    cores_for,
+    ensure_model,
+    process_cpu,
+    run_loadgen,
+    start_server,
+    triton_env,
+    wait_ready,
+)
+from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
+from millibatch.engines.convert.quantize import cpuinfo_value
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results" / "goodput"
+DEFAULT_MODEL = ROOT / "models" / "all-MiniLM-L6-v2"
+READY_SECONDS = 240.0
+
+#: Counters read from each server's metrics endpoint around a phase: (batches, rows, shed, refused).
+MILLIBATCH_COUNTERS = {"batches": "millibatch_batch_rows_count", "rows": "millibatch_batch_rows_sum",
+                       "shed": "millibatch_shed_requests_total", "refused": "millibatch_rejected_requests_total"}
+TRITON_COUNTERS = {"batches": "nv_inference_exec_count", "rows": "nv_inference_count",
+                   "failed": "nv_inference_request_failure"}
+
+
+def scrape(url: str | None, names: dict[str, str]) -> dict[str, float]:
+    """Sum of each named metric over its labels, read from a Prometheus text endpoint ({} if unreachable)."""
+    if url is None:
+        return {}
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode("utf-8")
+    except OSError:
+        return {}
+    wanted = {metric: key for key, metric in names.items()}
+    totals = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        metric = line.split("{", 1)[0].split(" ", 1)[0]
+        if metric in wanted:
+            totals[wanted[metric]] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+class Peer:
+    """One running server and the phases measured on it."""
+
+    def __init__(self, name: str, server: Server, cores: Cores, texts: Path, deadline: float, duration: float,
+                 raw: Path) -> None:
+        self.name, self.server, self.cores, self.texts = name, server, cores, texts
+        self.deadline, self.duration, self.raw = deadline, duration, raw
+        self.counters = MILLIBATCH_COUNTERS if server.launch.protocol == "millibatch" else TRITON_COUNTERS
+
+    def phase(self, rate: float, tag: str) -> dict[str, Any]:
+        """One open-loop phase at `rate` calls/s; the load generator's summary plus server-side figures."""
+        raw_file = self.raw / f"{self.name}-{tag}-{rate:.0f}.json"
+        before = scrape(self.server.launch.metrics_url, self.counters)
+        cpu_before, wall_before = process_cpu(self.server.process.pid), time.perf_counter()
+        flags = ["--mode", "open", "--rate", f"{rate:.3f}", "--duration", str(self.duration), "--warmup", "0",
+                 "--timeout", str(self.deadline), "--max-outstanding", "100000"]
+        result = run_loadgen(self.server.launch, self.cores, self.texts, flags, raw_file, self.duration + 120)
+        assert result is not None
+        wall = time.perf_counter() - wall_before
+        after = scrape(self.server.launch.metrics_url, self.counters)
+        delta = {key: after[key] - before.get(key, 0.0) for key in after}
+        result.pop("latencies_ms", None)
+        result.update(peer=self.name, tag=tag, raw=raw_file.name,
+                      server_cpu_cores=(process_cpu(self.server.process.pid) - cpu_before) / wall,
+                      server_counters=delta,
+                      rows_per_batch=delta["rows"] / delta["batches"] if delta.get("batches") else None)
+        kinds = result["error_kinds"]
+        result["shed"] = kinds.get("DEADLINE_EXCEEDED", 0)
+        result["refused"] = kinds.get("RESOURCE_EXHAUSTED", 0)
+        result["other_errors"] = result["errors"] - result["shed"] - result["refused"]
+        p99_all = result["p99_all_ms"]
+        print(f"  {self.name:>12} {tag:>9} offered {rate:7.1f}/s  goodput {result['goodput_rps']:7.1f}/s  "
+              f"p99(ok) {result['p99_ms']:6.1f} ms  p99(all) {'-' if p99_all is None else f'{p99_all:.1f}':>6}  "
+              f"shed {result['shed']:5d}  refused {result['refused']:5d}  other {result['other_errors']:4d}  "
+              f"late-ok {result['late_ok']}  rows/batch {fmt(result['rows_per_batch'])}  "
+              f"cpu server {result['server_cpu_cores']:.2f} client {result['client_cpu_cores']:.2f}", flush=True)
+        return result
+
+
+def within_bound(result: dict[str, Any], bound_ms: float) -> bool:
+    """MLPerf server scenario: p99 over every call (failures infinitely slow) within the bound."""
+    p99_all = result["p99_all_ms"]
+    return p99_all is not None and p99_all <= bound_ms
+
+
+def sweep(peer: Peer, start: float, step: float, bound_ms: float) -> tuple[float, float, list[dict[str, Any]]]:
+    """Rising rates until goodput lags far behind; returns (peak goodput, p99-bound rate, phases)."""
+    phases: list[dict[str, Any]] = []
+    rate, best, misses = start, 0.0, 0
+    while misses < 2:
+        result = peer.phase(rate, "sweep")
+        phases.append(result)
+        best = max(best, result["goodput_rps"])
+        # Past the peak, goodput stops following the offered rate: two such steps end the sweep.
+        misses = misses + 1 if result["goodput_rps"] < 0.85 * rate else 0
+        rate *= step
+    passing = [p["offered_rps"] for p in phases if within_bound(p, bound_ms)]
+    low = max(passing, default=0.0)
+    failing = [p["offered_rps"] for p in phases if p["offered_rps"] > low]
+    high = min(failing, default=low * step)
+    for _ in range(2):  # bisection between the last rate held and the first one missed
+        if low <= 0:
+            break
+        middle = (low + high) / 2
+        result = peer.phase(middle, "bound")
+        phases.append(result)
+        if within_bound(result, bound_ms):
+            low = middle
+        else:
+            high = middle
+    return best, low, phases
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def report(summary: dict[str, Any], out: Path) -> None:
+    """results.md (tables) and goodput.png (goodput and p99 against offered load)."""
+    info = summary["machine"]
+    lines = [f"# Goodput under overload and the p99-bound rate ({summary['texts']} texts)", "",
+             f"`.venv/bin/python -m bench.goodput {' '.join(summary['argv'])}`, {info['date_utc']} UTC, commit "
+             f"{info['commit']}, {info['cpu']}, {info['cores']} cores (server on {summary['server_cores']}, client on "
+             f"{summary['client_cores']}). Deadline {summary['deadline_ms']:.0f} ms on every call; Triton's queue "
+             f"policy: timeout {summary['deadline_ms']:.0f} ms, REJECT, max_queue_size {summary['triton_max_queue']}.",
+             "", "| peer | round | peak goodput/s | p99-bound rate/s (p99 ≤ "
+             f"{summary['deadline_ms']:.0f} ms, errors ≤ 1%) |", "|---|---|---|---|"]
+    for run in summary["runs"]:
+        lines.append(f"| {run['peer']} | {run['round']} | {run['peak_goodput']:.1f} | {run['bound_rate']:.1f} |")
+    lines += ["", "## Overload", "", "| peer | round | × peak | offered/s | goodput/s | goodput / peak | p99 OK ms | "
+              "shed | refused | other errors | late OK | refusal p99 ms | rows/batch | server CPU | client CPU |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in summary["runs"]:
+        for p in run["overload"]:
+            refusal = p["error_p99_ms"].get("RESOURCE_EXHAUSTED")
+            lines.append(
+                f"| {run['peer']} | {run['round']} | {p['multiple']:.1f} | {p['offered_rps']:.0f} "
+                f"| {p['goodput_rps']:.1f} | {p['goodput_rps'] / run['peak_goodput']:.2f} | {p['p99_ms']:.1f} "
+                f"| {p['shed']} | {p['refused']} "
+                f"| {p['other_errors']} | {p['late_ok']} | {fmt(refusal)} | {fmt(p['rows_per_batch'])} "
+                f"| {p['server_cpu_cores']:.2f} | {p['client_cpu_cores']:.2f} |")
+    lines += ["", "## Sweep", "", "| peer | round | offered/s | goodput/s | p99 OK ms | p99 all ms | errors | "
+              "rows/batch |", "|---|---|---|---|---|---|---|---|"]
+    for run in summary["runs"]:
+        for p in sorted(run["sweep"], key=lambda p: p["offered_rps"]):
+            lines.append(f"| {run['peer']} | {run['round']} | {p['offered_rps']:.1f} | {p['goodput_rps']:.1f} | "
+                         f"{p['p99_ms']:.1f} | {fmt(p['p99_all_ms'])} | {p['errors']} | {fmt(p['rows_per_batch'])} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    plot(summary, out / "goodput.png")
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run in summary["runs"]:
+        label = f"{run['peer']} (round {run['round']})"
+        points = sorted(run["sweep"] + run["overload"], key=lambda p: p["offered_rps"])
+        line, = left.plot([p["offered_rps"] for p in points], [p["goodput_rps"] for p in points], "o-", label=label)
+        left.axhline(0.9 * run["peak_goodput"], color=line.get_color(), linestyle=":", linewidth=0.8)
+        sweep_points = sorted(run["sweep"], key=lambda p: p["offered_rps"])
+        right.plot([p["offered_rps"] for p in sweep_points],
+                   [p["p99_all_ms"] if p["p99_all_ms"] is not None else float("nan") for p in sweep_points],
+                   "o-", color=line.get_color(), label=f"{label}: {run['bound_rate']:.0f}/s held")
+    left.set(xlabel="offered calls/s (Poisson)", ylabel="goodput: OK within deadline /s",
+             title=f"Goodput ({summary['texts']} texts, {summary['deadline_ms']:.0f} ms deadline); dotted: 0.9 x peak")
+    right.axhline(summary["deadline_ms"], color="grey", linestyle="--", linewidth=0.8)
+    right.set(xlabel="offered calls/s (Poisson)", ylabel="p99 over all calls, ms (gaps: > 1% failed)",
+              title="p99 bound (MLPerf server scenario)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_peer(name: str, round_: int, args: argparse.Namespace, ctx: PeerContext, cores: Cores, texts: Path,
+             raw: Path) -> dict[str, Any]:
+    """Start peer `name`, measure its sweep and overload curve, stop it."""
+    deadline = args.deadline_ms / 1000.0
+    if name.startswith("triton"):
+        extra = ["--queue-timeout-us", str(int(args.deadline_ms * 1000)),
+                 "--max-queue-size", str(args.triton_max_queue)]
+    else:
+        extra = list(args.server_args)
+    spec = launch(name, ctx.model_dir if not name.startswith("millibatch-") else args.models[name], ctx, extra)
+    print(f"{name} round {round_} (server cores {sorted(cores.server)}, client cores {sorted(cores.client)}): "
+          f"{' '.join(spec.command[-len(extra):]) if extra else 'default settings'}", flush=True)
+    server = start_server(spec, cores, raw)
+    try:
+        wait_ready(server, cores, texts, READY_SECONDS)
+        run_loadgen(spec, cores, texts, ["--mode", "closed", "--concurrency", "16", "--duration", "3", "--warmup", "0",
+                                         "--timeout", "5"], None, 120)
+        peer = Peer(name, server, cores, texts, deadline, args.duration, raw)
+        peak, bound, phases = sweep(peer, args.start_rate, args.step, args.deadline_ms)
+        print(f"  {name}: peak goodput {peak:.1f}/s, p99-bound rate {bound:.1f}/s", flush=True)
+        overload = []
+        for multiple in args.multiples:
+            result = peer.phase(peak * multiple, f"x{multiple:g}")
+            result["multiple"] = multiple
+            overload.append(result)
+    finally:
+        server.stop()
+    return {"peer": name, "round": round_, "peak_goodput": peak, "bound_rate": bound, "sweep": phases,
+            "overload": overload, "command": spec.command}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench.goodput", description=__doc__.splitlines()[0])
+    parser.add_argument("--peers", default="millibatch,triton-text", help="comma-separated: millibatch, "
+                        "triton-text, triton-ids, millibatch-LABEL (with --model LABEL=DIR)")
+    parser.add_argument("--model", action="append", default=[], metavar="LABEL=DIR",
+                        help="serve DIR as peer millibatch-LABEL (e.g. int8=models/minilm-int8)")
+    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL, help="fp32 model dir (converted if absent)")
+    parser.add_argument("--texts", choices=TEXT_SETS, default="sts")
+    parser.add_argument("--deadline-ms", type=float, default=100.0)
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per phase")
+    parser.add_argument("--start-rate", type=float, default=40.0, help="first rate of the sweep, calls/s")
+    parser.add_argument("--step", type=float, default=1.25, help="factor between sweep rates")
+    parser.add_argument("--multiples", type=lambda s: [float(x) for x in s.split(",")], default=[1, 1.5, 2, 3, 4, 5],
+                        help="overload rates as multiples of the peak goodput")
+    parser.add_argument("--rounds", type=int, default=1, help="run the peers this many times, alternating")
+    parser.add_argument("--pinning", choices=("split", "shared"), default="split",
+                        help="split: server on core 0, client on the rest; shared: both float on every core")
+    parser.add_argument("--triton-max-queue", type=int, default=128, help="Triton queue policy's max_queue_size")
+    parser.add_argument("--triton-python", default=None, help="Python of the environment with nvidia-pytriton")
+    parser.add_argument("--stsb", type=Path, default=DEFAULT_STSB)
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results/goodput/TEXTS)")
+    parser.add_argument("--server-args", default="", help="extra flags for millibatch serve (one string)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.server_args = args.server_args.split()
+    args.models = {f"millibatch-{label}": Path(folder).resolve()
+                   for label, _, folder in (item.partition("=") for item in args.model)}
+    out = args.out or DEFAULT_OUT / args.texts
+    raw = out / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    texts = raw / f"texts-{args.texts}.json"
+    texts.write_text(json.dumps(text_set(args.texts, stsb_sentences(args.stsb))), encoding="utf-8")
+    cores = cores_for(args.pinning)
+    triton_python, triton_libdir = triton_env(args.triton_python)
+    ctx = PeerContext(ensure_model(args.model_dir.resolve()), len(cores.server), triton_python, triton_libdir)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                            check=False).stdout.strip()
+    info = {"date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
+            "cpu": cpuinfo_value("model name"), "cores": len(os.sched_getaffinity(0)), "commit": commit,
+            "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]}
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    runs = []
+    for round_ in range(1, args.rounds + 1):
+        for name in peers:
+            if name.startswith("triton") and triton_python is None:
+                print(f"{name}: skipped (no Triton environment; `make bench` builds build/bench-triton-venv)")
+                continue
+            runs.append(run_peer(name, round_, args, ctx, cores, texts, raw))
+    summary = {"machine": info, "argv": argv if argv is not None else sys.argv[1:], "texts": args.texts,
+               "deadline_ms": args.deadline_ms, "triton_max_queue": args.triton_max_queue,
+               "server_cores": sorted(cores.server), "client_cores": sorted(cores.client), "runs": runs}
+    (out / "results.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    report(summary, out)
+    print(f"wrote {out}/results.md, results.json and goodput.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
