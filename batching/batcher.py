@@ -1,10 +1,12 @@
-"""The batcher: one asyncio task owns the scheduler and hands batches to free engine instances.
+"""The batcher of one model: admission at the door, one dispatcher task, engine threads, delivery.
 
-Callers `submit` rows and await the item's future. Admission is decided at once (never an unbounded
-wait); batches are formed only when an instance is free, so they grow naturally under load, plus one
-full batch prepared ahead while every instance is busy. Engine calls run on the instances' own threads
-(`batching.workers`), so the event loop keeps accepting, tokenizing and answering meanwhile, and an
-instance that finishes starts on the prepared batch without waiting for the loop.
+Callers `submit` rows and await the item's future. Admission decides at once, in O(1), whether the
+request can still finish before its deadline behind the work already queued (`batching.admission`),
+and `precheck` makes the same decision before the caller spends anything on tokenizing. Admitted
+requests go to the dispatcher (`batching.dispatcher`), the one task that owns the scheduler's queue;
+engine calls run on the instances' own threads (`batching.workers`), whose results are answered on the
+loop (`batching.delivery`) as soon as they arrive. A watchdog marks the model unhealthy when an engine
+call hangs (`batching.watchdog`); observers (`batching.observers`) count everything for metrics.
 """
 
 from __future__ import annotations
@@ -12,96 +14,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
-import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from millibatch.batching.collate import collate
+from millibatch.batching.admission import Admission
 from millibatch.batching.cost_model import CostModel
+from millibatch.batching.delivery import AnswerLag, Delivery
+from millibatch.batching.dispatcher import Dispatcher, Event
+from millibatch.batching.observers import BatchCounters, BatchObserver, BatchRecord, Observers
 from millibatch.batching.profile import measure, profile_shapes
-from millibatch.batching.scheduler import BatchLimits, Decision, Scheduler
-from millibatch.batching.work import PendingRow, Row, RowResult, WorkItem
-from millibatch.batching.workers import EngineWorkers, Job
-from millibatch.engines.base import Engine, EngineInputs, FloatArray, synthetic_inputs
-from millibatch.errors import DeadlineUnmeetable, EngineFailure, InvalidInput, NotServing, QueueFull
-
-log = logging.getLogger("millibatch.batching")
-#: Weight of each new answer-lag sample when it is below the estimate (see Batcher._answered).
-ANSWER_LAG_DECAY = 0.02
-
-
-@dataclass(frozen=True)
-class BatchRecord:
-    """What one engine call did, for metrics."""
-
-    batch_id: int
-    rows: int
-    padded_length: int
-    real_tokens: int
-    seconds: float
-    instance: int
-    ok: bool
-    #: Time inside the engine call itself, measured in the worker thread (0 if it never returned).
-    engine_seconds: float = 0.0
-
-
-class BatchObserver:
-    """Hooks for metrics; the default does nothing. Must not block (called on the event loop)."""
-
-    def batch_done(self, record: BatchRecord) -> None: ...
-
-    def shed(self, item: WorkItem, reason: str) -> None: ...
-
-    def rejected(self, rows: int, reason: str) -> None: ...
-
-
-@dataclass
-class BatchCounters(BatchObserver):
-    """Running totals since start, for inspection (Models service) and benchmarks."""
-
-    batches: int = 0
-    rows: int = 0
-    real_tokens: int = 0
-    padded_tokens: int = 0
-    #: Requests dropped because their deadline could not be met, and refused at admission.
-    requests_shed: int = 0
-    requests_rejected: int = 0
-    #: Time spent inside engine calls, summed over instances (utilization = this / (wall x instances)).
-    engine_seconds: float = 0.0
-
-    def batch_done(self, record: BatchRecord) -> None:
-        self.batches += 1
-        self.rows += record.rows
-        self.real_tokens += record.real_tokens
-        self.padded_tokens += record.rows * record.padded_length
-        self.engine_seconds += record.engine_seconds
-
-    def shed(self, item: WorkItem, reason: str) -> None:
-        self.requests_shed += 1
-
-    def rejected(self, rows: int, reason: str) -> None:
-        self.requests_rejected += 1
-
-
-class _Observers(BatchObserver):
-    """Tells every observer (the batcher's own counters, then metrics) about each event."""
-
-    def __init__(self, *observers: BatchObserver) -> None:
-        self._observers = observers
-
-    def batch_done(self, record: BatchRecord) -> None:
-        for observer in self._observers:
-            observer.batch_done(record)
-
-    def shed(self, item: WorkItem, reason: str) -> None:
-        for observer in self._observers:
-            observer.shed(item, reason)
-
-    def rejected(self, rows: int, reason: str) -> None:
-        for observer in self._observers:
-            observer.rejected(rows, reason)
+from millibatch.batching.scheduler import BatchLimits, Scheduler
+from millibatch.batching.watchdog import Watchdog
+from millibatch.batching.work import Row, WorkItem
+from millibatch.batching.workers import EngineWorkers
+from millibatch.engines.base import Engine, synthetic_inputs
+from millibatch.errors import DeadlineUnmeetable, InvalidInput, MillibatchError, NotServing, Overloaded
 
 
 class Batcher:
@@ -124,26 +51,23 @@ class Batcher:
         self.cost_model = cost_model or CostModel()
         self.scheduler = Scheduler(limits, self.cost_model, engine.padded_length)
         self.max_queue_rows = max_queue_rows
-        self.watchdog_seconds = watchdog_seconds
         self.counters = BatchCounters()
-        self._observer = _Observers(self.counters, observer) if observer else self.counters
+        self._observer: BatchObserver = Observers(self.counters, observer) if observer else self.counters
         self.on_unhealthy = on_unhealthy
         self._clock = clock
+        self._now: Callable[[], float] = clock or time.monotonic  # the loop's clock once started
         self._instances = engine.info.instances
-        self._workers: EngineWorkers | None = None  # started with the loop, in `start`
-        self._wake = asyncio.Event()
-        self._settled = asyncio.Event()  # set whenever a batch finishes or items are shed
-        #: Jobs handed to the workers and not yet settled: running, or prepared ahead and waiting.
-        self._out: set[Job] = set()
-        #: Instances whose thread is stuck in a hung engine call; they take no more work.
-        self._hung = 0
-        self._answer_lag = 0.0  # see _answered
-        self._loop_task: asyncio.Task[None] | None = None
+        self.admission = Admission(self.cost_model, engine.padded_length, self.scheduler.capacity, max_queue_rows,
+                                   self._instances)
+        self._lag = AnswerLag(lambda: self._now())
+        self.dispatcher = Dispatcher(self.scheduler, self.cost_model, self.admission,
+                                     Delivery(self._observer, self._lag), self._lag, self._observer,
+                                     self._instances, lambda: self._now(), self._mark_unhealthy)
+        self.watchdog = Watchdog(watchdog_seconds, lambda: self.dispatcher.out, self.dispatcher.hung)
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
-        self._draining = False
         self._healthy = True
-        self._batch_ids = itertools.count(1)
-        self.in_flight_rows = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -158,32 +82,37 @@ class Batcher:
 
     async def start(self) -> None:
         """Begin accepting and dispatching."""
+        self._loop = loop = asyncio.get_running_loop()
+        if self._clock is None:
+            self._now = loop.time
+        dispatcher = self.dispatcher
         # Through `self.engine` at call time, not a bound method: the engine may be swapped (tests inject faults).
-        self._workers = EngineWorkers(lambda inputs, instance: self.engine.run(inputs, instance), self._instances,
-                                      asyncio.get_running_loop(), self._clock or time.monotonic,
-                                      self._job_done, self._job_stale)
+        dispatcher.workers = EngineWorkers(lambda inputs, instance: self.engine.run(inputs, instance), self._instances,
+                                           loop, self._clock or time.monotonic, dispatcher.finished, dispatcher.stale)
         self._accepting = True
-        self._loop_task = asyncio.create_task(self._dispatch_loop(), name="batcher")
+        self._task = asyncio.create_task(dispatcher.run(), name="batcher")
+        self.watchdog.start()
 
     async def stop(self, grace: float) -> None:
         """Refuse new work, let queued and running work finish for up to `grace` seconds, then fail
         whatever is left with UNAVAILABLE."""
         self._accepting = False
-        self._draining = True
-        self._wake.set()
+        self.dispatcher.draining = True
+        self.dispatcher.wake()
         deadline = self._now() + grace
         while not self.idle and self._now() < deadline:
-            self._settled.clear()
+            self.dispatcher.settled.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._settled.wait(), max(0.0, deadline - self._now()))
-        for item in self._take_waiting():
-            self._fail(item, NotServing("server is shutting down"))
-        if self._loop_task is not None:
-            self._loop_task.cancel()
+                await asyncio.wait_for(self.dispatcher.settled.wait(), max(0.0, deadline - self._now()))
+        if self._task is not None:
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-        if self._workers is not None:
-            self._workers.close()
+                await self._task
+        # The dispatcher task has ended: what still waits is failed from here.
+        Delivery.fail(self.dispatcher.take_waiting(), NotServing("server is shutting down"))
+        self.watchdog.stop()
+        if self.dispatcher.workers is not None:
+            self.dispatcher.workers.close()
 
     @property
     def healthy(self) -> bool:
@@ -191,12 +120,47 @@ class Batcher:
 
     @property
     def idle(self) -> bool:
-        return not self.scheduler.queued_rows and not self._out
+        return not self.admission.queued_rows and not self.scheduler.queued_rows and not self.dispatcher.out
 
-    # -- submission ------------------------------------------------------------------------------
+    @property
+    def in_flight_rows(self) -> int:
+        """Rows admitted and not yet answered: waiting, or in a batch out."""
+        return self.admission.queued_rows + self.dispatcher.in_flight_rows
+
+    @property
+    def margin(self) -> float:
+        """Seconds kept between a batch's predicted end and its earliest deadline: the configured safety
+        plus how long answers currently take to reach their callers."""
+        return self.limits.safety + self._lag.seconds
+
+    def _mark_unhealthy(self, why: str) -> None:
+        self._healthy = False
+        if self.on_unhealthy is not None:
+            self.on_unhealthy(why)
+
+    # -- admission -------------------------------------------------------------------------------
+
+    def predicted_wait(self, now: float) -> float:
+        """Seconds a request arriving at `now` would wait for an instance: the engine time reserved by
+        the requests queued ahead plus what the batches out have left, spread over the instances."""
+        ahead = self.admission.queued_seconds
+        for job in self.dispatcher.out:
+            ahead += job.predicted if job.started is None else max(0.0, job.predicted - (now - job.started))
+        return ahead / max(1, self._instances - self.dispatcher.hung_instances)
+
+    def precheck(self, deadline: float, rows: int) -> None:
+        """Refuse a request of `rows` inputs at once (Overloaded) when the queue alone would outlast its
+        deadline: before the caller spends anything on it (decoding aside)."""
+        now = self._now()
+        try:
+            self.admission.check_wait(now, deadline, self.predicted_wait(now), self.margin)
+        except Overloaded as error:
+            self._observer.rejected(rows, error.reason)
+            raise
 
     def submit(self, rows: list[Row], deadline: float) -> WorkItem:
-        """Admit `rows` as one request or raise at once (QueueFull, NotServing, DeadlineUnmeetable)."""
+        """Admit `rows` as one request or raise at once (QueueFull, Overloaded, NotServing,
+        DeadlineUnmeetable, InvalidInput)."""
         if not self._accepting or not self._healthy:
             raise NotServing("model is not accepting requests" if self._healthy else "model is unhealthy")
         if not rows:
@@ -204,238 +168,36 @@ class Batcher:
         count = len(rows)
         if count > self.max_queue_rows:
             raise InvalidInput(f"request has {count} inputs; this model queues at most {self.max_queue_rows}")
-        if self.scheduler.queued_rows + count > self.max_queue_rows:
-            self._observer.rejected(count, "queue_full")
-            raise QueueFull(
-                f"queue full ({self.scheduler.queued_rows} of {self.max_queue_rows} rows waiting); retry later"
-            )
         now = self._now()
-        if deadline <= now:
-            self._observer.rejected(count, "deadline")
-            raise DeadlineUnmeetable("deadline already passed when the request was queued")
-        loop = asyncio.get_running_loop()
-        item = WorkItem(rows=rows, deadline=deadline, future=loop.create_future(), enqueued_at=now)
-        self.scheduler.add(item, now)
-        item.future.add_done_callback(lambda _f: self.scheduler.forget(item) if item.queued else None)
-        self._wake.set()
+        try:
+            if deadline <= now:
+                raise DeadlineUnmeetable("deadline already passed when the request was queued")
+            wait = self.predicted_wait(now)
+            per_row = self.admission.admit(rows, deadline, now, wait, self.margin)
+        except MillibatchError as error:
+            self._observer.rejected(count, error.reason)
+            raise
+        assert self._loop is not None
+        item = WorkItem(rows=rows, deadline=deadline, future=self._loop.create_future(), enqueued_at=now,
+                        waiting=count, row_seconds=per_row, predicted_wait=wait)
+        item.future.add_done_callback(functools.partial(self._settle, item))
+        self.dispatcher.post(Event.ARRIVED, item)
         return item
 
-    # -- dispatch --------------------------------------------------------------------------------
-
-    def _now(self) -> float:
-        return self._clock() if self._clock else asyncio.get_running_loop().time()
-
-    async def _dispatch_loop(self) -> None:
-        while True:
-            self._wake.clear()
-            if self._busy >= self._instances:
-                # Every instance is busy: prepare the next batch now if it is already full (waiting
-                # cannot improve it), so the instance that frees first starts on it at once.
-                if self._busy == self._instances and self.scheduler.queued_rows:
-                    decision = self.scheduler.next(self._now(), only_full=True)
-                    self._shed(decision)
-                    if decision.batch:
-                        self._submit(decision.batch, self._collate(decision))
-                await self._wake.wait()
-                continue
-            if not self.scheduler.queued_rows:
-                await self._wake.wait()
-                continue
-            decision = self.scheduler.next(self._now(), flush=self._draining)
-            self._shed(decision)
-            if decision.batch:
-                self._submit(decision.batch, self._collate(decision))
-            elif decision.wait_until is not None:
-                timeout = max(0.0, decision.wait_until - self._now())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-            elif not decision.shed:
-                await self._wake.wait()
-
-    def _shed(self, decision: Decision) -> None:
-        for item in decision.shed:
-            self._drop(item, "deadline", "deadline cannot be met; request dropped before compute")
-        if decision.shed:
-            self._settled.set()
-
-    @staticmethod
-    def _collate(decision: Decision) -> EngineInputs:
-        return collate([p.item.rows[p.index] for p in decision.batch], decision.padded_length)
-
-    @property
-    def _busy(self) -> int:
-        """Instances taken: by jobs out (running, or one prepared ahead) and by hung calls."""
-        return len(self._out) + self._hung
-
-    def _time_needed(self, rows: int, padded_length: int) -> float:
-        """Seconds a batch needs before its deadline: predicted run time plus the scheduler's margin."""
-        return self.cost_model.predict(rows, padded_length) + self.scheduler.margin
-
-    def _submit(self, batch: list[PendingRow], inputs: EngineInputs, batch_id: int | None = None) -> None:
-        """Hand a batch to the engine threads. One submitted while no instance is free waits, so it is
-        checked again when it would start."""
-        assert self._workers is not None
-        job = Job(next(self._batch_ids) if batch_id is None else batch_id, batch, inputs)
-        if self._busy >= self._instances:
-            job.start_by = min(p.deadline for p in batch) - self._time_needed(len(batch), inputs.padded_length)
-        self.in_flight_rows += len(batch)
-        self._out.add(job)
-        job.watchdog = asyncio.get_running_loop().call_later(self.watchdog_seconds, self._watch, job)
-        self._workers.submit(job)
-
-    def _release(self, job: Job) -> None:
-        """`job` is no longer out: it finished, hung, went stale or was withdrawn."""
-        job.settled = True
-        self._out.discard(job)
-        self.in_flight_rows -= len(job.batch)
-        if job.watchdog is not None:
-            job.watchdog.cancel()
-        self._wake.set()
-        self._settled.set()
-
-    def _job_stale(self, job: Job) -> None:
-        """A batch prepared ahead could not start as formed: drop rows whose caller left or whose
-        deadline can no longer be met (no compute spent on them), and run the rest now."""
-        if job.settled:
-            return
-        self._release(job)
-        finish = self._now() + self._time_needed(len(job.batch), job.inputs.padded_length)
-        keep = []
-        for p in job.batch:
-            if p.item.live and finish > p.deadline:
-                self._drop(p.item, "deadline", "deadline cannot be met; request dropped before compute")
-            if p.item.live:
-                keep.append(p)
-        if keep:
-            decision = Decision(batch=keep, padded_length=job.inputs.padded_length)
-            self._submit(keep, self._collate(decision), job.batch_id)
-
-    def _watch(self, job: Job) -> None:
-        """Watchdog: a job that has been inside the engine for `watchdog_seconds` is hung."""
-        if job.settled:
-            return
-        loop = asyncio.get_running_loop()
-        if job.started is None:  # still waiting for an instance: look again later
-            job.watchdog = loop.call_later(self.watchdog_seconds, self._watch, job)
-            return
-        running = time.perf_counter() - job.started_perf
-        if running < self.watchdog_seconds:
-            job.watchdog = loop.call_later(self.watchdog_seconds - running, self._watch, job)
-            return
-        self._hung += 1  # its thread still holds the instance
-        self._release(job)
-        log.error("engine call hung for over %.1fs on batch %d; marking model unhealthy",
-                  self.watchdog_seconds, job.batch_id)
-        error = EngineFailure("the engine failed on this request's batch")
-        for p in job.batch:
-            self._fail(p.item, error)
-        self._observer.batch_done(self._record(job, running, ok=False))
-        self._mark_unhealthy(f"engine call exceeded the {self.watchdog_seconds:.1f}s watchdog")
-
-    def _job_done(self, job: Job) -> None:
-        """A worker finished `job`: answer its rows (or fail them) and account for it."""
-        if job.settled:  # the watchdog gave up on it already
-            return
-        self._release(job)
-        seconds = time.perf_counter() - job.started_perf
-        finished = self._now()
-        for p in job.batch:
-            p.item.batch_ids.append(job.batch_id)
-            if job.started is not None:
-                first = p.item.first_batched_at
-                p.item.first_batched_at = job.started if first is None else min(first, job.started)
-        outputs = job.outputs
-        ok = False
-        if job.error is not None:
-            log.error("engine failed on batch %d (%d rows x %d tokens)", job.batch_id, len(job.batch),
-                      job.inputs.padded_length, exc_info=job.error)
-        elif outputs is not None:
-            try:
-                self._check_outputs(outputs, len(job.batch))
-                ok = True
-            except ValueError:
-                log.exception("engine returned bad outputs on batch %d", job.batch_id)
-        if ok and outputs is not None:
-            self.cost_model.observe(len(job.batch), job.inputs.padded_length, seconds)
-            self._deliver(job.batch, outputs, seconds, finished)
-        else:
-            error = EngineFailure("the engine failed on this request's batch")
-            for p in job.batch:
-                self._fail(p.item, error)
-        self._observer.batch_done(self._record(job, seconds, ok))
-
-    @staticmethod
-    def _record(job: Job, seconds: float, ok: bool) -> BatchRecord:
-        return BatchRecord(job.batch_id, len(job.batch), job.inputs.padded_length,
-                           sum(p.length for p in job.batch), seconds, job.instance, ok, job.engine_seconds)
-
-    def _check_outputs(self, outputs: dict[str, FloatArray], rows: int) -> None:
-        for name, value in outputs.items():
-            if value.ndim < 1 or value.shape[0] != rows:
-                raise ValueError(f"engine output {name!r} has shape {value.shape}, expected {rows} rows")
-
-    def _deliver(self, batch: list[PendingRow], outputs: dict[str, FloatArray], seconds: float,
-                 finished: float) -> None:
-        seen: set[int] = set()
-        for position, p in enumerate(batch):
-            item = p.item
-            if not item.live:
-                continue
-            if id(item) not in seen:
-                seen.add(id(item))
-                item.inference_seconds += seconds
-            item.results[p.index] = RowResult(outputs, position, p.length)
-            item.remaining -= 1
-            if item.remaining == 0:
-                item.computed_at = finished
-                if finished > item.deadline:
-                    self._drop(item, "late", "computed too late for the request's deadline")
-                else:
-                    item.future.set_result([r for r in item.results if r is not None])
-                    # Runs right after the caller's own wake-up: measures result-to-answer time.
-                    item.future.add_done_callback(functools.partial(self._answered, finished))
-
-    def _answered(self, computed_at: float, _future: object = None) -> None:
-        """A caller took its result `now - computed_at` after it was computed: under load the event loop
-        runs many callers before it, and an answer computed just in time reaches its caller too late.
-        Keep that time (a fast-rising, slowly decaying estimate) as extra scheduling margin, so such
-        rows are shed before compute instead of after."""
-        lag = max(0.0, self._now() - computed_at)
-        previous = self._answer_lag
-        self._answer_lag = lag if lag > previous else previous + ANSWER_LAG_DECAY * (lag - previous)
-        self.scheduler.margin = self.limits.safety + self._answer_lag
-
-    def _drop(self, item: WorkItem, reason: str, why: str) -> None:
-        """Shed `item`: counted under `reason`, answered DEADLINE_EXCEEDED with `why`."""
-        self._observer.shed(item, reason)
-        self._fail(item, DeadlineUnmeetable(why))
-
-    def _fail(self, item: WorkItem, error: Exception) -> None:
-        if item.live:
-            item.future.set_exception(error)
-
-    def _take_waiting(self) -> list[WorkItem]:
-        """Every item not yet running: the queue and the batch prepared ahead."""
-        items = self.scheduler.take_all()
-        for job in list(self._out):
-            if self._workers is not None and self._workers.withdraw(job):
-                self._release(job)
-                items += [p.item for p in job.batch]
-        return items
-
-    def _mark_unhealthy(self, why: str) -> None:
-        self._healthy = False
-        for item in self._take_waiting():
-            self._fail(item, NotServing(f"model became unhealthy: {why}"))
-        if self.on_unhealthy is not None:
-            self.on_unhealthy(why)
+    def _settle(self, item: WorkItem, _future: object) -> None:
+        """`item` ended: whatever of it still waits gives its reservation back, and leaves the queue."""
+        if item.waiting:
+            self.admission.dispatched(item, item.waiting)
+        if item.queued:
+            self.dispatcher.post(Event.FORGET, item)
 
     def stats(self) -> dict[str, float]:
-        """Queue depth, in-flight rows and the arrival rate, for metrics and inspection."""
+        """Queue depth, in-flight rows, the arrival rate and admission's wait correction, for metrics."""
         return {
-            "queued_rows": float(self.scheduler.queued_rows),
+            "queued_rows": float(self.admission.queued_rows),
             "in_flight_rows": float(self.in_flight_rows),
             "arrival_rate": self.scheduler.arrival_rate,
+            "wait_correction": self.admission.correction,
         }
 
 

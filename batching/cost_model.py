@@ -10,7 +10,6 @@ the warm-up profile and refitted online from real batches, newest observations w
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,10 +36,15 @@ class CostModel:
     def __init__(self, coefficients: tuple[float, float, float, float] = (1e-3, 0.0, 1e-6, 0.0),
                  *, window: int = 512, refit_every: int = 32) -> None:
         self._coef = coefficients
-        self._profile: list[Observation] = []
-        self._recent: deque[Observation] = deque(maxlen=window)
+        self._profile_rows = np.zeros((0, len(FEATURES) + 1))
+        # Recent batches as a ring of (features..., seconds) rows: observing one is a row write on the
+        # event loop, and a refit reads the ring as it is, without rebuilding arrays from objects.
+        self._recent = np.zeros((window, len(FEATURES) + 1))
+        self._seen = 0
         self._refit_every = refit_every
         self._since_fit = 0
+        #: Number of refits so far: callers caching predictions know when to drop them.
+        self.fits = 0
 
     @property
     def coefficients(self) -> dict[str, float]:
@@ -49,7 +53,7 @@ class CostModel:
 
     @property
     def observations(self) -> int:
-        return len(self._profile) + len(self._recent)
+        return len(self._profile_rows) + min(self._seen, len(self._recent))
 
     def predict(self, rows: int, length: int) -> float:
         """Expected seconds for a batch of `rows` rows padded to `length` tokens."""
@@ -68,28 +72,31 @@ class CostModel:
 
     def fit_profile(self, observations: list[Observation]) -> None:
         """Replace the start-up profile and refit."""
-        self._profile = list(observations)
+        self._profile_rows = np.array([(*features(o.rows, o.length), o.seconds) for o in observations],
+                                      dtype=float).reshape(-1, len(FEATURES) + 1)
         self._refit()
 
     def observe(self, rows: int, length: int, seconds: float) -> None:
         """Record a real batch; refits every `refit_every` observations."""
-        self._recent.append(Observation(rows, length, seconds))
+        tokens = rows * length
+        self._recent[self._seen % len(self._recent)] = (1.0, rows, tokens, tokens * length, seconds)
+        self._seen += 1
         self._since_fit += 1
         if self._since_fit >= self._refit_every:
             self._refit()
 
     def _refit(self) -> None:
         self._since_fit = 0
-        data = self._profile + list(self._recent)
+        data = np.concatenate([self._profile_rows, self._recent[:min(self._seen, len(self._recent))]])
         if len(data) < len(FEATURES):
             return
-        x = np.array([features(o.rows, o.length) for o in data])
-        y = np.array([o.seconds for o in data])
+        x, y = data[:, :-1], data[:, -1]
         # Fit relative error: small batches matter as much as big ones for deadline decisions.
         weight = 1.0 / np.maximum(y, 1e-6)
         # Recent batches count double: the machine's load changes and the profile ages.
-        weight[len(self._profile):] *= 2.0
+        weight[len(self._profile_rows):] *= 2.0
         self._coef = _nonnegative_least_squares(x * weight[:, None], y * weight)
+        self.fits += 1
 
 
 def _nonnegative_least_squares(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:

@@ -172,7 +172,7 @@ class Scheduler:
             backlog, length / self.limits.max_padding_ratio
         )
         efficient = self.cost.efficient_rows(length, self.limits.overload_efficiency)
-        return max(1, min(efficient, similar, self._capacity(length)))
+        return max(1, min(efficient, similar, self.capacity(length)))
 
     def _meetable(self, row: PendingRow, backlog: list[int], now: float) -> bool:
         """Can `row` still finish in time, in the batch it would ride in?"""
@@ -230,7 +230,7 @@ class Scheduler:
             return self.limits.max_rows
         return self.cost.efficient_rows(length, self.limits.growth_efficiency)
 
-    def _capacity(self, length: int) -> int:
+    def capacity(self, length: int) -> int:
         """Rows at which a batch of `length` counts as full (sent without waiting for more)."""
         return max(1, min(self.limits.max_rows, self.limits.max_tokens // length, self._worthwhile_rows(length)))
 
@@ -242,11 +242,11 @@ class Scheduler:
         if self.limits.policy == "fifo":
             return oldest + self.limits.max_delay
         earliest = min(r.deadline for r in decision.batch)
-        full_cost = self.cost.predict(self._capacity(length), length)
+        full_cost = self.cost.predict(self.capacity(length), length)
         return min(oldest + self.limits.max_delay, earliest - full_cost - self.margin)
 
     def _is_full(self, decision: Decision) -> bool:
-        return len(decision.batch) >= self._capacity(decision.padded_length)
+        return len(decision.batch) >= self.capacity(decision.padded_length)
 
     def _should_send(self, decision: Decision, now: float) -> bool:
         if self._is_full(decision):

@@ -73,6 +73,12 @@ class WorkItem:
     queued: int = 0
     #: Set once the scheduler stopped counting this (finished) item's queued rows.
     forgotten: bool = False
+    # -- admission's reservation (batching/admission.py) --
+    #: Rows admitted and not yet in a batch, and the engine seconds reserved for each.
+    waiting: int = 0
+    row_seconds: float = 0.0
+    #: The wait before its first batch that admission predicted (for its feedback).
+    predicted_wait: float = 0.0
 
     def __post_init__(self) -> None:
         self.results = [None] * len(self.rows)

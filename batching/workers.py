@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from millibatch.batching.work import PendingRow
 from millibatch.engines.base import EngineInputs, FloatArray
@@ -42,6 +42,8 @@ class Job:
     batch_id: int
     batch: list[PendingRow]
     inputs: EngineInputs
+    #: Engine seconds the cost model predicted for it when it was formed.
+    predicted: float = 0.0
     #: For a batch formed while every instance was busy, the latest clock value at which it may start
     #: and still meet every row's predicted deadline: checked again before starting. None: start at once.
     start_by: float | None = None
@@ -56,7 +58,8 @@ class Job:
     # -- loop side --
     #: The loop has dealt with this job (answered, failed, or given up on it as hung).
     settled: bool = False
-    watchdog: asyncio.TimerHandle | None = field(default=None, repr=False)
+    #: Its outputs were good and delivered.
+    ok: bool = False
 
     def fresh(self, now: float) -> bool:
         """May the batch still start at `now`: every caller waiting, every deadline met?"""

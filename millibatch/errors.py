@@ -62,6 +62,13 @@ class QueueFull(MillibatchError):
     reason = "queue_full"
 
 
+class Overloaded(QueueFull):
+    """Admission refused: the work already queued would outlast this request's deadline. Retry elsewhere
+    or later; nothing was spent on the request."""
+
+    reason = "overloaded"
+
+
 class DeadlineUnmeetable(MillibatchError):
     """The request cannot finish before its deadline, so no compute is spent on it."""
 

@@ -1,0 +1,120 @@
+"""Admission: decide at the door, in O(1), whether a request can still be answered before its deadline.
+
+Under overload the cheapest refusal is the earliest one: a request refused here costs no tokenizing, no
+queue slot and no scheduling, and its caller hears RESOURCE_EXHAUSTED at once instead of
+DEADLINE_EXCEEDED a deadline later. The queue stays as deep as the deadlines can absorb, so every
+admitted row can still ride in an efficient batch and scheduling stays cheap.
+
+The wait a new request faces is predicted from a running tally of the engine time its predecessors
+need: each admitted row adds its share of a backlog batch at its length (`row_seconds`, from the
+cost model), each row that leaves the queue takes it away again. Spread over the instances, plus
+what the running batches have left, that is the predicted wait. A correction factor learnt from how
+long admitted requests really waited before their first batch (actual / predicted, recent requests
+weighted most) absorbs what the cost model does not see, such as a busy event loop. Ideas taken from:
+Clockwork (predict execution, refuse at arrival what cannot meet its SLO, rather than late), CoDel
+(judge the queue by the time spent in it, not its length), Triton's queue policy (a bound on the
+queue and a per-request timeout; here the timeout is each call's own deadline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from millibatch.batching.cost_model import CostModel
+from millibatch.batching.work import Row, WorkItem
+from millibatch.errors import DeadlineUnmeetable, Overloaded, QueueFull
+
+#: Weight kept by the wait-correction sums per admitted request (about the last 50 requests count).
+CORRECTION_DECAY = 0.98
+#: Added to both sums so that near-zero waits (an idle server) leave the correction near 1.
+CORRECTION_SMOOTHING = 0.002
+#: The correction stays within these bounds: predictions are never trusted blindly, nor discarded.
+CORRECTION_BOUNDS = (0.5, 4.0)
+
+
+class Admission:
+    """The door of one model's queue, and the tally of admitted work not yet in a batch."""
+
+    def __init__(self, cost: CostModel, padded_length: Callable[[int], int], capacity: Callable[[int], int],
+                 max_queue_rows: int, instances: int) -> None:
+        self._cost = cost
+        self._pad = padded_length
+        self._capacity = capacity
+        self.max_queue_rows = max_queue_rows
+        self.instances = instances
+        #: Admitted rows not yet put in a batch, and the engine seconds they need (one instance).
+        self.queued_rows = 0
+        self.queued_seconds = 0.0
+        #: Actual / predicted wait before the first batch, recent requests weighted most.
+        self.correction = 1.0
+        self._actual = 0.0
+        self._predicted = 0.0
+        self._row_seconds: dict[int, float] = {}
+        self._fitted_at = -1
+
+    def row_seconds(self, length: int) -> float:
+        """Engine seconds one row of `length` tokens takes as its share of a full batch of its length
+        (what a backlog of such rows costs per row)."""
+        if self._cost.fits != self._fitted_at:  # the cost model was refitted: its prices changed
+            self._row_seconds.clear()
+            self._fitted_at = self._cost.fits
+        padded = self._pad(length)
+        price = self._row_seconds.get(padded)
+        if price is None:
+            rows = self._capacity(padded)
+            price = self._row_seconds[padded] = self._cost.predict(rows, padded) / rows
+        return price
+
+    def check_wait(self, now: float, deadline: float, wait: float, own: float = 0.0) -> None:
+        """Refuse (Overloaded) a request whose predicted wait, plus `own` seconds of its own compute,
+        outlasts its deadline; with `own` = 0 this is the check made before any work is spent on it."""
+        expected = wait * self.correction
+        if now + expected + own > deadline:
+            raise Overloaded(
+                f"server busy: about {expected * 1e3:.0f} ms of queued work is ahead of this call and "
+                f"{max(0.0, deadline - now) * 1e3:.0f} ms remain before its deadline; retry later or elsewhere"
+            )
+
+    def admit(self, rows: list[Row], deadline: float, now: float, wait: float, margin: float) -> float:
+        """Reserve a request's `rows` or raise QueueFull, Overloaded (the queue ahead is too long for its
+        deadline) or DeadlineUnmeetable (it cannot finish in time even alone). Returns the engine seconds
+        reserved per row, which `dispatched` gives back."""
+        count = len(rows)
+        if self.queued_rows + count > self.max_queue_rows:
+            raise QueueFull(f"queue full ({self.queued_rows} of {self.max_queue_rows} rows waiting); retry later")
+        per_row = sum(self.row_seconds(row.length) for row in rows) / count
+        alone = self._own_seconds(count, max(row.length for row in rows), per_row)
+        if now + alone + margin > deadline:
+            raise DeadlineUnmeetable(
+                f"deadline too short: this request needs about {alone * 1e3:.1f} ms of compute and "
+                f"{margin * 1e3:.1f} ms for its answer to reach it, and {max(0.0, deadline - now) * 1e3:.1f} ms "
+                f"remained"
+            )
+        self.check_wait(now, deadline, wait, alone + margin)
+        self.queued_rows += count
+        self.queued_seconds += per_row * count
+        return per_row
+
+    def _own_seconds(self, rows: int, longest: int, per_row: float) -> float:
+        """Least time the request's own rows take once they reach the instances: one batch of them (at
+        most a full one, at their longest length), or their share of every instance's time."""
+        padded = self._pad(longest)
+        return max(self._cost.predict(min(rows, self._capacity(padded)), padded), rows * per_row / self.instances)
+
+    def dispatched(self, item: WorkItem, rows: int = 1) -> None:
+        """`rows` of `item` left the queue for a batch (or were dropped): their reservation ends."""
+        rows = min(rows, item.waiting)
+        if rows:
+            item.waiting -= rows
+            self.queued_rows -= rows
+            self.queued_seconds = max(0.0, self.queued_seconds - rows * item.row_seconds)
+            if not self.queued_rows:
+                self.queued_seconds = 0.0  # no float drift survives an empty queue
+
+    def started(self, item: WorkItem, waited: float) -> None:
+        """`item`'s first row reached an instance after `waited` seconds: learn how good the prediction was."""
+        self._actual = self._actual * CORRECTION_DECAY + waited
+        self._predicted = self._predicted * CORRECTION_DECAY + item.predicted_wait
+        ratio = (self._actual + CORRECTION_SMOOTHING) / (self._predicted + CORRECTION_SMOOTHING)
+        low, high = CORRECTION_BOUNDS
+        self.correction = min(high, max(low, ratio))
