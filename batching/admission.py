@@ -65,14 +65,22 @@ class Admission:
             price = self._row_seconds[padded] = self._cost.predict(rows, padded) / rows
         return price
 
-    def check_wait(self, now: float, deadline: float, wait: float, own: float = 0.0) -> None:
-        """Refuse (Overloaded) a request whose predicted wait, plus `own` seconds of its own compute,
-        outlasts its deadline; with `own` = 0 this is the check made before any work is spent on it."""
+    def check(self, now: float, deadline: float, wait: float, margin: float, compute: float = 0.0) -> None:
+        """Refuse a request that cannot be answered before `deadline`: DeadlineUnmeetable when its own
+        `compute` seconds and the answer's trip back (`margin`) do not fit even with no queue, Overloaded
+        when the predicted `wait` for the queue ahead makes it miss. With `compute` unknown (0) this is
+        the check made before any work is spent on a request."""
+        remaining = deadline - now
+        if compute + margin > remaining:
+            raise DeadlineUnmeetable(
+                f"deadline too short: this request needs about {compute * 1e3:.1f} ms of compute and "
+                f"{margin * 1e3:.1f} ms for its answer to reach it, and {max(0.0, remaining) * 1e3:.1f} ms remained"
+            )
         expected = wait * self.correction
-        if now + expected + own > deadline:
+        if expected + compute + margin > remaining:
             raise Overloaded(
                 f"server busy: about {expected * 1e3:.0f} ms of queued work is ahead of this call and "
-                f"{max(0.0, deadline - now) * 1e3:.0f} ms remain before its deadline; retry later or elsewhere"
+                f"{remaining * 1e3:.0f} ms remain before its deadline; retry later or elsewhere"
             )
 
     def admit(self, rows: list[Row], deadline: float, now: float, wait: float, margin: float) -> float:
@@ -83,14 +91,7 @@ class Admission:
         if self.queued_rows + count > self.max_queue_rows:
             raise QueueFull(f"queue full ({self.queued_rows} of {self.max_queue_rows} rows waiting); retry later")
         per_row = sum(self.row_seconds(row.length) for row in rows) / count
-        alone = self._own_seconds(count, max(row.length for row in rows), per_row)
-        if now + alone + margin > deadline:
-            raise DeadlineUnmeetable(
-                f"deadline too short: this request needs about {alone * 1e3:.1f} ms of compute and "
-                f"{margin * 1e3:.1f} ms for its answer to reach it, and {max(0.0, deadline - now) * 1e3:.1f} ms "
-                f"remained"
-            )
-        self.check_wait(now, deadline, wait, alone + margin)
+        self.check(now, deadline, wait, margin, self._own_seconds(count, max(row.length for row in rows), per_row))
         self.queued_rows += count
         self.queued_seconds += per_row * count
         return per_row

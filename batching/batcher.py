@@ -28,7 +28,7 @@ from millibatch.batching.watchdog import Watchdog
 from millibatch.batching.work import Row, WorkItem
 from millibatch.batching.workers import EngineWorkers
 from millibatch.engines.base import Engine, synthetic_inputs
-from millibatch.errors import DeadlineUnmeetable, InvalidInput, MillibatchError, NotServing, Overloaded
+from millibatch.errors import DeadlineUnmeetable, InvalidInput, MillibatchError, NotServing
 
 
 class Batcher:
@@ -60,9 +60,9 @@ class Batcher:
         self.admission = Admission(self.cost_model, engine.padded_length, self.scheduler.capacity, max_queue_rows,
                                    self._instances)
         self._lag = AnswerLag(lambda: self._now())
-        self.dispatcher = Dispatcher(self.scheduler, self.cost_model, self.admission,
-                                     Delivery(self._observer, self._lag), self._lag, self._observer,
-                                     self._instances, lambda: self._now(), self._mark_unhealthy)
+        self._delivery = Delivery(self._observer, self._lag)
+        self.dispatcher = Dispatcher(self.scheduler, self.cost_model, self.admission, self._delivery, self._lag,
+                                     self._observer, self._instances, lambda: self._now(), self._mark_unhealthy)
         self.watchdog = Watchdog(watchdog_seconds, lambda: self.dispatcher.out, self.dispatcher.hung)
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -149,12 +149,13 @@ class Batcher:
         return ahead / max(1, self._instances - self.dispatcher.hung_instances)
 
     def precheck(self, deadline: float, rows: int) -> None:
-        """Refuse a request of `rows` inputs at once (Overloaded) when the queue alone would outlast its
-        deadline: before the caller spends anything on it (decoding aside)."""
+        """Refuse a request of `rows` inputs at once when the queue alone would outlast its deadline
+        (Overloaded), or the deadline is too short for any answer (DeadlineUnmeetable): before the caller
+        spends anything on it (decoding aside)."""
         now = self._now()
         try:
-            self.admission.check_wait(now, deadline, self.predicted_wait(now), self.margin)
-        except Overloaded as error:
+            self.admission.check(now, deadline, self.predicted_wait(now), self.margin)
+        except MillibatchError as error:
             self._observer.rejected(rows, error.reason)
             raise
 
@@ -183,6 +184,12 @@ class Batcher:
         item.future.add_done_callback(functools.partial(self._settle, item))
         self.dispatcher.post(Event.ARRIVED, item)
         return item
+
+    def check_in_time(self, item: WorkItem) -> None:
+        """Raise DeadlineUnmeetable (and count it as late) if `item`'s deadline has passed: called by the
+        door just before an answer leaves, since the caller may resume later than its result came."""
+        if self._delivery.late(item, self._now()):
+            raise DeadlineUnmeetable("finished after the request's deadline")
 
     def _settle(self, item: WorkItem, _future: object) -> None:
         """`item` ended: whatever of it still waits gives its reservation back, and leaves the queue."""

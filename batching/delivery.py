@@ -58,12 +58,21 @@ class Delivery:
             item.remaining -= 1
             if item.remaining == 0:
                 item.computed_at = finished
-                if finished > item.deadline:
-                    self.drop(item, "late", "computed too late for the request's deadline")
-                else:
+                if not self.late(item, finished):
                     item.future.set_result([r for r in item.results if r is not None])
                     # Runs right after the caller's own wake-up: measures result-to-answer time.
                     item.future.add_done_callback(functools.partial(self._lag.answered, finished))
+
+    def late(self, item: WorkItem, now: float) -> bool:
+        """The one rule on lateness: past its deadline, a request is dropped (DEADLINE_EXCEEDED, counted
+        as "late") instead of answered. Checked when its last row is computed, and again by the door
+        just before the answer would leave."""
+        if now <= item.deadline:
+            return False
+        self._observer.shed(item, "late")
+        if item.live:
+            item.future.set_exception(DeadlineUnmeetable("finished after the request's deadline"))
+        return True
 
     def drop(self, item: WorkItem, reason: str, why: str) -> None:
         """Shed `item`: counted under `reason`, answered DEADLINE_EXCEEDED with `why`."""

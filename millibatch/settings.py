@@ -54,8 +54,10 @@ class Settings(BaseSettings):
     """Largest request message accepted; bigger ones get RESOURCE_EXHAUSTED from gRPC."""
     max_send_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     """Largest response message sent."""
-    max_concurrent_streams: int = Field(256, ge=1)
-    """Concurrent calls per HTTP/2 connection."""
+    max_concurrent_streams: int = Field(8192, ge=1)
+    """Concurrent calls per HTTP/2 connection (and calls received but not yet picked up, over all
+    connections). Beyond it gRPC itself refuses calls (UNAVAILABLE or CANCELLED) without a reason; below
+    it every call reaches admission, which refuses overload with RESOURCE_EXHAUSTED and a message."""
     max_connection_age_seconds: float = Field(300.0, ge=0)
     """Connections are closed gracefully after this age so clients rebalance across replicas; 0 = never."""
     reflection: bool = True

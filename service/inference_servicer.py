@@ -1,25 +1,19 @@
-"""millibatch.v1.Inference: validate, tokenize, queue, answer."""
+"""millibatch.v1.Inference: protobuf in, data-plane calls, protobuf out."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
-from tokenizers import Encoding
 
-from millibatch.batching.work import RowResult, WorkItem
 from millibatch.errors import InvalidInput
+from millibatch.service.dataplane import Computed, DataPlane
 from millibatch.service.entities import DEFAULT_IGNORE_LABELS, STRATEGIES, Entity, Strategy, extract_entities
-from millibatch.service.ledger import CallLedger
-from millibatch.service.metrics import Metrics
-from millibatch.service.registry import ModelRegistry, ServedModel
-from millibatch.service.status import RequestRecorder, grpc_errors
-from millibatch.service.tokenization import to_rows
-from millibatch.settings import Settings
+from millibatch.service.registry import ServedModel
+from millibatch.service.status import grpc_errors
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import inference_pb2_grpc
 
@@ -33,81 +27,43 @@ WIRE_STRATEGIES: dict[int, Strategy] = {
 INLINE_ENTITY_TOKENS = 4096
 
 
-def call_deadline(context: grpc.aio.ServicerContext, settings: Settings) -> float:
-    """The call's deadline as an absolute loop time: the gRPC deadline, else the default."""
-    remaining = context.time_remaining()
-    if remaining is None:
-        remaining = settings.default_deadline_ms / 1000.0
-    return asyncio.get_running_loop().time() + remaining
-
-
 def micros(seconds: float) -> int:
     return max(0, round(seconds * 1e6))
 
 
-@dataclass(frozen=True)
-class Computed:
-    """A request after the batcher: per-row results in input order and what the response reports."""
+def usage(tokens: int) -> pb.Usage:
+    return pb.Usage(prompt_tokens=tokens, total_tokens=tokens)
 
-    results: list[RowResult]
-    item: WorkItem
-    usage: pb.Usage
-    tokenize_seconds: float
-    #: The tokenizer's encodings of the inputs (offsets, word ids), in input order.
-    encodings: list[Encoding]
+
+def timing(done: Computed, started: float) -> pb.Timing:
+    """Where the call's time went, for the response."""
+    item = done.item
+    return pb.Timing(
+        queue_us=micros(item.queue_seconds),
+        tokenize_us=micros(done.tokenize_seconds),
+        inference_us=micros(item.inference_seconds),
+        total_us=micros(time.perf_counter() - started),
+        batches=len(set(item.batch_ids)),
+    )
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    """Embed, Classify, ExtractEntities and Tokenize over the model registry."""
+    """Embed, Classify, ExtractEntities and Tokenize over the data plane."""
 
-    def __init__(self, registry: ModelRegistry, settings: Settings, metrics: Metrics | None = None,
-                 ledger: CallLedger | None = None) -> None:
-        self._registry = registry
-        self._settings = settings
-        self._metrics = metrics
-        #: Read by `@grpc_errors` to account for every accepted call.
-        self.ledger = ledger
-        #: Read by `@grpc_errors` to count every outcome.
-        self.on_request_done: RequestRecorder | None = metrics.recorder(registry) if metrics else None
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
 
-    def _check_count(self, inputs: Sequence[str]) -> None:
-        if not inputs:
-            raise InvalidInput("inputs is empty; send at least one text")
-        limit = self._settings.max_inputs_per_request
-        if len(inputs) > limit:
-            raise InvalidInput(f"{len(inputs)} inputs in one request; the limit is {limit}")
-
-    async def _run(
-        self, model: ServedModel, inputs: Sequence[str], pairs: Sequence[str], truncate: bool,
-        context: grpc.aio.ServicerContext,
-    ) -> Computed:
-        """Tokenize and batch a request."""
-        self._check_count(inputs)
-        deadline = call_deadline(context, self._settings)
-        started = time.perf_counter()
-        encodings = await model.encoder.encode_async(inputs, pairs, truncate=truncate)
-        tokenize_seconds = time.perf_counter() - started
-        rows = to_rows(encodings)
-        results, item = await model.compute(rows, deadline, self._settings.max_tokens_per_request)
-        if self._metrics is not None:
-            self._metrics.work_done(model.name, item, tokenize_seconds)
-        tokens = sum(r.length for r in rows)
-        return Computed(results, item, pb.Usage(prompt_tokens=tokens, total_tokens=tokens), tokenize_seconds,
-                        encodings)
-
-    def _timing(self, item: WorkItem, tokenize_seconds: float, started: float) -> pb.Timing:
-        return pb.Timing(
-            queue_us=micros(item.queue_seconds),
-            tokenize_us=micros(tokenize_seconds),
-            inference_us=micros(item.inference_seconds),
-            total_us=micros(time.perf_counter() - started),
-            batches=len(set(item.batch_ids)),
-        )
+    async def _run(self, model: ServedModel, inputs: Sequence[str], pairs: Sequence[str], truncate: bool,
+                   context: grpc.aio.ServicerContext) -> Computed:
+        """Tokenize and batch a request under its gRPC deadline."""
+        plane = self.plane
+        return await plane.compute_texts(model, inputs, pairs, truncate=truncate,
+                                         deadline=plane.deadline(context.time_remaining()))
 
     @grpc_errors("Embed")
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         started = time.perf_counter()
-        model = self._registry.get(request.model, task="embed")
+        model = self.plane.model(request.model, task="embed")
         normalize = request.normalize if request.HasField("normalize") else model.manifest.normalize
         output = "embeddings" if normalize else "pooled"
         done = await self._run(model, request.inputs, (), request.truncate, context)
@@ -115,8 +71,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return pb.EmbedResponse(
             embeddings=[pb.Embedding(values=v) for v in vectors],
             model=model.name,
-            usage=done.usage,
-            timing=self._timing(done.item, done.tokenize_seconds, started),
+            usage=usage(done.tokens),
+            timing=timing(done, started),
         )
 
     @grpc_errors("Classify")
@@ -124,7 +80,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyResponse:
         started = time.perf_counter()
-        model = self._registry.get(request.model, task="classify")
+        model = self.plane.model(request.model, task="classify")
         output = "logits" if request.raw_scores else "probabilities"
         done = await self._run(model, request.inputs, request.text_pairs, request.truncate, context)
         labels = model.manifest.labels
@@ -136,17 +92,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             answers.append(pb.Classification(labels=[
                 pb.LabelScore(label=labels[i], score=float(scores[i]), index=int(i)) for i in best
             ]))
-        return pb.ClassifyResponse(
-            results=answers, model=model.name, usage=done.usage,
-            timing=self._timing(done.item, done.tokenize_seconds, started),
-        )
+        return pb.ClassifyResponse(results=answers, model=model.name, usage=usage(done.tokens),
+                                   timing=timing(done, started))
 
     @grpc_errors("ExtractEntities")
     async def ExtractEntities(
         self, request: pb.ExtractEntitiesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExtractEntitiesResponse:
         started = time.perf_counter()
-        model = self._registry.get(request.model, task="token-classify")
+        model = self.plane.model(request.model, task="token-classify")
         strategy = WIRE_STRATEGIES.get(request.aggregation_strategy)
         if strategy is None:  # proto3 enums are open: a newer client may send a value this server lacks
             raise InvalidInput(f"unknown aggregation_strategy {request.aggregation_strategy}")
@@ -166,7 +120,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 for text, result, encoding in zip(request.inputs, done.results, done.encodings, strict=True)
             ]
 
-        found = gather() if done.usage.total_tokens <= INLINE_ENTITY_TOKENS else await asyncio.to_thread(gather)
+        found = gather() if done.tokens <= INLINE_ENTITY_TOKENS else await asyncio.to_thread(gather)
         return pb.ExtractEntitiesResponse(
             results=[
                 pb.Entities(entities=[
@@ -175,20 +129,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 for entities in found
             ],
             model=model.name,
-            usage=done.usage,
-            timing=self._timing(done.item, done.tokenize_seconds, started),
+            usage=usage(done.tokens),
+            timing=timing(done, started),
         )
 
     @grpc_errors("Tokenize")
     async def Tokenize(
         self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.TokenizeResponse:
-        model = self._registry.get(request.model)
-        self._check_count(request.inputs)
+        model = self.plane.model(request.model)
         special = request.add_special_tokens if request.HasField("add_special_tokens") else True
-        encodings = await model.encoder.encode_async(
-            request.inputs, request.text_pairs, truncate=request.truncate, add_special_tokens=special
-        )
+        encodings = await self.plane.tokenize(model, request.inputs, request.text_pairs, truncate=request.truncate,
+                                              add_special_tokens=special)
         results = [
             pb.Tokens(
                 ids=e.ids,
@@ -198,7 +150,5 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             )
             for e in encodings
         ]
-        tokens = sum(len(e.ids) for e in encodings)
-        return pb.TokenizeResponse(
-            results=results, model=model.name, usage=pb.Usage(prompt_tokens=tokens, total_tokens=tokens)
-        )
+        return pb.TokenizeResponse(results=results, model=model.name,
+                                   usage=usage(sum(len(e.ids) for e in encodings)))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -21,8 +20,6 @@ from prometheus_client.registry import Collector
 from millibatch.batching.batcher import Batcher, BatchObserver, BatchRecord
 from millibatch.batching.work import WorkItem
 from millibatch.engines.gpu_info import GpuStats, gpu_stats
-from millibatch.service.registry import ModelRegistry
-from millibatch.service.status import RequestRecorder
 
 log = logging.getLogger("millibatch.metrics")
 
@@ -34,8 +31,6 @@ LATENCY_BUCKETS = (
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 PADDING_BUCKETS = (1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
-#: Label for requests naming a model that is not served (keeps label cardinality bounded).
-UNKNOWN_MODEL = "unknown"
 
 
 class QueueCollector(Collector):
@@ -169,15 +164,6 @@ class Metrics:
         """Count one finished RPC and its latency."""
         self.requests.labels(model, rpc, code).inc()
         self.request_duration.labels(model, rpc).observe(seconds)
-
-    def recorder(self, registry: ModelRegistry) -> RequestRecorder:
-        """A `RequestRecorder` for `@grpc_errors` that labels requests with the served model they named."""
-
-        def record(rpc: str, request: Any, code: str, seconds: float) -> None:
-            name = getattr(request, "model", "") or registry.default
-            self.request_done(name if name in registry.models else UNKNOWN_MODEL, rpc, code, seconds)
-
-        return record
 
     def work_done(self, model: str, item: WorkItem, tokenize_seconds: float) -> None:
         """Per-request stage timings of a request that went through the batcher."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import grpc
 
 from millibatch.errors import ModelNotFound
-from millibatch.service.registry import ModelRegistry, ServedModel
+from millibatch.service.dataplane import DataPlane
+from millibatch.service.registry import ServedModel
 from millibatch.service.status import grpc_errors
 from millibatch.v1 import models_pb2 as pb
 from millibatch.v1 import models_pb2_grpc
@@ -43,8 +44,9 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
 class ModelsServicer(models_pb2_grpc.ModelsServicer):
     """ListModels and DescribeModel; answers even while models warm up."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
-        self._registry = registry
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self._registry = plane.registry
 
     @grpc_errors("ListModels")
     async def ListModels(

@@ -20,13 +20,16 @@ from grpc_reflection.v1alpha import reflection
 
 from millibatch.kserve import grpc_service_pb2, grpc_service_pb2_grpc
 from millibatch.service.auth import ApiKeyAuth
+from millibatch.service.dataplane import DataPlane
 from millibatch.service.decoding import DecodeGuard
+from millibatch.service.first_use import resolve_model_dir
 from millibatch.service.inference_servicer import InferenceServicer
 from millibatch.service.kserve.servicer import KServeServicer
 from millibatch.service.ledger import CallLedger
 from millibatch.service.metrics import Metrics
+from millibatch.service.model_loading import load_model, model_specs
 from millibatch.service.models_servicer import ModelsServicer
-from millibatch.service.registry import ModelRegistry, ServedModel, load_model, model_specs, resolve_model_dir
+from millibatch.service.registry import ModelRegistry, ServedModel
 from millibatch.service.tls import server_credentials
 from millibatch.settings import Settings
 from millibatch.v1 import inference_pb2, inference_pb2_grpc, models_pb2, models_pb2_grpc
@@ -55,6 +58,11 @@ def channel_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
         ("grpc.max_send_message_length", settings.max_send_message_bytes),
         ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        # Calls gRPC has received but Python has not yet picked up. Beyond its limits gRPC core cancels
+        # them (CANCELLED, 1000 / 3000 by default); sized so a burst as large as the stream limit reaches
+        # admission instead, which answers RESOURCE_EXHAUSTED with a reason.
+        ("grpc.server.max_pending_requests", settings.max_concurrent_streams),
+        ("grpc.server.max_pending_requests_hard_limit", settings.max_concurrent_streams),
         ("grpc.so_reuseport", 0),
         # Answer client keepalive pings, but not more often than every 10 s without calls in flight.
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -79,6 +87,8 @@ class InferenceServer:
         #: Calls that reached a handler, and how they ended (checked after a drain).
         self.ledger = CallLedger()
         self.metrics = Metrics(lambda: [(m.name, m.batcher) for m in self.registry.models.values()])
+        #: What every protocol does with a request; the servicers only convert to and from protobuf.
+        self.plane = DataPlane(self.registry, settings, self.metrics, self.ledger)
         #: Bound metrics port (0: endpoint disabled).
         self.metrics_port = 0
 
@@ -90,11 +100,9 @@ class InferenceServer:
         interceptors.append(DecodeGuard())
         credentials = server_credentials(self.settings)
         server = grpc.aio.server(options=channel_options(self.settings), interceptors=interceptors)
-        inference = InferenceServicer(self.registry, self.settings, self.metrics, self.ledger)
-        kserve = KServeServicer(self.registry, self.settings, self.ledger)
-        inference_pb2_grpc.add_InferenceServicer_to_server(inference, server)
-        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.registry), server)
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
+        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.plane), server)
+        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.plane), server)
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(self.plane), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         services = [INFERENCE_SERVICE, MODELS_SERVICE, KSERVE_SERVICE, health.SERVICE_NAME]
         if self.settings.reflection:

@@ -1,4 +1,11 @@
-"""The one place errors become gRPC statuses."""
+"""The one place errors become statuses, and every call through a gRPC door is accounted for.
+
+`STATUS` is the single table from a millibatch error's status name to its gRPC code (and the HTTP
+status a REST door answers with). `grpc_errors` wraps every unary handler of every servicer, and
+`grpc_stream_errors` every streaming one: they turn MillibatchError into its status, anything
+unexpected into INTERNAL without internals, log one line per failed request, and tell the data plane
+that the call started and how it ended (call ledger, request metrics).
+"""
 
 from __future__ import annotations
 
@@ -6,33 +13,46 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 
-from millibatch.errors import MillibatchError
-from millibatch.service.ledger import CallLedger
+from millibatch.errors import MillibatchError, StatusName
+
+if TYPE_CHECKING:
+    from millibatch.service.dataplane import DataPlane
 
 log = logging.getLogger("millibatch.requests")
 
-STATUS_CODES: dict[str, grpc.StatusCode] = {code.name: code for code in grpc.StatusCode}
+#: Error status name → (gRPC status code, HTTP status).
+STATUS: dict[StatusName, tuple[grpc.StatusCode, int]] = {
+    "INVALID_ARGUMENT": (grpc.StatusCode.INVALID_ARGUMENT, 400),
+    "NOT_FOUND": (grpc.StatusCode.NOT_FOUND, 404),
+    "RESOURCE_EXHAUSTED": (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+    "DEADLINE_EXCEEDED": (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+    "UNAVAILABLE": (grpc.StatusCode.UNAVAILABLE, 503),
+    "INTERNAL": (grpc.StatusCode.INTERNAL, 500),
+    "FAILED_PRECONDITION": (grpc.StatusCode.FAILED_PRECONDITION, 400),
+    "CANCELLED": (grpc.StatusCode.CANCELLED, 499),
+    "UNAUTHENTICATED": (grpc.StatusCode.UNAUTHENTICATED, 401),
+}
 #: Load-shedding answers: under overload they come by the thousand per second, so they are logged at
 #: DEBUG only (metrics count every one); every other failure gets an INFO line.
 OVERLOAD_CODES = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
-Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
-class RequestRecorder(Protocol):
-    """Told about every finished RPC (metrics); must not block."""
+class Door(Protocol):
+    """A servicer: it converts protobuf to data-plane calls and back."""
 
-    def __call__(self, rpc: str, request: Any, code: str, seconds: float) -> None: ...
+    plane: DataPlane
 
 
 def status_of(error: MillibatchError) -> grpc.StatusCode:
     """The gRPC status code for a millibatch error."""
-    return STATUS_CODES[error.status]
+    return STATUS[error.status][0]
 
 
 def request_id(context: grpc.aio.ServicerContext) -> str:
@@ -51,29 +71,33 @@ def fail(context: grpc.aio.ServicerContext, status: grpc.StatusCode, details: st
     context.set_details(details)
 
 
-def grpc_errors(rpc: str) -> Callable[[Handler], Handler]:
-    """Turn MillibatchError into its status and anything unexpected into INTERNAL without internals;
-    log one line per failed request (DEBUG for load shedding, see OVERLOAD_CODES)."""
+def failure(rpc: str, error: BaseException, context: grpc.aio.ServicerContext) -> tuple[str, grpc.StatusCode, str]:
+    """Log a failed request and say how it ends: (status name, code, details for the caller)."""
+    if isinstance(error, MillibatchError):
+        status = status_of(error)
+        level = logging.DEBUG if status in OVERLOAD_CODES else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "request failed", extra={"rpc": rpc, "status": status.name, "detail": str(error),
+                                                    "request_id": request_id(context)})
+        return status.name, status, str(error)
+    log.error("request failed", exc_info=error, extra={"rpc": rpc, "status": "INTERNAL",
+                                                       "request_id": request_id(context)})
+    return "INTERNAL", grpc.StatusCode.INTERNAL, "internal error"
+
+
+def grpc_errors(rpc: str, model_field: str = "model") -> Callable[[Handler], Handler]:
+    """Wrap a unary handler of a `Door`: errors become statuses, and the plane accounts for the call
+    under the model named by the request's `model_field`."""
 
     def decorate(method: Handler) -> Handler:
         @functools.wraps(method)
-        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def wrapper(self: Door, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            plane = self.plane
             started = time.perf_counter()
             code = "OK"
-            ledger: CallLedger | None = getattr(self, "ledger", None)
-            if ledger is not None:
-                ledger.accepted += 1
+            plane.call_started()
             try:
                 return await method(self, request, context)
-            except MillibatchError as error:
-                status = status_of(error)
-                code = status.name
-                level = logging.DEBUG if status in OVERLOAD_CODES else logging.INFO
-                if log.isEnabledFor(level):
-                    log.log(level, "request failed", extra={"rpc": rpc, "status": code, "detail": str(error),
-                                                            "request_id": request_id(context)})
-                fail(context, status, str(error))
-                return None
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
@@ -81,23 +105,45 @@ def grpc_errors(rpc: str) -> Callable[[Handler], Handler]:
                 # The handler aborted by itself and has already chosen (and logged) its status.
                 code = context.code().name if context.code() is not None else "UNKNOWN"
                 raise
-            except Exception:
-                code = "INTERNAL"
-                log.exception("request failed", extra={"rpc": rpc, "status": code,
-                                                        "request_id": request_id(context)})
-                fail(context, grpc.StatusCode.INTERNAL, "internal error")
+            except Exception as error:
+                code, status, details = failure(rpc, error, context)
+                fail(context, status, details)
                 return None
             finally:
-                if ledger is not None:
-                    if code == "CANCELLED":
-                        ledger.cancelled += 1
-                    else:
-                        ledger.answered += 1
-                # One place records every outcome; servicers opt in with an `on_request_done` attribute.
-                recorder: RequestRecorder | None = getattr(self, "on_request_done", None)
-                if recorder is not None:
-                    recorder(rpc, request, code, time.perf_counter() - started)
+                plane.call_ended(rpc, getattr(request, model_field, ""), code, time.perf_counter() - started)
 
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def grpc_stream_errors(rpc: str) -> Callable[[Handler], Handler]:
+    """Wrap a streaming handler (an async generator) of a `Door`: the stream is one call in the ledger;
+    its messages are counted by the handler itself (`DataPlane.count`), each with its own outcome."""
+
+    def decorate(method: Handler) -> Handler:
+        @functools.wraps(method)
+        async def wrapper(self: Door, requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            plane = self.plane
+            plane.call_started()
+            cancelled = False
+            try:
+                async for response in method(self, requests, context):
+                    yield response
+            except asyncio.CancelledError:
+                cancelled = True
+                raise
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                _code, status, details = failure(rpc, error, context)
+                fail(context, status, details)
+            finally:
+                plane.stream_ended(cancelled)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+__all__ = ["STATUS", "Door", "fail", "grpc_errors", "grpc_stream_errors", "request_id", "status_of"]

@@ -8,6 +8,7 @@ optional `token_type_ids`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -16,7 +17,7 @@ from millibatch.batching.work import Row
 from millibatch.errors import InputTooLong, InvalidInput
 from millibatch.kserve import grpc_service_pb2 as v2
 from millibatch.service.kserve.tensors import InputTensor, raw_contents, read_integers, read_texts
-from millibatch.service.tokenization import TextEncoder, to_rows
+from millibatch.service.tokenization import TextEncoder
 
 TEXT, TEXT_PAIR = "text", "text_pair"
 INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS = "input_ids", "attention_mask", "token_type_ids"
@@ -60,18 +61,24 @@ def truncate_parameter(request: v2.ModelInferRequest) -> bool:
     return parameter.bool_param
 
 
-async def text_rows(
-    named: dict[str, tuple[InputTensor, bytes | None]], encoder: TextEncoder, truncate: bool
-) -> list[Row]:
-    """Tokenize `text` (and `text_pair`) on the server."""
+@dataclass(frozen=True)
+class TextInputs:
+    """Texts (and second texts of pairs) to tokenize on the server."""
+
+    texts: list[str]
+    pairs: Sequence[str]
+    truncate: bool
+
+
+def text_inputs(named: dict[str, tuple[InputTensor, bytes | None]], truncate: bool) -> TextInputs:
+    """`text` (and `text_pair`), checked against each other."""
     if TEXT not in named:
         raise InvalidInput(f"input {TEXT_PAIR!r} needs the input {TEXT!r}")
     texts = text_batch(*named[TEXT])
     pairs: Sequence[str] = text_batch(*named[TEXT_PAIR]) if TEXT_PAIR in named else ()
     if pairs and len(pairs) != len(texts):
         raise InvalidInput(f"{TEXT_PAIR!r} has {len(pairs)} elements; it must match the {len(texts)} texts")
-    encodings = await encoder.encode_async(texts, pairs, truncate=truncate)
-    return to_rows(encodings)
+    return TextInputs(texts, pairs, truncate)
 
 
 def token_rows(
@@ -113,9 +120,9 @@ def same_shape(name: str, array: npt.NDArray[np.int64], shape: tuple[int, ...]) 
     return array
 
 
-async def request_rows(request: v2.ModelInferRequest, encoder: TextEncoder) -> list[Row]:
-    """The request's rows, from whichever input layout it uses."""
+def request_inputs(request: v2.ModelInferRequest, encoder: TextEncoder) -> TextInputs | list[Row]:
+    """The request's texts to tokenize, or its rows of token ids, from whichever input layout it uses."""
     named = named_inputs(request)
     if any(n in named for n in TEXT_INPUTS):
-        return await text_rows(named, encoder, truncate_parameter(request))
+        return text_inputs(named, truncate_parameter(request))
     return token_rows(named, encoder.max_length, encoder.vocab_size)

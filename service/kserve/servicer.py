@@ -18,21 +18,20 @@ from millibatch.engines.base import FloatArray
 from millibatch.errors import InvalidInput, MillibatchError, ModelNotFound
 from millibatch.kserve import grpc_service_pb2 as v2
 from millibatch.kserve import grpc_service_pb2_grpc
-from millibatch.service.inference_servicer import call_deadline
-from millibatch.service.kserve.inputs import request_rows
+from millibatch.service.dataplane import DataPlane
+from millibatch.service.kserve.inputs import TextInputs, request_inputs
 from millibatch.service.kserve.metadata import DEFAULT_OUTPUTS, VERSION, model_config, model_metadata, output_names
 from millibatch.service.kserve.statistics import ModelCounters
 from millibatch.service.kserve.tensors import output_tensor
-from millibatch.service.ledger import CallLedger
-from millibatch.service.registry import ModelRegistry, ServedModel
-from millibatch.service.status import grpc_errors, request_id
-from millibatch.settings import Settings
+from millibatch.service.registry import ServedModel
+from millibatch.service.status import failure, grpc_errors, grpc_stream_errors
 
 log = logging.getLogger("millibatch.requests")
 Context: TypeAlias = grpc.aio.ServicerContext
 
 #: Protocol extensions this server implements.
 EXTENSIONS = ["model_configuration", "statistics"]
+STREAM_RPC = "v2.ModelStreamInfer"
 
 
 def padded_tokens(results: list[RowResult], name: str) -> FloatArray:
@@ -46,23 +45,18 @@ def padded_tokens(results: list[RowResult], name: str) -> FloatArray:
 
 
 class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
-    """Health, metadata, inference and statistics in the V2 protocol."""
+    """Health, metadata, inference and statistics in the V2 protocol, over the data plane."""
 
-    def __init__(self, registry: ModelRegistry, settings: Settings, ledger: CallLedger | None = None) -> None:
-        self._registry = registry
-        self._settings = settings
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self._registry = plane.registry
         self._counters: defaultdict[str, ModelCounters] = defaultdict(ModelCounters)
-        #: Read by `@grpc_errors` to account for every accepted call.
-        self.ledger = ledger
 
     def _known_model(self, name: str, version: str) -> ServedModel:
         """A served model by its V2 name and optional version, ready or not."""
         if not name:
             raise InvalidInput("model name is required")
-        model = self._registry.models.get(name)
-        if model is None:
-            known = ", ".join(sorted(self._registry.models)) or "none"
-            raise ModelNotFound(f"model {name!r} is not served here (served: {known})")
+        model = self._registry.known(name)
         if version and version != VERSION:
             raise ModelNotFound(f"model {name!r} has no version {version!r}; the served version is {VERSION!r}")
         return model
@@ -78,7 +72,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         models = self._registry.models.values()
         return v2.ServerReadyResponse(ready=self._registry.accepting and bool(models) and all(m.ready for m in models))
 
-    @grpc_errors("v2.ModelReady")
+    @grpc_errors("v2.ModelReady", model_field="name")
     async def ModelReady(self, request: v2.ModelReadyRequest, context: Context) -> v2.ModelReadyResponse:
         model = self._known_model(request.name, request.version)
         return v2.ModelReadyResponse(ready=self._registry.accepting and model.ready)
@@ -89,19 +83,20 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> v2.ServerMetadataResponse:
         return v2.ServerMetadataResponse(name="millibatch", version=millibatch.__version__, extensions=EXTENSIONS)
 
-    @grpc_errors("v2.ModelMetadata")
+    @grpc_errors("v2.ModelMetadata", model_field="name")
     async def ModelMetadata(
         self, request: v2.ModelMetadataRequest, context: Context
     ) -> v2.ModelMetadataResponse:
         return model_metadata(self._known_model(request.name, request.version))
 
-    @grpc_errors("v2.ModelConfig")
+    @grpc_errors("v2.ModelConfig", model_field="name")
     async def ModelConfig(self, request: v2.ModelConfigRequest, context: Context) -> v2.ModelConfigResponse:
         model = self._known_model(request.name, request.version)
-        config = model_config(model, self._settings.max_batch_rows, self._settings.max_delay_ms)
+        settings = self.plane.settings
+        config = model_config(model, settings.max_batch_rows, settings.max_delay_ms)
         return v2.ModelConfigResponse(config=config)
 
-    @grpc_errors("v2.ModelStatistics")
+    @grpc_errors("v2.ModelStatistics", model_field="name")
     async def ModelStatistics(
         self, request: v2.ModelStatisticsRequest, context: Context
     ) -> v2.ModelStatisticsResponse:
@@ -110,14 +105,16 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             model_stats=[self._counters[name].to_proto(name, VERSION) for name in names]
         )
 
-    @grpc_errors("v2.ModelInfer")
+    @grpc_errors("v2.ModelInfer", model_field="model_name")
     async def ModelInfer(self, request: v2.ModelInferRequest, context: Context) -> v2.ModelInferResponse:
         return await self._infer(request, context)
 
+    @grpc_stream_errors("v2.ModelStreamInfer")
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[v2.ModelInferRequest], context: Context
     ) -> AsyncIterator[v2.ModelStreamInferResponse]:
-        """Answer each streamed request as soon as it is done (so they batch together); errors in-band."""
+        """Answer each streamed request as soon as it is done (so they batch together); errors in-band,
+        each request counted in the metrics with its own outcome."""
         responses: asyncio.Queue[v2.ModelStreamInferResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
 
@@ -147,22 +144,20 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: v2.ModelInferRequest, context: Context
     ) -> v2.ModelStreamInferResponse:
         """One streamed request's answer or its error message; the stream itself stays open."""
+        started = time.perf_counter()
         try:
-            return v2.ModelStreamInferResponse(infer_response=await self._infer(request, context))
-        except MillibatchError as error:
-            log.info("request failed", extra={"rpc": "v2.ModelStreamInfer", "status": error.status,
-                                               "detail": str(error), "request_id": request_id(context)})
-            message = f"[{error.status}] {error}"
-        except Exception:
-            log.exception("request failed", extra={"rpc": "v2.ModelStreamInfer", "status": "INTERNAL",
-                                                    "request_id": request_id(context)})
-            message = "[INTERNAL] internal error"
-        failed = v2.ModelInferResponse(model_name=request.model_name, id=request.id)
-        return v2.ModelStreamInferResponse(error_message=message, infer_response=failed)
+            response = v2.ModelStreamInferResponse(infer_response=await self._infer(request, context))
+            code = "OK"
+        except Exception as error:
+            code, _status, details = failure(STREAM_RPC, error, context)
+            failed = v2.ModelInferResponse(model_name=request.model_name, id=request.id)
+            response = v2.ModelStreamInferResponse(error_message=f"[{code}] {details}", infer_response=failed)
+        self.plane.count(STREAM_RPC, request.model_name, code, time.perf_counter() - started)
+        return response
 
     def _deadline(self, request: v2.ModelInferRequest, context: Context) -> float:
         """The earlier of the gRPC deadline (or the default) and the V2 `timeout` parameter (microseconds)."""
-        deadline = call_deadline(context, self._settings)
+        deadline = self.plane.deadline(context.time_remaining())
         if "timeout" not in request.parameters:
             return deadline
         parameter = request.parameters["timeout"]
@@ -208,11 +203,13 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> tuple[v2.ModelInferResponse, WorkItem]:
         deadline = self._deadline(request, context)
         names = self._requested_outputs(request, model)
-        rows = await request_rows(request, model.encoder)
-        limit = self._settings.max_inputs_per_request
-        if not rows or len(rows) > limit:
-            raise InvalidInput(f"request has a batch of {len(rows)}; it must be between 1 and {limit}")
-        results, item = await model.compute(rows, deadline, self._settings.max_tokens_per_request)
+        inputs = request_inputs(request, model.encoder)
+        if isinstance(inputs, TextInputs):
+            done = await self.plane.compute_texts(model, inputs.texts, inputs.pairs, truncate=inputs.truncate,
+                                                  deadline=deadline)
+        else:
+            done = await self.plane.compute_rows(model, inputs, deadline)
+        results, item = done.results, done.item
         response = v2.ModelInferResponse(model_name=model.name, model_version=VERSION, id=request.id)
         per_token = model.manifest.task == "token-classify"
         for name in names:

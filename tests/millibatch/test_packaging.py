@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -23,11 +24,23 @@ REPO = Path(__file__).resolve().parents[2]
 CLIENT_DISTRIBUTIONS = {"grpcio", "protobuf"}
 
 
+#: What a wheel is built from (the rest of the checkout is not packaged).
+PACKAGED = ("pyproject.toml", "README.md", "millibatch", "service", "batching", "engines")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Built from a copy: setuptools leaves a build/ folder behind, which must not go stale in the checkout.
+    source = tmp_path_factory.mktemp("source")
+    for name in PACKAGED:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name, symlinks=True,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(REPO / name, source / name)
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(out), str(REPO)], check=True, capture_output=True, timeout=300)
+                    "--wheel-dir", str(out), str(source)], check=True, capture_output=True, timeout=300)
     return next(out.glob("millibatch-*.whl"))
 
 

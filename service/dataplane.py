@@ -1,0 +1,129 @@
+"""The data plane: what every door does with a request, written once.
+
+The millibatch.v1 and KServe V2 servicers only convert between their wire format and these calls. The
+plane owns the request limits, the refusal before any work is spent (admission's precheck, ahead of
+tokenizing), tokenizing, the trip through the model's batcher, the rule that no answer leaves after
+its deadline, and the accounting of every call: the call ledger and the request metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tokenizers import Encoding
+
+from millibatch.batching.work import Row, RowResult, WorkItem
+from millibatch.errors import InvalidInput
+from millibatch.service.ledger import CallLedger
+from millibatch.service.metrics import Metrics
+from millibatch.service.registry import ModelRegistry, ServedModel
+from millibatch.service.tokenization import to_rows
+from millibatch.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Computed:
+    """A request after the batcher: per-row results in input order, and what the response reports."""
+
+    results: list[RowResult]
+    item: WorkItem
+    #: Tokens of the request's rows (its usage).
+    tokens: int
+    tokenize_seconds: float
+    #: The tokenizer's encodings of the inputs (offsets, word ids), when the plane tokenized them.
+    encodings: Sequence[Encoding] = ()
+
+
+class DataPlane:
+    """Limits, tokenizing, batching and accounting for every protocol."""
+
+    def __init__(self, registry: ModelRegistry, settings: Settings, metrics: Metrics | None = None,
+                 ledger: CallLedger | None = None) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.metrics = metrics
+        self.ledger = ledger or CallLedger()
+        self._default_timeout = settings.default_deadline_ms / 1000.0
+        self._max_inputs = settings.max_inputs_per_request
+        self._max_tokens = settings.max_tokens_per_request
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def model(self, name: str, task: str | None = None) -> ServedModel:
+        """The served model a request names (the default when empty), ready for work."""
+        return self.registry.get(name, task)
+
+    def deadline(self, remaining: float | None) -> float:
+        """The call's deadline as an absolute loop time, from the seconds its caller has left (the gRPC
+        deadline, a request header), else the configured default."""
+        return asyncio.get_running_loop().time() + (self._default_timeout if remaining is None else remaining)
+
+    def check_count(self, count: int) -> None:
+        """Refuse an empty request or one with more inputs than the limit."""
+        limit = self._max_inputs
+        if not count:
+            raise InvalidInput(f"inputs is empty; send between 1 and {limit} texts")
+        if count > limit:
+            raise InvalidInput(f"{count} inputs in one request; the limit is {limit} (send between 1 and {limit})")
+
+    async def compute_texts(self, model: ServedModel, texts: Sequence[str], pairs: Sequence[str] = (), *,
+                            truncate: bool, deadline: float) -> Computed:
+        """Tokenize texts (and second texts of pairs) and run them through the model's batcher."""
+        self.check_count(len(texts))
+        # The cheapest refusal: the queue alone outlasts the deadline, so nothing is spent on tokenizing.
+        model.batcher.precheck(deadline, len(texts))
+        started = time.perf_counter()
+        encodings = await model.encoder.encode_async(texts, pairs, truncate=truncate)
+        tokenize_seconds = time.perf_counter() - started
+        return await self.compute_rows(model, to_rows(encodings), deadline, tokenize_seconds, encodings)
+
+    async def compute_rows(self, model: ServedModel, rows: list[Row], deadline: float,
+                           tokenize_seconds: float = 0.0, encodings: Sequence[Encoding] = ()) -> Computed:
+        """Run tokenized rows through the model's batcher; refuse them, or answer before the deadline."""
+        self.check_count(len(rows))
+        tokens = 0
+        for row in rows:
+            tokens += row.length
+        if tokens > self._max_tokens:
+            raise InvalidInput(f"request has {tokens} tokens; the limit is {self._max_tokens}")
+        item = model.batcher.submit(rows, deadline)
+        results = await item.future
+        model.batcher.check_in_time(item)
+        if self.metrics is not None:
+            self.metrics.work_done(model.name, item, tokenize_seconds)
+        return Computed(results, item, tokens, tokenize_seconds, encodings)
+
+    async def tokenize(self, model: ServedModel, texts: Sequence[str], pairs: Sequence[str] = (), *,
+                       truncate: bool, add_special_tokens: bool = True) -> list[Encoding]:
+        """Tokens of each text, without running the model."""
+        self.check_count(len(texts))
+        return await model.encoder.encode_async(texts, pairs, truncate=truncate, add_special_tokens=add_special_tokens)
+
+    # -- accounting ------------------------------------------------------------------------------
+
+    def call_started(self) -> None:
+        """A call reached a handler (of any door)."""
+        self.ledger.accepted += 1
+
+    def call_ended(self, rpc: str, model: str, code: str, seconds: float) -> None:
+        """A unary call ended with status `code` after `seconds`: ledger and metrics."""
+        if code == "CANCELLED":
+            self.ledger.cancelled += 1
+        else:
+            self.ledger.answered += 1
+        self.count(rpc, model, code, seconds)
+
+    def stream_ended(self, cancelled: bool) -> None:
+        """A streaming call ended (its messages were counted one by one)."""
+        if cancelled:
+            self.ledger.cancelled += 1
+        else:
+            self.ledger.answered += 1
+
+    def count(self, rpc: str, model: str, code: str, seconds: float) -> None:
+        """Count one request (a unary call, or one message of a stream) in the metrics."""
+        if self.metrics is not None:
+            self.metrics.request_done(self.registry.metric_label(model), rpc, code, seconds)
