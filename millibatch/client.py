@@ -44,7 +44,9 @@ def embed_request(
 ) -> pb.EmbedRequest:
     """The EmbedRequest Client.embed sends; None leaves a setting to the server."""
     request = pb.EmbedRequest(model=model, inputs=list(inputs), truncate=truncate, prompt_name=prompt_name or "",
-                              prompt=prompt or "", truncation_direction=_direction(truncation_direction))
+                              truncation_direction=_direction(truncation_direction))
+    if prompt is not None:  # present even when empty: "" turns the model's default prompt off
+        request.prompt = prompt
     if normalize is not None:
         request.normalize = normalize
     if dimensions is not None:
@@ -147,7 +149,8 @@ class Client:
               truncation_direction: Direction | None = None,
               encoding: Encoding | None = None) -> list[list[float]] | npt.NDArray[Any]:
         """One vector per input; with an `encoding` a numpy array decoded from packed bytes (embeddings_from).
-        `dimensions` keeps a prefix (Matryoshka); `prompt_name` or `prompt` is prepended to every input."""
+        `dimensions` keeps a prefix (Matryoshka); `prompt_name` or `prompt` is prepended to every input
+        (neither: the model's default prompt; `prompt=""`: none)."""
         request = embed_request(inputs, model=model, truncate=truncate, normalize=normalize, dimensions=dimensions,
                                 prompt_name=prompt_name, prompt=prompt, truncation_direction=truncation_direction,
                                 encoding=encoding)

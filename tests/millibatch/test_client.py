@@ -45,6 +45,7 @@ def test_embed_request_carries_every_option() -> None:
     literal = embed_request(["a"], prompt="query: ", truncation_direction="right", encoding="float16")
     assert literal.prompt == "query: " and literal.truncation_direction == pb.TRUNCATION_DIRECTION_RIGHT
     assert literal.encoding == pb.VECTOR_ENCODING_FLOAT16
+    assert not embed_request(["a"]).HasField("prompt") and embed_request(["a"], prompt="").HasField("prompt")
 
 
 def packed_response(vectors: np.ndarray, encoding: Encoding) -> pb.EmbedResponse:

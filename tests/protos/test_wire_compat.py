@@ -25,8 +25,10 @@ def test_existing_field_numbers_are_kept_and_new_ones_follow() -> None:
 def test_presence_is_tracked_where_unset_differs_from_zero() -> None:
     request = pb.EmbedRequest()
     assert not request.HasField("dimensions") and not request.HasField("normalize")
+    assert not request.HasField("prompt")
     request.dimensions = 0
-    assert request.HasField("dimensions")
+    request.prompt = ""  # no prompt at all, not even the model's default
+    assert request.HasField("dimensions") and request.HasField("prompt")
 
 
 def test_an_old_request_reads_as_the_old_behaviour() -> None:
