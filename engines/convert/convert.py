@@ -153,6 +153,8 @@ def _build(
         labels=labels,
         pooling=source.pooling if options.task == "embed" else "",
         normalize=source.normalize if options.task == "embed" else False,
+        prompts=dict(source.prompts),
+        default_prompt_name=source.default_prompt_name,
         source=str(source.path),
         source_hash=sources.source_hash(source.path),
         precision=options.precision,
