@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from millibatch.errors import InvalidInput
 
-Task = Literal["embed", "classify", "token-classify"]
+Task = Literal["embed", "classify", "token-classify", "sparse-embed"]
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -28,7 +28,7 @@ class Manifest:
     task: Task
     #: Longest input in tokens, special tokens included.
     max_length: int
-    #: Embedding size or number of labels.
+    #: Embedding size, number of labels, or for sparse-embed the vocabulary size.
     dimensions: int
     #: Graph input names, in the order the engine feeds them.
     input_names: list[str]
