@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Task = Literal["embed", "classify", "token-classify"]
+from millibatch.errors import InvalidInput
+
+Task = Literal["embed", "classify", "token-classify", "sparse-embed"]
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -26,7 +28,7 @@ class Manifest:
     task: Task
     #: Longest input in tokens, special tokens included.
     max_length: int
-    #: Embedding size or number of labels.
+    #: Embedding size, number of labels, or for sparse-embed the vocabulary size.
     dimensions: int
     #: Graph input names, in the order the engine feeds them.
     input_names: list[str]
@@ -38,6 +40,10 @@ class Manifest:
     pooling: str = ""
     #: Whether embeddings are L2-normalised unless the request says otherwise.
     normalize: bool = True
+    #: Named prompts prepended to inputs on request (sentence-transformers' `prompts`, e.g. {"query": "query: "}).
+    prompts: dict[str, str] = field(default_factory=dict)
+    #: The prompt applied when a request names none (a key of `prompts`); empty for none.
+    default_prompt_name: str = ""
     #: Numeric precision of the weights ("fp32", "fp16", "int8").
     precision: str = "fp32"
     #: Engine the artefacts are for ("onnxruntime" or "tensorrt").
@@ -61,6 +67,21 @@ class Manifest:
     tensorrt_plans: list[dict[str, Any]] = field(default_factory=list)
     #: Manifest layout version.
     format_version: int = FORMAT_VERSION
+
+    def prompt_text(self, prompt_name: str = "", prompt: str | None = None) -> str:
+        """The text to prepend to every input of a request: its literal `prompt`, else the named prompt,
+        else the model's default prompt (as sentence-transformers' encode); "" for none."""
+        if prompt is not None:
+            if prompt_name:
+                raise InvalidInput("prompt_name and prompt are mutually exclusive; send one of them")
+            return prompt
+        name = prompt_name or self.default_prompt_name
+        if not name:
+            return ""
+        if name not in self.prompts:
+            known = ", ".join(sorted(self.prompts)) or "none"
+            raise InvalidInput(f"model {self.name!r} has no prompt named {name!r} (its prompts: {known})")
+        return self.prompts[name]
 
     def save(self, directory: Path) -> None:
         """Write manifest.json into `directory`."""

@@ -27,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="turn a Hugging Face checkpoint into a model directory")
     convert.add_argument("source", help="checkpoint folder, or a packaged model name such as all-MiniLM-L6-v2")
     convert.add_argument("-o", "--output", type=Path, required=True, help="model directory to write")
-    convert.add_argument("--task", choices=["embed", "classify", "token-classify"], default="embed",
-                         help="classify takes single texts or pairs; token-classify exports per-token logits (NER)")
+    convert.add_argument("--task", choices=["embed", "classify", "token-classify", "sparse-embed"], default="embed",
+                         help="classify takes single texts or pairs; token-classify exports per-token logits (NER); "
+                              "sparse-embed turns a masked-LM checkpoint into SPLADE vocabulary weights")
     convert.add_argument("--name", default="", help="serve the model under this name")
     convert.add_argument("--force", action="store_true", help="replace an existing output directory")
     convert.add_argument("--stsb", type=Path, default=None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -17,6 +18,9 @@ INLINE_CHARS = 4096
 #: Up to this many inputs, encode one by one rather than through the tokenizer's thread pool.
 SEQUENTIAL_INPUTS = 8
 
+#: Which end of an over-long input truncation cuts away: "right" keeps the start, "left" the end.
+Direction = Literal["right", "left"]
+
 
 class TextEncoder:
     """Turns texts (and optional second texts of pairs) into model rows."""
@@ -27,21 +31,28 @@ class TextEncoder:
         self._plain = Tokenizer.from_file(str(tokenizer_file))
         self._plain.no_padding()
         self._plain.no_truncation()
-        self._truncating = Tokenizer.from_file(str(tokenizer_file))
-        self._truncating.no_padding()
-        self._truncating.enable_truncation(max_length, strategy="longest_first")
+        # One pre-configured tokenizer per direction: enable_truncation mutates the tokenizer, which
+        # threads share, so it is never reconfigured per call.
+        self._truncating: dict[Direction, Tokenizer] = {}
+        for direction in ("right", "left"):
+            tokenizer = Tokenizer.from_file(str(tokenizer_file))
+            tokenizer.no_padding()
+            tokenizer.enable_truncation(max_length, strategy="longest_first", direction=direction)
+            self._truncating[direction] = tokenizer
 
     @property
     def vocab_size(self) -> int:
         """Number of token ids the tokenizer can produce (added tokens included)."""
         return int(self._plain.get_vocab_size(with_added_tokens=True))
 
-    def check(self, texts: Sequence[str], pairs: Sequence[str]) -> None:
-        """Reject empty or over-long texts before spending any tokenizer time on them."""
+    def check(self, texts: Sequence[str], pairs: Sequence[str], prompt: str = "") -> None:
+        """Reject empty or over-long texts (and prompts) before spending any tokenizer time on them."""
         if pairs and len(pairs) != len(texts):
             raise InvalidInput(
                 f"text_pairs has {len(pairs)} entries; it must be empty or match the {len(texts)} inputs"
             )
+        if len(prompt) > self.max_chars:
+            raise InvalidInput(f"prompt has {len(prompt)} characters; the limit is {self.max_chars}")
         for field, values in (("inputs", texts), ("text_pairs", pairs)):
             for index, text in enumerate(values):
                 if not text:
@@ -52,17 +63,23 @@ class TextEncoder:
                     )
 
     def encode(
-        self, texts: Sequence[str], pairs: Sequence[str] = (), *, truncate: bool, add_special_tokens: bool = True
+        self, texts: Sequence[str], pairs: Sequence[str] = (), *, truncate: bool, add_special_tokens: bool = True,
+        direction: Direction = "right", prompt: str = "",
     ) -> list[Encoding]:
-        """Tokenize; without `truncate` an input longer than the model's limit is an error."""
-        self.check(texts, pairs)
-        return self._encode_checked(texts, pairs, truncate, add_special_tokens)
+        """Tokenize `prompt + text` for each text (as sentence-transformers does: the prompt's tokens count
+        and offsets index into the joined string); without `truncate` an input longer than the model's
+        limit is an error, with it `direction` says which end goes (left may cut the prompt, as in TEI)."""
+        self.check(texts, pairs, prompt)
+        return self._encode_checked(texts, pairs, truncate, add_special_tokens, direction, prompt)
 
     def _encode_checked(
-        self, texts: Sequence[str], pairs: Sequence[str], truncate: bool, add_special_tokens: bool
+        self, texts: Sequence[str], pairs: Sequence[str], truncate: bool, add_special_tokens: bool,
+        direction: Direction = "right", prompt: str = "",
     ) -> list[Encoding]:
         """`encode` for texts that already passed `check`."""
-        tokenizer = self._truncating if truncate else self._plain
+        tokenizer = self._truncating[direction] if truncate else self._plain
+        if prompt:
+            texts = [prompt + text for text in texts]
         if len(texts) <= SEQUENTIAL_INPUTS:
             # encode_batch fans out to a thread pool; for a few short texts that costs ~10x the work.
             second: Sequence[str | None] = pairs or [None] * len(texts)
@@ -85,15 +102,18 @@ class TextEncoder:
         return encodings
 
     async def encode_async(
-        self, texts: Sequence[str], pairs: Sequence[str] = (), *, truncate: bool, add_special_tokens: bool = True
+        self, texts: Sequence[str], pairs: Sequence[str] = (), *, truncate: bool, add_special_tokens: bool = True,
+        direction: Direction = "right", prompt: str = "",
     ) -> list[Encoding]:
         """`encode`, moved off the event loop when the request is large enough for that to pay."""
         # Limits first, on the loop: a multi-megabyte input is refused without a thread hop.
-        self.check(texts, pairs)
-        chars = sum(map(len, texts)) + sum(map(len, pairs))
+        self.check(texts, pairs, prompt)
+        chars = sum(map(len, texts)) + sum(map(len, pairs)) + len(prompt) * len(texts)
         if chars <= INLINE_CHARS:
-            return self._encode_checked(texts, pairs, truncate, add_special_tokens)
-        return await asyncio.to_thread(self._encode_checked, texts, pairs, truncate, add_special_tokens)
+            return self._encode_checked(texts, pairs, truncate, add_special_tokens, direction, prompt)
+        return await asyncio.to_thread(
+            self._encode_checked, texts, pairs, truncate, add_special_tokens, direction, prompt
+        )
 
 
 def to_rows(encodings: Sequence[Encoding]) -> list[Row]:

@@ -64,6 +64,25 @@ def make_tiny_ner_checkpoint(folder: Path) -> Path:
     return folder
 
 
+def make_tiny_mlm_checkpoint(folder: Path) -> Path:
+    """A random 2-layer BertForMaskedLM (hidden 32) with the MiniLM tokenizer: a stand-in for a SPLADE checkpoint."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, architectures=["BertForMaskedLM"],
+    )
+    model = BertForMaskedLM(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    shutil.copyfile(minilm_source() / "tokenizer.json", folder / "tokenizer.json")
+    return folder
+
+
 @contextlib.asynccontextmanager
 async def running_server(models: list[Path], **overrides: object) -> AsyncIterator[InferenceServer]:
     """An InferenceServer on a free loopback port, started and warmed, drained on exit."""

@@ -5,6 +5,8 @@ Outputs by task (all float32):
 - classify: `logits` [rows, labels] and `probabilities` (softmax of logits).
 - token-classify: `token_logits` [rows, tokens, labels] and `token_probabilities`, one row per word
   piece (the server merges pieces into entities).
+- sparse-embed: `sparse_weights` [rows, vocab], SPLADE's max over the input's tokens of
+  log(1 + ReLU(masked-LM logits)); padding tokens are masked out (engines/sparse.py makes it sparse).
 """
 
 from __future__ import annotations
@@ -24,17 +26,38 @@ OUTPUTS_BY_TASK = {
     "embed": ["embeddings", "pooled"],
     "classify": ["logits", "probabilities"],
     "token-classify": ["token_logits", "token_probabilities"],
+    "sparse-embed": ["sparse_weights"],
 }
 OPSET = 17
 
 
 def load_reference(path: Path, task: str) -> Any:
     """The PyTorch model in eval mode, with the eager attention path (exports cleanly)."""
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import (
+        AutoModel,
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
-    classes = {"classify": AutoModelForSequenceClassification, "token-classify": AutoModelForTokenClassification}
+    classes = {"classify": AutoModelForSequenceClassification, "token-classify": AutoModelForTokenClassification,
+               "sparse-embed": AutoModelForMaskedLM}
     cls = classes.get(task, AutoModel)
-    return cls.from_pretrained(str(path), attn_implementation="eager").eval()
+    model, info = cls.from_pretrained(str(path), attn_implementation="eager", output_loading_info=True)
+    if task == "sparse-embed" and info["missing_keys"]:
+        # A checkpoint without a masked-LM head would get a random one: every weight would be noise.
+        raise ValueError(f"--task sparse-embed needs a masked-LM checkpoint (e.g. BertForMaskedLM); {path} has "
+                         f"no weights for {', '.join(sorted(info['missing_keys'])[:3])}")
+    return model.eval()
+
+
+def splade_weights(logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """SPLADE's pooling: max over tokens of log(1 + ReLU(logits)) [rows, tokens, vocab] → [rows, vocab].
+    The weights are ≥ 0, so zeroing padding tokens keeps them out of the max."""
+    import torch
+
+    weights = torch.log1p(torch.relu(logits)) * attention_mask.unsqueeze(-1).to(logits.dtype)
+    return weights.amax(dim=1)
 
 
 def build_head(model: Any, task: str, pooling: str = "mean") -> torch.nn.Module:
@@ -72,9 +95,23 @@ def build_head(model: Any, task: str, pooling: str = "mean") -> torch.nn.Module:
             ).logits
             return logits, torch.softmax(logits, dim=-1)
 
+    class SparseHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor
+        ) -> tuple[torch.Tensor]:
+            logits = self.model(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).logits
+            return (splade_weights(logits, attention_mask),)
+
     # ClassifyHead serves both classifiers: the softmax over the last axis is per sequence for
     # classify and per token for token-classify.
-    head = EmbedHead() if task == "embed" else ClassifyHead()
+    heads = {"embed": EmbedHead, "sparse-embed": SparseHead}
+    head = heads.get(task, ClassifyHead)()
     # A fresh Module starts in training mode and export restores that mode afterwards, which would
     # switch dropout back on in the reference model.
     return head.eval()

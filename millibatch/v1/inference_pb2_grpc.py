@@ -55,6 +55,16 @@ class InferenceStub:
                 request_serializer=millibatch_dot_v1_dot_inference__pb2.ExtractEntitiesRequest.SerializeToString,
                 response_deserializer=millibatch_dot_v1_dot_inference__pb2.ExtractEntitiesResponse.FromString,
                 _registered_method=True)
+        self.Rerank = channel.unary_unary(
+                '/millibatch.v1.Inference/Rerank',
+                request_serializer=millibatch_dot_v1_dot_inference__pb2.RerankRequest.SerializeToString,
+                response_deserializer=millibatch_dot_v1_dot_inference__pb2.RerankResponse.FromString,
+                _registered_method=True)
+        self.EmbedSparse = channel.unary_unary(
+                '/millibatch.v1.Inference/EmbedSparse',
+                request_serializer=millibatch_dot_v1_dot_inference__pb2.EmbedSparseRequest.SerializeToString,
+                response_deserializer=millibatch_dot_v1_dot_inference__pb2.EmbedSparseResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -89,6 +99,20 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rerank(self, request, context):
+        """Rerank scores each document against the query with a cross-encoder (classify) model, best first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EmbedSparse(self, request, context):
+        """EmbedSparse returns one sparse vector (token id → weight, SPLADE) per input of a sparse-embed model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +135,16 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.ExtractEntities,
                     request_deserializer=millibatch_dot_v1_dot_inference__pb2.ExtractEntitiesRequest.FromString,
                     response_serializer=millibatch_dot_v1_dot_inference__pb2.ExtractEntitiesResponse.SerializeToString,
+            ),
+            'Rerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rerank,
+                    request_deserializer=millibatch_dot_v1_dot_inference__pb2.RerankRequest.FromString,
+                    response_serializer=millibatch_dot_v1_dot_inference__pb2.RerankResponse.SerializeToString,
+            ),
+            'EmbedSparse': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedSparse,
+                    request_deserializer=millibatch_dot_v1_dot_inference__pb2.EmbedSparseRequest.FromString,
+                    response_serializer=millibatch_dot_v1_dot_inference__pb2.EmbedSparseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +256,60 @@ class Inference:
             '/millibatch.v1.Inference/ExtractEntities',
             millibatch_dot_v1_dot_inference__pb2.ExtractEntitiesRequest.SerializeToString,
             millibatch_dot_v1_dot_inference__pb2.ExtractEntitiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/millibatch.v1.Inference/Rerank',
+            millibatch_dot_v1_dot_inference__pb2.RerankRequest.SerializeToString,
+            millibatch_dot_v1_dot_inference__pb2.RerankResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedSparse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/millibatch.v1.Inference/EmbedSparse',
+            millibatch_dot_v1_dot_inference__pb2.EmbedSparseRequest.SerializeToString,
+            millibatch_dot_v1_dot_inference__pb2.EmbedSparseResponse.FromString,
             options,
             channel_credentials,
             insecure,
