@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,8 +22,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.deadline_batching import POLICIES, SATURATION_IN_FLIGHT, Server, run_load, summarise, workload  # noqa: E402
-from bench.processes import free_port  # noqa: E402
+from bench.deadline_batching import (  # noqa: E402
+    POLICIES,
+    SATURATION_IN_FLIGHT,
+    millibatch_server,
+    run_load,
+    summarise,
+    workload,
+)
+from bench.processes import running_server  # noqa: E402
+from bench.stats import median  # noqa: E402
 
 SECONDS = 15.0
 DEADLINE = 0.1
@@ -40,22 +47,19 @@ def worktree(ref: str, root: Path) -> Path:
 
 def measure(repo: Path, model: Path, texts_file: Path, rate: float) -> dict[str, float]:
     """Saturation req/s and deadline goodput at `rate` of the build in `repo`."""
-    port = free_port()
-    server = Server(model, port, POLICIES["deadline-aware"], instances=0, repo=repo)
-    try:
-        run_load(port, texts_file, texts_file.with_name("warm.json"), mode="closed", concurrency=16, duration=3,
-                 timeout=30)
-        saturated = run_load(port, texts_file, texts_file.with_name("saturation.json"), mode="closed",
-                             concurrency=SATURATION_IN_FLIGHT, duration=SECONDS, timeout=30)
-        overload = run_load(port, texts_file, texts_file.with_name("overload.json"), mode="open", rate=rate,
-                            duration=SECONDS, timeout=DEADLINE, seed=200)
-    finally:
-        server.stop()
-    return {"saturation_rps": float(summarise(saturated, SECONDS, 30.0)["goodput_rps"]),
-            "overload_goodput_rps": float(summarise(overload, SECONDS, DEADLINE)["goodput_rps"])}
+    with running_server(millibatch_server(model, POLICIES["deadline-aware"], instances=0, repo=repo),
+                        texts_file) as server:
+        run_load(server, texts_file, texts_file.with_name("warm.json"), "closed", 3, 30, concurrency=16)
+        saturated = run_load(server, texts_file, texts_file.with_name("saturation.json"), "closed", SECONDS, 30,
+                             concurrency=SATURATION_IN_FLIGHT)
+        overload = run_load(server, texts_file, texts_file.with_name("overload.json"), "open", SECONDS, DEADLINE,
+                            rate=rate, seed=200)
+    return {"saturation_rps": float(summarise(saturated, SECONDS)["goodput_rps"]),
+            "overload_goodput_rps": float(summarise(overload, SECONDS)["goodput_rps"])}
 
 
 def main() -> int:
+    """Measure both builds in alternating pairs and print each pair and the ratios."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base")
     parser.add_argument("new", nargs="?", default=None, help="default: this working tree")
@@ -86,7 +90,7 @@ def main() -> int:
     for metric in ("saturation_rps", "overload_goodput_rps"):
         ratios = [p[new][metric] / p[base][metric] for p in pairs]
         print(f"{metric}: {new} / {base} = " + ", ".join(f"{r:.2f}" for r in ratios)
-              + f" (median {statistics.median(ratios):.2f})")
+              + f" (median {median(ratios):.2f})")
     return 0
 
 

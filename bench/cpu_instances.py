@@ -11,7 +11,6 @@ tokens on a single instance of each set-up, interleaved. Writes bench/results/cp
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.stats import median  # noqa: E402
 from bench.timing import interleaved, write_table  # noqa: E402
 from millibatch.engines.base import EngineInputs, synthetic_inputs  # noqa: E402
 from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine, usable_cores  # noqa: E402
@@ -78,8 +78,8 @@ def main() -> int:
         f"{cores} cores, {model.parent.name}, `bench/cpu_instances.py` ({args.rounds} rounds of {args.seconds:.0f} s; "
         f"lone requests: median of {args.calls} interleaved calls)",
         ["set-up", "rows/s, mixed batches (median of rounds)", *(f"1×{n} ms" for n in LONE)],
-        [[name, f"{statistics.median(throughput[name]):.0f}",
-          *(f"{statistics.median(lone[n][name]) * 1000:.1f}" for n in LONE)] for name in setups],
+        [[name, f"{median(throughput[name]):.0f}",
+          *(f"{median(lone[n][name]) * 1000:.1f}" for n in LONE)] for name in setups],
     )
     return 0
 

@@ -11,7 +11,6 @@ and shape buckets, where tensor cores and prebuilt profiles want them.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from functools import partial
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.stats import median  # noqa: E402
 from bench.timing import interleaved, write_table  # noqa: E402
 from millibatch.engines.base import round_up, synthetic_inputs  # noqa: E402
 from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine, usable_cores  # noqa: E402
@@ -42,7 +42,7 @@ def main() -> int:
     times = interleaved(runs, args.calls)
     table = []
     for rows, length, padded in cases:
-        exact, rounded = (statistics.median(times[(rows, n)]) * 1000 for n in (length, padded))
+        exact, rounded = (median(times[(rows, n)]) * 1000 for n in (length, padded))
         table.append([rows, length, padded, f"{exact:.2f}", f"{rounded:.2f}", f"{rounded / exact:.3f}",
                       f"{padded / length:.3f}"])
     write_table(args.out, f"{usable_cores()} cores, {model.name}, one session with all cores, median of "

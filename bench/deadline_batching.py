@@ -7,7 +7,8 @@ against the raw engine's in-process throughput at the same batch shapes.
 
     .venv/bin/python bench/deadline_batching.py --duration 15      # ~8 minutes on 2 cores
 
-The load generator runs in its own process and reports its CPU use, so a saturated client shows.
+The load generator (bench/loadgen.py) runs in its own process and reports its CPU use, so a saturated
+client shows.
 """
 
 from __future__ import annotations
@@ -19,21 +20,19 @@ import json
 import os
 import platform
 import random
-import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.processes import stop_process  # noqa: E402
+from bench.processes import Launch, Server, run_loadgen, running_server, serve_launch  # noqa: E402
 
 POLICIES = {
     # name: server flags
@@ -67,168 +66,67 @@ def workload(seed: int = 7, count: int = 4000) -> list[str]:
     return texts
 
 
-# -- load generator (runs in a child process) -----------------------------------------------------
+# -- servers and load -------------------------------------------------------------------------------
 
-async def _generate(args: argparse.Namespace, texts: list[str]) -> dict[str, object]:
+def millibatch_server(model: Path, flags: list[str], instances: int = 1, port: int | None = None,
+                      repo: Path = REPO) -> Launch:
+    """`millibatch serve` as these benchmarks run it (256-row admission queue, `instances` engine
+    instances), from the checkout at `repo` (another build, for bench/compare_builds.py)."""
+    return serve_launch(model, ["--max-queue-rows", "256", "--instances", str(instances), *flags], port=port,
+                        repo=repo)
+
+
+def _describe(server: Server) -> Any:
     import grpc
 
-    from millibatch.v1 import inference_pb2 as pb
-    from millibatch.v1 import inference_pb2_grpc
+    from millibatch.v1 import models_pb2, models_pb2_grpc
 
-    channel = grpc.aio.insecure_channel(args.target)
-    stub = inference_pb2_grpc.InferenceStub(channel)
-    records: list[tuple[float, str]] = []
-    loop = asyncio.get_running_loop()
-
-    async def one(text: str) -> None:
-        # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds.
-        start = time.perf_counter()
-        try:
-            await stub.Embed(pb.EmbedRequest(inputs=[text], truncate=True), timeout=args.timeout)
-            code = "OK"
-        except grpc.aio.AioRpcError as error:
-            code = error.code().name
-        records.append((time.perf_counter() - start, code))
-
-    rng = random.Random(args.seed)
-    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-    began = loop.time()
-    tasks: set[asyncio.Task[None]] = set()
-    if args.mode == "open":
-        at = began
-        index = 0
-        while at - began < args.duration:
-            at += rng.expovariate(args.rate)
-            delay = at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(one(texts[index % len(texts)]))
-            index += 1
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-    else:
-        async def worker(offset: int) -> None:
-            i = offset
-            while loop.time() - began < args.duration:
-                await one(texts[i % len(texts)])
-                i += args.concurrency
-        await asyncio.gather(*(worker(w) for w in range(args.concurrency)))
-    if tasks:
-        await asyncio.wait(tasks, timeout=args.timeout + 5)
-    wall = loop.time() - began
-    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-    await channel.close()
-    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    return {"records": records, "wall": wall, "client_cpu": cpu / wall}
+    with grpc.insecure_channel(server.launch.target) as channel:
+        return models_pb2_grpc.ModelsStub(channel).DescribeModel(models_pb2.DescribeModelRequest(), timeout=5)
 
 
-def loadgen_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--target")
-    parser.add_argument("--texts")
-    parser.add_argument("--mode", choices=["open", "closed"])
-    parser.add_argument("--rate", type=float, default=0)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--duration", type=float)
-    parser.add_argument("--timeout", type=float)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out")
-    args = parser.parse_args(argv)
-    import uvloop
-
-    result = uvloop.run(_generate(args, json.loads(Path(args.texts).read_text())))
-    Path(args.out).write_text(json.dumps(result))
+def served_stats(server: Server) -> dict[str, float]:
+    """The served model's batching counters (running totals) and instance count."""
+    info = _describe(server)
+    b = info.batching
+    return {"batches": b.batches, "rows": b.rows, "real_tokens": b.real_tokens,
+            "padded_tokens": b.padded_tokens, "shed": b.shed, "rejected": b.rejected,
+            "engine_seconds": b.engine_seconds, "instances": info.instances}
 
 
-# -- orchestration ----------------------------------------------------------------------------------
-
-class Server:
-    """A `millibatch serve` child process."""
-
-    def __init__(self, model: Path, port: int, flags: list[str], instances: int = 1, repo: Path = REPO) -> None:
-        """Serve `model` from the checkout at `repo` (another build, for bench/compare_builds.py)."""
-        env = {**os.environ, "PYTHONPATH": str(repo)}
-        self.port = port
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "millibatch", "serve", "--model", str(model), "--host", "127.0.0.1",
-             "--port", str(port), "--metrics-port", "0", "--max-queue-rows", "256", "--instances", str(instances),
-             *flags],
-            cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        self._wait_serving()
-
-    def _wait_serving(self) -> None:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            for _ in range(600):
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        raise RuntimeError("server did not start")
-
-    def _describe(self):  # type: ignore[no-untyped-def]
-        import grpc
-
-        from millibatch.v1 import models_pb2, models_pb2_grpc
-
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            return models_pb2_grpc.ModelsStub(channel).DescribeModel(models_pb2.DescribeModelRequest(), timeout=5)
-
-    def stats(self) -> dict[str, float]:
-        """The served model's batching counters (running totals) and instance count."""
-        info = self._describe()
-        b = info.batching
-        return {"batches": b.batches, "rows": b.rows, "real_tokens": b.real_tokens,
-                "padded_tokens": b.padded_tokens, "shed": b.shed, "rejected": b.rejected,
-                "engine_seconds": b.engine_seconds, "instances": info.instances}
-
-    def cost_model(self) -> tuple[float, float, float, float]:
-        """The served model's cost-model coefficients as the server has refitted them so far."""
-        c = self._describe().cost_model
-        return (c["overhead"], c["per_row"], c["per_token"], c["per_token_squared"])
-
-    def stop(self) -> None:
-        stop_process(self.process, 30)
+def served_cost_model(server: Server) -> tuple[float, float, float, float]:
+    """The served model's cost-model coefficients as the server has refitted them so far."""
+    c = _describe(server).cost_model
+    return (c["overhead"], c["per_row"], c["per_token"], c["per_token_squared"])
 
 
-def run_load(port: int, texts_file: Path, out: Path, **options: object) -> dict[str, object]:
-    args = [sys.executable, __file__, "loadgen", "--target", f"127.0.0.1:{port}", "--texts", str(texts_file),
-            "--out", str(out)]
-    for key, value in options.items():
-        args += [f"--{key}", str(value)]
-    subprocess.run(args, check=True, cwd=REPO)
-    return dict(json.loads(out.read_text()))
+def run_load(server: Server, texts_file: Path, out: Path, mode: str, duration: float, timeout: float, *,
+             concurrency: int = 32, rate: float = 0.0, seed: int = 1, records: Path | None = None) -> dict[str, Any]:
+    """One phase of the load generator against `server`, every call with `timeout` as its deadline: no
+    warm-up, no cap on calls in flight; its result JSON (also in `out`)."""
+    flags = ["--mode", mode, "--duration", str(duration), "--timeout", str(timeout), "--concurrency",
+             str(concurrency), "--rate", str(rate), "--seed", str(seed), "--warmup", "0",
+             "--max-outstanding", "1000000"]
+    if records is not None:
+        flags += ["--records", str(records)]
+    result = run_loadgen(server.launch, None, texts_file, flags, out, duration + timeout + 120)
+    assert result is not None
+    return result
 
 
-def percentile_ms(ordered: list[float], q: float) -> float:
-    """The q-quantile of sorted seconds, in milliseconds (nearest rank below); NaN when empty."""
-    return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-def summarise(result: dict[str, object], duration: float, deadline: float) -> dict[str, float]:
-    records = result["records"]
-    assert isinstance(records, list)
-    ok = sorted(lat for lat, code in records if code == "OK")
-    # gRPC enforces the deadline itself (a late answer becomes DEADLINE_EXCEEDED), so every OK arrived
-    # in time; OKs the client's Python loop only got round to after the deadline are counted apart.
-    late_ok = sum(1 for lat in ok if lat > deadline)
-    codes: dict[str, int] = {}
-    for _, code in records:
-        codes[code] = codes.get(code, 0) + 1
-
+def summarise(result: dict[str, Any], duration: float) -> dict[str, float]:
+    """The figures these benchmarks report from one load phase; goodput is OK answers per second."""
+    kinds: dict[str, int] = result["error_kinds"]
+    shed, refused = kinds.get("DEADLINE_EXCEEDED", 0), kinds.get("RESOURCE_EXHAUSTED", 0)
+    answered = result["ok"] > 0
     return {
-        "sent": len(records), "ok": len(ok), "goodput_rps": len(ok) / duration,
-        "p50_ms": percentile_ms(ok, 0.5), "p99_ms": percentile_ms(ok, 0.99), "late_answers": late_ok,
-        "deadline_exceeded": codes.get("DEADLINE_EXCEEDED", 0),
-        "resource_exhausted": codes.get("RESOURCE_EXHAUSTED", 0),
-        "other_errors": sum(v for k, v in codes.items() if k not in ("OK", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED")),
-        "client_cpu": float(result["client_cpu"]),  # type: ignore[arg-type]
+        # gRPC enforces the deadline itself (a late answer becomes DEADLINE_EXCEEDED), so every OK arrived
+        # in time; OKs the client's Python loop only got round to after the deadline are counted apart.
+        "sent": result["requests"], "ok": result["ok"], "goodput_rps": result["ok"] / duration,
+        "p50_ms": result["p50_ms"] if answered else float("nan"),
+        "p99_ms": result["p99_ms"] if answered else float("nan"), "late_answers": result["late_ok"],
+        "deadline_exceeded": shed, "resource_exhausted": refused, "other_errors": result["errors"] - shed - refused,
+        "client_cpu": result["client_cpu_cores"],
     }
 
 
@@ -308,9 +206,7 @@ def raw_engine_throughput(
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "loadgen":
-        loadgen_main(sys.argv[2:])
-        return
+    """Measure capacity, then every policy at every load level; write results.json, results.md, goodput.png."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=REPO / "models" / "all-MiniLM-L6-v2")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per load level")
@@ -336,54 +232,53 @@ def main() -> None:
     deadline = args.deadline_ms / 1000
 
     # Single-request latency: one call at a time, nothing to batch with.
-    server = Server(model, args.port, [*POLICIES["deadline-aware"], *extra], args.instances)
-    alone = run_load(args.port, texts_file, args.out / "single.json", mode="closed", concurrency=1,
-                     duration=args.duration / 2, timeout=30)
-    single = summarise(alone, args.duration / 2, 30.0)
-    print(f"single request: p50 {single['p50_ms']:.1f} ms p99 {single['p99_ms']:.1f} ms", flush=True)
-    # Capacity under the deadline: the best goodput of closed loops at rising concurrency, each call
-    # carrying the deadline. The open-loop levels below are multiples of it.
-    capacity, capacity_concurrency = args.capacity, 0
-    for concurrency in () if args.capacity else (4, 8, 16, 32):
-        probe = run_load(args.port, texts_file, args.out / "capacity.json", mode="closed",
-                         concurrency=concurrency, duration=args.duration / 2, timeout=deadline)
-        goodput = float(summarise(probe, args.duration / 2, deadline)["goodput_rps"])
-        print(f"closed loop, {concurrency} in flight, {args.deadline_ms:.0f} ms deadline: {goodput:.1f} req/s",
-              flush=True)
-        if goodput > capacity:
-            capacity, capacity_concurrency = goodput, concurrency
-    # Saturation with no deadline pressure, for the served-vs-raw-engine comparison.
-    before = server.stats()
-    saturated = run_load(args.port, texts_file, args.out / "saturation.json", mode="closed",
-                         concurrency=SATURATION_IN_FLIGHT,
-                         duration=args.duration, timeout=30)
-    served_batches = batch_shapes(before, server.stats(), args.duration)
-    served_cost = server.cost_model()
-    server.stop()
+    spec = millibatch_server(model, [*POLICIES["deadline-aware"], *extra], args.instances, args.port)
+    with running_server(spec, texts_file) as server:
+        alone = run_load(server, texts_file, args.out / "single.json", "closed", args.duration / 2, 30,
+                         concurrency=1)
+        single = summarise(alone, args.duration / 2)
+        print(f"single request: p50 {single['p50_ms']:.1f} ms p99 {single['p99_ms']:.1f} ms", flush=True)
+        # Capacity under the deadline: the best goodput of closed loops at rising concurrency, each call
+        # carrying the deadline. The open-loop levels below are multiples of it.
+        capacity, capacity_concurrency = args.capacity, 0
+        for concurrency in () if args.capacity else (4, 8, 16, 32):
+            probe = run_load(server, texts_file, args.out / "capacity.json", "closed", args.duration / 2, deadline,
+                             concurrency=concurrency)
+            goodput = float(summarise(probe, args.duration / 2)["goodput_rps"])
+            print(f"closed loop, {concurrency} in flight, {args.deadline_ms:.0f} ms deadline: {goodput:.1f} req/s",
+                  flush=True)
+            if goodput > capacity:
+                capacity, capacity_concurrency = goodput, concurrency
+        # Saturation with no deadline pressure, for the served-vs-raw-engine comparison.
+        before = served_stats(server)
+        saturated = run_load(server, texts_file, args.out / "saturation.json", "closed", args.duration, 30,
+                             concurrency=SATURATION_IN_FLIGHT)
+        served_batches = batch_shapes(before, served_stats(server), args.duration)
+        served_cost = served_cost_model(server)
     print(f"capacity under the deadline: {capacity:.1f} requests/s ({capacity_concurrency} in flight)", flush=True)
 
     rows = []
     for name in args.policies:
         flags = POLICIES[name]
-        server = Server(model, args.port, [*flags, *extra], args.instances)
-        for load in args.loads:
-            before = server.stats()
-            result = run_load(args.port, texts_file, args.out / "load.json", mode="open", rate=capacity * load,
-                              duration=args.duration, timeout=deadline, seed=int(load * 100))
-            after = server.stats()
-            delta = {k: after[k] - before[k] for k in after}
-            summary: dict[str, object] = dict(summarise(result, args.duration, deadline))
-            summary.update(policy=name, load=load, offered_rps=capacity * load,
-                           goodput_of_capacity=float(summary["goodput_rps"]) / capacity,  # type: ignore[arg-type]
-                           padding_ratio=delta["padded_tokens"] / max(1, delta["real_tokens"]),
-                           mean_batch_rows=delta["rows"] / max(1, delta["batches"]),
-                           server_shed=delta["shed"], server_rejected=delta["rejected"])
-            rows.append(summary)
-            print(json.dumps(summary), flush=True)
-        server.stop()
+        with running_server(millibatch_server(model, [*flags, *extra], args.instances, args.port),
+                            texts_file) as server:
+            for load in args.loads:
+                before = served_stats(server)
+                result = run_load(server, texts_file, args.out / "load.json", "open", args.duration, deadline,
+                                  rate=capacity * load, seed=int(load * 100))
+                after = served_stats(server)
+                delta = {k: after[k] - before[k] for k in after}
+                summary: dict[str, object] = dict(summarise(result, args.duration))
+                summary.update(policy=name, load=load, offered_rps=capacity * load,
+                               goodput_of_capacity=float(summary["goodput_rps"]) / capacity,  # type: ignore[arg-type]
+                               padding_ratio=delta["padded_tokens"] / max(1, delta["real_tokens"]),
+                               mean_batch_rows=delta["rows"] / max(1, delta["batches"]),
+                               server_shed=delta["shed"], server_rejected=delta["rejected"])
+                rows.append(summary)
+                print(json.dumps(summary), flush=True)
 
     raw = raw_engine_throughput(model, texts, args.instances, SATURATION_IN_FLIGHT, served_cost)
-    saturation = summarise(saturated, args.duration, 30.0)
+    saturation = summarise(saturated, args.duration)
     report = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "duration_s": args.duration, "deadline_ms": args.deadline_ms, "instances": raw["instances"],

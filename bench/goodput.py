@@ -34,17 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.peers.catalog import PeerContext, launch
-from bench.run import (
-    Cores,
-    Server,
-    cores_for,
-    ensure_model,
-    process_cpu,
-    run_loadgen,
-    start_server,
-    triton_env,
-    wait_ready,
-)
+from bench.processes import Cores, Server, cores_for, process_cpu, run_loadgen, start_server, wait_ready
+from bench.run import ensure_model, triton_env
 from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
 from millibatch.engines.convert.quantize import cpuinfo_value
 

@@ -6,19 +6,18 @@ Runtime CUDA fp32/fp16, ONNX Runtime's TensorRT provider (fp16) and native Tenso
     python -m bench.gpu --model DIR --variants cpu --quick  # harness smoke test without a GPU
 
 Writes bench/results/gpu-<stamp>.json (raw numbers) and .md (tables). Compares variants in one run.
+The gRPC load comes from the load generator (bench/loadgen.py) in its own process; its files and the
+server logs go to raw/ under --out.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import json
 import os
 import platform
 import shutil
-import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.processes import free_port, stop_process
+from bench.processes import Server, run_loadgen, running_server, serve_launch
+from bench.stats import median, percentile
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -43,11 +43,6 @@ class Variant:
     options: dict[str, Any]
     #: `millibatch serve` flags, or None when the server cannot select this variant.
     serve_flags: list[str] | None = field(default=None)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """q-th percentile (0-100) of `values`, in the same unit."""
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
 def resolve_model(spec: str) -> Path:
@@ -140,7 +135,7 @@ def bench_engine(variant: Variant, shapes: list[tuple[int, int]], seconds: float
                 started = time.perf_counter()
                 engine.run(inputs, 0)
                 times.append(time.perf_counter() - started)
-            p50 = statistics.median(times)
+            p50 = median(times)
             rows_out.append({"rows": rows, "tokens": tokens, "padded_length": length, "runs": len(times),
                              "p50_ms": p50 * 1e3, "p99_ms": percentile(times, 99) * 1e3,
                              "rows_per_s": rows / p50, "tokens_per_s": rows * tokens / p50})
@@ -166,88 +161,42 @@ def text_with_tokens(tokenizer_path: Path, tokens: int) -> str:
     return text
 
 
-async def _latency(target: str, text: str, seconds: float) -> list[float]:
-    from millibatch.client import AsyncClient
-
-    times: list[float] = []
-    async with AsyncClient(target, timeout=30) as client:
-        for _ in range(5):
-            await client.embed([text])
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            await client.embed([text])
-            times.append(time.perf_counter() - started)
-    return times
+def closed_loop(server: Server, texts: Path, concurrency: int, seconds: float, out: Path) -> dict[str, Any]:
+    """The load generator's closed loop against `server` (30 s call timeout, up to 1 s of warm-up first)."""
+    flags = ["--mode", "closed", "--concurrency", str(concurrency), "--duration", str(seconds),
+             "--warmup", str(min(1.0, seconds)), "--timeout", "30"]
+    result = run_loadgen(server.launch, None, texts, flags, out, seconds + 120)
+    assert result is not None
+    return result
 
 
-async def _saturation(target: str, text: str, seconds: float, concurrency: int) -> dict[str, float]:
-    from millibatch.client import AsyncClient
-
-    done = 0
-    errors = 0
-    async with AsyncClient(target, timeout=30) as client:
-        deadline = time.perf_counter() + seconds
-
-        async def worker() -> None:
-            nonlocal done, errors
-            while time.perf_counter() < deadline:
-                try:
-                    await client.embed([text])
-                    done += 1
-                except Exception:  # overload answers RESOURCE_EXHAUSTED; count it and keep going
-                    errors += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return {"concurrency": concurrency, "requests_per_s": done / elapsed, "errors": errors}
-
-
-def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int) -> dict[str, Any]:
-    """Start `millibatch serve` for the variant, measure batch-1 latency at 16/128 tokens and saturation."""
+def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int, raw: Path) -> dict[str, Any]:
+    """Start `millibatch serve` for the variant, measure batch-1 latency at 16/128 tokens and saturation;
+    the load generator's files and the server log go to `raw`."""
     from millibatch.engines.model_dir import Manifest
 
     if variant.serve_flags is None:
         return {"variant": variant.name, "skipped": "the server has no setting that selects this variant"}
-    port = free_port()
-    cmd = [sys.executable, "-m", "millibatch", "serve", "--model", str(variant.model_dir), "--host", "127.0.0.1",
-           "--port", str(port), "--metrics-port", "0", "--max-batch-rows", str(max_rows), *variant.serve_flags]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    target = f"127.0.0.1:{port}"
-    try:
-        _wait_ready(target, server)
+    max_length = Manifest.load(variant.model_dir).max_length
+    texts: dict[int, Path] = {}
+    for tokens in sorted({min(16, max_length), min(128, max_length), 16}):
+        texts[tokens] = raw / f"gpu-{variant.name}-text-{tokens}.json"
+        texts[tokens].write_text(json.dumps([text_with_tokens(variant.model_dir / "tokenizer.json", tokens)]))
+    spec = serve_launch(variant.model_dir, ["--max-batch-rows", str(max_rows), *variant.serve_flags],
+                        name=f"gpu-{variant.name}")
+    with running_server(spec, texts[16], logs=raw, wait=300.0) as server:
         result: dict[str, Any] = {"variant": variant.name, "latency": []}
-        max_length = Manifest.load(variant.model_dir).max_length
         for tokens in sorted({min(16, max_length), min(128, max_length)}):
-            text = text_with_tokens(variant.model_dir / "tokenizer.json", tokens)
-            times = asyncio.run(_latency(target, text, seconds))
-            result["latency"].append({"tokens": tokens, "requests": len(times), "p50_ms": percentile(times, 50) * 1e3,
-                                      "p99_ms": percentile(times, 99) * 1e3})
-        text = text_with_tokens(variant.model_dir / "tokenizer.json", 16)
-        result["saturation"] = asyncio.run(_saturation(target, text, seconds, concurrency)) | {"tokens": 16}
+            phase = closed_loop(server, texts[tokens], 1, seconds, raw / f"gpu-{variant.name}-latency-{tokens}.json")
+            if phase["errors"]:
+                raise RuntimeError(f"{phase['errors']} of {phase['requests']} calls failed: {phase['error_kinds']}")
+            result["latency"].append({"tokens": tokens, "requests": phase["ok"], "p50_ms": phase["p50_ms"],
+                                      "p99_ms": phase["p99_ms"]})
+        phase = closed_loop(server, texts[16], concurrency, seconds, raw / f"gpu-{variant.name}-saturation.json")
+        # Overload answers RESOURCE_EXHAUSTED: counted as errors, not fatal.
+        result["saturation"] = {"concurrency": concurrency, "requests_per_s": phase["throughput_rps"],
+                                "errors": phase["errors"], "tokens": 16}
         return result
-    finally:
-        stop_process(server, 30)
-
-
-def _wait_ready(target: str, server: subprocess.Popen[str], timeout: float = 300.0) -> None:
-    from millibatch.client import Client
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            log = server.stderr.read() if server.stderr else ""
-            raise RuntimeError(f"server exited with {server.returncode}: {log}")
-        try:
-            with Client(target, timeout=2) as client:
-                models = client.list_models().models
-                if models and all(m.ready for m in models):
-                    return
-        except Exception:  # not listening or not serving yet
-            time.sleep(0.5)
-    raise TimeoutError(f"server at {target} not ready after {timeout:.0f}s")
 
 
 def machine() -> dict[str, Any]:
@@ -317,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"engine {variant.name} ...", file=sys.stderr)
         report["engine"].append(bench_engine(variant, shapes, args.seconds, args.max_rows))
     if not args.no_grpc:
+        raw = args.out / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
         runnable = {e["variant"] for e in report["engine"] if "skipped" not in e}
         for variant in chosen:
             if variant.name not in runnable:
@@ -324,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"grpc {variant.name} ...", file=sys.stderr)
             try:
-                report["grpc"].append(bench_grpc(variant, args.seconds, args.concurrency, args.max_rows))
+                report["grpc"].append(bench_grpc(variant, args.seconds, args.concurrency, args.max_rows, raw))
             except Exception as exc:  # one variant failing must not lose the others' numbers
                 first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 report["grpc"].append({"variant": variant.name, "skipped": f"failed: {first_line}"})

@@ -3,9 +3,14 @@
 One request carries one text, as an online caller sends it. Latency of an open-loop request counts from
 its scheduled arrival, so a server that falls behind is charged for the queueing it causes. The process
 reports its own CPU use (cores) so a saturated client is visible next to the numbers it produced.
+Every benchmark that puts gRPC load on a server runs this process (through bench.processes.run_loadgen).
 
     python -m bench.loadgen --protocol millibatch --target 127.0.0.1:50051 --texts texts.json \
-        --mode closed --concurrency 32 --duration 10 --out result.json
+        --mode closed --concurrency 32 --duration 10 --out result.json [--records calls.json]
+
+`--texts` is a JSON list: a benchmark's text set, a mixed-length workload, or a single fixed text.
+`--records` also writes every measured call as [status, milliseconds from sending], status "OK" or the
+error's kind, for benchmarks that break latency down by status.
 
 Only the standard library and numpy are imported at the top: each protocol's client library is imported
 when chosen, so the Triton driver can run from the Triton virtual environment.
@@ -27,6 +32,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from bench import stats
 
 PROTOCOLS = ("http", "millibatch", "triton-ids", "triton-text")
 
@@ -214,10 +221,13 @@ class Recorder:
 
     def __init__(self, deadline: float = float("inf")) -> None:
         self.deadline = deadline
+        #: Seconds from the scheduled send to the answer, OK calls only.
         self.latencies: list[float] = []
         self.late = 0
+        #: Failures by kind, calls the client could not send ("client-overflow") included.
         self.errors: Counter[str] = Counter()
-        self.error_latencies: dict[str, list[float]] = defaultdict(list)
+        #: Every call sent: (status, seconds from sending to the answer or the error).
+        self.calls: list[tuple[str, float]] = []
         self.send_lags: list[float] = []
 
     async def timed(self, driver: Driver, text: str, started: float) -> None:
@@ -229,12 +239,21 @@ class Recorder:
         except Exception as error:  # every failure is counted by kind, none stops the run
             kind = error_kind(error)
             self.errors[kind] += 1
-            self.error_latencies[kind].append(time.perf_counter() - sent)
+            self.calls.append((kind, time.perf_counter() - sent))
             return
         done = time.perf_counter()
         if done - sent > self.deadline:
             self.late += 1
         self.latencies.append(done - started)
+        self.calls.append(("OK", done - sent))
+
+    def error_times(self) -> dict[str, list[float]]:
+        """Seconds from sending to each failure, by kind."""
+        found: dict[str, list[float]] = defaultdict(list)
+        for status, seconds in self.calls:
+            if status != "OK":
+                found[status].append(seconds)
+        return found
 
 
 async def closed_loop(driver: Driver, texts: list[str], concurrency: int, duration: float, rng: random.Random,
@@ -290,19 +309,17 @@ def summarize(result: Result, recorder: Recorder, elapsed: float, cpu: float) ->
     result.error_kinds = dict(recorder.errors)
     result.throughput_rps = result.ok / elapsed if elapsed > 0 else 0.0
     if len(latencies):
-        result.p50_ms, result.p90_ms, result.p99_ms = (float(v) for v in np.percentile(latencies, [50, 90, 99]))
-        result.mean_ms = float(latencies.mean())
+        summary = stats.summarize(latencies)
+        result.p50_ms, result.p90_ms, result.p99_ms = summary.p50, summary.p90, summary.p99
+        result.mean_ms = summary.mean
     result.client_cpu_cores = cpu / elapsed if elapsed > 0 else 0.0
     result.late_ok = recorder.late
     result.goodput_rps = (result.ok - recorder.late) / elapsed if elapsed > 0 else 0.0
-    if result.requests:
-        everything = np.concatenate([latencies, np.full(result.errors, np.inf)])
-        p99_all = float(np.percentile(everything, 99, method="higher"))
-        result.p99_all_ms = p99_all if np.isfinite(p99_all) else None
-    result.error_p99_ms = {kind: float(np.percentile(np.array(times) * 1000.0, 99))
-                           for kind, times in recorder.error_latencies.items()}
+    result.p99_all_ms = stats.p99_with_failures(latencies, result.errors)
+    result.error_p99_ms = {kind: stats.percentile(np.array(times) * 1000.0, 99)
+                           for kind, times in recorder.error_times().items()}
     if recorder.send_lags:
-        result.send_lag_p99_ms = float(np.percentile(np.array(recorder.send_lags) * 1000.0, 99))
+        result.send_lag_p99_ms = stats.percentile(np.array(recorder.send_lags) * 1000.0, 99)
     result.latencies_ms = [round(float(v), 3) for v in latencies]
     return result
 
@@ -321,7 +338,7 @@ async def probe(driver: Driver, text: str, wait: float) -> None:
 
 
 async def run(args: argparse.Namespace) -> Result | None:
-    """Probe, or warm up then measure one phase."""
+    """Probe, or warm up then measure one phase (and write its per-call records where asked)."""
     texts: list[str] = args.text_list
     rng = random.Random(args.seed)
     driver = make_driver(args)
@@ -340,6 +357,9 @@ async def run(args: argparse.Namespace) -> Result | None:
         cpu = cpu_seconds() - cpu_before
     finally:
         await driver.close()
+    if args.records is not None:
+        calls = [[status, round(seconds * 1000.0, 3)] for status, seconds in recorder.calls]
+        args.records.write_text(json.dumps(calls), encoding="utf-8")
     result = Result(protocol=args.protocol, mode=args.mode,
                     concurrency=args.concurrency if args.mode == "closed" else 0,
                     offered_rps=args.rate if args.mode == "open" else 0.0, duration_s=elapsed)
@@ -364,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-outstanding", type=int, default=2048, help="open loop: cap on requests in flight")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here (else stdout)")
+    parser.add_argument("--records", type=Path, default=None,
+                        help="also write every measured call here: a JSON list of [status, ms from sending]")
     return parser
 
 

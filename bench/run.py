@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.peers.catalog import ALL_PEERS, Launch, PeerContext, launch
-from bench.processes import stop_process
+from bench.peers.catalog import ALL_PEERS, PeerContext, launch
+from bench.processes import READY_SECONDS, Cores, Server, cores_for, process_cpu, run_loadgen, start_server, wait_ready
 from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
 from millibatch.engines.convert.quantize import cpuinfo_value
 
@@ -55,96 +55,6 @@ FULL = Plan(text_sets=list(TEXT_SETS), concurrencies=[1, 8, 32, 128],
             duration=6.0, warmup=1.0, pinnings=["split", "shared"])
 QUICK = Plan(text_sets=["sts"], concurrencies=[1, 32], open_fractions={"sts": [0.7]}, duration=2.0, warmup=0.5,
              pinnings=["split"])
-
-
-@dataclass
-class Cores:
-    """CPU sets for the server and the load generator under one pinning option."""
-
-    pinning: str
-    server: set[int]
-    client: set[int]
-
-
-def cores_for(pinning: str) -> Cores:
-    """Split: server on the first core, client on the others. Shared (or one core only): both on all."""
-    available = sorted(os.sched_getaffinity(0))
-    if pinning == "split" and len(available) >= 2:
-        return Cores("split", {available[0]}, set(available[1:]))
-    return Cores("shared", set(available), set(available))
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds of a process and all its children (Triton runs a server and backend stubs)."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        total = 0.0
-        for proc in [root, *root.children(recursive=True)]:
-            times = proc.cpu_times()
-            total += times.user + times.system + getattr(times, "children_user", 0.0)
-        return total
-    except psutil.Error:
-        return 0.0
-
-
-@dataclass
-class Server:
-    """A running peer process."""
-
-    launch: Launch
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def stop(self) -> None:
-        """Terminate, then kill if it does not exit in 15 s."""
-        stop_process(self.process, 15)
-
-
-def start_server(spec: Launch, cores: Cores, logs: Path) -> Server:
-    """Start the peer pinned to the server cores; its output goes to a log file."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(len(cores.server)), **spec.env}
-    log_path = logs / f"{spec.name}-{cores.pinning}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(spec.command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   preexec_fn=lambda: os.sched_setaffinity(0, cores.server))
-    return Server(spec, process, log_path)
-
-
-def run_loadgen(spec: Launch, cores: Cores, texts: Path, flags: list[str], out: Path | None,
-                timeout: float) -> dict[str, Any] | None:
-    """Run the load generator pinned to the client cores; its result JSON, or None for a probe."""
-    command = [spec.python, "-m", "bench.loadgen", "--protocol", spec.protocol, "--target", spec.target,
-               "--texts", str(texts), *spec.loadgen_flags, *flags]
-    if out is not None:
-        command += ["--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-                               preexec_fn=lambda: os.sched_setaffinity(0, cores.client), check=False)
-    if completed.returncode != 0:
-        raise RuntimeError(f"load generator failed ({completed.returncode}): {completed.stderr.strip()[-2000:]}")
-    if out is None:
-        return None
-    result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
-    return result
-
-
-READY_SECONDS = 240.0
-
-
-def wait_ready(server: Server, cores: Cores, texts: Path, wait: float) -> None:
-    """Probe with real requests until the peer answers; give up early if its process has exited."""
-    give_up = time.monotonic() + wait
-    while True:
-        try:
-            run_loadgen(server.launch, cores, texts, ["--mode", "probe", "--duration", "5"], None, 60)
-            return
-        except RuntimeError as error:
-            if server.process.poll() is not None:
-                raise RuntimeError(f"server exited with {server.process.returncode} before answering") from error
-            if time.monotonic() > give_up:
-                raise
 
 
 @dataclass
@@ -215,7 +125,8 @@ class Session:
                                         f"open{round(fraction * 100)}")
                     result["load_fraction"] = fraction
         except (RuntimeError, subprocess.TimeoutExpired) as error:
-            self.skipped[f"{name} ({cores.pinning})"] = f"{error} (server log: {server.log_path.name})"
+            log = server.log_path.name if server.log_path is not None else "none"
+            self.skipped[f"{name} ({cores.pinning})"] = f"{error} (server log: {log})"
             print(f"{name}: failed: {error}", flush=True)
         finally:
             server.stop()

@@ -2,23 +2,25 @@
 interval. Not run in CI.
 
     .venv/bin/python bench/soak.py MODEL_DIR --duration 120 --rate 50 --interval 10
+
+Each interval is one open-loop run of the load generator (bench/loadgen.py, its own process, a fresh
+connection each time) at --rate calls/s, one short text per call; the server's RSS is read after it.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import statistics
+import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import grpc
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from millibatch.v1 import inference_pb2 as pb
-from millibatch.v1 import inference_pb2_grpc
-from tests.service.process import serve_process
+from bench.processes import run_loadgen, running_server, serve_launch
+
+#: Distinct texts the calls cycle through (at random), so no two neighbouring calls need be alike.
+TEXTS = 1000
 
 
 def rss_mib(pid: int) -> float:
@@ -29,45 +31,23 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-async def soak(model: Path, duration: float, rate: float, interval: float) -> None:
-    with serve_process(model) as (process, port):
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = inference_pb2_grpc.InferenceStub(channel)
-            latencies: list[float] = []
-            errors = 0
-
-            async def one(i: int) -> None:
-                nonlocal errors
-                started = time.perf_counter()
-                try:
-                    await stub.Embed(pb.EmbedRequest(inputs=[f"soak request number {i}", "a second input"]),
-                                     timeout=5)
-                    latencies.append(time.perf_counter() - started)
-                except grpc.aio.AioRpcError:
-                    errors += 1
-
-            begin = time.perf_counter()
-            next_report = begin + interval
-            tasks: set[asyncio.Task[None]] = set()
-            i = 0
+def soak(model: Path, duration: float, rate: float, interval: float) -> None:
+    """Serve `model` and load it for `duration` s, one report line per `interval` s."""
+    with tempfile.TemporaryDirectory() as tmp:
+        texts = Path(tmp) / "texts.json"
+        texts.write_text(json.dumps([f"soak request number {i}" for i in range(TEXTS)]))
+        spec = serve_launch(model, ["--no-profile-on-start"], env={"OMP_NUM_THREADS": "1"})
+        with running_server(spec, texts) as server:
+            flags = ["--mode", "open", "--rate", str(rate), "--duration", str(interval), "--warmup", "0",
+                     "--timeout", "5"]
             print(f"{'t_s':>6} {'rss_mib':>8} {'calls':>6} {'errors':>6} {'p50_ms':>7} {'p99_ms':>7}")
-            print(f"{0:6.0f} {rss_mib(process.pid):8.1f}")
-            while time.perf_counter() - begin < duration:
-                task = asyncio.create_task(one(i))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                i += 1
-                await asyncio.sleep(max(0.0, begin + i / rate - time.perf_counter()))
-                if time.perf_counter() >= next_report:
-                    window = sorted(latencies)
-                    p50 = statistics.median(window) * 1e3 if window else 0.0
-                    p99 = window[max(0, int(len(window) * 0.99) - 1)] * 1e3 if window else 0.0
-                    print(f"{time.perf_counter() - begin:6.0f} {rss_mib(process.pid):8.1f} {len(window):6d} "
-                          f"{errors:6d} {p50:7.1f} {p99:7.1f}", flush=True)
-                    latencies.clear()
-                    errors = 0
-                    next_report += interval
-            await asyncio.gather(*tasks)
+            print(f"{0:6.0f} {rss_mib(server.process.pid):8.1f}")
+            begin = time.perf_counter()
+            for _ in range(max(1, int(duration // interval))):
+                result = run_loadgen(server.launch, None, texts, flags, Path(tmp) / "interval.json", interval + 60)
+                assert result is not None
+                print(f"{time.perf_counter() - begin:6.0f} {rss_mib(server.process.pid):8.1f} {result['ok']:6d} "
+                      f"{result['errors']:6d} {result['p50_ms']:7.1f} {result['p99_ms']:7.1f}", flush=True)
 
 
 def main() -> None:
@@ -78,7 +58,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="requests per second")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds per report line")
     args = parser.parse_args()
-    asyncio.run(soak(args.model, args.duration, args.rate, args.interval))
+    soak(args.model, args.duration, args.rate, args.interval)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Embeds all 2,758 sentences over gRPC (server-side tokenization, batching), then 
 Spearman x 100 of the served embeddings, PyTorch's on the same pairs, and the cosine between served
 and PyTorch vectors.
 
-    .venv/bin/python bench/stsb_served.py                 # starts its own server on the default model
+    .venv/bin/python bench/stsb_served.py                 # starts a server process on the default model
     .venv/bin/python bench/stsb_served.py --target host:port --model NAME
 """
 
@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,11 +25,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.processes import running_server, serve_launch  # noqa: E402
 from millibatch.client import AsyncClient  # noqa: E402
 from millibatch.engines.convert.validate import cosine_rows, default_stsb_path, load_stsb, spearman  # noqa: E402
 
+#: The checkpoint the default model directory was converted from: the PyTorch reference.
+REFERENCE = "all-MiniLM-L6-v2"
+
 
 async def served_embeddings(target: str, model: str, texts: list[str]) -> np.ndarray:
+    """Embeddings of `texts` from the server at `target`, 32 texts per call, 8 calls in flight."""
     in_flight = asyncio.Semaphore(8)  # stay inside the server's queue bound
 
     async with AsyncClient(target, timeout=120) as client:
@@ -42,9 +48,25 @@ async def served_embeddings(target: str, model: str, texts: list[str]) -> np.nda
     return np.concatenate([np.array(r, dtype=np.float32) for r in results])
 
 
+def pytorch_embeddings(texts: list[str]) -> np.ndarray:
+    """The reference: the checkpoint in PyTorch with mean pooling and L2 normalisation, as `convert`
+    validates against (its head, its reference call, the server's tokenization)."""
+    from tokenizers import Tokenizer
+
+    from millibatch.engines.convert import export, sources, validate
+
+    source = sources.resolve(REFERENCE)
+    head = export.build_head(export.load_reference(source.path, "embed"), "embed", source.pooling)
+    tokenizer = Tokenizer.from_file(str(source.path / "tokenizer.json"))
+    chunks = [texts[i : i + 32] for i in range(0, len(texts), 32)]
+    return np.concatenate([export.run_reference(head, validate.encode_padded(tokenizer, chunk, source.max_length))
+                           for chunk in chunks])
+
+
 def main() -> None:
+    """Embed the STS-B test set through a server and write its Spearman and agreement with PyTorch."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="", help="a running server; default: start one in-process")
+    parser.add_argument("--target", default="", help="a running server; default: start one")
     parser.add_argument("--model", default="", help="model name (default: the server's default)")
     parser.add_argument("--model-dir", type=Path, default=REPO / "models" / "all-MiniLM-L6-v2")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "stsb_served.json")
@@ -59,17 +81,13 @@ def main() -> None:
         served = asyncio.run(served_embeddings(args.target, args.model, texts))
     else:
         from bench.run import ensure_model
-        from tests.helpers import running_server
 
         model_dir = ensure_model(args.model_dir)
-
-        async def in_process() -> np.ndarray:
-            async with running_server([model_dir]) as server:
-                return await served_embeddings(f"127.0.0.1:{server.port}", args.model, texts)
-
-        served = asyncio.run(in_process())
-
-    from tests.service.test_accuracy import pytorch_embeddings
+        with tempfile.TemporaryDirectory() as tmp:
+            probe = Path(tmp) / "texts.json"
+            probe.write_text(json.dumps(texts[:1]))
+            with running_server(serve_launch(model_dir, ["--no-profile-on-start"]), probe) as server:
+                served = asyncio.run(served_embeddings(server.launch.target, args.model, texts))
 
     reference = pytorch_embeddings(texts)
     n = len(pairs)

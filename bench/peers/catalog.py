@@ -1,31 +1,16 @@
-"""The peers: how to start each server and how the load generator talks to it."""
+"""The peers: how to start each server and how the load generator talks to it (bench.processes starts them)."""
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench.processes import free_port
+from bench.processes import Launch, free_port, serve_launch
 
 BASELINE = "fastapi-torch"
 TRITON_PEERS = ("triton-ids", "triton-text")
 ALL_PEERS = (BASELINE, "fastapi-onnx", *TRITON_PEERS, "millibatch")
-
-
-@dataclass
-class Launch:
-    """One started-to-be peer: its server command and the load generator's flags for it."""
-
-    name: str
-    command: list[str]
-    protocol: str
-    target: str
-    python: str = sys.executable
-    env: dict[str, str] = field(default_factory=dict)
-    loadgen_flags: list[str] = field(default_factory=list)
-    #: Prometheus text endpoint of the server (millibatch's and Triton's own), where it has one.
-    metrics_url: str | None = None
 
 
 @dataclass
@@ -65,9 +50,6 @@ def launch(name: str, model_dir: Path, ctx: PeerContext, extra_args: list[str] |
         return Launch(name, command, f"triton-{mode}", target, python=ctx.triton_python, env=env, loadgen_flags=flags,
                       metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
     if name.startswith("millibatch"):
-        metrics_port = free_port()
-        command = [sys.executable, "-m", "millibatch", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
-                   "--port", str(port), "--metrics-port", str(metrics_port), "--threads-per-instance", threads,
-                   "--log-level", "warning", *(extra_args or [])]
-        return Launch(name, command, "millibatch", target, metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
+        flags = ["--threads-per-instance", threads, "--log-level", "warning", *(extra_args or [])]
+        return serve_launch(model_dir, flags, name=name, port=port, metrics=True)
     raise ValueError(f"unknown peer {name!r}; choose from {ALL_PEERS} or millibatch-<label>")

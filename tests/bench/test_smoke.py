@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.loadgen import bucket_length
-from bench.peers.catalog import free_port
+from bench.processes import free_port
 from bench.texts import DEFAULT_STSB, stsb_sentences, text_set
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,13 +57,16 @@ def test_loadgen_counts_errors_instead_of_hanging(tmp_path: Path) -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "bench.loadgen", "--protocol", "millibatch", "--target", f"127.0.0.1:{free_port()}",
          "--texts", str(texts), "--mode", "open", "--rate", "20", "--duration", "0.5", "--warmup", "0",
-         "--timeout", "0.5", "--out", str(out)],
+         "--timeout", "0.5", "--out", str(out), "--records", str(tmp_path / "calls.json")],
         cwd=ROOT, env=bench_env(), capture_output=True, text=True, timeout=25, check=False)
     assert completed.returncode == 0, completed.stderr
     result = json.loads(out.read_text())
     assert result["ok"] == 0
     assert result["errors"] == result["requests"] > 0
     assert set(result["error_kinds"]) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+    calls = json.loads((tmp_path / "calls.json").read_text())
+    assert len(calls) == result["requests"]
+    assert all(status in result["error_kinds"] and 0 <= ms < 5000 for status, ms in calls)
 
 
 def test_text_sets_and_token_buckets(stsb_path: Path) -> None:
