@@ -1,4 +1,4 @@
-"""Render the settings reference (README "Configuration") from the Settings class itself."""
+"""Render the settings reference (docs/CONFIGURATION.md) from the Settings class itself."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 
 from millibatch.settings import Settings
+
+#: The markers around the generated table in the documentation file.
+BEGIN, END = "<!-- settings:begin -->\n", "<!-- settings:end -->"
 
 
 def settings_table() -> str:
@@ -21,16 +24,15 @@ def settings_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def rewrite_readme(path: Path) -> None:
-    """Replace the table between the settings markers in `path`."""
+def rewrite_table(path: Path) -> None:
+    """Replace the table between the settings markers in `path` (docs/CONFIGURATION.md)."""
     text = path.read_text()
-    begin, end = "<!-- settings:begin -->\n", "<!-- settings:end -->"
-    head, rest = text.split(begin, 1)
-    path.write_text(head + begin + settings_table() + end + rest.split(end, 1)[1])
+    head, rest = text.split(BEGIN, 1)
+    path.write_text(head + BEGIN + settings_table() + END + rest.split(END, 1)[1])
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--write":
-        rewrite_readme(Path(sys.argv[2]))
+        rewrite_table(Path(sys.argv[2]))
     else:
         print(settings_table(), end="")
