@@ -30,6 +30,11 @@ CORRECTION_DECAY = 0.98
 CORRECTION_SMOOTHING = 0.002
 #: The correction stays within these bounds: predictions are never trusted blindly, nor discarded.
 CORRECTION_BOUNDS = (0.5, 4.0)
+#: Slack: additive increase per request answered in time, multiplicative decrease per admitted request
+#: that missed its deadline after all. In balance about one admitted request in a hundred misses.
+SLACK_BOUNDS = (0.2, 1.0)
+SLACK_INCREASE = 0.0002
+SLACK_DECREASE = 0.95
 
 
 class Admission:
@@ -47,6 +52,8 @@ class Admission:
         self.queued_seconds = 0.0
         #: Actual / predicted wait before the first batch, recent requests weighted most.
         self.correction = 1.0
+        #: Share of a request's remaining time that its predicted finish may use (see `outcome`).
+        self.slack = SLACK_BOUNDS[1]
         self._actual = 0.0
         self._predicted = 0.0
         self._row_seconds: dict[int, float] = {}
@@ -77,7 +84,7 @@ class Admission:
                 f"{margin * 1e3:.1f} ms for its answer to reach it, and {max(0.0, remaining) * 1e3:.1f} ms remained"
             )
         expected = wait * self.correction
-        if expected + compute + margin > remaining:
+        if expected + compute + margin > remaining * self.slack:
             raise Overloaded(
                 f"server busy: about {expected * 1e3:.0f} ms of queued work is ahead of this call and "
                 f"{remaining * 1e3:.0f} ms remain before its deadline; retry later or elsewhere"
@@ -111,6 +118,18 @@ class Admission:
             self.queued_seconds = max(0.0, self.queued_seconds - rows * item.row_seconds)
             if not self.queued_rows:
                 self.queued_seconds = 0.0  # no float drift survives an empty queue
+
+    def outcome(self, missed: bool) -> None:
+        """An admitted request was answered in time, or `missed` its deadline after all (shed, late, or
+        its caller gave up). The mean correction leaves the tail of the waits to chance; how far ahead
+        a request may be admitted is therefore steered by the misses themselves, as adaptive concurrency
+        limits steer by latency: the slack shrinks on every miss and regrows slowly while answers are in
+        time, so the queue holds what the deadlines can really absorb under the current load."""
+        low, high = SLACK_BOUNDS
+        if missed:
+            self.slack = max(low, self.slack * SLACK_DECREASE)
+        else:
+            self.slack = min(high, self.slack + SLACK_INCREASE)
 
     def started(self, item: WorkItem, waited: float) -> None:
         """`item`'s first row reached an instance after `waited` seconds: learn how good the prediction was."""

@@ -25,7 +25,7 @@ from millibatch.batching.observers import BatchCounters, BatchObserver, BatchRec
 from millibatch.batching.profile import measure, profile_shapes
 from millibatch.batching.scheduler import BatchLimits, Scheduler
 from millibatch.batching.watchdog import Watchdog
-from millibatch.batching.work import Row, WorkItem
+from millibatch.batching.work import Row, RowResult, WorkItem
 from millibatch.batching.workers import EngineWorkers
 from millibatch.engines.base import Engine, synthetic_inputs
 from millibatch.errors import DeadlineUnmeetable, InvalidInput, MillibatchError, NotServing
@@ -60,7 +60,7 @@ class Batcher:
         self.admission = Admission(self.cost_model, engine.padded_length, self.scheduler.capacity, max_queue_rows,
                                    self._instances)
         self._lag = AnswerLag(lambda: self._now())
-        self._delivery = Delivery(self._observer, self._lag)
+        self._delivery = Delivery(self._observer, self._lag, self.admission.outcome)
         self.dispatcher = Dispatcher(self.scheduler, self.cost_model, self.admission, self._delivery, self._lag,
                                      self._observer, self._instances, lambda: self._now(), self._mark_unhealthy)
         self.watchdog = Watchdog(watchdog_seconds, lambda: self.dispatcher.out, self.dispatcher.hung)
@@ -191,20 +191,24 @@ class Batcher:
         if self._delivery.late(item, self._now()):
             raise DeadlineUnmeetable("finished after the request's deadline")
 
-    def _settle(self, item: WorkItem, _future: object) -> None:
-        """`item` ended: whatever of it still waits gives its reservation back, and leaves the queue."""
+    def _settle(self, item: WorkItem, future: asyncio.Future[list[RowResult]]) -> None:
+        """`item` ended: whatever of it still waits gives its reservation back, and leaves the queue. A
+        caller that gave up at its deadline counts as a miss for admission."""
+        if future.cancelled() and self._now() >= item.deadline - self.margin:
+            self.admission.outcome(True)
         if item.waiting:
             self.admission.dispatched(item, item.waiting)
         if item.queued:
             self.dispatcher.post(Event.FORGET, item)
 
     def stats(self) -> dict[str, float]:
-        """Queue depth, in-flight rows, the arrival rate and admission's wait correction, for metrics."""
+        """Queue depth, in-flight rows, the arrival rate and admission's state, for metrics."""
         return {
             "queued_rows": float(self.admission.queued_rows),
             "in_flight_rows": float(self.in_flight_rows),
             "arrival_rate": self.scheduler.arrival_rate,
             "wait_correction": self.admission.correction,
+            "admission_slack": self.admission.slack,
         }
 
 

@@ -283,4 +283,4 @@ def check_outputs(outputs: dict[str, FloatArray], rows: int) -> None:
 def record(job: Job, seconds: float) -> BatchRecord:
     """The metrics record of a job that ended (ok or not)."""
     return BatchRecord(job.batch_id, len(job.batch), job.inputs.padded_length, sum(p.length for p in job.batch),
-                       seconds, job.instance, job.ok, job.engine_seconds)
+                       seconds, job.instance, job.ok, job.engine_seconds, job.engine_cpu_seconds)

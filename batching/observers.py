@@ -24,6 +24,8 @@ class BatchRecord:
     ok: bool
     #: Time inside the engine call itself, measured in the worker thread (0 if it never returned).
     engine_seconds: float = 0.0
+    #: CPU time the calling thread spent in it (less than engine_seconds when the engine had to share).
+    engine_cpu_seconds: float = 0.0
 
 
 class BatchObserver:
@@ -47,8 +49,10 @@ class BatchCounters(BatchObserver):
     #: Requests dropped because their deadline could not be met, and refused at admission.
     requests_shed: int = 0
     requests_rejected: int = 0
-    #: Time spent inside engine calls, summed over instances (utilization = this / (wall x instances)).
+    #: Time spent inside engine calls, summed over instances (utilization = this / (wall x instances)),
+    #: and the CPU time the calling threads got meanwhile.
     engine_seconds: float = 0.0
+    engine_cpu_seconds: float = 0.0
 
     def batch_done(self, record: BatchRecord) -> None:
         self.batches += 1
@@ -56,6 +60,7 @@ class BatchCounters(BatchObserver):
         self.real_tokens += record.real_tokens
         self.padded_tokens += record.rows * record.padded_length
         self.engine_seconds += record.engine_seconds
+        self.engine_cpu_seconds += record.engine_cpu_seconds
 
     def shed(self, item: WorkItem, reason: str) -> None:
         self.requests_shed += 1

@@ -53,6 +53,9 @@ class Job:
     started: float | None = None
     started_perf: float = 0.0
     engine_seconds: float = 0.0
+    #: CPU time of the engine call's thread (its other intra-op threads not included): against
+    #: `engine_seconds` it shows the CPU share the engine got while the call ran.
+    engine_cpu_seconds: float = 0.0
     outputs: dict[str, FloatArray] | None = None
     error: BaseException | None = None
     # -- loop side --
@@ -126,6 +129,7 @@ class EngineWorkers:
                 self._post(self._on_stale, job)
                 continue
             job.instance = instance
+            cpu = time.thread_time()
             job.started_perf = time.perf_counter()  # before `started`: the watchdog reads both
             job.started = self._clock()
             try:
@@ -133,6 +137,7 @@ class EngineWorkers:
             except BaseException as error:  # reported on the loop; the thread serves on
                 job.error = error
             job.engine_seconds = time.perf_counter() - job.started_perf
+            job.engine_cpu_seconds = time.thread_time() - cpu
             self._post(self._on_done, job)
 
     def _post(self, callback: Callable[[Job], None], job: Job) -> None:

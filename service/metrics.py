@@ -44,12 +44,22 @@ class QueueCollector(Collector):
         in_flight = GaugeMetricFamily("millibatch_in_flight_rows", "Rows queued or computing.", labels=["model"])
         rate = GaugeMetricFamily("millibatch_arrival_rate_rows", "Recent arrivals in rows per second.",
                                  labels=["model"])
+        correction = GaugeMetricFamily(
+            "millibatch_admission_wait_correction",
+            "How much longer than predicted admitted requests recently waited for their first batch (1 = as "
+            "predicted); admission scales its predictions by it.", labels=["model"])
+        slack = GaugeMetricFamily(
+            "millibatch_admission_slack",
+            "Share of a request's remaining time its predicted finish may use to be admitted; shrinks when "
+            "admitted requests miss their deadline, regrows while they do not.", labels=["model"])
         for name, batcher in list(self._batchers()):
             stats = batcher.stats()
             queued.add_metric([name], stats["queued_rows"])
             in_flight.add_metric([name], stats["in_flight_rows"])
             rate.add_metric([name], stats["arrival_rate"])
-        yield from (queued, in_flight, rate)
+            correction.add_metric([name], stats["wait_correction"])
+            slack.add_metric([name], stats["admission_slack"])
+        yield from (queued, in_flight, rate, correction, slack)
 
 
 class GpuCollector(Collector):
@@ -96,6 +106,7 @@ class ModelObserver(BatchObserver):
             m.padding_ratio.labels(model).observe(padded / record.real_tokens)
         m.inference.labels(model).observe(record.seconds)
         m.busy.labels(model, str(record.instance)).inc(record.seconds)
+        m.engine_cpu.labels(model, str(record.instance)).inc(record.engine_cpu_seconds)
         if record.ok:
             m.tokens.labels(model).inc(record.real_tokens)
         else:
@@ -137,6 +148,10 @@ class Metrics:
                                       registry=r)
         self.busy = Counter("millibatch_engine_busy_seconds_total", "Seconds each engine instance spent computing.",
                             ["model", "instance"], registry=r)
+        self.engine_cpu = Counter(
+            "millibatch_engine_cpu_seconds_total",
+            "CPU time each engine instance's calling thread got while computing; over busy seconds, the CPU share "
+            "the engine kept (1 when it had a core to itself).", ["model", "instance"], registry=r)
         self.shed = Counter("millibatch_shed_requests_total", "Admitted requests dropped before compute.",
                             ["model", "reason"], registry=r)
         self.shed_rows = Counter("millibatch_shed_rows_total", "Rows of shed requests.", ["model", "reason"],
