@@ -116,6 +116,11 @@ class DataPlane:
             self.ledger.answered += 1
         self.count(rpc, model, code, seconds)
 
+    def probe_ended(self, rpc: str, code: str, seconds: float) -> None:
+        """A health check ended: counted in the metrics, not in the ledger (probes are not work a drain
+        must finish)."""
+        self.count(rpc, "", code, seconds)
+
     def stream_ended(self, cancelled: bool) -> None:
         """A streaming call ended (its messages were counted one by one)."""
         if cancelled:

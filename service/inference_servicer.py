@@ -13,7 +13,6 @@ from millibatch.errors import InvalidInput
 from millibatch.service.dataplane import Computed, DataPlane
 from millibatch.service.entities import DEFAULT_IGNORE_LABELS, STRATEGIES, Entity, Strategy, extract_entities
 from millibatch.service.registry import ServedModel
-from millibatch.service.status import grpc_errors
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import inference_pb2_grpc
 
@@ -60,7 +59,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return await plane.compute_texts(model, inputs, pairs, truncate=truncate,
                                          deadline=plane.deadline(context.time_remaining()))
 
-    @grpc_errors("Embed")
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         started = time.perf_counter()
         model = self.plane.model(request.model, task="embed")
@@ -75,7 +73,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             timing=timing(done, started),
         )
 
-    @grpc_errors("Classify")
     async def Classify(
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyResponse:
@@ -95,7 +92,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return pb.ClassifyResponse(results=answers, model=model.name, usage=usage(done.tokens),
                                    timing=timing(done, started))
 
-    @grpc_errors("ExtractEntities")
     async def ExtractEntities(
         self, request: pb.ExtractEntitiesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExtractEntitiesResponse:
@@ -133,7 +129,6 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             timing=timing(done, started),
         )
 
-    @grpc_errors("Tokenize")
     async def Tokenize(
         self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.TokenizeResponse:

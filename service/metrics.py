@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -91,34 +92,62 @@ class GpuCollector(Collector):
 
 
 class ModelObserver(BatchObserver):
-    """The batcher's metric hooks for one model."""
+    """The batcher's metric hooks for one model. Labelled series are looked up once: `labels()` costs
+    more than the increment itself, and these run for every batch and every refused request."""
 
     def __init__(self, metrics: Metrics, model: str) -> None:
-        self._m = metrics
+        m = self._m = metrics
         self._model = model
+        self._rows = m.batch_rows.labels(model)
+        self._tokens = m.batch_tokens.labels(model)
+        self._padding = m.padding_ratio.labels(model)
+        self._inference = m.inference.labels(model)
+        self._real_tokens = m.tokens.labels(model)
+        self._failures = m.batch_failures.labels(model)
+        self._per_instance: dict[int, tuple[Any, Any]] = {}
+        self._per_reason: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def batch_done(self, record: BatchRecord) -> None:
-        m, model = self._m, self._model
         padded = record.rows * record.padded_length
-        m.batch_rows.labels(model).observe(record.rows)
-        m.batch_tokens.labels(model).observe(padded)
+        self._rows.observe(record.rows)
+        self._tokens.observe(padded)
         if record.real_tokens:
-            m.padding_ratio.labels(model).observe(padded / record.real_tokens)
-        m.inference.labels(model).observe(record.seconds)
-        m.busy.labels(model, str(record.instance)).inc(record.seconds)
-        m.engine_cpu.labels(model, str(record.instance)).inc(record.engine_cpu_seconds)
+            self._padding.observe(padded / record.real_tokens)
+        self._inference.observe(record.seconds)
+        busy, cpu = self._instance(record.instance)
+        busy.inc(record.seconds)
+        cpu.inc(record.engine_cpu_seconds)
         if record.ok:
-            m.tokens.labels(model).inc(record.real_tokens)
+            self._real_tokens.inc(record.real_tokens)
         else:
-            m.batch_failures.labels(model).inc()
+            self._failures.inc()
 
     def shed(self, item: WorkItem, reason: str) -> None:
-        self._m.shed.labels(self._model, reason).inc()
-        self._m.shed_rows.labels(self._model, reason).inc(len(item.rows))
+        requests, rows = self._reason("shed", reason)
+        requests.inc()
+        rows.inc(len(item.rows))
 
     def rejected(self, rows: int, reason: str) -> None:
-        self._m.rejected.labels(self._model, reason).inc()
-        self._m.rejected_rows.labels(self._model, reason).inc(rows)
+        requests, counted_rows = self._reason("rejected", reason)
+        requests.inc()
+        counted_rows.inc(rows)
+
+    def _instance(self, instance: int) -> tuple[Any, Any]:
+        series = self._per_instance.get(instance)
+        if series is None:
+            label = str(instance)
+            series = self._per_instance[instance] = (self._m.busy.labels(self._model, label),
+                                                      self._m.engine_cpu.labels(self._model, label))
+        return series
+
+    def _reason(self, kind: str, reason: str) -> tuple[Any, Any]:
+        series = self._per_reason.get((kind, reason))
+        if series is None:
+            requests, rows = (self._m.shed, self._m.shed_rows) if kind == "shed" else (self._m.rejected,
+                                                                                      self._m.rejected_rows)
+            series = self._per_reason[(kind, reason)] = (requests.labels(self._model, reason),
+                                                         rows.labels(self._model, reason))
+        return series
 
 
 class Metrics:
@@ -170,6 +199,10 @@ class Metrics:
         r.register(self.gpu)
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
+        # Labelled series of the per-request metrics, looked up once each (see ModelObserver).
+        self._request_counters: dict[tuple[str, str, str], Any] = {}
+        self._request_durations: dict[tuple[str, str], Any] = {}
+        self._stages: dict[str, tuple[Any, Any]] = {}
 
     def observer(self, model: str) -> ModelObserver:
         """Batcher hooks that record into these metrics under `model`."""
@@ -177,14 +210,23 @@ class Metrics:
 
     def request_done(self, model: str, rpc: str, code: str, seconds: float) -> None:
         """Count one finished RPC and its latency."""
-        self.requests.labels(model, rpc, code).inc()
-        self.request_duration.labels(model, rpc).observe(seconds)
+        counter = self._request_counters.get((model, rpc, code))
+        if counter is None:
+            counter = self._request_counters[(model, rpc, code)] = self.requests.labels(model, rpc, code)
+        counter.inc()
+        duration = self._request_durations.get((model, rpc))
+        if duration is None:
+            duration = self._request_durations[(model, rpc)] = self.request_duration.labels(model, rpc)
+        duration.observe(seconds)
 
     def work_done(self, model: str, item: WorkItem, tokenize_seconds: float) -> None:
         """Per-request stage timings of a request that went through the batcher."""
-        self.tokenize.labels(model).observe(tokenize_seconds)
+        stages = self._stages.get(model)
+        if stages is None:
+            stages = self._stages[model] = (self.tokenize.labels(model), self.queue.labels(model))
+        stages[0].observe(tokenize_seconds)
         if item.first_batched_at is not None:
-            self.queue.labels(model).observe(item.queue_seconds)
+            stages[1].observe(item.queue_seconds)
 
     def serve_http(self, host: str, port: int) -> int:
         """Serve /metrics on `host:port` from a daemon thread; returns the bound port."""

@@ -7,7 +7,6 @@ import grpc
 from millibatch.errors import ModelNotFound
 from millibatch.service.dataplane import DataPlane
 from millibatch.service.registry import ServedModel
-from millibatch.service.status import grpc_errors
 from millibatch.v1 import models_pb2 as pb
 from millibatch.v1 import models_pb2_grpc
 
@@ -48,7 +47,6 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
         self.plane = plane
         self._registry = plane.registry
 
-    @grpc_errors("ListModels")
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
@@ -57,7 +55,6 @@ class ModelsServicer(models_pb2_grpc.ModelsServicer):
             default_model=self._registry.default,
         )
 
-    @grpc_errors("DescribeModel")
     async def DescribeModel(
         self, request: pb.DescribeModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInfo:

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from millibatch.kserve import grpc_service_pb2, grpc_service_pb2_grpc
 from millibatch.service.auth import ApiKeyAuth
 from millibatch.service.dataplane import DataPlane
-from millibatch.service.decoding import DecodeGuard
+from millibatch.service.edge import register
 from millibatch.service.first_use import resolve_model_dir
 from millibatch.service.inference_servicer import InferenceServicer
 from millibatch.service.kserve.servicer import KServeServicer
@@ -97,13 +97,14 @@ class InferenceServer:
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if self.settings.api_keys:
             interceptors.append(ApiKeyAuth(self.settings.api_keys))
-        interceptors.append(DecodeGuard())
         credentials = server_credentials(self.settings)
         server = grpc.aio.server(options=channel_options(self.settings), interceptors=interceptors)
-        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.plane), server)
-        models_pb2_grpc.add_ModelsServicer_to_server(ModelsServicer(self.plane), server)
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(self.plane), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        # Every method of every service goes through the edge: decoding, statuses, accounting.
+        register(server, inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.plane), self.plane)
+        register(server, models_pb2_grpc.add_ModelsServicer_to_server, ModelsServicer(self.plane), self.plane)
+        register(server, grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+                 KServeServicer(self.plane), self.plane)
+        register(server, health_pb2_grpc.add_HealthServicer_to_server, self.health, self.plane, ledger=False)
         services = [INFERENCE_SERVICE, MODELS_SERVICE, KSERVE_SERVICE, health.SERVICE_NAME]
         if self.settings.reflection:
             reflection.enable_server_reflection([*services, reflection.SERVICE_NAME], server)

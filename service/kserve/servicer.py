@@ -24,7 +24,7 @@ from millibatch.service.kserve.metadata import DEFAULT_OUTPUTS, VERSION, model_c
 from millibatch.service.kserve.statistics import ModelCounters
 from millibatch.service.kserve.tensors import output_tensor
 from millibatch.service.registry import ServedModel
-from millibatch.service.status import failure, grpc_errors, grpc_stream_errors
+from millibatch.service.status import failure
 
 log = logging.getLogger("millibatch.requests")
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -61,42 +61,35 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             raise ModelNotFound(f"model {name!r} has no version {version!r}; the served version is {VERSION!r}")
         return model
 
-    @grpc_errors("v2.ServerLive")
     async def ServerLive(self, request: v2.ServerLiveRequest, context: Context) -> v2.ServerLiveResponse:
         return v2.ServerLiveResponse(live=True)
 
-    @grpc_errors("v2.ServerReady")
     async def ServerReady(
         self, request: v2.ServerReadyRequest, context: Context
     ) -> v2.ServerReadyResponse:
         models = self._registry.models.values()
         return v2.ServerReadyResponse(ready=self._registry.accepting and bool(models) and all(m.ready for m in models))
 
-    @grpc_errors("v2.ModelReady", model_field="name")
     async def ModelReady(self, request: v2.ModelReadyRequest, context: Context) -> v2.ModelReadyResponse:
         model = self._known_model(request.name, request.version)
         return v2.ModelReadyResponse(ready=self._registry.accepting and model.ready)
 
-    @grpc_errors("v2.ServerMetadata")
     async def ServerMetadata(
         self, request: v2.ServerMetadataRequest, context: Context
     ) -> v2.ServerMetadataResponse:
         return v2.ServerMetadataResponse(name="millibatch", version=millibatch.__version__, extensions=EXTENSIONS)
 
-    @grpc_errors("v2.ModelMetadata", model_field="name")
     async def ModelMetadata(
         self, request: v2.ModelMetadataRequest, context: Context
     ) -> v2.ModelMetadataResponse:
         return model_metadata(self._known_model(request.name, request.version))
 
-    @grpc_errors("v2.ModelConfig", model_field="name")
     async def ModelConfig(self, request: v2.ModelConfigRequest, context: Context) -> v2.ModelConfigResponse:
         model = self._known_model(request.name, request.version)
         settings = self.plane.settings
         config = model_config(model, settings.max_batch_rows, settings.max_delay_ms)
         return v2.ModelConfigResponse(config=config)
 
-    @grpc_errors("v2.ModelStatistics", model_field="name")
     async def ModelStatistics(
         self, request: v2.ModelStatisticsRequest, context: Context
     ) -> v2.ModelStatisticsResponse:
@@ -105,11 +98,9 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             model_stats=[self._counters[name].to_proto(name, VERSION) for name in names]
         )
 
-    @grpc_errors("v2.ModelInfer", model_field="model_name")
     async def ModelInfer(self, request: v2.ModelInferRequest, context: Context) -> v2.ModelInferResponse:
         return await self._infer(request, context)
 
-    @grpc_stream_errors("v2.ModelStreamInfer")
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[v2.ModelInferRequest], context: Context
     ) -> AsyncIterator[v2.ModelStreamInferResponse]:

@@ -1,0 +1,176 @@
+"""What one call costs on top of the engine, and where that time goes.
+
+    .venv/bin/python -m bench.call_path                         # the default engine set-up, 400 pairs
+    .venv/bin/python -m bench.call_path --variants "spin-off=--no-engine-spinning" "spin-on=--engine-spinning"
+
+Sequential Embed calls carry one 15-token text to `millibatch serve --instances 1
+--threads-per-instance 2` (plus each variant's flags), a separate process on the same machine. They are
+interleaved, call by call, with the same text run through `tokenizers` and a plain ONNX Runtime session
+with the same thread count and ONNX Runtime's default options on the same model.onnx, in this process:
+the bare engine. Served p50 minus bare p50 is what serving adds to a call. The response's own timing
+fields split the served call into: gRPC (client, HTTP/2 and the server's gRPC machinery: the round
+trip minus the handler's time), tokenize, the hop to an engine thread (admission, dispatcher, collate,
+thread wake-up: submit to engine start), the engine, and the rest of the handler (decoding, the return
+to the event loop, building the response).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.processes import running_server, serve_launch
+from bench.stats import percentile
+from millibatch.engines.convert.quantize import cpuinfo_value
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = ROOT / "models" / "all-MiniLM-L6-v2"
+DEFAULT_OUT = ROOT / "bench" / "results" / "call_path"
+#: 15 tokens with [CLS] and [SEP] for the MiniLM (BERT uncased) tokenizer; checked at start.
+TEXT = "A man is playing a guitar on the stage in the park."
+TOKENS = 15
+BASE_FLAGS = ["--instances", "1", "--threads-per-instance", "2", "--log-level", "warning"]
+
+
+class BareEngine:
+    """tokenizers + a plain ONNX Runtime session: `threads` intra-op threads, every other option default."""
+
+    def __init__(self, model: Path, threads: int) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        manifest = json.loads((model / "manifest.json").read_text(encoding="utf-8"))
+        self.session = ort.InferenceSession(str(model / manifest.get("onnx_file", "model.onnx")), options,
+                                            providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()][:1]
+
+    def tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text).ids)
+
+    def __call__(self, text: str) -> None:
+        encoding = self.tokenizer.encode(text)
+        ids = np.asarray([encoding.ids], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                 "token_type_ids": np.asarray([encoding.type_ids], dtype=np.int64)}
+        self.session.run(self.outputs, {name: feeds[name] for name in self.inputs})
+
+
+def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: int, texts: Path) -> dict[str, Any]:
+    """Interleaved served and bare calls against one server started with `flags`."""
+    import grpc
+
+    from millibatch.v1 import inference_pb2 as pb
+    from millibatch.v1 import inference_pb2_grpc
+
+    spec = serve_launch(model, [*BASE_FLAGS, *flags], name=name)
+    served: list[float] = []
+    plain: list[float] = []
+    stages: dict[str, list[float]] = {k: [] for k in ("tokenize", "hop", "engine", "handler_rest", "grpc")}
+    with running_server(spec, texts), grpc.insecure_channel(spec.target) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        request = pb.EmbedRequest(inputs=[TEXT], truncate=True)
+        for _ in range(50):  # warm both paths up
+            stub.Embed(request, timeout=5)
+            bare(TEXT)
+        for i in range(calls):
+            order = ("served", "bare") if i % 2 == 0 else ("bare", "served")
+            for which in order:
+                started = time.perf_counter()
+                if which == "bare":
+                    bare(TEXT)
+                    plain.append(time.perf_counter() - started)
+                    continue
+                response = stub.Embed(request, timeout=5)
+                elapsed = time.perf_counter() - started
+                served.append(elapsed)
+                t = response.timing
+                handler = t.total_us / 1e6
+                stages["tokenize"].append(t.tokenize_us / 1e6)
+                stages["hop"].append(t.queue_us / 1e6)
+                stages["engine"].append(t.inference_us / 1e6)
+                stages["handler_rest"].append(max(0.0, handler - (t.tokenize_us + t.queue_us + t.inference_us) / 1e6))
+                stages["grpc"].append(max(0.0, elapsed - handler))
+    ms = 1e3
+    result = {"variant": name, "flags": flags, "calls": calls,
+              "served_p50_ms": percentile(served, 50) * ms, "served_p99_ms": percentile(served, 99) * ms,
+              "bare_p50_ms": percentile(plain, 50) * ms, "bare_p99_ms": percentile(plain, 99) * ms,
+              "stages_p50_ms": {k: statistics.median(v) * ms for k, v in stages.items()}}
+    result["added_p50_ms"] = result["served_p50_ms"] - result["bare_p50_ms"]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.call_path", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--calls", type=int, default=400, help="served/bare pairs per variant and round")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds over the variants (A B A B ...)")
+    parser.add_argument("--variants", nargs="*", default=["default="], metavar="NAME=FLAGS",
+                        help="server variants: a name and extra `millibatch serve` flags")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    model = args.model.resolve()
+    bare = BareEngine(model, threads=2)
+    if bare.tokens(TEXT) != TOKENS:
+        raise SystemExit(f"the probe text is {bare.tokens(TEXT)} tokens, not {TOKENS}, for this tokenizer")
+    args.out.mkdir(parents=True, exist_ok=True)
+    texts = args.out / "probe-texts.json"
+    texts.write_text(json.dumps([TEXT]), encoding="utf-8")
+    variants = [(v.partition("=")[0], v.partition("=")[2].split()) for v in args.variants]
+    runs = []
+    for round_ in range(1, args.rounds + 1):
+        for name, flags in variants:
+            run = measure(name, flags, model, bare, args.calls, texts)
+            run["round"] = round_
+            runs.append(run)
+            s = run["stages_p50_ms"]
+            print(f"round {round_} {name:>12}: served p50 {run['served_p50_ms']:.2f} ms (p99 {run['served_p99_ms']:.2f}), "
+                  f"bare p50 {run['bare_p50_ms']:.2f} ms -> added {run['added_p50_ms']:+.2f} ms | gRPC "
+                  f"{s['grpc']:.2f}, tokenize {s['tokenize']:.3f}, hop {s['hop']:.3f}, engine {s['engine']:.2f}, "
+                  f"rest of handler {s['handler_rest']:.3f}", flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                            check=False).stdout.strip()
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
+    lines = [f"# One call on top of the engine ({date} UTC, commit {commit}, {cpuinfo_value('model name')}, "
+             f"{len(os.sched_getaffinity(0))} cores)", "",
+             f"`.venv/bin/python -m bench.call_path {' '.join(argv if argv is not None else sys.argv[1:])}`: "
+             f"one {TOKENS}-token text, `millibatch serve {' '.join(BASE_FLAGS[:4])}` plus the variant's flags, "
+             f"{args.calls} served calls interleaved with {args.calls} bare-engine runs (tokenizers + ONNX "
+             f"Runtime, 2 threads, default options) per round; medians of the rounds' p50s, in ms.", "",
+             "| variant | served p50 | bare p50 | added | gRPC | tokenize | hop to engine | engine | rest of handler |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, _flags in variants:
+        mine = [r for r in runs if r["variant"] == name]
+
+        def med(key: str, runs: list[dict[str, Any]] = mine) -> float:
+            return statistics.median(r[key] for r in runs)
+
+        def stage(key: str, runs: list[dict[str, Any]] = mine) -> float:
+            return statistics.median(r["stages_p50_ms"][key] for r in runs)
+
+        lines.append(f"| {name} | {med('served_p50_ms'):.2f} | {med('bare_p50_ms'):.2f} | "
+                     f"{med('added_p50_ms'):+.2f} | {stage('grpc'):.2f} | {stage('tokenize'):.3f} | "
+                     f"{stage('hop'):.3f} | {stage('engine'):.2f} | {stage('handler_rest'):.3f} |")
+    (args.out / "results.json").write_text(json.dumps({"commit": commit, "date_utc": date, "runs": runs}, indent=2),
+                                           encoding="utf-8")
+    (args.out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The front end's own ceiling: calls per second per core with an engine that does nothing, and what a
+refused call costs the server.
+
+    .venv/bin/python -m bench.frontend                       # both modes, 3 alternating rounds
+    .venv/bin/python -m bench.frontend --modes ok --rounds 5
+
+The server is the real `millibatch serve` path (gRPC, decoding, admission, tokenizing, the batcher,
+the engine threads, delivery, the response) with the engine swapped for one that returns zeros at once
+(`ok`), or with admission seeing a queue that outlasts every deadline, so each call is refused with
+RESOURCE_EXHAUSTED before tokenizing (`refused`). It runs pinned to one core, the load generator (a
+closed loop) on the other. Server CPU per call is what every call costs the front end; calls per
+second per server core is the ceiling every other figure lives under.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.processes import Launch, cores_for, free_port, process_cpu, run_loadgen, start_server, wait_ready
+from bench.texts import DEFAULT_STSB, stsb_sentences
+from millibatch.engines.convert.quantize import cpuinfo_value
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = ROOT / "models" / "all-MiniLM-L6-v2"
+DEFAULT_OUT = ROOT / "bench" / "results" / "frontend"
+MODES = ("ok", "refused")
+
+
+class NullEngine:
+    """Stands in for a model's engine: zeros of the right shape, at once."""
+
+    def __init__(self, inner: Any, dimensions: int) -> None:
+        self.inner = inner
+        self.info = inner.info
+        self.output_names = inner.output_names
+        self._dimensions = dimensions
+
+    def padded_length(self, length: int) -> int:
+        return int(self.inner.padded_length(length))
+
+    def run(self, inputs: Any, instance: int) -> dict[str, Any]:
+        import numpy as np
+
+        rows = inputs.input_ids.shape[0]
+        return {name: np.zeros((rows, self._dimensions), np.float32) for name in self.output_names}
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+async def serve(model: Path, port: int, mode: str) -> None:
+    """The real server on `port`, its engine replaced (ok) or its queue made endless (refused)."""
+    from millibatch.service.server import InferenceServer
+    from millibatch.settings import load_settings
+
+    settings = load_settings({"models": [str(model)], "host": "127.0.0.1", "port": port, "metrics_port": 0,
+                              "profile_on_start": False, "log_level": "warning"})
+    server = InferenceServer(settings)
+    await server.start()
+    for served in server.registry.models.values():
+        if mode == "ok":
+            served.batcher.engine = NullEngine(served.engine, served.manifest.dimensions)
+        else:  # every call's predicted wait outlasts its deadline: refused at the door
+            served.batcher.admission.queued_seconds = 1e9
+    print(f"millibatch serving on port {server.port}", flush=True)
+    await asyncio.Event().wait()
+
+
+def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: float, raw: Path) -> dict[str, Any]:
+    """Start the server in `mode`, load it closed-loop, and read its CPU over the measured phase."""
+    cores = cores_for("split")
+    port = free_port()
+    spec = Launch(f"frontend-{mode}", [sys.executable, "-m", "bench.frontend", "serve", "--mode", mode,
+                                       "--model", str(model), "--port", str(port)], "millibatch",
+                  f"127.0.0.1:{port}")
+    server = start_server(spec, cores, raw)
+    try:
+        wait_ready(server, cores, texts, 120) if mode == "ok" else time.sleep(8)
+        flags = ["--mode", "closed", "--concurrency", str(concurrency), "--warmup", "1", "--timeout", "5"]
+        run_loadgen(spec, cores, texts, [*flags, "--duration", "1"], None, 60)
+        cpu_before, wall_before = process_cpu(server.process.pid), time.perf_counter()
+        result = run_loadgen(spec, cores, texts, [*flags, "--warmup", "0", "--duration", str(duration)],
+                             raw / f"{mode}.json", duration + 60)
+        wall = time.perf_counter() - wall_before
+        server_cpu = (process_cpu(server.process.pid) - cpu_before) / wall
+    finally:
+        server.stop()
+    assert result is not None
+    calls = result["requests"] / result["duration_s"]
+    expected = "OK" if mode == "ok" else "RESOURCE_EXHAUSTED"
+    wrong = result["requests"] - (result["ok"] if mode == "ok" else result["error_kinds"].get(expected, 0))
+    return {"mode": mode, "calls_per_s": calls, "server_cpu_cores": server_cpu,
+            "calls_per_server_core": calls / server_cpu if server_cpu else 0.0,
+            "server_us_per_call": server_cpu / calls * 1e6 if calls else 0.0,
+            "client_cpu_cores": result["client_cpu_cores"], "p50_ms": result["p50_ms"],
+            "unexpected_statuses": wrong, "error_kinds": result["error_kinds"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.frontend", description=__doc__.splitlines()[0])
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "serve"))
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--mode", choices=MODES, default="ok", help="serve: which server to run")
+    parser.add_argument("--port", type=int, default=0, help="serve: port")
+    parser.add_argument("--modes", default=",".join(MODES), help="run: modes to measure, alternating")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(serve(args.model, args.port, args.mode))
+        else:
+            uvloop.run(serve(args.model, args.port, args.mode))
+        return 0
+    raw = args.out / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    texts = raw / "texts-sts.json"
+    texts.write_text(json.dumps(stsb_sentences(DEFAULT_STSB)), encoding="utf-8")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    runs = []
+    for round_ in range(1, args.rounds + 1):
+        for mode in modes:
+            run = measure(mode, args.model.resolve(), texts, args.concurrency, args.duration, raw)
+            run["round"] = round_
+            runs.append(run)
+            print(f"round {round_} {mode:>8}: {run['calls_per_s']:7.0f} calls/s, server {run['server_cpu_cores']:.2f} "
+                  f"cores = {run['calls_per_server_core']:6.0f} calls/s per core, {run['server_us_per_call']:5.0f} µs "
+                  f"per call, client {run['client_cpu_cores']:.2f} cores, unexpected statuses "
+                  f"{run['unexpected_statuses']}", flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                            check=False).stdout.strip()
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
+    lines = [f"# Front-end ceiling ({date} UTC, commit {commit}, {cpuinfo_value('model name')}, "
+             f"{len(os.sched_getaffinity(0))} cores)", "",
+             f"`.venv/bin/python -m bench.frontend {' '.join(argv if argv is not None else sys.argv[1:])}`: "
+             f"server on one core, closed loop of {args.concurrency} calls in flight on the other, one STS-B "
+             f"sentence per Embed call, {args.duration:g} s per round; medians over {args.rounds} rounds.", "",
+             "| mode | calls/s per server core | server µs per call | client CPU (cores) |", "|---|---|---|---|"]
+    summary = {}
+    for mode in modes:
+        mine = [r for r in runs if r["mode"] == mode]
+        summary[mode] = {key: statistics.median(r[key] for r in mine)
+                         for key in ("calls_per_server_core", "server_us_per_call", "client_cpu_cores")}
+        lines.append(f"| {mode} | {summary[mode]['calls_per_server_core']:.0f} | "
+                     f"{summary[mode]['server_us_per_call']:.0f} | {summary[mode]['client_cpu_cores']:.2f} |")
+    (args.out / "results.json").write_text(json.dumps({"commit": commit, "date_utc": date, "runs": runs,
+                                                       "medians": summary}, indent=2), encoding="utf-8")
+    (args.out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

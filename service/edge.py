@@ -1,0 +1,167 @@
+"""The edge: every method of every gRPC servicer is registered through here, wrapped the same way.
+
+A wrapped method takes the request's raw bytes. It decodes them inside the call, so malformed bytes get
+INVALID_ARGUMENT with a message instead of gRPC's UNKNOWN with a parser trace; turns MillibatchError
+into its status (status.STATUS) and anything unexpected into INTERNAL without internals; logs one line
+per failed call; and tells the data plane that the call started and how it ended (call ledger,
+request metrics). Doing this at registration, once per method, instead of in an interceptor or a
+decorator, keeps it off the list of things each call pays for and leaves no servicer method out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+
+from millibatch.errors import InvalidInput
+from millibatch.service.dataplane import DataPlane
+from millibatch.service.status import fail, failure
+
+#: Label prefixes of the services' RPCs in metrics and logs ("Embed", "v2.ModelInfer", "health.Check").
+RPC_PREFIXES = {"inference.GRPCInferenceService": "v2.", "grpc.health.v1.Health": "health."}
+#: Request fields naming the model a call is for, by protocol.
+MODEL_FIELDS = ("model", "model_name", "name")
+
+AddToServer = Callable[[Any, Any], None]
+
+
+class _Registrations:
+    """Stands in for a server while a generated `add_*_to_server` hands over its method handlers."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        """The same handlers arrive through add_registered_method_handlers."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.services[service] = dict(handlers)
+
+
+def register(server: grpc.aio.Server, add_to_server: AddToServer, servicer: Any, plane: DataPlane, *,
+             ledger: bool = True) -> list[str]:
+    """Register `servicer` through its generated `add_to_server` with every method wrapped; returns the
+    full names of the services it serves. Without `ledger` its calls are counted in the metrics only
+    (health checks: probes are not work a drain must finish)."""
+    registrations = _Registrations()
+    add_to_server(servicer, registrations)
+    if not registrations.services:
+        raise RuntimeError(f"{add_to_server.__name__} registered no method handlers")
+    for service, handlers in registrations.services.items():
+        prefix = RPC_PREFIXES.get(service, "")
+        wrapped = {name: wrap(handler, f"{prefix}{name}", f"/{service}/{name}", plane, ledger)
+                   for name, handler in handlers.items()}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
+        server.add_registered_method_handlers(service, wrapped)
+    return list(registrations.services)
+
+
+def wrap(handler: grpc.RpcMethodHandler, rpc: str, path: str, plane: DataPlane,
+         ledger: bool = True) -> grpc.RpcMethodHandler:
+    """`handler` taking raw bytes, with the edge around it (see the module docstring); without `ledger`
+    its calls are counted in the metrics only."""
+    decode = _decoder(handler.request_deserializer, path)
+    serializer = handler.response_serializer
+    if handler.request_streaming:
+        # A stream of requests (KServe's ModelStreamInfer, reflection): the stream is one call; its
+        # messages are decoded by gRPC and counted by the servicer one by one.
+        behaviour = handler.stream_stream or handler.stream_unary
+        if handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(
+                _stream(rpc, behaviour, None, plane, ledger), handler.request_deserializer, serializer)
+        return grpc.stream_unary_rpc_method_handler(
+            _unary(rpc, behaviour, None, None, plane, ledger), handler.request_deserializer, serializer)
+    model_field = _model_field(handler.request_deserializer)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(_stream(rpc, handler.unary_stream, decode, plane, ledger), None,
+                                                    serializer)
+    return grpc.unary_unary_rpc_method_handler(_unary(rpc, handler.unary_unary, decode, model_field, plane, ledger),
+                                               None, serializer)
+
+
+def _decoder(deserializer: Callable[[bytes], Any] | None, path: str) -> Callable[[Any], Any]:
+    if deserializer is None:
+        return lambda raw: raw
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError:
+            raise InvalidInput(
+                f"request bytes are not a valid message for {path} (bad UTF-8 or corrupt wire format)"
+            ) from None
+
+    return decode
+
+
+def _model_field(deserializer: Callable[[bytes], Any] | None) -> str | None:
+    """The request message's field that names a model, if it has one."""
+    message = getattr(deserializer, "__self__", None)
+    fields = getattr(getattr(message, "DESCRIPTOR", None), "fields_by_name", {})
+    return next((name for name in MODEL_FIELDS if name in fields), None)
+
+
+def _unary(rpc: str, behaviour: Callable[..., Awaitable[Any]], decode: Callable[[Any], Any] | None,
+           model_field: str | None, plane: DataPlane,
+           ledger: bool = True) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def call(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+        started = time.perf_counter()
+        code = "OK"
+        request = None
+        if ledger:
+            plane.call_started()
+        try:
+            request = raw if decode is None else decode(raw)
+            return await behaviour(request, context)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except grpc.aio.AbortError:
+            # The handler aborted by itself (an API-key refusal) and has already chosen its status.
+            code = context.code().name if context.code() is not None else "UNKNOWN"
+            raise
+        except Exception as error:
+            code, status, details = failure(rpc, error, context)
+            fail(context, status, details)
+            return None
+        finally:
+            if ledger:
+                model = getattr(request, model_field, "") if model_field and request is not None else ""
+                plane.call_ended(rpc, model, code, time.perf_counter() - started)
+            else:
+                plane.probe_ended(rpc, code, time.perf_counter() - started)
+
+    return call
+
+
+def _stream(rpc: str, behaviour: Callable[..., Any], decode: Callable[[Any], Any] | None, plane: DataPlane,
+            ledger: bool = True) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        if ledger:
+            plane.call_started()
+        cancelled = False
+        try:
+            responses = behaviour(request if decode is None else decode(request), context)
+            if hasattr(responses, "__aiter__"):
+                async for response in responses:
+                    yield response
+            else:  # a coroutine that writes its responses with context.write (the health service's Watch)
+                await responses
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            _code, status, details = failure(rpc, error, context)
+            fail(context, status, details)
+        finally:
+            if ledger:
+                plane.stream_ended(cancelled)
+
+    return call
