@@ -55,7 +55,9 @@ class Batcher:
         self._observer: BatchObserver = Observers(self.counters, observer) if observer else self.counters
         self.on_unhealthy = on_unhealthy
         self._clock = clock
-        self._now: Callable[[], float] = clock or time.monotonic  # the loop's clock once started
+        # Deadlines are absolute times on the monotonic clock asyncio's loop reads, at full resolution
+        # (uvloop's loop.time() counts whole milliseconds, too coarse for a call's stages).
+        self._now: Callable[[], float] = clock or time.monotonic
         self._instances = engine.info.instances
         self.admission = Admission(self.cost_model, engine.padded_length, self.scheduler.capacity, max_queue_rows,
                                    self._instances)
@@ -83,8 +85,6 @@ class Batcher:
     async def start(self) -> None:
         """Begin accepting and dispatching."""
         self._loop = loop = asyncio.get_running_loop()
-        if self._clock is None:
-            self._now = loop.time
         dispatcher = self.dispatcher
         # Through `self.engine` at call time, not a bound method: the engine may be swapped (tests inject faults).
         dispatcher.workers = EngineWorkers(lambda inputs, instance: self.engine.run(inputs, instance), self._instances,

@@ -49,11 +49,11 @@ class WorkItem:
 
     #: Tokenized inputs, in request order.
     rows: list[Row]
-    #: Absolute `loop.time()` by which the answer must be sent.
+    #: Absolute time (time.monotonic, the event loop's clock) by which the answer must be sent.
     deadline: float
     #: Resolved by the batcher; cancelled by the caller if it goes away.
     future: asyncio.Future[list[RowResult]]
-    #: When the item was admitted (`loop.time()`).
+    #: When the item was admitted (time.monotonic).
     enqueued_at: float
     #: Request id for logs.
     id: int = field(default_factory=lambda: next(_ids))

@@ -70,7 +70,8 @@ class BareEngine:
         self.session.run(self.outputs, {name: feeds[name] for name in self.inputs})
 
 
-def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: int, texts: Path) -> dict[str, Any]:
+def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: int, texts: Path,
+            gap: float) -> dict[str, Any]:
     """Interleaved served and bare calls against one server started with `flags`."""
     import grpc
 
@@ -90,6 +91,10 @@ def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: i
         for i in range(calls):
             order = ("served", "bare") if i % 2 == 0 else ("bare", "served")
             for which in order:
+                # Back to back by default: on this VM an idle gap lets the cores fall asleep, and every
+                # thread hand-off of the served path then pays the wake-up (both sides slow down).
+                if gap:
+                    time.sleep(gap)
                 started = time.perf_counter()
                 if which == "bare":
                     bare(TEXT)
@@ -106,12 +111,11 @@ def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: i
                 stages["handler_rest"].append(max(0.0, handler - (t.tokenize_us + t.queue_us + t.inference_us) / 1e6))
                 stages["grpc"].append(max(0.0, elapsed - handler))
     ms = 1e3
-    result = {"variant": name, "flags": flags, "calls": calls,
-              "served_p50_ms": percentile(served, 50) * ms, "served_p99_ms": percentile(served, 99) * ms,
-              "bare_p50_ms": percentile(plain, 50) * ms, "bare_p99_ms": percentile(plain, 99) * ms,
-              "stages_p50_ms": {k: statistics.median(v) * ms for k, v in stages.items()}}
-    result["added_p50_ms"] = result["served_p50_ms"] - result["bare_p50_ms"]
-    return result
+    served_p50, bare_p50 = percentile(served, 50) * ms, percentile(plain, 50) * ms
+    return {"variant": name, "flags": flags, "calls": calls,
+            "served_p50_ms": served_p50, "served_p99_ms": percentile(served, 99) * ms,
+            "bare_p50_ms": bare_p50, "bare_p99_ms": percentile(plain, 99) * ms, "added_p50_ms": served_p50 - bare_p50,
+            "stages_p50_ms": {k: statistics.median(v) * ms for k, v in stages.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="rounds over the variants (A B A B ...)")
     parser.add_argument("--variants", nargs="*", default=["default="], metavar="NAME=FLAGS",
                         help="server variants: a name and extra `millibatch serve` flags")
+    parser.add_argument("--gap-ms", type=float, default=0.0, help="idle time before each call")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     model = args.model.resolve()
@@ -134,12 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for round_ in range(1, args.rounds + 1):
         for name, flags in variants:
-            run = measure(name, flags, model, bare, args.calls, texts)
+            run = measure(name, flags, model, bare, args.calls, texts, args.gap_ms / 1000)
             run["round"] = round_
             runs.append(run)
             s = run["stages_p50_ms"]
-            print(f"round {round_} {name:>12}: served p50 {run['served_p50_ms']:.2f} ms (p99 {run['served_p99_ms']:.2f}), "
-                  f"bare p50 {run['bare_p50_ms']:.2f} ms -> added {run['added_p50_ms']:+.2f} ms | gRPC "
+            print(f"round {round_} {name:>12}: served p50 {run['served_p50_ms']:.2f} ms "
+                  f"(p99 {run['served_p99_ms']:.2f}), bare p50 {run['bare_p50_ms']:.2f} ms -> "
+                  f"added {run['added_p50_ms']:+.2f} ms | gRPC "
                   f"{s['grpc']:.2f}, tokenize {s['tokenize']:.3f}, hop {s['hop']:.3f}, engine {s['engine']:.2f}, "
                   f"rest of handler {s['handler_rest']:.3f}", flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -150,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
              f"`.venv/bin/python -m bench.call_path {' '.join(argv if argv is not None else sys.argv[1:])}`: "
              f"one {TOKENS}-token text, `millibatch serve {' '.join(BASE_FLAGS[:4])}` plus the variant's flags, "
              f"{args.calls} served calls interleaved with {args.calls} bare-engine runs (tokenizers + ONNX "
-             f"Runtime, 2 threads, default options) per round; medians of the rounds' p50s, in ms.", "",
+             f"Runtime, 2 threads, default options) per round, {args.gap_ms:g} ms idle before each; medians of the "
+             f"rounds' p50s, in ms.", "",
              "| variant | served p50 | bare p50 | added | gRPC | tokenize | hop to engine | engine | rest of handler |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, _flags in variants:

@@ -49,6 +49,8 @@ class EngineOptions:
     ort_tensorrt_cache_dir: Path | None = None
     #: CUDA graphs per length bucket in ONNX Runtime; off until measured on the target GPU.
     cuda_graphs: bool = False
+    #: CPU intra-op threads spin-wait for work while a batch runs (see onnxruntime_engine.spins).
+    cpu_spinning: Literal["auto", "on", "off"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -206,4 +208,5 @@ def load_engine(model_dir: Path, manifest: Manifest, options: EngineOptions) -> 
         threads_per_instance=options.threads_per_instance,
         precision=manifest.precision,
         reason=choice.reason,
+        spinning=options.cpu_spinning,
     )

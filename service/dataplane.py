@@ -8,7 +8,6 @@ its deadline, and the accounting of every call: the call ledger and the request 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,9 +56,10 @@ class DataPlane:
         return self.registry.get(name, task)
 
     def deadline(self, remaining: float | None) -> float:
-        """The call's deadline as an absolute loop time, from the seconds its caller has left (the gRPC
-        deadline, a request header), else the configured default."""
-        return asyncio.get_running_loop().time() + (self._default_timeout if remaining is None else remaining)
+        """The call's deadline as an absolute time on the batchers' clock (time.monotonic, the clock the
+        event loop reads), from the seconds its caller has left (the gRPC deadline, a request header),
+        else the configured default."""
+        return time.monotonic() + (self._default_timeout if remaining is None else remaining)
 
     def check_count(self, count: int) -> None:
         """Refuse an empty request or one with more inputs than the limit."""

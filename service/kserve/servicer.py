@@ -160,7 +160,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             raise InvalidInput(f"parameter 'timeout' is {micros}; it must not be negative")
         if micros == 0:  # V2: zero means no timeout of its own
             return deadline
-        return min(deadline, asyncio.get_running_loop().time() + micros / 1e6)
+        return min(deadline, time.monotonic() + micros / 1e6)
 
     def _requested_outputs(self, request: v2.ModelInferRequest, model: ServedModel) -> list[str]:
         """Names of the outputs to return: the requested ones, else the task's default."""
