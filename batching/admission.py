@@ -103,6 +103,10 @@ class Admission:
         self.queued_seconds += per_row * count
         return per_row
 
+    def least_seconds(self, rows: int, tokens_per_row: int) -> float:
+        """Least time `rows` rows of `tokens_per_row` tokens take once they reach the instances."""
+        return self._own_seconds(rows, tokens_per_row, self.row_seconds(tokens_per_row))
+
     def _own_seconds(self, rows: int, longest: int, per_row: float) -> float:
         """Least time the request's own rows take once they reach the instances: one batch of them (at
         most a full one, at their longest length), or their share of every instance's time."""

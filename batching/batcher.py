@@ -148,13 +148,16 @@ class Batcher:
             ahead += job.predicted if job.started is None else max(0.0, job.predicted - (now - job.started))
         return ahead / max(1, self._instances - self.dispatcher.hung_instances)
 
-    def precheck(self, deadline: float, rows: int) -> None:
-        """Refuse a request of `rows` inputs at once when the queue alone would outlast its deadline
+    def precheck(self, deadline: float, rows: int, tokens_per_row: int = 1) -> None:
+        """Refuse a request of `rows` inputs at once when the queue ahead and the least time its own rows
+        need (at `tokens_per_row`, a lower estimate made before tokenizing) would outlast its deadline
         (Overloaded), or the deadline is too short for any answer (DeadlineUnmeetable): before the caller
-        spends anything on it (decoding aside)."""
+        spends anything on it (decoding aside). The closer the estimate, the fewer requests are refused
+        only after tokenizing, by `submit`."""
         now = self._now()
         try:
-            self.admission.check(now, deadline, self.predicted_wait(now), self.margin)
+            own = self.admission.least_seconds(rows, tokens_per_row)
+            self.admission.check(now, deadline, self.predicted_wait(now), self.margin, own)
         except MillibatchError as error:
             self._observer.rejected(rows, error.reason)
             raise

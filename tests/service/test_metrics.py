@@ -156,3 +156,37 @@ async def test_logs_describe_start_up_and_failed_requests_without_secrets(tiny_e
     assert failed[0]["request_id"] == "req-42"
     assert failed[0]["status"] == "INVALID_ARGUMENT"
     assert failed[0]["rpc"] == "Embed"
+
+
+async def test_every_door_is_counted_kserve_models_and_health_included(tiny_embed_dir: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from millibatch.kserve import grpc_service_pb2 as v2
+    from millibatch.kserve import grpc_service_pb2_grpc
+    from millibatch.v1 import models_pb2, models_pb2_grpc
+    from tests.service.kserve.test_raw_requests import text_request
+
+    port = free_port()
+    async with running_server([tiny_embed_dir], metrics_port=port) as server:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            kserve = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            await kserve.ModelInfer(text_request(["hello world"]), timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError):  # unknown model: counted under "unknown"
+                await kserve.ModelInfer(v2.ModelInferRequest(model_name="nope"), timeout=10)
+            models = models_pb2_grpc.ModelsStub(channel)
+            await models.ListModels(models_pb2.ListModelsRequest(), timeout=10)
+            await models.DescribeModel(models_pb2.DescribeModelRequest(model="tiny-embed"), timeout=10)
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            ledger = server.ledger
+            accepted = ledger.accepted
+        samples = await asyncio.to_thread(scrape, port)
+    for rpc in ("v2.ModelInfer", "ListModels", "DescribeModel"):
+        assert value(samples, "millibatch_requests_total", model="tiny-embed", rpc=rpc, code="OK") == 1, rpc
+        assert value(samples, "millibatch_request_duration_seconds_count", model="tiny-embed", rpc=rpc) == 1, rpc
+    assert value(samples, "millibatch_requests_total", model="unknown", rpc="v2.ModelInfer", code="NOT_FOUND") == 1
+    assert value(samples, "millibatch_requests_total", model="tiny-embed", rpc="health.Check", code="OK") == 1
+    # The KServe inference went through the same batcher and stage metrics as Embed does.
+    assert value(samples, "millibatch_tokenize_duration_seconds_count", model="tiny-embed") == 1
+    assert value(samples, "millibatch_batch_rows_sum", model="tiny-embed") == 1
+    # Health probes are counted, but are not work in the drain's ledger.
+    assert accepted == 4

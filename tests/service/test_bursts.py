@@ -1,0 +1,62 @@
+"""A burst far beyond what the server can queue, on one channel, to a `millibatch serve` process with its
+default settings: every call ends OK, RESOURCE_EXHAUSTED with a reason, or DEADLINE_EXCEEDED; none is
+refused by the transport (UNAVAILABLE) or dropped (CANCELLED), and the server's ledger shows every
+call it accepted answered."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+from pathlib import Path
+
+import grpc
+import pytest
+
+from millibatch.v1 import inference_pb2 as pb
+from millibatch.v1 import inference_pb2_grpc
+from tests.service.process import serve_process
+
+BURST = 3000
+DRAIN_LINE = re.compile(r"drain complete: accepted=(\d+) answered=(\d+) cancelled=(\d+) open=(\d+)")
+
+
+@pytest.mark.parametrize("model", ["tiny", pytest.param("minilm", marks=pytest.mark.slow)])
+async def test_a_burst_of_3000_calls_on_one_channel_gets_answers_or_reasons(
+    model: str, request: pytest.FixtureRequest
+) -> None:
+    # The tiny model answers everything; the real one cannot queue the whole burst, so some are refused.
+    directory: Path = request.getfixturevalue("tiny_embed_dir" if model == "tiny" else "minilm_dir")
+    logs: list[str] = []
+    with serve_process(directory, log_sink=logs) as (process, port):
+        outcomes: collections.Counter[str] = collections.Counter()
+        reasons: set[str] = set()
+        # A fresh channel, all calls at once: the server has not answered anything on it yet.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+
+            async def one(i: int) -> None:
+                try:
+                    await stub.Embed(pb.EmbedRequest(inputs=[f"burst call number {i}"]), timeout=20)
+                    outcomes["OK"] += 1
+                except grpc.aio.AioRpcError as error:
+                    outcomes[error.code().name] += 1
+                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        reasons.add(error.details() or "")
+
+            await asyncio.gather(*(one(i) for i in range(BURST)))
+        process.terminate()
+        code = await asyncio.to_thread(process.wait, 30)
+    print(f"\nburst of {BURST} on one channel: {dict(outcomes)}")
+    assert code == 0
+    assert sum(outcomes.values()) == BURST
+    assert set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, outcomes
+    assert outcomes["OK"] > 0
+    if model == "minilm":
+        assert outcomes["RESOURCE_EXHAUSTED"] > 0
+    # Refusals say why: a full queue, or the queued work outlasting the call's deadline.
+    assert all("queue full" in r or "server busy" in r for r in reasons), reasons
+    drained = [m for m in map(DRAIN_LINE.search, logs) if m]
+    assert drained, logs[-20:]
+    accepted, answered, cancelled, still_open = map(int, drained[-1].groups())
+    assert accepted == BURST and answered == BURST and cancelled == 0 and still_open == 0
