@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,19 +29,11 @@ from bench.deadline_batching import (  # noqa: E402
     summarise,
     workload,
 )
-from bench.processes import running_server  # noqa: E402
+from bench.processes import remove_worktree, running_server, worktree  # noqa: E402
 from bench.stats import median  # noqa: E402
 
 SECONDS = 15.0
 DEADLINE = 0.1
-
-
-def worktree(ref: str, root: Path) -> Path:
-    """A detached checkout of `ref` under `root`, with this checkout's .venv linked in."""
-    path = root / ref.replace("/", "_")
-    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(path), ref], cwd=REPO, check=True)
-    (path / ".venv").symlink_to(REPO / ".venv")
-    return path
 
 
 def measure(repo: Path, model: Path, texts_file: Path, rate: float) -> dict[str, float]:
@@ -85,7 +76,7 @@ def main() -> int:
         finally:
             for repo in builds.values():
                 if repo != REPO:
-                    subprocess.run(["git", "worktree", "remove", "--force", str(repo)], cwd=REPO, check=False)
+                    remove_worktree(repo)
     base, new = builds
     for metric in ("saturation_rps", "overload_goodput_rps"):
         ratios = [p[new][metric] / p[base][metric] for p in pairs]

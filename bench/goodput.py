@@ -28,13 +28,25 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from bench.peers.catalog import PeerContext, launch
-from bench.processes import Cores, Server, cores_for, process_cpu, run_loadgen, start_server, wait_ready
+from bench.processes import (
+    Cores,
+    Server,
+    cores_for,
+    process_cpu,
+    remove_worktree,
+    run_loadgen,
+    serve_launch,
+    start_server,
+    wait_ready,
+    worktree,
+)
 from bench.run import ensure_model, triton_env
 from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
 from millibatch.engines.convert.quantize import cpuinfo_value
@@ -220,7 +232,11 @@ def run_peer(name: str, round_: int, args: argparse.Namespace, ctx: PeerContext,
                  "--max-queue-size", str(args.triton_max_queue)]
     else:
         extra = list(args.server_args)
-    spec = launch(name, ctx.model_dir if not name.startswith("millibatch-") else args.models[name], ctx, extra)
+    if name in args.builds:  # millibatch@REF: another build, from its own worktree
+        spec = serve_launch(ctx.model_dir, ["--threads-per-instance", str(ctx.threads), "--log-level", "warning",
+                                            *extra], name=name, metrics=True, repo=args.builds[name])
+    else:
+        spec = launch(name, ctx.model_dir if not name.startswith("millibatch-") else args.models[name], ctx, extra)
     print(f"{name} round {round_} (server cores {sorted(cores.server)}, client cores {sorted(cores.client)}): "
           f"{' '.join(spec.command[-len(extra):]) if extra else 'default settings'}", flush=True)
     server = start_server(spec, cores, raw)
@@ -264,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stsb", type=Path, default=DEFAULT_STSB)
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results/goodput/TEXTS)")
     parser.add_argument("--server-args", default="", help="extra flags for millibatch serve (one string)")
+    parser.add_argument("--baseline", action="append", default=[], metavar="REF",
+                        help="also run the server as built at git REF (peer millibatch@REF), e.g. the commit "
+                             "before a change, so both are measured in the same run")
     return parser
 
 
@@ -286,13 +305,20 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": cpuinfo_value("model name"), "cores": len(os.sched_getaffinity(0)), "commit": commit,
             "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]}
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    args.builds = {f"millibatch@{ref}": worktree(ref, Path(tempfile.mkdtemp(prefix="goodput-")))
+                   for ref in args.baseline}
+    peers += list(args.builds)
     runs = []
-    for round_ in range(1, args.rounds + 1):
-        for name in peers:
-            if name.startswith("triton") and triton_python is None:
-                print(f"{name}: skipped (no Triton environment; `make bench` builds build/bench-triton-venv)")
-                continue
-            runs.append(run_peer(name, round_, args, ctx, cores, texts, raw))
+    try:
+        for round_ in range(1, args.rounds + 1):
+            for name in peers:
+                if name.startswith("triton") and triton_python is None:
+                    print(f"{name}: skipped (no Triton environment; `make bench` builds build/bench-triton-venv)")
+                    continue
+                runs.append(run_peer(name, round_, args, ctx, cores, texts, raw))
+    finally:
+        for path in args.builds.values():
+            remove_worktree(path)
     summary = {"machine": info, "argv": argv if argv is not None else sys.argv[1:], "texts": args.texts,
                "deadline_ms": args.deadline_ms, "triton_max_queue": args.triton_max_queue,
                "server_cores": sorted(cores.server), "client_cores": sorted(cores.client), "runs": runs}

@@ -204,6 +204,15 @@ def error_kind(error: BaseException) -> str:
             return str(getattr(code(), "name", code()))
         except Exception:  # some clients' code() needs state they lack; fall back below
             pass
+    # tritonclient's InferenceServerException carries the gRPC status as text ("StatusCode.UNAVAILABLE").
+    status = getattr(error, "status", None)
+    if callable(status):
+        try:
+            named = str(status() or "")
+        except Exception:  # a status it cannot tell: fall back below
+            named = ""
+        if named:
+            return named.rsplit(".", 1)[-1]
     if isinstance(error, TimeoutError | asyncio.TimeoutError):
         return "timeout"
     text = str(error)

@@ -191,3 +191,17 @@ def running_server(spec: Launch, texts: Path, cores: Cores | None = None, logs: 
         yield server
     finally:
         server.stop()
+
+
+def worktree(ref: str, root: Path) -> Path:
+    """A detached checkout of git `ref` under `root`, with this checkout's .venv linked in: another build
+    of the server to run beside this one (`serve_launch(..., repo=...)`)."""
+    path = root / ref.replace("/", "_")
+    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(path), ref], cwd=ROOT, check=True)
+    (path / ".venv").symlink_to(ROOT / ".venv")
+    return path
+
+
+def remove_worktree(path: Path) -> None:
+    """Undo `worktree`."""
+    subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
