@@ -66,7 +66,9 @@ async def rerank(plane: DataPlane, model: ServedModel, query: str, documents: Se
                                      deadline=deadline, direction=direction)
     keys, scores = relevance(done)
     order = np.argsort(-keys, kind="stable")[: top_n or len(documents)]
-    return Reranked([Ranked(int(i), float(scores[i])) for i in order], done)
+    # float32, what gRPC carries: every door reports the same numbers.
+    scores32 = scores.astype(np.float32)
+    return Reranked([Ranked(int(i), float(scores32[i])) for i in order], done)
 
 
 def relevance(done: Computed) -> tuple[np.ndarray, np.ndarray]:

@@ -86,11 +86,12 @@ def make_tiny_mlm_checkpoint(folder: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def running_server(models: list[Path], **overrides: object) -> AsyncIterator[InferenceServer]:
-    """An InferenceServer on a free loopback port, started and warmed, drained on exit."""
+    """An InferenceServer on a free loopback port, started and warmed, drained on exit; its HTTP door is
+    off unless `http_port` is given (see free_port)."""
     from millibatch.settings import load_settings
 
     settings = load_settings({
-        "models": [str(m) for m in models], "host": "127.0.0.1", "port": 0, "metrics_port": 0,
+        "models": [str(m) for m in models], "host": "127.0.0.1", "port": 0, "metrics_port": 0, "http_port": 0,
         "profile_on_start": False, "drain_seconds": 2.0, **overrides,
     })
     server = InferenceServer(settings)
@@ -100,3 +101,11 @@ async def running_server(models: list[Path], **overrides: object) -> AsyncIterat
     finally:
         await server.stop()
 
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (for the HTTP door, whose port 0 means off)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
