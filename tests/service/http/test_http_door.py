@@ -242,3 +242,20 @@ async def test_stop_lets_in_flight_requests_finish_and_refuses_new_ones(tiny_emb
     assert late in (503, "refused")
     assert server.ledger.cancelled == 0 and server.ledger.open == 0
     assert server.ledger.answered == server.ledger.accepted
+
+
+async def test_a_client_that_goes_away_cancels_its_request(tiny_embed_dir: Path) -> None:
+    async with running_server([tiny_embed_dir], http_port=free_port(), instances=1) as server:
+        batcher = server.registry.models["tiny-embed"].batcher
+        engine = batcher.engine = FaultyEngine(batcher.engine, delay=0.3)
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as http:
+            with pytest.raises(asyncio.TimeoutError):
+                await http.post("/v1/embeddings", json={"input": ["first"]}, timeout=aiohttp.ClientTimeout(total=0.1))
+            for _ in range(200):  # the handler sees the closed connection and is cancelled
+                if server.ledger.cancelled:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.ledger.cancelled == 1 and server.ledger.open == 0
+            engine.delay = 0.0
+            async with http.post("/v1/embeddings", json={"input": "next"}) as response:
+                assert response.status == 200  # and the server serves on
