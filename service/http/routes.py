@@ -87,11 +87,8 @@ class Routes:
         else:
             embedded = await embed_ids(plane, model, body.ids or [], body.options, deadline)
         vectors = np.ascontiguousarray(embedded.vectors, dtype="<f4")
-        encoded: Any
-        if body.base64:
-            encoded = [base64.b64encode(row.tobytes()).decode("ascii") for row in vectors]
-        else:
-            encoded = vectors  # rows serialized by orjson as numbers
+        # base64: each row's little-endian float32 bytes; float: the rows themselves, written by orjson.
+        encoded: Any = [base64.b64encode(row.tobytes()).decode("ascii") for row in vectors] if body.base64 else vectors
         return json_response({
             "object": "list",
             "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],
