@@ -64,7 +64,7 @@ async def serve(model: Path, port: int, mode: str) -> None:
     from millibatch.settings import load_settings
 
     settings = load_settings({"models": [str(model)], "host": "127.0.0.1", "port": port, "metrics_port": 0,
-                              "profile_on_start": False, "log_level": "warning"})
+                              "http_port": 0, "profile_on_start": False, "log_level": "warning"})
     server = InferenceServer(settings)
     await server.start()
     for served in server.registry.models.values():

@@ -67,8 +67,9 @@ def serve_launch(model: Path, flags: Sequence[str], *, name: str = "millibatch",
     metrics_port = free_port() if metrics else 0
     command = [sys.executable, "-m", "millibatch", "serve", "--model", str(model), "--host", "127.0.0.1",
                "--port", str(port), "--metrics-port", str(metrics_port), *flags]
-    return Launch(name, command, "millibatch", f"127.0.0.1:{port}", env=dict(env or {}), cwd=repo,
-                  metrics_url=f"http://127.0.0.1:{metrics_port}/metrics" if metrics else None)
+    # The HTTP door off (by environment: a checkout that predates it ignores the variable, not a flag).
+    return Launch(name, command, "millibatch", f"127.0.0.1:{port}", env={"MILLIBATCH_HTTP_PORT": "0", **(env or {})},
+                  cwd=repo, metrics_url=f"http://127.0.0.1:{metrics_port}/metrics" if metrics else None)
 
 
 @dataclass

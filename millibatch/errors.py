@@ -17,6 +17,7 @@ StatusName = Literal[
     "FAILED_PRECONDITION",
     "CANCELLED",
     "UNAUTHENTICATED",
+    "UNIMPLEMENTED",
 ]
 
 
@@ -95,3 +96,10 @@ class Unauthenticated(MillibatchError):
 
     status = "UNAUTHENTICATED"
     reason = "unauthenticated"
+
+
+class Unsupported(MillibatchError):
+    """The server does not offer this operation (e.g. loading a model at run time: models are fixed at start-up)."""
+
+    status = "UNIMPLEMENTED"
+    reason = "unsupported"

@@ -45,11 +45,15 @@ class Settings(BaseSettings):
 
     # -- network --------------------------------------------------------------------------------
     host: str = "[::]"
-    """Address the gRPC server binds to."""
+    """Address the gRPC, HTTP and metrics servers bind to."""
     port: int = Field(50051, ge=0, le=65535)
     """gRPC port (0 picks a free port, printed at start-up)."""
     metrics_port: int = Field(9095, ge=0, le=65535)
     """Prometheus metrics HTTP port; 0 disables the endpoint."""
+    http_port: int = Field(8080, ge=0, le=65535)
+    """HTTP port of the OpenAI-compatible door (`/v1/embeddings`, `/v1/rerank`, `/v1/models`, `/health`), on
+    `host` with the same TLS, API keys and limits as gRPC (a body over `max_receive_message_bytes` gets
+    413); 0 turns it off."""
     max_receive_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     """Largest request message accepted; bigger ones get RESOURCE_EXHAUSTED from gRPC."""
     max_send_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)

@@ -1,4 +1,5 @@
-"""Optional API keys: `authorization: Bearer KEY` metadata, checked in constant time; health exempt.
+"""Optional API keys: `authorization: Bearer KEY` metadata (or HTTP header), checked in constant time;
+health exempt.
 
 Keys are compared with `hmac.compare_digest` against every configured key (no early exit), and neither
 the presented nor the configured keys are ever logged.
@@ -53,12 +54,12 @@ def _deny_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(deny, None, serializer)
 
 
-class ApiKeyAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Server interceptor: calls without a valid bearer key get UNAUTHENTICATED before any work."""
+class ApiKeys:
+    """The configured keys, and the one check every door makes against them."""
 
     def __init__(self, keys: Sequence[SecretStr]) -> None:
         if not keys:
-            raise ValueError("ApiKeyAuth needs at least one key")
+            raise ValueError("ApiKeys needs at least one key")
         self._keys = [k.get_secret_value().encode() for k in keys]
 
     def allowed(self, token: bytes | None) -> bool:
@@ -69,6 +70,17 @@ class ApiKeyAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         for key in self._keys:
             matched |= hmac.compare_digest(token, key)
         return matched
+
+
+class ApiKeyAuth(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Server interceptor: calls without a valid bearer key get UNAUTHENTICATED before any work."""
+
+    def __init__(self, keys: Sequence[SecretStr]) -> None:
+        self._keys = ApiKeys(keys)
+
+    def allowed(self, token: bytes | None) -> bool:
+        """True when `token` equals one of the keys (ApiKeys.allowed)."""
+        return self._keys.allowed(token)
 
     async def intercept_service(
         self,

@@ -19,7 +19,7 @@ from millibatch.errors import InvalidInput
 from millibatch.service.ledger import CallLedger
 from millibatch.service.metrics import Metrics
 from millibatch.service.registry import ModelRegistry, ServedModel
-from millibatch.service.tokenization import to_rows
+from millibatch.service.tokenization import Direction, to_rows
 from millibatch.settings import Settings
 
 
@@ -70,13 +70,16 @@ class DataPlane:
             raise InvalidInput(f"{count} inputs in one request; the limit is {limit} (send between 1 and {limit})")
 
     async def compute_texts(self, model: ServedModel, texts: Sequence[str], pairs: Sequence[str] = (), *,
-                            truncate: bool, deadline: float) -> Computed:
-        """Tokenize texts (and second texts of pairs) and run them through the model's batcher."""
+                            truncate: bool, deadline: float, direction: Direction = "right",
+                            prompt: str = "") -> Computed:
+        """Tokenize texts (and second texts of pairs) and run them through the model's batcher; `prompt` is
+        prepended to every text (its tokens count in the usage), `direction` is the end truncation cuts."""
         self.check_count(len(texts))
         # The cheapest refusal: the queue ahead outlasts the deadline, so nothing is spent on tokenizing.
         model.batcher.precheck(deadline, len(texts), self._least_tokens(texts, model))
         started = time.perf_counter()
-        encodings = await model.encoder.encode_async(texts, pairs, truncate=truncate)
+        encodings = await model.encoder.encode_async(texts, pairs, truncate=truncate, direction=direction,
+                                                     prompt=prompt)
         tokenize_seconds = time.perf_counter() - started
         return await self.compute_rows(model, to_rows(encodings), deadline, tokenize_seconds, encodings)
 

@@ -11,16 +11,31 @@ import numpy as np
 
 from millibatch.errors import InvalidInput
 from millibatch.service.dataplane import Computed, DataPlane
+from millibatch.service.embeddings import EmbedOptions, embed_texts
 from millibatch.service.entities import DEFAULT_IGNORE_LABELS, STRATEGIES, Entity, Strategy, extract_entities
 from millibatch.service.registry import ServedModel
+from millibatch.service.rerank import rerank
+from millibatch.service.sparse_embed import embed_sparse
+from millibatch.service.tokenization import Direction
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import inference_pb2_grpc
+from millibatch.vectors import ENCODINGS, Encoding, pack
 
 #: Wire enum (AGGREGATION_STRATEGY_<NAME>) → aggregation strategy; UNSPECIFIED gets SIMPLE, what most
 #: transformers NER examples use.
 WIRE_STRATEGIES: dict[int, Strategy] = {
     pb.AggregationStrategy.Value(f"AGGREGATION_STRATEGY_{name.upper()}"): name for name in STRATEGIES
 } | {pb.AGGREGATION_STRATEGY_UNSPECIFIED: "simple"}
+#: Wire enum → truncation direction; UNSPECIFIED gets RIGHT (keep the start), what tokenizers do.
+WIRE_DIRECTIONS: dict[int, Direction] = {
+    pb.TRUNCATION_DIRECTION_UNSPECIFIED: "right",
+    pb.TRUNCATION_DIRECTION_RIGHT: "right",
+    pb.TRUNCATION_DIRECTION_LEFT: "left",
+}
+#: Wire enum → packed vector encoding; UNSPECIFIED (None) sends `values` as repeated floats.
+WIRE_ENCODINGS: dict[int, Encoding | None] = {
+    pb.VectorEncoding.Value(f"VECTOR_ENCODING_{name.upper()}"): name for name in ENCODINGS
+} | {pb.VECTOR_ENCODING_UNSPECIFIED: None}
 #: Above this many tokens in a request, entities are gathered in a thread (about 3 µs a token) so the
 #: event loop keeps answering other calls meanwhile.
 INLINE_ENTITY_TOKENS = 4096
@@ -32,6 +47,21 @@ def micros(seconds: float) -> int:
 
 def usage(tokens: int) -> pb.Usage:
     return pb.Usage(prompt_tokens=tokens, total_tokens=tokens)
+
+
+def direction(value: int) -> Direction:
+    """The truncation direction of a request's enum value."""
+    found = WIRE_DIRECTIONS.get(value)
+    if found is None:  # proto3 enums are open: a newer client may send a value this server lacks
+        raise InvalidInput(f"unknown truncation_direction {value}; use TRUNCATION_DIRECTION_RIGHT or _LEFT")
+    return found
+
+
+def encoding(value: int) -> Encoding | None:
+    """The packed encoding of a request's enum value (None: repeated floats)."""
+    if value not in WIRE_ENCODINGS:
+        raise InvalidInput(f"unknown encoding {value}; use one of VECTOR_ENCODING_{{FLOAT32, FLOAT16, INT8, BINARY}}")
+    return WIRE_ENCODINGS[value]
 
 
 def timing(done: Computed, started: float) -> pb.Timing:
@@ -47,7 +77,7 @@ def timing(done: Computed, started: float) -> pb.Timing:
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    """Embed, Classify, ExtractEntities and Tokenize over the data plane."""
+    """Embed, Rerank, EmbedSparse, Classify, ExtractEntities and Tokenize over the data plane."""
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
@@ -62,12 +92,59 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         started = time.perf_counter()
         model = self.plane.model(request.model, task="embed")
-        normalize = request.normalize if request.HasField("normalize") else model.manifest.normalize
-        output = "embeddings" if normalize else "pooled"
-        done = await self._run(model, request.inputs, (), request.truncate, context)
-        vectors = np.stack([r.get(output) for r in done.results]).tolist()
+        packed = encoding(request.encoding)
+        options = EmbedOptions(
+            truncate=request.truncate,
+            normalize=request.normalize if request.HasField("normalize") else None,
+            dimensions=request.dimensions if request.HasField("dimensions") else None,
+            prompt_name=request.prompt_name,
+            prompt=request.prompt if request.HasField("prompt") else None,
+            direction=direction(request.truncation_direction),
+        )
+        plane = self.plane
+        embedded = await embed_texts(plane, model, request.inputs, options, plane.deadline(context.time_remaining()))
+        if packed is None:
+            embeddings = [pb.Embedding(values=v) for v in embedded.vectors.tolist()]
+        else:
+            embeddings = [pb.Embedding(packed=data, scale=scale) for data, scale in pack(embedded.vectors, packed)]
+        done = embedded.done
         return pb.EmbedResponse(
-            embeddings=[pb.Embedding(values=v) for v in vectors],
+            embeddings=embeddings,
+            model=model.name,
+            usage=usage(done.tokens),
+            timing=timing(done, started),
+            dimensions=embedded.dimensions,
+        )
+
+    async def Rerank(self, request: pb.RerankRequest, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
+        started = time.perf_counter()
+        model = self.plane.model(request.model, task="classify")
+        plane = self.plane
+        reranked = await rerank(plane, model, request.query, request.documents, top_n=request.top_n,
+                                truncate=request.truncate, direction=direction(request.truncation_direction),
+                                deadline=plane.deadline(context.time_remaining()))
+        documents = request.documents if request.return_documents else None
+        results = [
+            pb.RerankResult(index=r.index, score=r.score, document=documents[r.index] if documents else "")
+            for r in reranked.ranked
+        ]
+        done = reranked.done
+        return pb.RerankResponse(results=results, model=model.name, usage=usage(done.tokens),
+                                 timing=timing(done, started))
+
+    async def EmbedSparse(
+        self, request: pb.EmbedSparseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EmbedSparseResponse:
+        started = time.perf_counter()
+        model = self.plane.model(request.model, task="sparse-embed")
+        plane = self.plane
+        embedded = await embed_sparse(plane, model, request.inputs, threshold=request.threshold,
+                                      truncate=request.truncate, direction=direction(request.truncation_direction),
+                                      deadline=plane.deadline(context.time_remaining()))
+        done = embedded.done
+        return pb.EmbedSparseResponse(
+            embeddings=[pb.SparseEmbedding(indices=ids.tolist(), values=weights.tolist())
+                        for ids, weights in embedded.vectors],
             model=model.name,
             usage=usage(done.tokens),
             timing=timing(done, started),

@@ -31,6 +31,8 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         ready=model.ready,
         cost_model=model.batcher.cost_model.coefficients,
         source_hash=manifest.source_hash,
+        prompts=manifest.prompts,
+        default_prompt_name=manifest.default_prompt_name,
         batching=pb.BatchingStats(
             batches=counters.batches, rows=counters.rows, real_tokens=counters.real_tokens,
             padded_tokens=counters.padded_tokens, shed=counters.requests_shed, rejected=counters.requests_rejected,

@@ -1,8 +1,9 @@
 """Server lifecycle: start → warm up → serve → drain on SIGTERM → exit 0.
 
-Health answers from the first moment (NOT_SERVING), flips to SERVING per model once it is warm, and
-back to NOT_SERVING when draining starts; new calls then get UNAVAILABLE while queued and running
-work finishes within `drain_seconds`.
+Health answers from the first moment (NOT_SERVING, and HTTP /health 503), flips to SERVING per model
+once it is warm, and back to NOT_SERVING when draining starts; new calls then get UNAVAILABLE (HTTP
+503) while queued and running work finishes within `drain_seconds`. The HTTP door (service/http) runs
+on the same event loop over the same data plane.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from millibatch.service.auth import ApiKeyAuth
 from millibatch.service.dataplane import DataPlane
 from millibatch.service.edge import register
 from millibatch.service.first_use import resolve_model_dir
+from millibatch.service.http.door import HttpDoor
 from millibatch.service.inference_servicer import InferenceServicer
 from millibatch.service.kserve.servicer import KServeServicer
 from millibatch.service.ledger import CallLedger
@@ -95,6 +97,9 @@ class InferenceServer:
         self.plane = DataPlane(self.registry, settings, self.metrics, self.ledger)
         #: Bound metrics port (0: endpoint disabled).
         self.metrics_port = 0
+        #: The HTTP door (None when http_port is 0) and its bound port.
+        self.http: HttpDoor | None = None
+        self.http_port = 0
 
     async def start(self) -> None:
         """Bind and start answering (health NOT_SERVING), then load and warm every model."""
@@ -126,6 +131,12 @@ class InferenceServer:
         log.info("gRPC listening on %s:%d%s (not serving until models are warm)", self.settings.host, self.port,
                  " with TLS" if credentials is not None else "")
         log_settings(self.settings)
+        if self.settings.http_port:
+            door = HttpDoor(self.plane, self.settings)
+            self.http_port = await door.start()
+            self.http = door
+            log.info("HTTP listening on %s:%d%s (/v1/embeddings, /v1/rerank, /v1/models, /health)",
+                     self.settings.host, self.http_port, " with TLS" if door.tls else "")
         if self.settings.metrics_port:
             self.metrics_port = self.metrics.serve_http(self.settings.host.strip("[]"), self.settings.metrics_port)
             log.info("metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
@@ -135,6 +146,8 @@ class InferenceServer:
         # millisecond instead of about 11 ms (MiniLM) that every call in flight would wait for.
         gc.collect()
         gc.freeze()
+        if self.http is not None:
+            self.http.serving()
         for name in ("", INFERENCE_SERVICE, MODELS_SERVICE, KSERVE_SERVICE):
             await self.health.set(name, SERVING)
         log.info("serving %s (default %s)", ", ".join(self.registry.models), self.registry.default)
@@ -176,11 +189,15 @@ class InferenceServer:
         self.registry.accepting = False
         await self.health.enter_graceful_shutdown()
         await asyncio.gather(*(m.batcher.stop(self.settings.drain_seconds) for m in self.registry.models.values()))
+        closing = []
         if self._server is not None:
             # Every accepted call has its answer now; the grace only lets them be written out. Calls that
             # gRPC received but had not handed to a handler when stop() begins are never dispatched and
             # end CANCELLED when the grace runs out (grpc/grpc#41785): a short grace ends that limbo soon.
-            await self._server.stop(grace=min(STOP_GRACE_SECONDS, max(0.5, drain_ends - loop.time())))
+            closing.append(self._server.stop(grace=min(STOP_GRACE_SECONDS, max(0.5, drain_ends - loop.time()))))
+        if self.http is not None:
+            closing.append(self.http.stop())  # the same: stop listening, let answers be written, close
+        await asyncio.gather(*closing)
         ledger = self.ledger
         log.info("drain complete: accepted=%d answered=%d cancelled=%d open=%d",
                  ledger.accepted, ledger.answered, ledger.cancelled, ledger.open)

@@ -24,6 +24,7 @@ STATUS: dict[StatusName, tuple[grpc.StatusCode, int]] = {
     "FAILED_PRECONDITION": (grpc.StatusCode.FAILED_PRECONDITION, 400),
     "CANCELLED": (grpc.StatusCode.CANCELLED, 499),
     "UNAUTHENTICATED": (grpc.StatusCode.UNAUTHENTICATED, 401),
+    "UNIMPLEMENTED": (grpc.StatusCode.UNIMPLEMENTED, 501),
 }
 #: Load-shedding answers: under overload they come by the thousand per second, so they are logged at
 #: DEBUG only (metrics count every one); every other failure gets an INFO line.
@@ -32,6 +33,11 @@ OVERLOAD_CODES = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.R
 def status_of(error: MillibatchError) -> grpc.StatusCode:
     """The gRPC status code for a millibatch error."""
     return STATUS[error.status][0]
+
+
+def http_status_of(error: MillibatchError) -> int:
+    """The HTTP status for a millibatch error (the HTTP door's answer)."""
+    return STATUS[error.status][1]
 
 
 def request_id(context: grpc.aio.ServicerContext) -> str:

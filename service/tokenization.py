@@ -122,3 +122,32 @@ def to_rows(encodings: Sequence[Encoding]) -> list[Row]:
         Row(ids=np.asarray(e.ids, dtype=np.int64), type_ids=np.asarray(e.type_ids, dtype=np.int64))
         for e in encodings
     ]
+
+
+def id_rows(arrays: Sequence[Sequence[int]], max_length: int, vocab_size: int, field: str = "input") -> list[Row]:
+    """Model rows from token-id arrays taken exactly as sent: the model's own ids, special tokens included
+    (nothing is added, nothing is cut); every id must be in the vocabulary and no array longer than
+    `max_length`. Token type ids are all 0. `field` names the arrays in error messages."""
+    rows = []
+    for index, ids in enumerate(arrays):
+        if not ids:
+            raise InvalidInput(f"{field}[{index}] is an empty token array")
+        if len(ids) > max_length:
+            raise InputTooLong(
+                f"{field}[{index}] is {len(ids)} tokens long; the model accepts at most {max_length} "
+                "(token arrays are never truncated)"
+            )
+        try:
+            array = np.asarray(ids, dtype=np.int64)
+        except (OverflowError, TypeError, ValueError):
+            raise InvalidInput(f"{field}[{index}] must be a list of integer token ids") from None
+        if array.ndim != 1:
+            raise InvalidInput(f"{field}[{index}] must be a flat list of integer token ids")
+        outside = (array < 0) | (array >= vocab_size)
+        if outside.any():
+            bad = int(array[int(outside.argmax())])
+            raise InvalidInput(
+                f"{field}[{index}] has token id {bad}; ids must be in [0, {vocab_size}) for this model's vocabulary"
+            )
+        rows.append(Row(ids=array, type_ids=np.zeros_like(array)))
+    return rows

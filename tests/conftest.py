@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from millibatch.engines.convert.convert import ConvertOptions, convert
 from millibatch.engines.convert.validate import default_stsb_path
-from tests.helpers import make_tiny_checkpoint
+from millibatch.engines.model_dir import Manifest
+from tests.helpers import make_tiny_checkpoint, make_tiny_mlm_checkpoint
+
+#: The prompts of the `tiny-prompted` model (a copy of tiny-embed with sentence-transformers-style prompts).
+TINY_PROMPTS = {"query": "query: ", "passage": "passage: "}
 
 # Keep thread pools small: CI has 2 cores and tests run servers and references side by side.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -32,6 +37,39 @@ def tiny_classify_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = root / "model"
     convert(ConvertOptions(source=str(checkpoint), output=out, task="classify", name="tiny-classify"),
             progress=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cross-encoder with one label (a single relevance logit), as ms-marco rerankers are."""
+    root = tmp_path_factory.mktemp("tiny-reranker")
+    checkpoint = make_tiny_checkpoint(root / "checkpoint", "classify", labels=["LABEL_0"])
+    out = root / "model"
+    convert(ConvertOptions(source=str(checkpoint), output=out, task="classify", name="tiny-reranker"),
+            progress=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sparse_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random masked-LM converted with --task sparse-embed (SPLADE)."""
+    root = tmp_path_factory.mktemp("tiny-sparse")
+    checkpoint = make_tiny_mlm_checkpoint(root / "checkpoint")
+    out = root / "model"
+    convert(ConvertOptions(source=str(checkpoint), output=out, task="sparse-embed", name="tiny-sparse"),
+            progress=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_prompted_dir(tiny_embed_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-embed served as `tiny-prompted`, with TINY_PROMPTS and "query" as its default prompt."""
+    out = tmp_path_factory.mktemp("tiny-prompted") / "model"
+    shutil.copytree(tiny_embed_dir, out)
+    manifest = Manifest.load(out)
+    manifest.name, manifest.prompts, manifest.default_prompt_name = "tiny-prompted", dict(TINY_PROMPTS), "query"
+    manifest.save(out)
     return out
 
 

@@ -17,8 +17,9 @@ def minilm_source() -> Path:
     return resolve(next(iter(PACKAGED_MODELS))).path
 
 
-def make_tiny_checkpoint(folder: Path, task: str, max_positions: int = 64) -> Path:
-    """A random 2-layer BERT (hidden 32) with the MiniLM tokenizer, saved like a Hugging Face checkpoint."""
+def make_tiny_checkpoint(folder: Path, task: str, max_positions: int = 64, labels: list[str] | None = None) -> Path:
+    """A random 2-layer BERT (hidden 32) with the MiniLM tokenizer, saved like a Hugging Face checkpoint;
+    a classifier has `labels` (default TINY_LABELS; one label makes a cross-encoder with a single logit)."""
     import shutil
 
     import torch
@@ -28,7 +29,7 @@ def make_tiny_checkpoint(folder: Path, task: str, max_positions: int = 64) -> Pa
     config = BertConfig(
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=max_positions,
-        id2label=dict(enumerate(TINY_LABELS)), label2id={n: i for i, n in enumerate(TINY_LABELS)},
+        id2label=dict(enumerate(labels or TINY_LABELS)), label2id={n: i for i, n in enumerate(labels or TINY_LABELS)},
     )
     model = BertForSequenceClassification(config) if task == "classify" else BertModel(config)
     folder.mkdir(parents=True, exist_ok=True)
@@ -85,11 +86,12 @@ def make_tiny_mlm_checkpoint(folder: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def running_server(models: list[Path], **overrides: object) -> AsyncIterator[InferenceServer]:
-    """An InferenceServer on a free loopback port, started and warmed, drained on exit."""
+    """An InferenceServer on a free loopback port, started and warmed, drained on exit; its HTTP door is
+    off unless `http_port` is given (see free_port)."""
     from millibatch.settings import load_settings
 
     settings = load_settings({
-        "models": [str(m) for m in models], "host": "127.0.0.1", "port": 0, "metrics_port": 0,
+        "models": [str(m) for m in models], "host": "127.0.0.1", "port": 0, "metrics_port": 0, "http_port": 0,
         "profile_on_start": False, "drain_seconds": 2.0, **overrides,
     })
     server = InferenceServer(settings)
@@ -98,3 +100,12 @@ async def running_server(models: list[Path], **overrides: object) -> AsyncIterat
         yield server
     finally:
         await server.stop()
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (for the HTTP door, whose port 0 means off)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -13,6 +13,7 @@ PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PORT=${TEST_PORT:-50151}
 METRICS_PORT=${TEST_METRICS_PORT:-50195}
+HTTP_PORT=${TEST_HTTP_PORT:-50180}
 BUILDAH=(buildah --root "$WORK/storage" --runroot "$WORK/run" --storage-driver vfs)
 mkdir -p "$WORK"
 started=$(date +%s)
@@ -71,16 +72,17 @@ trap cleanup EXIT
 stamp "run"
 "${BUILDAH[@]}" run --isolation chroot --user 10001:10001 \
     --env MILLIBATCH_HOST=127.0.0.1 --env MILLIBATCH_PORT="$PORT" --env MILLIBATCH_METRICS_PORT="$METRICS_PORT" \
+    --env MILLIBATCH_HTTP_PORT="$HTTP_PORT" \
     "$ctr" -- millibatch serve > "$WORK/serve.log" 2>&1 &
 server=$!
-PYTHONPATH=$ROOT "$PYTHON" - "$PORT" "$METRICS_PORT" <<'PY'
-import sys, time, urllib.request
+PYTHONPATH=$ROOT "$PYTHON" - "$PORT" "$METRICS_PORT" "$HTTP_PORT" <<'PY'
+import json, sys, time, urllib.request
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from millibatch.client import Client
 
-port, metrics = sys.argv[1], sys.argv[2]
+port, metrics, http_port = sys.argv[1], sys.argv[2], sys.argv[3]
 channel = grpc.insecure_channel(f"127.0.0.1:{port}")
 health = health_pb2_grpc.HealthStub(channel)
 until = time.monotonic() + 120
@@ -103,6 +105,11 @@ from prometheus_client.parser import text_string_to_metric_families
 ok = [s.value for f in text_string_to_metric_families(text) for s in f.samples
       if s.name == "millibatch_requests_total" and s.labels == {"model": "all-MiniLM-L6-v2", "rpc": "Embed", "code": "OK"}]
 assert ok == [1.0], ok
-print(f"container answered Embed: dim 384, cos(similar)={similar:.3f} cos(different)={different:.3f}")
+request = urllib.request.Request(f"http://127.0.0.1:{http_port}/v1/embeddings", method="POST",
+                                 data=json.dumps({"input": "A man is playing a guitar."}).encode())
+answer = json.loads(urllib.request.urlopen(request, timeout=10).read())
+assert np.allclose(answer["data"][0]["embedding"], vectors[0], atol=1e-6)
+print(f"container answered Embed: dim 384, cos(similar)={similar:.3f} cos(different)={different:.3f}; "
+      "and /v1/embeddings over HTTP the same")
 PY
 stamp "ok"

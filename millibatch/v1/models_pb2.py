@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amillibatch/v1/models.proto\x12\rmillibatch.v1\"\x13\n\x11ListModelsRequest\"U\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.millibatch.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"%\n\x14\x44\x65scribeModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xa3\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x12\n\ndimensions\x18\x03 \x01(\r\x12\x12\n\nmax_length\x18\x04 \x01(\r\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12\x11\n\tprecision\x18\x06 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x15\n\rengine_reason\x18\t \x01(\t\x12\x11\n\tinstances\x18\n \x01(\r\x12\x0f\n\x07pooling\x18\x0b \x01(\t\x12\x11\n\tnormalize\x18\x0c \x01(\x08\x12\r\n\x05ready\x18\r \x01(\x08\x12;\n\ncost_model\x18\x0e \x03(\x0b\x32\'.millibatch.v1.ModelInfo.CostModelEntry\x12\x13\n\x0bsource_hash\x18\x0f \x01(\t\x12.\n\x08\x62\x61tching\x18\x10 \x01(\x0b\x32\x1c.millibatch.v1.BatchingStats\x1a\x30\n\x0e\x43ostModelEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa2\x01\n\rBatchingStats\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x04\x12\x0c\n\x04rows\x18\x02 \x01(\x04\x12\x13\n\x0breal_tokens\x18\x03 \x01(\x04\x12\x15\n\rpadded_tokens\x18\x04 \x01(\x04\x12\x0c\n\x04shed\x18\x05 \x01(\x04\x12\x10\n\x08rejected\x18\x06 \x01(\x04\x12\x0e\n\x06policy\x18\x07 \x01(\t\x12\x16\n\x0e\x65ngine_seconds\x18\x08 \x01(\x01\x32\xab\x01\n\x06Models\x12Q\n\nListModels\x12 .millibatch.v1.ListModelsRequest\x1a!.millibatch.v1.ListModelsResponse\x12N\n\rDescribeModel\x12#.millibatch.v1.DescribeModelRequest\x1a\x18.millibatch.v1.ModelInfoB1\n\x11\x64\x65v.millibatch.v1P\x01Z\x1amillibatch/v1;millibatchv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amillibatch/v1/models.proto\x12\rmillibatch.v1\"\x13\n\x11ListModelsRequest\"U\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.millibatch.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"%\n\x14\x44\x65scribeModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xa8\x04\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x12\n\ndimensions\x18\x03 \x01(\r\x12\x12\n\nmax_length\x18\x04 \x01(\r\x12\x0e\n\x06labels\x18\x05 \x03(\t\x12\x11\n\tprecision\x18\x06 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x15\n\rengine_reason\x18\t \x01(\t\x12\x11\n\tinstances\x18\n \x01(\r\x12\x0f\n\x07pooling\x18\x0b \x01(\t\x12\x11\n\tnormalize\x18\x0c \x01(\x08\x12\r\n\x05ready\x18\r \x01(\x08\x12;\n\ncost_model\x18\x0e \x03(\x0b\x32\'.millibatch.v1.ModelInfo.CostModelEntry\x12\x13\n\x0bsource_hash\x18\x0f \x01(\t\x12.\n\x08\x62\x61tching\x18\x10 \x01(\x0b\x32\x1c.millibatch.v1.BatchingStats\x12\x36\n\x07prompts\x18\x11 \x03(\x0b\x32%.millibatch.v1.ModelInfo.PromptsEntry\x12\x1b\n\x13\x64\x65\x66\x61ult_prompt_name\x18\x12 \x01(\t\x1a\x30\n\x0e\x43ostModelEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a.\n\x0cPromptsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa2\x01\n\rBatchingStats\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x04\x12\x0c\n\x04rows\x18\x02 \x01(\x04\x12\x13\n\x0breal_tokens\x18\x03 \x01(\x04\x12\x15\n\rpadded_tokens\x18\x04 \x01(\x04\x12\x0c\n\x04shed\x18\x05 \x01(\x04\x12\x10\n\x08rejected\x18\x06 \x01(\x04\x12\x0e\n\x06policy\x18\x07 \x01(\t\x12\x16\n\x0e\x65ngine_seconds\x18\x08 \x01(\x01\x32\xab\x01\n\x06Models\x12Q\n\nListModels\x12 .millibatch.v1.ListModelsRequest\x1a!.millibatch.v1.ListModelsResponse\x12N\n\rDescribeModel\x12#.millibatch.v1.DescribeModelRequest\x1a\x18.millibatch.v1.ModelInfoB1\n\x11\x64\x65v.millibatch.v1P\x01Z\x1amillibatch/v1;millibatchv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\021dev.millibatch.v1P\001Z\032millibatch/v1;millibatchv1'
   _globals['_MODELINFO_COSTMODELENTRY']._loaded_options = None
   _globals['_MODELINFO_COSTMODELENTRY']._serialized_options = b'8\001'
+  _globals['_MODELINFO_PROMPTSENTRY']._loaded_options = None
+  _globals['_MODELINFO_PROMPTSENTRY']._serialized_options = b'8\001'
   _globals['_LISTMODELSREQUEST']._serialized_start=45
   _globals['_LISTMODELSREQUEST']._serialized_end=64
   _globals['_LISTMODELSRESPONSE']._serialized_start=66
@@ -41,11 +43,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESCRIBEMODELREQUEST']._serialized_start=153
   _globals['_DESCRIBEMODELREQUEST']._serialized_end=190
   _globals['_MODELINFO']._serialized_start=193
-  _globals['_MODELINFO']._serialized_end=612
-  _globals['_MODELINFO_COSTMODELENTRY']._serialized_start=564
-  _globals['_MODELINFO_COSTMODELENTRY']._serialized_end=612
-  _globals['_BATCHINGSTATS']._serialized_start=615
-  _globals['_BATCHINGSTATS']._serialized_end=777
-  _globals['_MODELS']._serialized_start=780
-  _globals['_MODELS']._serialized_end=951
+  _globals['_MODELINFO']._serialized_end=745
+  _globals['_MODELINFO_COSTMODELENTRY']._serialized_start=649
+  _globals['_MODELINFO_COSTMODELENTRY']._serialized_end=697
+  _globals['_MODELINFO_PROMPTSENTRY']._serialized_start=699
+  _globals['_MODELINFO_PROMPTSENTRY']._serialized_end=745
+  _globals['_BATCHINGSTATS']._serialized_start=748
+  _globals['_BATCHINGSTATS']._serialized_end=910
+  _globals['_MODELS']._serialized_start=913
+  _globals['_MODELS']._serialized_end=1084
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ class DescribeModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "dimensions", "max_length", "labels", "precision", "engine", "device", "engine_reason", "instances", "pooling", "normalize", "ready", "cost_model", "source_hash", "batching")
+    __slots__ = ("name", "task", "dimensions", "max_length", "labels", "precision", "engine", "device", "engine_reason", "instances", "pooling", "normalize", "ready", "cost_model", "source_hash", "batching", "prompts", "default_prompt_name")
     class CostModelEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,13 @@ class ModelInfo(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class PromptsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +56,8 @@ class ModelInfo(_message.Message):
     COST_MODEL_FIELD_NUMBER: _ClassVar[int]
     SOURCE_HASH_FIELD_NUMBER: _ClassVar[int]
     BATCHING_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_PROMPT_NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     dimensions: int
@@ -65,7 +74,9 @@ class ModelInfo(_message.Message):
     cost_model: _containers.ScalarMap[str, float]
     source_hash: str
     batching: BatchingStats
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., dimensions: _Optional[int] = ..., max_length: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ..., engine: _Optional[str] = ..., device: _Optional[str] = ..., engine_reason: _Optional[str] = ..., instances: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., ready: _Optional[bool] = ..., cost_model: _Optional[_Mapping[str, float]] = ..., source_hash: _Optional[str] = ..., batching: _Optional[_Union[BatchingStats, _Mapping]] = ...) -> None: ...
+    prompts: _containers.ScalarMap[str, str]
+    default_prompt_name: str
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., dimensions: _Optional[int] = ..., max_length: _Optional[int] = ..., labels: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ..., engine: _Optional[str] = ..., device: _Optional[str] = ..., engine_reason: _Optional[str] = ..., instances: _Optional[int] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., ready: _Optional[bool] = ..., cost_model: _Optional[_Mapping[str, float]] = ..., source_hash: _Optional[str] = ..., batching: _Optional[_Union[BatchingStats, _Mapping]] = ..., prompts: _Optional[_Mapping[str, str]] = ..., default_prompt_name: _Optional[str] = ...) -> None: ...
 
 class BatchingStats(_message.Message):
     __slots__ = ("batches", "rows", "real_tokens", "padded_tokens", "shed", "rejected", "policy", "engine_seconds")

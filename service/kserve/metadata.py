@@ -15,6 +15,7 @@ DEFAULT_OUTPUTS = {
     "embed": ("embeddings",),
     "classify": ("logits", "probabilities"),
     "token-classify": ("token_logits", "token_probabilities"),
+    "sparse-embed": ("sparse_weights",),
 }
 #: Inputs: name, V2 datatype, config datatype, shape without the batch dimension, optional in config.
 INPUTS = (

@@ -15,7 +15,7 @@ import numpy as np
 import millibatch
 from millibatch.batching.work import RowResult, WorkItem
 from millibatch.engines.base import FloatArray
-from millibatch.errors import InvalidInput, MillibatchError, ModelNotFound
+from millibatch.errors import InvalidInput, MillibatchError, ModelNotFound, Unsupported
 from millibatch.kserve import grpc_service_pb2 as v2
 from millibatch.kserve import grpc_service_pb2_grpc
 from millibatch.service.dataplane import DataPlane
@@ -32,6 +32,21 @@ Context: TypeAlias = grpc.aio.ServicerContext
 #: Protocol extensions this server implements.
 EXTENSIONS = ["model_configuration", "statistics"]
 STREAM_RPC = "v2.ModelStreamInfer"
+#: Repository index states (Triton's names).
+READY, UNAVAILABLE = "READY", "UNAVAILABLE"
+FIXED_MODELS = ("millibatch serves the models given at start-up (--model) and loads or unloads none at run time; "
+                "restart the server with the models you want")
+
+
+def repository_entry(model: ServedModel, accepting: bool) -> v2.RepositoryIndexResponse.ModelIndex:
+    """A model's line in the repository index."""
+    entry = v2.RepositoryIndexResponse.ModelIndex(name=model.name, version=VERSION)
+    if accepting and model.ready:
+        entry.state = READY
+    else:
+        entry.state = UNAVAILABLE
+        entry.reason = "server is shutting down" if not accepting else "warming up or unhealthy"
+    return entry
 
 
 def padded_tokens(results: list[RowResult], name: str) -> FloatArray:
@@ -97,6 +112,26 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return v2.ModelStatisticsResponse(
             model_stats=[self._counters[name].to_proto(name, VERSION) for name in names]
         )
+
+    async def RepositoryIndex(
+        self, request: v2.RepositoryIndexRequest, context: Context
+    ) -> v2.RepositoryIndexResponse:
+        """The served models and their state (READY, else UNAVAILABLE with the reason); with `ready`, only
+        the ready ones. millibatch has one repository, whatever its name."""
+        index = [repository_entry(model, self._registry.accepting) for model in self._registry.models.values()]
+        if request.ready:
+            index = [entry for entry in index if entry.state == READY]
+        return v2.RepositoryIndexResponse(models=index)
+
+    async def RepositoryModelLoad(
+        self, request: v2.RepositoryModelLoadRequest, context: Context
+    ) -> v2.RepositoryModelLoadResponse:
+        raise Unsupported(f"cannot load model {request.model_name!r}: {FIXED_MODELS}")
+
+    async def RepositoryModelUnload(
+        self, request: v2.RepositoryModelUnloadRequest, context: Context
+    ) -> v2.RepositoryModelUnloadResponse:
+        raise Unsupported(f"cannot unload model {request.model_name!r}: {FIXED_MODELS}")
 
     async def ModelInfer(self, request: v2.ModelInferRequest, context: Context) -> v2.ModelInferResponse:
         return await self._infer(request, context)

@@ -115,7 +115,7 @@ def test_deployment_is_probed_drained_and_locked_down(rendered: tuple[str, Path]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     service_ports = {p["name"] for p in docs["Service/millibatch"]["spec"]["ports"]}
-    assert service_ports == {"grpc", "metrics"}
+    assert service_ports == {"grpc", "http", "metrics"}
 
 
 def test_dashboard_and_kserve_example_are_well_formed(rendered: tuple[str, Path]) -> None:

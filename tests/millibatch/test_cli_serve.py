@@ -44,7 +44,7 @@ def test_serve_from_config_file_and_env_then_sigterm(tiny_embed_dir: Path, tmp_p
     port = free_port()
     config = tmp_path / "millibatch.toml"
     config.write_text(f'models = ["{tiny_embed_dir}"]\nport = 1\nmax_inputs_per_request = 3\n')
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MILLIBATCH_METRICS_PORT": "0",
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MILLIBATCH_METRICS_PORT": "0", "MILLIBATCH_HTTP_PORT": "0",
            "MILLIBATCH_PROFILE_ON_START": "false"}
     process = subprocess.Popen(
         [sys.executable, "-m", "millibatch", "serve", "--config", str(config), "--port", str(port),
@@ -74,7 +74,7 @@ def test_unusable_engine_fails_start_up_with_one_clear_line(tiny_embed_dir: Path
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
         [sys.executable, "-m", "millibatch", "serve", "--model", str(tiny_embed_dir), "--port", "0",
-         "--metrics-port", "0", "--engine", "tensorrt"],
+         "--metrics-port", "0", "--http-port", "0", "--engine", "tensorrt"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 1

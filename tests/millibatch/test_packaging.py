@@ -62,7 +62,7 @@ def test_the_wheel_holds_one_top_level_package_and_a_light_core(wheel: Path) -> 
         metadata = Parser().parsestr(archive.read(metadata_name).decode())
     roots = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert roots == {"millibatch"}
-    for package in ("service", "batching", "engines", "engines/convert", "v1", "kserve"):
+    for package in ("service", "service/http", "batching", "engines", "engines/convert", "v1", "kserve"):
         assert f"millibatch/{package}/__init__.py" in names, package
     # Requirements without an extra marker are what a plain install pulls in: the client's two.
     core = {r.split(";")[0].split(">")[0].split("<")[0].split("=")[0].strip()
@@ -119,7 +119,7 @@ def server_in_user_folder(wheel: Path, tiny_embed_dir: Path, tmp_path: Path,
     # running its .pth files (which would re-enable the checkout's editable install).
     env = {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"], "OMP_NUM_THREADS": "1"}
     command = [str(python), "-m", "millibatch", "serve", "--model", str(tiny_embed_dir), "--host", "127.0.0.1",
-               "--port", "0", "--metrics-port", "0", "--no-profile-on-start"]
+               "--port", "0", "--metrics-port", "0", "--http-port", "0", "--no-profile-on-start"]
     process = subprocess.Popen(command, cwd=user_folder, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:

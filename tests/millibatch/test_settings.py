@@ -41,3 +41,13 @@ def test_repeated_model_flags_and_bad_values(monkeypatch: pytest.MonkeyPatch) ->
 def test_every_setting_is_documented() -> None:
     missing = [name for name, field in Settings.model_fields.items() if not field.description]
     assert not missing
+
+
+def test_http_port_defaults_to_8080_and_zero_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().http_port == 8080
+    monkeypatch.setenv("MILLIBATCH_HTTP_PORT", "0")
+    assert load_settings().http_port == 0
+    args = build_parser().parse_args(["serve", "--http-port", "9000"])
+    assert load_settings({k: v for k, v in vars(args).items() if k not in ("command", "config")}).http_port == 9000
+    with pytest.raises(ValidationError):
+        load_settings({"http_port": 70000})

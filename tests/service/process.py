@@ -19,10 +19,11 @@ def serve_process(
     model: Path, *flags: str, start_timeout: float = 120, log_sink: list[str] | None = None
 ) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """Start the server, wait for its "serving on port N" line, yield (process, port); kill it if still alive.
+    The HTTP door is off unless `flags` set --http-port.
     With `log_sink`, the server's log lines (stderr) are appended to it when the process has ended."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "millibatch", "serve", "--model", str(model), "--host", "127.0.0.1",
-               "--port", "0", "--metrics-port", "0", "--no-profile-on-start", *flags]
+               "--port", "0", "--metrics-port", "0", "--http-port", "0", "--no-profile-on-start", *flags]
     with tempfile.TemporaryFile("w+") as errors:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
         try:

@@ -23,6 +23,10 @@ from tests.service.wire import LEN, VARINT, field
 EMBED = "/millibatch.v1.Inference/Embed"
 CLASSIFY = "/millibatch.v1.Inference/Classify"
 TOKENIZE = "/millibatch.v1.Inference/Tokenize"
+RERANK = "/millibatch.v1.Inference/Rerank"
+SPARSE = "/millibatch.v1.Inference/EmbedSparse"
+REPOSITORY_INDEX = "/inference.GRPCInferenceService/RepositoryIndex"
+REPOSITORY_LOAD = "/inference.GRPCInferenceService/RepositoryModelLoad"
 MAX_MESSAGE = 8 * 1024 * 1024
 MAX_CHARS = 20_000
 MAX_TOKENS = 1_000
@@ -33,8 +37,8 @@ CALLER_ERRORS = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.Stat
 
 
 @pytest.fixture(scope="module")
-def port(tiny_embed_dir: Path, tiny_classify_dir: Path) -> Iterator[int]:
-    with server_in_thread([tiny_embed_dir, tiny_classify_dir], max_chars_per_input=MAX_CHARS,
+def port(tiny_embed_dir: Path, tiny_classify_dir: Path, tiny_sparse_dir: Path) -> Iterator[int]:
+    with server_in_thread([tiny_embed_dir, tiny_classify_dir, tiny_sparse_dir], max_chars_per_input=MAX_CHARS,
                           max_tokens_per_request=MAX_TOKENS, max_inputs_per_request=MAX_INPUTS,
                           max_receive_message_bytes=MAX_MESSAGE) as server:
         yield server.port
@@ -62,8 +66,16 @@ def assert_still_serving(channel: grpc.Channel) -> None:
     assert code == grpc.StatusCode.OK, details
 
 
-def embed(*inputs: str, truncate: bool = False, model: str = "") -> bytes:
-    return pb.EmbedRequest(inputs=list(inputs), truncate=truncate, model=model).SerializeToString()
+def embed(*inputs: str, truncate: bool = False, model: str = "", **fields: Any) -> bytes:
+    return pb.EmbedRequest(inputs=list(inputs), truncate=truncate, model=model, **fields).SerializeToString()
+
+
+def rerank(query: str, *documents: str, model: str = "tiny-classify", **fields: Any) -> bytes:
+    return pb.RerankRequest(model=model, query=query, documents=list(documents), **fields).SerializeToString()
+
+
+def sparse(*inputs: str, model: str = "tiny-sparse", **fields: Any) -> bytes:
+    return pb.EmbedSparseRequest(model=model, inputs=list(inputs), **fields).SerializeToString()
 
 
 VALID = embed("hello world")
@@ -94,6 +106,42 @@ CASES: list[tuple[str, str, Any, grpc.StatusCode]] = [
      pb.ClassifyRequest(model="tiny-classify", inputs=["a", "b"], text_pairs=["c"]).SerializeToString(),
      grpc.StatusCode.INVALID_ARGUMENT),
     ("unknown method", "/millibatch.v1.Inference/Explode", VALID, grpc.StatusCode.UNIMPLEMENTED),
+    # Embed's options
+    ("dimensions 0", EMBED, embed("hi", dimensions=0), grpc.StatusCode.INVALID_ARGUMENT),
+    ("dimensions beyond the model", EMBED, embed("hi", dimensions=2**32 - 1), grpc.StatusCode.INVALID_ARGUMENT),
+    ("dimensions as a negative varint", EMBED, VALID + field(5, VARINT, 2**64 - 1), grpc.StatusCode.INVALID_ARGUMENT),
+    ("unknown encoding", EMBED, embed("hi", encoding=77), grpc.StatusCode.INVALID_ARGUMENT),
+    ("unknown truncation direction", EMBED, embed("hi", truncation_direction=9), grpc.StatusCode.INVALID_ARGUMENT),
+    ("unknown prompt name", EMBED, embed("hi", prompt_name="query"), grpc.StatusCode.INVALID_ARGUMENT),
+    ("prompt and prompt name", EMBED, embed("hi", prompt_name="q", prompt="x"), grpc.StatusCode.INVALID_ARGUMENT),
+    ("giant prompt 6 MB", EMBED, lambda: embed("hi", prompt="p" * 6_000_000), grpc.StatusCode.INVALID_ARGUMENT),
+    ("long prompt on every one of many inputs", EMBED,
+     lambda: embed(*["x"] * MAX_INPUTS, prompt="a " * (MAX_CHARS // 2 - 1), truncate=True),
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ("prompt with control characters", EMBED, embed("hi", prompt="\x00\u202e\ufeff "), grpc.StatusCode.OK),
+    ("binary vectors of odd dimensions", EMBED, embed("hi", dimensions=3, encoding=pb.VECTOR_ENCODING_BINARY),
+     grpc.StatusCode.OK),
+    # Rerank
+    ("rerank empty query", RERANK, rerank("", "doc"), grpc.StatusCode.INVALID_ARGUMENT),
+    ("rerank no documents", RERANK, rerank("q"), grpc.StatusCode.INVALID_ARGUMENT),
+    ("rerank empty document", RERANK, rerank("q", "a", ""), grpc.StatusCode.INVALID_ARGUMENT),
+    ("rerank too many documents", RERANK, rerank("q", *["d"] * (MAX_INPUTS + 1)), grpc.StatusCode.INVALID_ARGUMENT),
+    ("rerank giant query", RERANK, lambda: rerank("q" * 6_000_000, "d"), grpc.StatusCode.INVALID_ARGUMENT),
+    ("rerank huge top_n", RERANK, rerank("q", "a", "b", top_n=2**32 - 1), grpc.StatusCode.OK),
+    ("rerank unknown direction", RERANK, rerank("q", "a", truncation_direction=5), grpc.StatusCode.INVALID_ARGUMENT),
+    ("rerank on an embedding model", RERANK, rerank("q", "d", model="tiny-embed"),
+     grpc.StatusCode.FAILED_PRECONDITION),
+    ("rerank over the token limit", RERANK, rerank("word " * 30, *["word " * 30] * 20, truncate=True),
+     grpc.StatusCode.INVALID_ARGUMENT),
+    # EmbedSparse
+    ("sparse negative threshold", SPARSE, sparse("hi", threshold=-1.0), grpc.StatusCode.INVALID_ARGUMENT),
+    ("sparse NaN threshold", SPARSE, sparse("hi", threshold=float("nan")), grpc.StatusCode.INVALID_ARGUMENT),
+    ("sparse on an embedding model", SPARSE, sparse("hi", model="tiny-embed"), grpc.StatusCode.FAILED_PRECONDITION),
+    ("sparse empty input", SPARSE, sparse(""), grpc.StatusCode.INVALID_ARGUMENT),
+    ("sparse huge threshold keeps nothing", SPARSE, sparse("hi", threshold=3e38), grpc.StatusCode.OK),
+    # KServe repository
+    ("repository load", REPOSITORY_LOAD, field(2, LEN, b"tiny-embed"), grpc.StatusCode.UNIMPLEMENTED),
+    ("repository index with corrupt bytes", REPOSITORY_INDEX, b"\x0a\xff", grpc.StatusCode.INVALID_ARGUMENT),
 ]
 
 
@@ -150,7 +198,45 @@ def test_fuzzed_requests_get_caller_statuses(
 
 
 @fuzz
-@given(method=st.sampled_from([EMBED, CLASSIFY, TOKENIZE]), body=st.binary(max_size=200))
+@given(
+    dimensions=st.none() | st.integers(0, 2**32 - 1),
+    encoding=st.integers(0, 6),
+    direction=st.integers(0, 4),
+    prompt_name=st.sampled_from(["", "query"]) | st.text(max_size=6),
+    prompt=st.none() | texts,
+    inputs=st.lists(texts, max_size=4),
+)
+def test_fuzzed_embed_options_get_caller_statuses(
+    channel: grpc.Channel, dimensions: int | None, encoding: int, direction: int, prompt_name: str,
+    prompt: str | None, inputs: list[str],
+) -> None:
+    request = pb.EmbedRequest(inputs=inputs, encoding=encoding, truncation_direction=direction,
+                              prompt_name=prompt_name, truncate=True)
+    if dimensions is not None:
+        request.dimensions = dimensions
+    if prompt is not None:
+        request.prompt = prompt
+    code, details = call_raw(channel, EMBED, request.SerializeToString())
+    assert code in CALLER_ERRORS, (code, details)
+
+
+@fuzz
+@given(query=texts, documents=st.lists(texts, max_size=6), top_n=st.integers(0, 2**32 - 1),
+       threshold=st.floats(width=32), model=st.sampled_from(["", "tiny-classify", "tiny-sparse", "tiny-embed"]))
+def test_fuzzed_rerank_and_sparse_get_caller_statuses(
+    channel: grpc.Channel, query: str, documents: list[str], top_n: int, threshold: float, model: str
+) -> None:
+    body = pb.RerankRequest(model=model, query=query, documents=documents, top_n=top_n, truncate=True)
+    code, details = call_raw(channel, RERANK, body.SerializeToString())
+    assert code in CALLER_ERRORS, (code, details)
+    body = pb.EmbedSparseRequest(model=model, inputs=documents, threshold=threshold, truncate=True)
+    code, details = call_raw(channel, SPARSE, body.SerializeToString())
+    assert code in CALLER_ERRORS, (code, details)
+
+
+@fuzz
+@given(method=st.sampled_from([EMBED, CLASSIFY, TOKENIZE, RERANK, SPARSE, REPOSITORY_INDEX]),
+       body=st.binary(max_size=200))
 def test_fuzzed_bytes_get_caller_statuses(channel: grpc.Channel, method: str, body: bytes) -> None:
     code, details = call_raw(channel, method, body)
     assert code in CALLER_ERRORS, (code, details)

@@ -122,3 +122,18 @@ async def test_service_is_in_health_and_reflection(server: Any) -> None:
             names = {s.name for s in response.list_services_response.service}
             assert "inference.GRPCInferenceService" in names
             break
+
+
+async def test_repository_index_says_why_a_model_is_unavailable(server: Any, stub: Any) -> None:
+    model = server.registry.models["tiny-embed"]
+    model.ready = False  # as when its engine hangs
+    try:
+        index = await stub.RepositoryIndex(v2.RepositoryIndexRequest(), timeout=10)
+        only_ready = await stub.RepositoryIndex(v2.RepositoryIndexRequest(ready=True), timeout=10)
+    finally:
+        model.ready = True
+    [entry] = index.models
+    assert (entry.name, entry.version, entry.state) == ("tiny-embed", "1", "UNAVAILABLE") and entry.reason
+    assert not only_ready.models
+    assert [m.state for m in (await stub.RepositoryIndex(v2.RepositoryIndexRequest(ready=True), timeout=10)).models] \
+        == ["READY"]

@@ -124,6 +124,17 @@ async def test_server_and_model_metadata_and_config(server: Any) -> None:
     assert answer["statistics"]["model_stats"][0]["name"] == "tiny-classify"
 
 
+async def test_repository_index_lists_the_models_and_load_unload_are_refused(server: Any) -> None:
+    answer = await triton(server, "repository")
+    assert answer["index"]["models"] == [
+        {"name": "tiny-embed", "version": "1", "state": "READY"},
+        {"name": "tiny-classify", "version": "1", "state": "READY"},
+    ]
+    for call in ("load", "unload"):
+        assert answer[call]["status"] == "UNIMPLEMENTED"
+        assert "models given at start-up" in answer[call]["message"], answer[call]
+
+
 async def test_bytes_text_infer_equals_millibatch_embed(server: Any) -> None:
     answer = await triton(server, "infer", texts=TEXTS, names=["embeddings"])
     assert answer["id"] == "r-1" and answer["model"] == "tiny-embed"

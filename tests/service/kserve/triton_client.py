@@ -68,6 +68,12 @@ def run(spec: dict[str, Any]) -> Any:
             "config": client.get_model_config(model, as_json=True),
             "statistics": client.get_inference_statistics(model, as_json=True),
         }
+    if scenario == "repository":
+        return {
+            "index": client.get_model_repository_index(as_json=True),
+            "load": error_of(lambda: client.load_model(model)),
+            "unload": error_of(lambda: client.unload_model(model)),
+        }
     if scenario == "infer":
         inputs = [text_input(spec["texts"])]
         if spec.get("pairs"):
