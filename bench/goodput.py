@@ -58,7 +58,8 @@ READY_SECONDS = 240.0
 
 #: Counters read from each server's metrics endpoint around a phase: (batches, rows, shed, refused).
 MILLIBATCH_COUNTERS = {"batches": "millibatch_batch_rows_count", "rows": "millibatch_batch_rows_sum",
-                       "shed": "millibatch_shed_requests_total", "refused": "millibatch_rejected_requests_total"}
+                       "shed": "millibatch_shed_requests_total", "refused": "millibatch_rejected_requests_total",
+                       "engine_cpu": "millibatch_engine_cpu_seconds_total"}
 TRITON_COUNTERS = {"batches": "nv_inference_exec_count", "rows": "nv_inference_count",
                    "failed": "nv_inference_request_failure"}
 
@@ -73,13 +74,13 @@ def scrape(url: str | None, names: dict[str, str]) -> dict[str, float]:
     except OSError:
         return {}
     wanted = {metric: key for key, metric in names.items()}
-    totals = dict.fromkeys(names, 0.0)
+    totals: dict[str, float] = {}  # only what the server exports (an older build may lack a metric)
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
         metric = line.split("{", 1)[0].split(" ", 1)[0]
         if metric in wanted:
-            totals[wanted[metric]] += float(line.rsplit(" ", 1)[1])
+            totals[wanted[metric]] = totals.get(wanted[metric], 0.0) + float(line.rsplit(" ", 1)[1])
     return totals
 
 
@@ -108,7 +109,9 @@ class Peer:
         result.update(peer=self.name, tag=tag, raw=raw_file.name,
                       server_cpu_cores=(process_cpu(self.server.process.pid) - cpu_before) / wall,
                       server_counters=delta,
-                      rows_per_batch=delta["rows"] / delta["batches"] if delta.get("batches") else None)
+                      rows_per_batch=delta["rows"] / delta["batches"] if delta.get("batches") else None,
+                      # CPU the engine threads got (millibatch only): what goodput is made of.
+                      engine_cpu_cores=delta["engine_cpu"] / wall if "engine_cpu" in delta else None)
         kinds = result["error_kinds"]
         result["shed"] = kinds.get("DEADLINE_EXCEEDED", 0)
         result["refused"] = kinds.get("RESOURCE_EXHAUSTED", 0)
@@ -135,9 +138,10 @@ def sweep(peer: Peer, start: float, step: float, bound_ms: float) -> tuple[float
     while misses < 2:
         result = peer.phase(rate, "sweep")
         phases.append(result)
+        # Past the peak, more offered load brings no more goodput: two such steps end the sweep. (A server
+        # that refuses what cannot meet its deadline answers less than it is offered well before its peak.)
+        misses = misses + 1 if result["goodput_rps"] < 1.03 * best else 0
         best = max(best, result["goodput_rps"])
-        # Past the peak, goodput stops following the offered rate: two such steps end the sweep.
-        misses = misses + 1 if result["goodput_rps"] < 0.85 * rate else 0
         rate *= step
     passing = [p["offered_rps"] for p in phases if within_bound(p, bound_ms)]
     low = max(passing, default=0.0)
@@ -173,8 +177,8 @@ def report(summary: dict[str, Any], out: Path) -> None:
     for run in summary["runs"]:
         lines.append(f"| {run['peer']} | {run['round']} | {run['peak_goodput']:.1f} | {run['bound_rate']:.1f} |")
     lines += ["", "## Overload", "", "| peer | round | × peak | offered/s | goodput/s | goodput / peak | p99 OK ms | "
-              "shed | refused | other errors | late OK | refusal p99 ms | rows/batch | server CPU | client CPU |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "shed | refused | other errors | late OK | refusal p99 ms | rows/batch | server CPU | engine CPU | "
+              "client CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in summary["runs"]:
         for p in run["overload"]:
             refusal = p["error_p99_ms"].get("RESOURCE_EXHAUSTED")
@@ -183,7 +187,7 @@ def report(summary: dict[str, Any], out: Path) -> None:
                 f"| {p['goodput_rps']:.1f} | {p['goodput_rps'] / run['peak_goodput']:.2f} | {p['p99_ms']:.1f} "
                 f"| {p['shed']} | {p['refused']} "
                 f"| {p['other_errors']} | {p['late_ok']} | {fmt(refusal)} | {fmt(p['rows_per_batch'])} "
-                f"| {p['server_cpu_cores']:.2f} | {p['client_cpu_cores']:.2f} |")
+                f"| {p['server_cpu_cores']:.2f} | {fmt(p.get('engine_cpu_cores'), 2)} | {p['client_cpu_cores']:.2f} |")
     lines += ["", "## Sweep", "", "| peer | round | offered/s | goodput/s | p99 OK ms | p99 all ms | errors | "
               "rows/batch |", "|---|---|---|---|---|---|---|---|"]
     for run in summary["runs"]:
