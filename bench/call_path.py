@@ -17,11 +17,8 @@ to the event loop, building the response).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,9 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.processes import running_server, serve_launch
-from bench.stats import percentile
-from millibatch.engines.convert.quantize import cpuinfo_value
+from bench.processes import Launch, free_port, running_server, serve_launch
+from bench.stats import percentile, publish, stamp
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "all-MiniLM-L6-v2"
@@ -118,6 +114,29 @@ def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: i
             "stages_p50_ms": {k: statistics.median(v) * ms for k, v in stages.items()}}
 
 
+def transport_floor(calls: int, texts: Path) -> float:
+    """p50 round trip (ms) of the same Embed call to a bare grpc.aio server that answers a fixed 384-float
+    vector and does nothing else (bench/frontend.py's grpc-echo): what gRPC alone costs here."""
+    import grpc
+
+    from millibatch.v1 import inference_pb2 as pb
+    from millibatch.v1 import inference_pb2_grpc
+
+    port = free_port()
+    spec = Launch("grpc-echo", [sys.executable, "-m", "bench.frontend", "serve", "--mode", "grpc-echo", "--port",
+                                str(port)], "millibatch", f"127.0.0.1:{port}")
+    times = []
+    with running_server(spec, texts), grpc.insecure_channel(spec.target) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        request = pb.EmbedRequest(inputs=[TEXT], truncate=True)
+        for i in range(calls + 50):
+            started = time.perf_counter()
+            stub.Embed(request, timeout=5)
+            if i >= 50:
+                times.append(time.perf_counter() - started)
+    return percentile(times, 50) * 1e3
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.call_path", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -148,11 +167,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"added {run['added_p50_ms']:+.2f} ms | gRPC "
                   f"{s['grpc']:.2f}, tokenize {s['tokenize']:.3f}, hop {s['hop']:.3f}, engine {s['engine']:.2f}, "
                   f"rest of handler {s['handler_rest']:.3f}", flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                            check=False).stdout.strip()
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
-    lines = [f"# One call on top of the engine ({date} UTC, commit {commit}, {cpuinfo_value('model name')}, "
-             f"{len(os.sched_getaffinity(0))} cores)", "",
+    floor = transport_floor(args.calls, texts)
+    print(f"gRPC alone (bare grpc.aio echo server, same call): p50 {floor:.2f} ms", flush=True)
+    when = stamp()
+    lines = [f"# One call on top of the engine ({when})", "",
              f"`.venv/bin/python -m bench.call_path {' '.join(argv if argv is not None else sys.argv[1:])}`: "
              f"one {TOKENS}-token text, `millibatch serve {' '.join(BASE_FLAGS[:4])}` plus the variant's flags, "
              f"{args.calls} served calls interleaved with {args.calls} bare-engine runs (tokenizers + ONNX "
@@ -172,10 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {med('served_p50_ms'):.2f} | {med('bare_p50_ms'):.2f} | "
                      f"{med('added_p50_ms'):+.2f} | {stage('grpc'):.2f} | {stage('tokenize'):.3f} | "
                      f"{stage('hop'):.3f} | {stage('engine'):.2f} | {stage('handler_rest'):.3f} |")
-    (args.out / "results.json").write_text(json.dumps({"commit": commit, "date_utc": date, "runs": runs}, indent=2),
-                                           encoding="utf-8")
-    (args.out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    lines += ["", f"gRPC alone: the same call to a bare grpc.aio server that answers a fixed 384-float vector "
+                  f"(`bench/frontend.py`'s grpc-echo) took p50 {floor:.2f} ms."]
+    publish(args.out, {"runs": runs, "grpc_echo_p50_ms": floor}, lines, when)
     return 0
 
 

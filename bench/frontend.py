@@ -16,24 +16,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.processes import Launch, cores_for, free_port, process_cpu, run_loadgen, start_server, wait_ready
+from bench.stats import publish, stamp
 from bench.texts import DEFAULT_STSB, stsb_sentences
-from millibatch.engines.convert.quantize import cpuinfo_value
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "all-MiniLM-L6-v2"
 DEFAULT_OUT = ROOT / "bench" / "results" / "frontend"
-MODES = ("ok", "refused")
+#: ok / refused: the real server; grpc-echo / grpc-refuse: gRPC's own floor, a bare grpc.aio server
+#: whose Embed answers a fixed 384-float response or RESOURCE_EXHAUSTED and does nothing else.
+MODES = ("ok", "refused", "grpc-echo", "grpc-refuse")
 
 
 class NullEngine:
@@ -58,8 +57,36 @@ class NullEngine:
         self.inner.close()
 
 
+async def serve_floor(port: int, mode: str) -> None:
+    """A grpc.aio server with only millibatch.v1.Inference, whose Embed does nothing but answer."""
+    import grpc
+
+    from millibatch.v1 import inference_pb2 as pb
+    from millibatch.v1 import inference_pb2_grpc
+
+    answer = pb.EmbedResponse(embeddings=[pb.Embedding(values=[0.5] * 384)])
+
+    class Floor(inference_pb2_grpc.InferenceServicer):
+        async def Embed(self, request: Any, context: Any) -> Any:
+            if mode == "grpc-refuse":
+                context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+                context.set_details("server busy")
+                return None
+            return answer
+
+    server = grpc.aio.server()
+    inference_pb2_grpc.add_InferenceServicer_to_server(Floor(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print(f"millibatch serving on port {port}", flush=True)
+    await server.wait_for_termination()
+
+
 async def serve(model: Path, port: int, mode: str) -> None:
-    """The real server on `port`, its engine replaced (ok) or its queue made endless (refused)."""
+    """The real server on `port`, its engine replaced (ok) or its queue made endless (refused); or
+    gRPC's floor (grpc-echo, grpc-refuse)."""
+    if mode.startswith("grpc-"):
+        return await serve_floor(port, mode)
     from millibatch.service.server import InferenceServer
     from millibatch.settings import load_settings
 
@@ -85,7 +112,7 @@ def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: flo
                   f"127.0.0.1:{port}")
     server = start_server(spec, cores, raw)
     try:
-        wait_ready(server, cores, texts, 120) if mode == "ok" else time.sleep(8)
+        wait_ready(server, cores, texts, 120) if mode in ("ok", "grpc-echo") else time.sleep(8)
         flags = ["--mode", "closed", "--concurrency", str(concurrency), "--warmup", "1", "--timeout", "5"]
         run_loadgen(spec, cores, texts, [*flags, "--duration", "1"], None, 60)
         cpu_before, wall_before = process_cpu(server.process.pid), time.perf_counter()
@@ -97,8 +124,8 @@ def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: flo
         server.stop()
     assert result is not None
     calls = result["requests"] / result["duration_s"]
-    expected = "OK" if mode == "ok" else "RESOURCE_EXHAUSTED"
-    wrong = result["requests"] - (result["ok"] if mode == "ok" else result["error_kinds"].get(expected, 0))
+    answers = mode in ("ok", "grpc-echo")
+    wrong = result["requests"] - (result["ok"] if answers else result["error_kinds"].get("RESOURCE_EXHAUSTED", 0))
     return {"mode": mode, "calls_per_s": calls, "server_cpu_cores": server_cpu,
             "calls_per_server_core": calls / server_cpu if server_cpu else 0.0,
             "server_us_per_call": server_cpu / calls * 1e6 if calls else 0.0,
@@ -141,11 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"cores = {run['calls_per_server_core']:6.0f} calls/s per core, {run['server_us_per_call']:5.0f} µs "
                   f"per call, client {run['client_cpu_cores']:.2f} cores, unexpected statuses "
                   f"{run['unexpected_statuses']}", flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                            check=False).stdout.strip()
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
-    lines = [f"# Front-end ceiling ({date} UTC, commit {commit}, {cpuinfo_value('model name')}, "
-             f"{len(os.sched_getaffinity(0))} cores)", "",
+    when = stamp()
+    lines = [f"# Front-end ceiling ({when})", "",
              f"`.venv/bin/python -m bench.frontend {' '.join(argv if argv is not None else sys.argv[1:])}`: "
              f"server on one core, closed loop of {args.concurrency} calls in flight on the other, one STS-B "
              f"sentence per Embed call, {args.duration:g} s per round; medians over {args.rounds} rounds.", "",
@@ -157,10 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                          for key in ("calls_per_server_core", "server_us_per_call", "client_cpu_cores")}
         lines.append(f"| {mode} | {summary[mode]['calls_per_server_core']:.0f} | "
                      f"{summary[mode]['server_us_per_call']:.0f} | {summary[mode]['client_cpu_cores']:.2f} |")
-    (args.out / "results.json").write_text(json.dumps({"commit": commit, "date_utc": date, "runs": runs,
-                                                       "medians": summary}, indent=2), encoding="utf-8")
-    (args.out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    publish(args.out, {"runs": runs, "medians": summary}, lines, when)
     return 0
 
 

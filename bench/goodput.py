@@ -22,11 +22,9 @@ Writes results.json, results.md and goodput.png to `--out`.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,8 +46,8 @@ from bench.processes import (
     worktree,
 )
 from bench.run import ensure_model, triton_env
+from bench.stats import stamp
 from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
-from millibatch.engines.convert.quantize import cpuinfo_value
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "goodput"
@@ -303,10 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     cores = cores_for(args.pinning)
     triton_python, triton_libdir = triton_env(args.triton_python)
     ctx = PeerContext(ensure_model(args.model_dir.resolve()), len(cores.server), triton_python, triton_libdir)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                            check=False).stdout.strip()
-    info = {"date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
-            "cpu": cpuinfo_value("model name"), "cores": len(os.sched_getaffinity(0)), "commit": commit,
+    when = stamp()
+    info = {"date_utc": when.date_utc, "cpu": when.cpu, "cores": when.cores, "commit": when.commit,
             "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]}
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     args.builds = {f"millibatch@{ref}": worktree(ref, Path(tempfile.mkdtemp(prefix="goodput-")))

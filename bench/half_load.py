@@ -17,12 +17,9 @@ server around the scheduler.
 from __future__ import annotations
 
 import argparse
-import datetime
 import heapq
 import json
-import os
 import random
-import subprocess
 import sys
 import time
 import urllib.request
@@ -31,12 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.processes import cores_for, free_port, process_cpu, run_loadgen, serve_launch, start_server, wait_ready
-from bench.stats import percentile
+from bench.stats import percentile, publish, stamp
 from bench.texts import DEFAULT_STSB, stsb_sentences
 from millibatch.batching.cost_model import CostModel
 from millibatch.batching.scheduler import BatchLimits, Scheduler
 from millibatch.batching.work import Row, WorkItem
-from millibatch.engines.convert.quantize import cpuinfo_value
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "all-MiniLM-L6-v2"
@@ -233,12 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     lone_engine = cost.predict(1, round(mean_length))
     simulated["M/D/1 with the lone call's engine time"] = {"p50_ms": float("nan"),
                                                            "p99_ms": md1_p99(rate, lone_engine) * 1e3}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                            check=False).stdout.strip()
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
+    when = stamp()
     m = measured
-    lines = [f"# p99 at {args.fraction:g}x load against a lone call ({date} UTC, commit {commit}, "
-             f"{cpuinfo_value('model name')}, {len(os.sched_getaffinity(0))} cores)", "",
+    lines = [f"# p99 at {args.fraction:g}x load against a lone call ({when})", "",
              f"`.venv/bin/python -m bench.half_load {' '.join(argv if argv is not None else sys.argv[1:])}`: STS-B "
              f"sentences, one per call, 100 ms deadline; server on one core, load generator on the other.", "",
              "| measured | ms |", "|---|---|",
@@ -253,11 +246,7 @@ def main(argv: list[str] | None = None) -> int:
              f"the server's fitted cost model ({', '.join(f'{k} {v * 1e6:.1f} µs' for k, v in coefficients.items())}).",
              "", "| simulated | p50 ms | p99 ms |", "|---|---|---|"]
     lines += [f"| {name} | {v['p50_ms']:.1f} | {v['p99_ms']:.1f} |" for name, v in simulated.items()]
-    (args.out / "results.json").write_text(json.dumps({"date_utc": date, "commit": commit, "measured": measured,
-                                                       "simulated": simulated, "cost_model": coefficients},
-                                                      indent=2), encoding="utf-8")
-    (args.out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    publish(args.out, {"measured": measured, "simulated": simulated, "cost_model": coefficients}, lines, when)
     return 0
 
 

@@ -13,11 +13,9 @@ towards 1.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
@@ -25,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.processes import cores_for, run_loadgen, serve_launch, start_server, wait_ready
+from bench.stats import publish, stamp
 from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
 from millibatch.engines.base import synthetic_inputs
-from millibatch.engines.convert.quantize import cpuinfo_value
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "precision_served"
@@ -121,11 +119,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{measured['int8']['rows_per_s']:.1f}/s ({served_ratio:.2f}x); engines at {rows} x {length}: "
               f"fp32 {engines['fp32']:.1f}/s, int8 {engines['int8']:.1f}/s ({engine_ratio:.2f}x); served ratio = "
               f"{served_ratio / engine_ratio:.2f} of the engines'", flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                            check=False).stdout.strip()
-    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
-    lines = [f"# Served int8 against served fp32 ({date} UTC, commit {commit}, {cpuinfo_value('model name')}, "
-             f"{len(os.sched_getaffinity(0))} cores)", "",
+    when = stamp()
+    lines = [f"# Served int8 against served fp32 ({when})", "",
              f"`.venv/bin/python -m bench.precision_served {' '.join(argv if argv is not None else sys.argv[1:])}`: "
              f"{args.texts} texts, {args.concurrency} calls in flight, server on one core, the load generator on the "
              "other; engines alone on the same core at the mean batch the servers formed.", "",
@@ -136,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['round']} | {s['fp32']['rows_per_s']:.1f} | {s['int8']['rows_per_s']:.1f} | "
                      f"{r['served_ratio']:.2f} | {r['batch'][0]} x {r['batch'][1]} | {r['engine_ratio']:.2f} | "
                      f"{r['served_of_engine']:.2f} |")
-    (args.out / "results.json").write_text(json.dumps({"date_utc": date, "commit": commit, "rounds": rounds},
-                                                      indent=2), encoding="utf-8")
-    (args.out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    publish(args.out, {"rounds": rounds}, lines, when)
     return 0
 
 

@@ -1,13 +1,18 @@
 """Latency statistics, computed one way for every benchmark: percentiles, medians and summaries.
 
 Percentiles interpolate linearly between neighbouring values (numpy's default), so p50 is the median.
-Only numpy is imported: the load generator uses this module from the Triton environment too.
+Only numpy is imported: the load generator uses this module from the Triton environment too. `stamp`
+says when and where a benchmark ran.
 """
 
 from __future__ import annotations
 
+import datetime
+import os
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -61,3 +66,37 @@ def summarize(values: Values) -> Summary:
         return Summary(0, nan, nan, nan, nan, nan)
     p50, p90, p99 = (float(v) for v in np.percentile(array, [50, 90, 99]))
     return Summary(len(array), float(array.mean()), p50, p90, p99, float(array.max()))
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """When and where a benchmark ran: what every published figure carries beside it."""
+
+    date_utc: str
+    commit: str
+    cpu: str
+    cores: int
+
+    def __str__(self) -> str:
+        return f"{self.date_utc} UTC, commit {self.commit}, {self.cpu}, {self.cores} cores"
+
+
+def stamp() -> Stamp:
+    """This run's date (UTC, to the minute), the checkout's commit, the CPU model and the usable cores."""
+    from millibatch.engines.convert.quantize import cpuinfo_value
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent.parent,
+                            capture_output=True, text=True, check=False).stdout.strip()
+    return Stamp(datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"), commit,
+                 cpuinfo_value("model name"), len(os.sched_getaffinity(0)))
+
+
+def publish(out: Path, summary: dict[str, object], lines: list[str], when: Stamp) -> None:
+    """Write a benchmark's results.json (`summary` with its date and commit) and results.md (`lines`) to
+    `out`, and print the markdown."""
+    import json
+
+    record = {"date_utc": when.date_utc, "commit": when.commit, "cpu": when.cpu, "cores": when.cores, **summary}
+    (out / "results.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    (out / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
