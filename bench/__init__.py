@@ -1,1 +1,1 @@
-"""Benchmarks: every number in the README comes from a script here."""
+"""Benchmarks: every published figure (README, docs/) comes from a script here, with its command, date and machine."""

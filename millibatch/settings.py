@@ -1,6 +1,6 @@
 """Every setting in one typed class. Each is a CLI flag (`--max-batch-rows`), an environment variable
 (`MILLIBATCH_MAX_BATCH_ROWS`) and a key in the TOML config file (`max_batch_rows`); the docstring
-under each field is the operator's reference (see README "Configuration")."""
+under each field is the operator's reference (docs/CONFIGURATION.md is generated from it)."""
 
 from __future__ import annotations
 
