@@ -57,6 +57,7 @@ class Admission:
         self._actual = 0.0
         self._predicted = 0.0
         self._row_seconds: dict[int, float] = {}
+        self._least: dict[tuple[int, int], float] = {}
         self._fitted_at = -1
 
     def row_seconds(self, length: int) -> float:
@@ -64,6 +65,7 @@ class Admission:
         (what a backlog of such rows costs per row)."""
         if self._cost.fits != self._fitted_at:  # the cost model was refitted: its prices changed
             self._row_seconds.clear()
+            self._least.clear()
             self._fitted_at = self._cost.fits
         padded = self._pad(length)
         price = self._row_seconds.get(padded)
@@ -104,8 +106,13 @@ class Admission:
         return per_row
 
     def least_seconds(self, rows: int, tokens_per_row: int) -> float:
-        """Least time `rows` rows of `tokens_per_row` tokens take once they reach the instances."""
-        return self._own_seconds(rows, tokens_per_row, self.row_seconds(tokens_per_row))
+        """Least time `rows` rows of `tokens_per_row` tokens take once they reach the instances (priced
+        once per shape and cost-model fit: this runs for every request, refused ones included)."""
+        price = self.row_seconds(tokens_per_row)  # first: clears the prices if the cost model was refitted
+        least = self._least.get((rows, tokens_per_row))
+        if least is None:
+            least = self._least[(rows, tokens_per_row)] = self._own_seconds(rows, tokens_per_row, price)
+        return least
 
     def _own_seconds(self, rows: int, longest: int, per_row: float) -> float:
         """Least time the request's own rows take once they reach the instances: one batch of them (at

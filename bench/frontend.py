@@ -32,7 +32,8 @@ DEFAULT_MODEL = ROOT / "models" / "all-MiniLM-L6-v2"
 DEFAULT_OUT = ROOT / "bench" / "results" / "frontend"
 #: ok / refused: the real server; grpc-echo / grpc-refuse: gRPC's own floor, a bare grpc.aio server
 #: whose Embed answers a fixed 384-float response or RESOURCE_EXHAUSTED and does nothing else.
-MODES = ("ok", "refused", "grpc-echo", "grpc-refuse")
+#: grpc-limit: the same bare server refusing through gRPC's own concurrent-call limit, before any handler.
+MODES = ("ok", "refused", "grpc-echo", "grpc-refuse", "grpc-limit")
 
 
 class NullEngine:
@@ -66,18 +67,27 @@ async def serve_floor(port: int, mode: str) -> None:
 
     answer = pb.EmbedResponse(embeddings=[pb.Embedding(values=[0.5] * 384)])
 
+    hold = asyncio.Event()
+
     class Floor(inference_pb2_grpc.InferenceServicer):
         async def Embed(self, request: Any, context: Any) -> Any:
+            if mode == "grpc-limit":  # the one call the limit admits never ends
+                await hold.wait()
             if mode == "grpc-refuse":
                 context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
                 context.set_details("server busy")
                 return None
             return answer
 
-    server = grpc.aio.server()
+    server = grpc.aio.server(maximum_concurrent_rpcs=1 if mode == "grpc-limit" else None)
     inference_pb2_grpc.add_InferenceServicer_to_server(Floor(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
+    if mode == "grpc-limit":
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        held = asyncio.ensure_future(inference_pb2_grpc.InferenceStub(channel).Embed(pb.EmbedRequest()))
+        await asyncio.sleep(0.5)
+        assert not held.done(), "the held call ended"
     print(f"millibatch serving on port {port}", flush=True)
     await server.wait_for_termination()
 

@@ -2,6 +2,8 @@
 
     .venv/bin/python -m bench.goodput                          # millibatch vs triton-text, STS-B sentences
     .venv/bin/python -m bench.goodput --texts long --rounds 2  # long texts, each peer twice (A B A B)
+    .venv/bin/python -m bench.goodput --peers millibatch --variant "limit=--max-concurrent-calls 48"
+                                                               # the same build with other settings, side by side
 
 Every call carries one text and a deadline (`--deadline-ms`, 100 by default): millibatch reads it from
 gRPC; Triton gets it the way a Triton user does, from a queue policy (timeout = the deadline, REJECT,
@@ -233,12 +235,12 @@ def run_peer(name: str, round_: int, args: argparse.Namespace, ctx: PeerContext,
         extra = ["--queue-timeout-us", str(int(args.deadline_ms * 1000)),
                  "--max-queue-size", str(args.triton_max_queue)]
     else:
-        extra = list(args.server_args)
+        extra = [*args.server_args, *args.variants.get(name, [])]
     if name in args.builds:  # millibatch@REF: another build, from its own worktree
         spec = serve_launch(ctx.model_dir, ["--threads-per-instance", str(ctx.threads), "--log-level", "warning",
                                             *extra], name=name, metrics=True, repo=args.builds[name])
     else:
-        spec = launch(name, ctx.model_dir if not name.startswith("millibatch-") else args.models[name], ctx, extra)
+        spec = launch(name, args.models.get(name, ctx.model_dir), ctx, extra)
     print(f"{name} round {round_} (server cores {sorted(cores.server)}, client cores {sorted(cores.client)}): "
           f"{' '.join(spec.command[-len(extra):]) if extra else 'default settings'}", flush=True)
     server = start_server(spec, cores, raw)
@@ -282,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stsb", type=Path, default=DEFAULT_STSB)
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results/goodput/TEXTS)")
     parser.add_argument("--server-args", default="", help="extra flags for millibatch serve (one string)")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
+                        help="also run this build with extra serve flags as peer millibatch+LABEL, e.g. "
+                             "'limit=--max-concurrent-calls 48'")
     parser.add_argument("--baseline", action="append", default=[], metavar="REF",
                         help="also run the server as built at git REF (peer millibatch@REF), e.g. the commit "
                              "before a change, so both are measured in the same run")
@@ -305,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     info = {"date_utc": when.date_utc, "cpu": when.cpu, "cores": when.cores, "commit": when.commit,
             "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]}
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    args.variants = {f"millibatch+{label}": flags.split()
+                     for label, _, flags in (item.partition("=") for item in args.variant)}
+    peers += list(args.variants)
     args.builds = {f"millibatch@{ref}": worktree(ref, Path(tempfile.mkdtemp(prefix="goodput-")))
                    for ref in args.baseline}
     peers += list(args.builds)

@@ -69,14 +69,21 @@ class DataPlane:
         if count > limit:
             raise InvalidInput(f"{count} inputs in one request; the limit is {limit} (send between 1 and {limit})")
 
+    def precheck(self, model: ServedModel, texts: Sequence[str], deadline: float) -> None:
+        """Refuse a request of `texts` at once when the queue ahead outlasts its deadline (Overloaded), or
+        it has no or too many inputs. The cheapest refusal: a handler that calls this before reading the
+        rest of its request spends next to nothing on the calls it refuses under overload."""
+        self.check_count(len(texts))
+        model.batcher.precheck(deadline, len(texts), self._least_tokens(texts, model))
+
     async def compute_texts(self, model: ServedModel, texts: Sequence[str], pairs: Sequence[str] = (), *,
                             truncate: bool, deadline: float, direction: Direction = "right",
-                            prompt: str = "") -> Computed:
+                            prompt: str = "", prechecked: bool = False) -> Computed:
         """Tokenize texts (and second texts of pairs) and run them through the model's batcher; `prompt` is
-        prepended to every text (its tokens count in the usage), `direction` is the end truncation cuts."""
-        self.check_count(len(texts))
-        # The cheapest refusal: the queue ahead outlasts the deadline, so nothing is spent on tokenizing.
-        model.batcher.precheck(deadline, len(texts), self._least_tokens(texts, model))
+        prepended to every text (its tokens count in the usage), `direction` is the end truncation cuts.
+        Unless the caller has (`prechecked`), `precheck` first: nothing is spent on tokenizing a refusal."""
+        if not prechecked:
+            self.precheck(model, texts, deadline)
         started = time.perf_counter()
         encodings = await model.encoder.encode_async(texts, pairs, truncate=truncate, direction=direction,
                                                      prompt=prompt)

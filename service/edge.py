@@ -117,13 +117,16 @@ def _unary(rpc: str, behaviour: Callable[..., Awaitable[Any]], decode: Callable[
             plane.call_started()
         try:
             request = raw if decode is None else decode(raw)
-            return await behaviour(request, context)
+            response = await behaviour(request, context)
+            if response is None:  # the handler set a status itself (status.refuse)
+                code = _code_name(context)
+            return response
         except asyncio.CancelledError:
             code = "CANCELLED"
             raise
         except grpc.aio.AbortError:
             # The handler aborted by itself (an API-key refusal) and has already chosen its status.
-            code = context.code().name if context.code() is not None else "UNKNOWN"
+            code = _code_name(context)
             raise
         except Exception as error:
             code, status, details = failure(rpc, error, context)
@@ -137,6 +140,11 @@ def _unary(rpc: str, behaviour: Callable[..., Awaitable[Any]], decode: Callable[
                 plane.probe_ended(rpc, code, time.perf_counter() - started)
 
     return call
+
+
+def _code_name(context: grpc.aio.ServicerContext) -> str:
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
 def _stream(rpc: str, behaviour: Callable[..., Any], decode: Callable[[Any], Any] | None, plane: DataPlane,

@@ -65,12 +65,13 @@ def normalizes(model: ServedModel, options: EmbedOptions) -> bool:
 
 
 async def embed_texts(plane: DataPlane, model: ServedModel, texts: Sequence[str], options: EmbedOptions,
-                      deadline: float) -> Embedded:
-    """One vector per text, each text after the request's prompt (whose tokens count in the usage)."""
+                      deadline: float, prechecked: bool = False) -> Embedded:
+    """One vector per text, each text after the request's prompt (whose tokens count in the usage);
+    `prechecked`: the caller has already run `plane.precheck`."""
     dimensions = dimensions_for(model, options.dimensions)
     prompt = model.manifest.prompt_text(options.prompt_name, options.prompt)
     done = await plane.compute_texts(model, texts, truncate=options.truncate, deadline=deadline,
-                                     direction=options.direction, prompt=prompt)
+                                     direction=options.direction, prompt=prompt, prechecked=prechecked)
     return Embedded(vectors(done, dimensions, normalizes(model, options)), done)
 
 

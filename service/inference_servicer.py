@@ -9,13 +9,14 @@ from collections.abc import Sequence
 import grpc
 import numpy as np
 
-from millibatch.errors import InvalidInput
+from millibatch.errors import InvalidInput, QueueFull
 from millibatch.service.dataplane import Computed, DataPlane
 from millibatch.service.embeddings import EmbedOptions, embed_texts
 from millibatch.service.entities import DEFAULT_IGNORE_LABELS, STRATEGIES, Entity, Strategy, extract_entities
 from millibatch.service.registry import ServedModel
 from millibatch.service.rerank import rerank
 from millibatch.service.sparse_embed import embed_sparse
+from millibatch.service.status import refuse
 from millibatch.service.tokenization import Direction
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import inference_pb2_grpc
@@ -89,9 +90,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return await plane.compute_texts(model, inputs, pairs, truncate=truncate,
                                          deadline=plane.deadline(context.time_remaining()))
 
-    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse | None:
         started = time.perf_counter()
         model = self.plane.model(request.model, task="embed")
+        plane = self.plane
+        deadline = plane.deadline(context.time_remaining())
+        # Under overload most calls end here: refused before anything else of the request is read.
+        try:
+            plane.precheck(model, request.inputs, deadline)
+        except QueueFull as busy:
+            refuse(context, busy)
+            return None
         packed = encoding(request.encoding)
         options = EmbedOptions(
             truncate=request.truncate,
@@ -101,8 +110,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             prompt=request.prompt if request.HasField("prompt") else None,
             direction=direction(request.truncation_direction),
         )
-        plane = self.plane
-        embedded = await embed_texts(plane, model, request.inputs, options, plane.deadline(context.time_remaining()))
+        embedded = await embed_texts(plane, model, request.inputs, options, deadline, prechecked=True)
         if packed is None:
             embeddings = [pb.Embedding(values=v) for v in embedded.vectors.tolist()]
         else:

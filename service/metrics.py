@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from millibatch.batching.batcher import Batcher, BatchObserver, BatchRecord
 from millibatch.batching.work import WorkItem
 from millibatch.engines.gpu_info import GpuStats, gpu_stats
+from millibatch.service.tally import RequestTally
 
 log = logging.getLogger("millibatch.metrics")
 
@@ -105,7 +106,9 @@ class ModelObserver(BatchObserver):
         self._real_tokens = m.tokens.labels(model)
         self._failures = m.batch_failures.labels(model)
         self._per_instance: dict[int, tuple[Any, Any]] = {}
-        self._per_reason: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._per_reason: dict[str, tuple[Any, Any]] = {}
+        # Refusals are counted like requests: on the event loop, without a lock (service/tally.py).
+        self._tally = metrics.tally
 
     def batch_done(self, record: BatchRecord) -> None:
         padded = record.rows * record.padded_length
@@ -123,14 +126,12 @@ class ModelObserver(BatchObserver):
             self._failures.inc()
 
     def shed(self, item: WorkItem, reason: str) -> None:
-        requests, rows = self._reason("shed", reason)
+        requests, rows = self._shed(reason)
         requests.inc()
         rows.inc(len(item.rows))
 
     def rejected(self, rows: int, reason: str) -> None:
-        requests, counted_rows = self._reason("rejected", reason)
-        requests.inc()
-        counted_rows.inc(rows)
+        self._tally.rejected(self._model, reason, rows)
 
     def _instance(self, instance: int) -> tuple[Any, Any]:
         series = self._per_instance.get(instance)
@@ -140,13 +141,11 @@ class ModelObserver(BatchObserver):
                                                       self._m.engine_cpu.labels(self._model, label))
         return series
 
-    def _reason(self, kind: str, reason: str) -> tuple[Any, Any]:
-        series = self._per_reason.get((kind, reason))
+    def _shed(self, reason: str) -> tuple[Any, Any]:
+        series = self._per_reason.get(reason)
         if series is None:
-            requests, rows = (self._m.shed, self._m.shed_rows) if kind == "shed" else (self._m.rejected,
-                                                                                      self._m.rejected_rows)
-            series = self._per_reason[(kind, reason)] = (requests.labels(self._model, reason),
-                                                         rows.labels(self._model, reason))
+            series = self._per_reason[reason] = (self._m.shed.labels(self._model, reason),
+                                                         self._m.shed_rows.labels(self._model, reason))
         return series
 
 
@@ -155,11 +154,9 @@ class Metrics:
 
     def __init__(self, batchers: Callable[[], Iterable[tuple[str, Batcher]]] | None = None) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("millibatch_requests_total", "Finished RPCs by model, method and gRPC status.",
-                                ["model", "rpc", "code"], registry=r)
-        self.request_duration = Histogram(
-            "millibatch_request_duration_seconds", "Server-side RPC latency, arrival to answer.",
-            ["model", "rpc"], buckets=LATENCY_BUCKETS, registry=r)
+        # What every call, refused or not, records: plain numbers, no lock per call (service/tally.py).
+        self.tally = RequestTally(LATENCY_BUCKETS)
+        r.register(self.tally)
         self.queue = Histogram("millibatch_queue_duration_seconds", "Time a request waited before its first batch.",
                                ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.tokenize = Histogram("millibatch_tokenize_duration_seconds", "Time tokenizing one request.",
@@ -185,10 +182,6 @@ class Metrics:
                             ["model", "reason"], registry=r)
         self.shed_rows = Counter("millibatch_shed_rows_total", "Rows of shed requests.", ["model", "reason"],
                                  registry=r)
-        self.rejected = Counter("millibatch_rejected_requests_total", "Requests refused at admission.",
-                                ["model", "reason"], registry=r)
-        self.rejected_rows = Counter("millibatch_rejected_rows_total", "Rows of refused requests.",
-                                     ["model", "reason"], registry=r)
         self.load_seconds = Gauge("millibatch_model_load_seconds", "Seconds spent loading and warming a model.",
                                   ["model"], registry=r)
         self.model_info = Gauge("millibatch_model_info", "Served model and its engine (value is always 1).",
@@ -199,25 +192,25 @@ class Metrics:
         r.register(self.gpu)
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
-        # Labelled series of the per-request metrics, looked up once each (see ModelObserver).
-        self._request_counters: dict[tuple[str, str, str], Any] = {}
-        self._request_durations: dict[tuple[str, str], Any] = {}
+        # Labelled series of the per-request stage timings, looked up once each (see ModelObserver).
         self._stages: dict[str, tuple[Any, Any]] = {}
+
+    def watch_calls(self, in_progress: Callable[[], int], limit: int) -> None:
+        """Export the calls in progress (read at scrape time) beside gRPC's concurrent-call limit: calls
+        that limit refuses never reach a handler, so these two are how an operator sees it biting."""
+        calls = Gauge("millibatch_calls_in_progress", "Calls whose handler is running (every door; health checks "
+                      "aside).", registry=self.registry)
+        calls.set_function(lambda: float(in_progress()))
+        Gauge("millibatch_max_concurrent_calls", "gRPC's concurrent-call limit (0: none); calls beyond it are "
+              "refused by gRPC before any handler and are not counted here.", registry=self.registry).set(limit)
 
     def observer(self, model: str) -> ModelObserver:
         """Batcher hooks that record into these metrics under `model`."""
         return ModelObserver(self, model)
 
     def request_done(self, model: str, rpc: str, code: str, seconds: float) -> None:
-        """Count one finished RPC and its latency."""
-        counter = self._request_counters.get((model, rpc, code))
-        if counter is None:
-            counter = self._request_counters[(model, rpc, code)] = self.requests.labels(model, rpc, code)
-        counter.inc()
-        duration = self._request_durations.get((model, rpc))
-        if duration is None:
-            duration = self._request_durations[(model, rpc)] = self.request_duration.labels(model, rpc)
-        duration.observe(seconds)
+        """Count one finished RPC and its latency (on the event loop's thread)."""
+        self.tally.request_done(model, rpc, code, seconds)
 
     def work_done(self, model: str, item: WorkItem, tokenize_seconds: float) -> None:
         """Per-request stage timings of a request that went through the batcher."""

@@ -95,6 +95,7 @@ class InferenceServer:
         self.metrics = Metrics(lambda: [(m.name, m.batcher) for m in self.registry.models.values()])
         #: What every protocol does with a request; the servicers only convert to and from protobuf.
         self.plane = DataPlane(self.registry, settings, self.metrics, self.ledger)
+        self.metrics.watch_calls(lambda: self.ledger.open, settings.max_concurrent_calls)
         #: Bound metrics port (0: endpoint disabled).
         self.metrics_port = 0
         #: The HTTP door (None when http_port is 0) and its bound port.
@@ -107,7 +108,9 @@ class InferenceServer:
         if self.settings.api_keys:
             interceptors.append(ApiKeyAuth(self.settings.api_keys))
         credentials = server_credentials(self.settings)
-        server = grpc.aio.server(options=channel_options(self.settings), interceptors=interceptors)
+        # gRPC's own concurrent-call limit refuses in its Cython layer, before any handler (and uncounted).
+        server = grpc.aio.server(options=channel_options(self.settings), interceptors=interceptors,
+                                 maximum_concurrent_rpcs=self.settings.max_concurrent_calls or None)
         # Every method of every service goes through the edge: decoding, statuses, accounting.
         register(server, inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.plane), self.plane)
         register(server, models_pb2_grpc.add_ModelsServicer_to_server, ModelsServicer(self.plane), self.plane)

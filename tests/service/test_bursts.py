@@ -60,3 +60,44 @@ async def test_a_burst_of_3000_calls_on_one_channel_gets_answers_or_reasons(
     assert drained, logs[-20:]
     accepted, answered, cancelled, still_open = map(int, drained[-1].groups())
     assert accepted == BURST and answered == BURST and cancelled == 0 and still_open == 0
+
+
+async def test_with_a_concurrent_call_limit_grpc_refuses_the_excess_itself_with_a_reason(
+    tiny_embed_dir: Path,
+) -> None:
+    # --max-concurrent-calls: calls beyond the limit are refused by gRPC before any handler runs, so
+    # they never reach the ledger; the rest are answered as without it.
+    limit = 16
+    logs: list[str] = []
+    with serve_process(tiny_embed_dir, "--max-concurrent-calls", str(limit), log_sink=logs) as (process, port):
+        outcomes: collections.Counter[str] = collections.Counter()
+        reasons: set[str] = set()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+
+            async def one(i: int) -> None:
+                try:
+                    await stub.Embed(pb.EmbedRequest(inputs=[f"burst call number {i}"]), timeout=20)
+                    outcomes["OK"] += 1
+                except grpc.aio.AioRpcError as error:
+                    outcomes[error.code().name] += 1
+                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        reasons.add(error.details() or "")
+
+            await asyncio.gather(*(one(i) for i in range(BURST)))
+            # Once the burst is over, the limit has room again.
+            await stub.Embed(pb.EmbedRequest(inputs=["after the burst"]), timeout=20)
+        process.terminate()
+        code = await asyncio.to_thread(process.wait, 30)
+    print(f"\nburst of {BURST}, at most {limit} calls at once: {dict(outcomes)}")
+    assert code == 0
+    assert sum(outcomes.values()) == BURST
+    assert set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, outcomes
+    assert outcomes["OK"] > 0 and outcomes["RESOURCE_EXHAUSTED"] > 0
+    assert "Concurrent RPC limit exceeded!" in reasons, reasons
+    drained = [m for m in map(DRAIN_LINE.search, logs) if m]
+    assert drained, logs[-20:]
+    accepted, answered, cancelled, still_open = map(int, drained[-1].groups())
+    # Only the calls the limit let through reached a handler, and each was answered.
+    assert accepted == answered and cancelled == 0 and still_open == 0
+    assert outcomes["OK"] + 1 <= accepted < BURST + 1

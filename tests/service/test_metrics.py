@@ -6,8 +6,10 @@ import asyncio
 import json
 import logging
 import socket
+import threading
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -91,6 +93,62 @@ async def test_queue_full_is_counted_as_rejected(tiny_embed_dir: Path) -> None:
     assert value(samples, "millibatch_requests_total", model="tiny-embed", rpc="Embed",
                  code="RESOURCE_EXHAUSTED") == len(failures)
     assert value(samples, "millibatch_requests_total", model="tiny-embed", rpc="Embed", code="OK") == 8 - len(failures)
+
+
+async def test_a_call_refused_before_tokenizing_is_counted_once_with_its_reason(tiny_embed_dir: Path) -> None:
+    # Admission sees a queue that outlasts any deadline: Embed refuses in its first lines (status.refuse,
+    # no exception through the edge), and the edge still counts the call with its status.
+    port = free_port()
+    async with running_server([tiny_embed_dir], metrics_port=port) as server:
+        model = next(iter(server.registry.models.values()))
+        model.batcher.admission.queued_seconds = 1e9
+        async with AsyncClient(f"127.0.0.1:{server.port}", timeout=10) as client:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.inference.Embed(pb.EmbedRequest(inputs=["hello"]), timeout=5)
+        samples = await asyncio.to_thread(scrape, port)
+        assert server.ledger.open == 0 and server.ledger.answered >= 1
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "server busy" in (refused.value.details() or "")
+    assert value(samples, "millibatch_requests_total", model="tiny-embed", rpc="Embed", code="RESOURCE_EXHAUSTED") == 1
+    assert value(samples, "millibatch_request_duration_seconds_count", model="tiny-embed", rpc="Embed") == 1
+    assert value(samples, "millibatch_rejected_requests_total", model="tiny-embed", reason="overloaded") == 1
+    assert value(samples, "millibatch_rejected_rows_total", model="tiny-embed", reason="overloaded") == 1
+    assert value(samples, "millibatch_tokenize_duration_seconds_count", model="tiny-embed") == 0
+
+
+async def test_calls_in_progress_and_the_concurrent_call_limit_are_exported(tiny_embed_dir: Path) -> None:
+    port = free_port()
+    gate = threading.Event()
+    async with running_server([tiny_embed_dir], metrics_port=port, max_concurrent_calls=3) as server:
+        model = next(iter(server.registry.models.values()))
+        engine = model.batcher.engine
+        inner = engine.run
+
+        def held(inputs: Any, instance: int) -> Any:  # the engine waits until the test lets it go
+            gate.wait(10)
+            return inner(inputs, instance)
+
+        engine.run = held  # type: ignore[method-assign]
+        async with AsyncClient(f"127.0.0.1:{server.port}", timeout=10) as client:
+            calls = [asyncio.ensure_future(client.embed([f"call {i}"])) for i in range(3)]
+            for _ in range(100):
+                samples = await asyncio.to_thread(scrape, port)
+                if value(samples, "millibatch_calls_in_progress") == 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert value(samples, "millibatch_calls_in_progress") == 3
+            assert value(samples, "millibatch_max_concurrent_calls") == 3
+            # A fourth call is refused by gRPC itself, with its reason, and never reaches a handler.
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.inference.Embed(pb.EmbedRequest(inputs=["one too many"]), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert refused.value.details() == "Concurrent RPC limit exceeded!"
+            gate.set()
+            await asyncio.gather(*calls)
+        samples = await asyncio.to_thread(scrape, port)
+    assert value(samples, "millibatch_calls_in_progress") == 0
+    assert value(samples, "millibatch_requests_total", model="tiny-embed", rpc="Embed", code="OK") == 3
+    assert value(samples, "millibatch_requests_total", model="tiny-embed", rpc="Embed", code="RESOURCE_EXHAUSTED") == 0
 
 
 async def test_metrics_port_zero_serves_nothing(tiny_embed_dir: Path) -> None:
