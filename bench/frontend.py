@@ -3,6 +3,7 @@ refused call costs the server.
 
     .venv/bin/python -m bench.frontend                       # both modes, 3 alternating rounds
     .venv/bin/python -m bench.frontend --modes ok --rounds 5
+    .venv/bin/python -m bench.frontend --modes ok,refused --baseline c4c0e2d   # beside another build
 
 The server is the real `millibatch serve` path (gRPC, decoding, admission, tokenizing, the batcher,
 the engine threads, delivery, the response) with the engine swapped for one that returns zeros at once
@@ -19,11 +20,22 @@ import asyncio
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.processes import Launch, cores_for, free_port, process_cpu, run_loadgen, start_server, wait_ready
+from bench.processes import (
+    Launch,
+    cores_for,
+    free_port,
+    process_cpu,
+    remove_worktree,
+    run_loadgen,
+    start_server,
+    wait_ready,
+    worktree,
+)
 from bench.stats import publish, stamp
 from bench.texts import DEFAULT_STSB, stsb_sentences
 
@@ -113,13 +125,15 @@ async def serve(model: Path, port: int, mode: str) -> None:
     await asyncio.Event().wait()
 
 
-def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: float, raw: Path) -> dict[str, Any]:
-    """Start the server in `mode`, load it closed-loop, and read its CPU over the measured phase."""
+def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: float, raw: Path,
+            repo: Path = ROOT) -> dict[str, Any]:
+    """Start the server in `mode` (from the checkout `repo`), load it closed-loop, and read its CPU over
+    the measured phase."""
     cores = cores_for("split")
     port = free_port()
     spec = Launch(f"frontend-{mode}", [sys.executable, "-m", "bench.frontend", "serve", "--mode", mode,
                                        "--model", str(model), "--port", str(port)], "millibatch",
-                  f"127.0.0.1:{port}")
+                  f"127.0.0.1:{port}", cwd=repo)
     server = start_server(spec, cores, raw)
     try:
         wait_ready(server, cores, texts, 120) if mode in ("ok", "grpc-echo") else time.sleep(8)
@@ -127,7 +141,7 @@ def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: flo
         run_loadgen(spec, cores, texts, [*flags, "--duration", "1"], None, 60)
         cpu_before, wall_before = process_cpu(server.process.pid), time.perf_counter()
         result = run_loadgen(spec, cores, texts, [*flags, "--warmup", "0", "--duration", str(duration)],
-                             raw / f"{mode}.json", duration + 60)
+                             raw / f"{mode}{'' if repo == ROOT else '@' + repo.name}.json", duration + 60)
         wall = time.perf_counter() - wall_before
         server_cpu = (process_cpu(server.process.pid) - cpu_before) / wall
     finally:
@@ -154,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--baseline", action="append", default=[], metavar="REF",
+                        help="also measure the real server's modes (ok, refused) as built at git REF, as mode@REF, "
+                             "alternating with this build's in each round")
     args = parser.parse_args(argv)
     if args.command == "serve":
         try:
@@ -167,17 +184,28 @@ def main(argv: list[str] | None = None) -> int:
     raw.mkdir(parents=True, exist_ok=True)
     texts = raw / "texts-sts.json"
     texts.write_text(json.dumps(stsb_sentences(DEFAULT_STSB)), encoding="utf-8")
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    plain = [m.strip() for m in args.modes.split(",") if m.strip()]
+    builds = {ref: worktree(ref, Path(tempfile.mkdtemp(prefix="frontend-"))) for ref in args.baseline}
+    # (label, mode, checkout): each real-server mode of a baseline runs right after this build's.
+    plan = [(mode, mode, ROOT) for mode in plain]
+    for ref, path in builds.items():
+        plan += [(f"{mode}@{ref}", mode, path) for mode in plain if mode in ("ok", "refused")]
+    plan.sort(key=lambda entry: plain.index(entry[1]))
+    modes = [label for label, _, _ in plan]
     runs = []
-    for round_ in range(1, args.rounds + 1):
-        for mode in modes:
-            run = measure(mode, args.model.resolve(), texts, args.concurrency, args.duration, raw)
-            run["round"] = round_
-            runs.append(run)
-            print(f"round {round_} {mode:>8}: {run['calls_per_s']:7.0f} calls/s, server {run['server_cpu_cores']:.2f} "
-                  f"cores = {run['calls_per_server_core']:6.0f} calls/s per core, {run['server_us_per_call']:5.0f} µs "
-                  f"per call, client {run['client_cpu_cores']:.2f} cores, unexpected statuses "
-                  f"{run['unexpected_statuses']}", flush=True)
+    try:
+        for round_ in range(1, args.rounds + 1):
+            for label, mode, repo in plan:
+                run = measure(mode, args.model.resolve(), texts, args.concurrency, args.duration, raw, repo)
+                run.update(round=round_, mode=label)
+                runs.append(run)
+                print(f"round {round_} {label:>8}: {run['calls_per_s']:7.0f} calls/s, server "
+                      f"{run['server_cpu_cores']:.2f} cores = {run['calls_per_server_core']:6.0f} calls/s per core, "
+                      f"{run['server_us_per_call']:5.0f} µs per call, client {run['client_cpu_cores']:.2f} cores, "
+                      f"unexpected statuses {run['unexpected_statuses']}", flush=True)
+    finally:
+        for path in builds.values():
+            remove_worktree(path)
     when = stamp()
     lines = [f"# Front-end ceiling ({when})", "",
              f"`.venv/bin/python -m bench.frontend {' '.join(argv if argv is not None else sys.argv[1:])}`: "
