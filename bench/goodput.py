@@ -172,10 +172,15 @@ def report(summary: dict[str, Any], out: Path) -> None:
              f"{info['commit']}, {info['cpu']}, {info['cores']} cores (server on {summary['server_cores']}, client on "
              f"{summary['client_cores']}). Deadline {summary['deadline_ms']:.0f} ms on every call; Triton's queue "
              f"policy: timeout {summary['deadline_ms']:.0f} ms, REJECT, max_queue_size {summary['triton_max_queue']}.",
-             "", "| peer | round | peak goodput/s | p99-bound rate/s (p99 ≤ "
-             f"{summary['deadline_ms']:.0f} ms, errors ≤ 1%) |", "|---|---|---|---|"]
+             "", "Held: the lowest goodput of the overload phases over the peak (the best goodput of the rising "
+             "sweep), and, stricter, over the best goodput seen in any phase of the peer's run.", "",
+             "| peer | round | peak goodput/s | p99-bound rate/s (p99 ≤ "
+             f"{summary['deadline_ms']:.0f} ms, errors ≤ 1%) | held / peak | held / best seen |", "|---|---|---|---|---|---|"]
     for run in summary["runs"]:
-        lines.append(f"| {run['peer']} | {run['round']} | {run['peak_goodput']:.1f} | {run['bound_rate']:.1f} |")
+        worst = min((p["goodput_rps"] for p in run["overload"]), default=0.0)
+        best = max(p["goodput_rps"] for p in run["sweep"] + run["overload"])
+        lines.append(f"| {run['peer']} | {run['round']} | {run['peak_goodput']:.1f} | {run['bound_rate']:.1f} | "
+                     f"{worst / run['peak_goodput']:.2f} | {worst / best:.2f} |")
     lines += ["", "## Overload", "", "| peer | round | × peak | offered/s | goodput/s | goodput / peak | p99 OK ms | "
               "shed | refused | other errors | late OK | refusal p99 ms | rows/batch | server CPU | engine CPU | "
               "client CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -284,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stsb", type=Path, default=DEFAULT_STSB)
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results/goodput/TEXTS)")
     parser.add_argument("--server-args", default="", help="extra flags for millibatch serve (one string)")
+    parser.add_argument("--report", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="write results.md and goodput.png again from an earlier run's results.json, then stop")
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
                         help="also run this build with extra serve flags as peer millibatch+LABEL, e.g. "
                              "'limit=--max-concurrent-calls 48'")
@@ -295,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.report is not None:  # only render an earlier run's results.json again
+        report(json.loads(args.report.read_text(encoding="utf-8")), args.report.parent)
+        return 0
     args.server_args = args.server_args.split()
     args.models = {f"millibatch-{label}": Path(folder).resolve()
                    for label, _, folder in (item.partition("=") for item in args.model)}

@@ -64,11 +64,12 @@ class Settings(BaseSettings):
     it every call reaches admission, which refuses overload with RESOURCE_EXHAUSTED and a message."""
     max_concurrent_calls: int = Field(0, ge=0)
     """gRPC calls in progress at once, counted by gRPC itself before any handler runs: beyond it a call is
-    refused with RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded!") for about a third of the CPU an
-    admission refusal costs, which keeps the engine's share of the cores under heavy overload. 0 = no
-    limit: admission alone decides, by deadline. Size it at about twice peak calls/s times the callers'
-    usual deadline. Such refusals never reach millibatch's metrics, and health checks and streams count
-    too: with a limit, probe the HTTP door's /health (docs/OVERLOAD.md)."""
+    refused with RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded!") for less than half the CPU an
+    admission refusal costs. 0 = no limit: admission alone decides, by deadline. A cap on what a burst of
+    long-deadline calls may hold: size it well above millibatch_calls_in_progress at normal peaks (a
+    limit tight enough to bind at 100 ms deadlines cost goodput). Its refusals never reach millibatch's
+    metrics, and health checks and streams count too: with a limit, probe the HTTP door's /health
+    (docs/OVERLOAD.md)."""
     max_connection_age_seconds: float = Field(300.0, ge=0)
     """Connections are closed gracefully after this age so clients rebalance across replicas; 0 = never."""
     reflection: bool = True

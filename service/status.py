@@ -59,7 +59,8 @@ def fail(context: grpc.aio.ServicerContext, status: grpc.StatusCode, details: st
 def refuse(context: grpc.aio.ServicerContext, error: MillibatchError) -> None:
     """End the call with `error`'s status from inside a handler, which then returns None (the edge reads
     the status from `context`). For the refusals of an overloaded server: answered where they are found
-    instead of raised up through every coroutine frame to the edge, a tenth of what a refusal costs."""
+    instead of raised up through every coroutine frame to the edge, which is a visible share of what a
+    refusal costs (docs/CALL_COST.md)."""
     context.set_code(status_of(error))
     context.set_details(str(error))
 

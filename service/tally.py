@@ -3,8 +3,7 @@ scraped.
 
 Every call, refused ones included, counts itself once and records its latency; prometheus_client takes a
 lock for each increment and observation. Under overload most calls are refusals, and on one core the CPU
-those few microseconds cost is taken from the engine: a refusal with the metrics kept here took about 9%
-less of the server's CPU than with prometheus_client's series (bench/frontend.py, docs/CALL_COST.md).
+those microseconds cost is taken from the engine (docs/CALL_COST.md).
 Only the event loop's thread writes; the scrape thread copies before reading (a dict or list copy is
 one step under the GIL), so a scrape sees each series whole, if a call or two behind.
 """
