@@ -175,7 +175,8 @@ def report(summary: dict[str, Any], out: Path) -> None:
              "", "Held: the lowest goodput of the overload phases over the peak (the best goodput of the rising "
              "sweep), and, stricter, over the best goodput seen in any phase of the peer's run.", "",
              "| peer | round | peak goodput/s | p99-bound rate/s (p99 ≤ "
-             f"{summary['deadline_ms']:.0f} ms, errors ≤ 1%) | held / peak | held / best seen |", "|---|---|---|---|---|---|"]
+             f"{summary['deadline_ms']:.0f} ms, errors ≤ 1%) | held / peak | held / best seen |",
+             "|---|---|---|---|---|---|"]
     for run in summary["runs"]:
         worst = min((p["goodput_rps"] for p in run["overload"]), default=0.0)
         best = max(p["goodput_rps"] for p in run["sweep"] + run["overload"])

@@ -21,6 +21,27 @@ BURST = 3000
 DRAIN_LINE = re.compile(r"drain complete: accepted=(\d+) answered=(\d+) cancelled=(\d+) open=(\d+)")
 
 
+async def burst(port: int) -> tuple[collections.Counter[str], set[str]]:
+    """BURST Embed calls at once on one fresh channel (the server has answered nothing on it yet): how
+    they ended, and the details of the RESOURCE_EXHAUSTED ones."""
+    outcomes: collections.Counter[str] = collections.Counter()
+    reasons: set[str] = set()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+
+        async def one(i: int) -> None:
+            try:
+                await stub.Embed(pb.EmbedRequest(inputs=[f"burst call number {i}"]), timeout=20)
+                outcomes["OK"] += 1
+            except grpc.aio.AioRpcError as error:
+                outcomes[error.code().name] += 1
+                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    reasons.add(error.details() or "")
+
+        await asyncio.gather(*(one(i) for i in range(BURST)))
+    return outcomes, reasons
+
+
 @pytest.mark.parametrize("model", ["tiny", pytest.param("minilm", marks=pytest.mark.slow)])
 async def test_a_burst_of_3000_calls_on_one_channel_gets_answers_or_reasons(
     model: str, request: pytest.FixtureRequest
@@ -29,22 +50,7 @@ async def test_a_burst_of_3000_calls_on_one_channel_gets_answers_or_reasons(
     directory: Path = request.getfixturevalue("tiny_embed_dir" if model == "tiny" else "minilm_dir")
     logs: list[str] = []
     with serve_process(directory, log_sink=logs) as (process, port):
-        outcomes: collections.Counter[str] = collections.Counter()
-        reasons: set[str] = set()
-        # A fresh channel, all calls at once: the server has not answered anything on it yet.
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = inference_pb2_grpc.InferenceStub(channel)
-
-            async def one(i: int) -> None:
-                try:
-                    await stub.Embed(pb.EmbedRequest(inputs=[f"burst call number {i}"]), timeout=20)
-                    outcomes["OK"] += 1
-                except grpc.aio.AioRpcError as error:
-                    outcomes[error.code().name] += 1
-                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        reasons.add(error.details() or "")
-
-            await asyncio.gather(*(one(i) for i in range(BURST)))
+        outcomes, reasons = await burst(port)
         process.terminate()
         code = await asyncio.to_thread(process.wait, 30)
     print(f"\nburst of {BURST} on one channel: {dict(outcomes)}")
@@ -70,23 +76,10 @@ async def test_with_a_concurrent_call_limit_grpc_refuses_the_excess_itself_with_
     limit = 16
     logs: list[str] = []
     with serve_process(tiny_embed_dir, "--max-concurrent-calls", str(limit), log_sink=logs) as (process, port):
-        outcomes: collections.Counter[str] = collections.Counter()
-        reasons: set[str] = set()
+        outcomes, reasons = await burst(port)
+        # Once the burst is over, the limit has room again.
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = inference_pb2_grpc.InferenceStub(channel)
-
-            async def one(i: int) -> None:
-                try:
-                    await stub.Embed(pb.EmbedRequest(inputs=[f"burst call number {i}"]), timeout=20)
-                    outcomes["OK"] += 1
-                except grpc.aio.AioRpcError as error:
-                    outcomes[error.code().name] += 1
-                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        reasons.add(error.details() or "")
-
-            await asyncio.gather(*(one(i) for i in range(BURST)))
-            # Once the burst is over, the limit has room again.
-            await stub.Embed(pb.EmbedRequest(inputs=["after the burst"]), timeout=20)
+            await inference_pb2_grpc.InferenceStub(channel).Embed(pb.EmbedRequest(inputs=["after"]), timeout=20)
         process.terminate()
         code = await asyncio.to_thread(process.wait, 30)
     print(f"\nburst of {BURST}, at most {limit} calls at once: {dict(outcomes)}")
