@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,46 +21,36 @@ TINY_PROMPTS = {"query": "query: ", "passage": "passage: "}
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-@pytest.fixture(scope="session")
-def tiny_embed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tiny-embed")
-    checkpoint = make_tiny_checkpoint(root / "checkpoint", "embed")
+def converted_tiny(factory: pytest.TempPathFactory, name: str, task: str, checkpoint: Callable[[Path], Path]) -> Path:
+    """A tiny random checkpoint, made by `checkpoint` in a fresh folder, converted as model `name`."""
+    root = factory.mktemp(name)
     out = root / "model"
-    convert(ConvertOptions(source=str(checkpoint), output=out, task="embed", name="tiny-embed"),
+    convert(ConvertOptions(source=str(checkpoint(root / "checkpoint")), output=out, task=task, name=name),
             progress=lambda _: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_embed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return converted_tiny(tmp_path_factory, "tiny-embed", "embed", lambda f: make_tiny_checkpoint(f, "embed"))
 
 
 @pytest.fixture(scope="session")
 def tiny_classify_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tiny-classify")
-    checkpoint = make_tiny_checkpoint(root / "checkpoint", "classify")
-    out = root / "model"
-    convert(ConvertOptions(source=str(checkpoint), output=out, task="classify", name="tiny-classify"),
-            progress=lambda _: None)
-    return out
+    return converted_tiny(tmp_path_factory, "tiny-classify", "classify", lambda f: make_tiny_checkpoint(f, "classify"))
 
 
 @pytest.fixture(scope="session")
 def tiny_reranker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cross-encoder with one label (a single relevance logit), as ms-marco rerankers are."""
-    root = tmp_path_factory.mktemp("tiny-reranker")
-    checkpoint = make_tiny_checkpoint(root / "checkpoint", "classify", labels=["LABEL_0"])
-    out = root / "model"
-    convert(ConvertOptions(source=str(checkpoint), output=out, task="classify", name="tiny-reranker"),
-            progress=lambda _: None)
-    return out
+    return converted_tiny(tmp_path_factory, "tiny-reranker", "classify",
+                          lambda f: make_tiny_checkpoint(f, "classify", labels=["LABEL_0"]))
 
 
 @pytest.fixture(scope="session")
 def tiny_sparse_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random masked-LM converted with --task sparse-embed (SPLADE)."""
-    root = tmp_path_factory.mktemp("tiny-sparse")
-    checkpoint = make_tiny_mlm_checkpoint(root / "checkpoint")
-    out = root / "model"
-    convert(ConvertOptions(source=str(checkpoint), output=out, task="sparse-embed", name="tiny-sparse"),
-            progress=lambda _: None)
-    return out
+    return converted_tiny(tmp_path_factory, "tiny-sparse", "sparse-embed", make_tiny_mlm_checkpoint)
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
+
+import grpc
+import numpy as np
+from tokenizers import Tokenizer
 
 from millibatch.engines.convert.sources import PACKAGED_MODELS, resolve
 from millibatch.service.server import InferenceServer
@@ -109,3 +113,28 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+async def code_of(call: Awaitable[object]) -> tuple[grpc.StatusCode, str]:
+    """How an awaited gRPC call ended: (status, details); (OK, "") when it answered."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error.code(), error.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def pytorch_splade(checkpoint: Path, texts: list[str], tokenizer: Tokenizer) -> np.ndarray:
+    """SPLADE from a masked-LM checkpoint's logits in PyTorch, each text alone (no padding at all):
+    the reference for convert --task sparse-embed and for EmbedSparse."""
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    model = AutoModelForMaskedLM.from_pretrained(str(checkpoint), attn_implementation="eager").eval()
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([tokenizer.encode(text).ids])
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]
+            rows.append(torch.log1p(torch.relu(logits)).max(dim=0).values.numpy())
+    return np.stack(rows)

@@ -83,8 +83,7 @@ class Routes:
         call.model = body.model
         model = self.model(body.model, "embed")
         if body.texts is not None:
-            plane.precheck(model, body.texts, deadline)  # refused before the options are looked at
-            embedded = await embed_texts(plane, model, body.texts, body.options, deadline, prechecked=True)
+            embedded = await embed_texts(plane, model, body.texts, body.options, deadline)
         else:
             embedded = await embed_ids(plane, model, body.ids or [], body.options, deadline)
         vectors = np.ascontiguousarray(embedded.vectors, dtype="<f4")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -16,7 +15,7 @@ from millibatch.client import AsyncClient, embed_request
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import models_pb2
 from tests.conftest import TINY_PROMPTS
-from tests.helpers import running_server
+from tests.helpers import code_of, running_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -28,14 +27,6 @@ async def client(tiny_embed_dir: Path, tiny_prompted_dir: Path) -> AsyncIterator
     async with running_server([tiny_embed_dir, tiny_prompted_dir]) as server:  # noqa: SIM117
         async with AsyncClient(f"127.0.0.1:{server.port}", timeout=10) as c:
             yield c
-
-
-async def code_of(call: Any) -> tuple[grpc.StatusCode, str]:
-    try:
-        await call
-    except grpc.aio.AioRpcError as error:
-        return error.code(), error.details() or ""
-    return grpc.StatusCode.OK, ""
 
 
 async def test_dimensions_cut_and_renormalise(client: AsyncClient) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -16,7 +15,7 @@ from millibatch.client import AsyncClient, rerank_request, sparse_request
 from millibatch.kserve import grpc_service_pb2 as v2
 from millibatch.kserve import grpc_service_pb2_grpc
 from millibatch.v1 import inference_pb2 as pb
-from tests.helpers import running_server
+from tests.helpers import code_of, pytorch_splade, running_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -32,14 +31,6 @@ async def client(tiny_embed_dir: Path, tiny_classify_dir: Path, tiny_reranker_di
     async with running_server(models, max_inputs_per_request=8) as server:  # noqa: SIM117
         async with AsyncClient(f"127.0.0.1:{server.port}", timeout=10) as c:
             yield c
-
-
-async def code_of(call: Any) -> tuple[grpc.StatusCode, str]:
-    try:
-        await call
-    except grpc.aio.AioRpcError as error:
-        return error.code(), error.details() or ""
-    return grpc.StatusCode.OK, ""
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -102,21 +93,6 @@ async def test_bad_reranks_are_refused(client: AsyncClient, query: str, document
                                        code: grpc.StatusCode, message: str) -> None:
     got, details = await code_of(client.rerank(query, documents, model=model))
     assert (got, message in details) == (code, True), details
-
-
-def pytorch_splade(checkpoint: Path, texts: list[str], tokenizer: Tokenizer) -> np.ndarray:
-    """SPLADE from the masked-LM's logits in PyTorch, each text alone."""
-    import torch
-    from transformers import AutoModelForMaskedLM
-
-    model = AutoModelForMaskedLM.from_pretrained(str(checkpoint), attn_implementation="eager").eval()
-    rows = []
-    with torch.no_grad():
-        for text in texts:
-            ids = torch.tensor([tokenizer.encode(text).ids])
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]
-            rows.append(torch.log1p(torch.relu(logits)).max(dim=0).values.numpy())
-    return np.stack(rows)
 
 
 def dense(vectors: list[dict[int, float]], size: int) -> np.ndarray:

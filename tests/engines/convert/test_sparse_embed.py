@@ -18,7 +18,7 @@ from millibatch.engines.convert.validate import encode_padded
 from millibatch.engines.model_dir import Manifest
 from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine
 from millibatch.engines.sparse import sparsify
-from tests.helpers import make_tiny_checkpoint, make_tiny_mlm_checkpoint
+from tests.helpers import make_tiny_checkpoint, make_tiny_mlm_checkpoint, pytorch_splade
 
 TEXTS = ["ok", "A man is playing a guitar.", "Stocks fell sharply on Tuesday after the central bank raised rates."]
 
@@ -37,21 +37,6 @@ def converted(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
         code = cli.main(["convert", str(checkpoint), "-o", str(out), "--task", "sparse-embed", "--name", "splade"])
     assert code == 0, stderr.getvalue()
     return out, json.loads(stdout.getvalue())
-
-
-def pytorch_reference(checkpoint: Path, texts: list[str], tokenizer: Tokenizer) -> np.ndarray:
-    """SPLADE computed from the masked-LM logits in PyTorch, each text alone (no padding at all)."""
-    import torch
-    from transformers import AutoModelForMaskedLM
-
-    model = AutoModelForMaskedLM.from_pretrained(str(checkpoint), attn_implementation="eager").eval()
-    rows = []
-    with torch.no_grad():
-        for text in texts:
-            ids = torch.tensor([tokenizer.encode(text).ids])
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]
-            rows.append(torch.log(1 + torch.relu(logits)).max(dim=0).values.numpy())
-    return np.stack(rows)
 
 
 def test_the_cli_writes_a_sparse_embed_manifest(converted: tuple[Path, dict[str, object]]) -> None:
@@ -78,7 +63,7 @@ def test_served_graph_equals_pytorch_and_padding_does_not_leak(
     finally:
         engine.close()
     assert served.shape == (3, 30522) and served.dtype == np.float32
-    reference = pytorch_reference(checkpoint, TEXTS, tokenizer)
+    reference = pytorch_splade(checkpoint, TEXTS, tokenizer)
     np.testing.assert_allclose(served, reference, atol=1e-4)
     # Padding rows would add their own (non-zero) weights to the max; padded and alone must agree.
     np.testing.assert_allclose(served, alone, atol=1e-5)
