@@ -26,7 +26,7 @@ from millibatch.batching.profile import measure, profile_shapes
 from millibatch.batching.scheduler import BatchLimits, Scheduler
 from millibatch.batching.watchdog import Watchdog
 from millibatch.batching.work import Row, RowResult, WorkItem
-from millibatch.batching.workers import EngineWorkers
+from millibatch.batching.workers import EnginePriority, EngineWorkers
 from millibatch.engines.base import Engine, synthetic_inputs
 from millibatch.errors import DeadlineUnmeetable, InvalidInput, MillibatchError, NotServing
 
@@ -45,8 +45,10 @@ class Batcher:
         observer: BatchObserver | None = None,
         on_unhealthy: Callable[[str], None] | None = None,
         clock: Callable[[], float] | None = None,
+        engine_priority: EnginePriority = "nice",
     ) -> None:
         self.engine = engine
+        self.engine_priority: EnginePriority = engine_priority
         self.limits = limits
         self.cost_model = cost_model or CostModel()
         self.scheduler = Scheduler(limits, self.cost_model, engine.padded_length)
@@ -88,7 +90,8 @@ class Batcher:
         dispatcher = self.dispatcher
         # Through `self.engine` at call time, not a bound method: the engine may be swapped (tests inject faults).
         dispatcher.workers = EngineWorkers(lambda inputs, instance: self.engine.run(inputs, instance), self._instances,
-                                           loop, self._clock or time.monotonic, dispatcher.finished, dispatcher.stale)
+                                           loop, self._clock or time.monotonic, dispatcher.finished, dispatcher.stale,
+                                           self.engine_priority)
         self._accepting = True
         self._task = asyncio.create_task(dispatcher.run(), name="batcher")
         self.watchdog.start()

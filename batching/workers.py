@@ -18,21 +18,27 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from millibatch.batching.work import PendingRow
 from millibatch.engines.base import EngineInputs, FloatArray
 
-#: Engine threads run at this much lower priority (Linux nice) than the event loop. With every instance
-#: busy back to back, the loop would otherwise get only its 1/(instances+1) share of the cores, and
-#: under overload it is the loop that sheds, answers and admits: late answers waste whole batches.
-#: When the loop is idle the engines still get every cycle.
+#: Engine threads run below the event loop. With every instance busy back to back, the loop would
+#: otherwise get only its 1/(instances+1) share of the cores, and under overload it is the loop that
+#: sheds, answers and admits: late answers waste whole batches. When the loop is idle the engines still
+#: get every cycle. `nice`: Linux nice +5 (the kernel lets a running engine thread finish its time slice
+#: before the woken loop runs). `idle`: SCHED_IDLE, which the woken loop preempts at once.
 ENGINE_NICE = 5
+EnginePriority = Literal["nice", "idle"]
 
 
-def lower_thread_priority(nice: int) -> None:
-    """Lower this thread's scheduling priority (Linux per-thread nice); a no-op where unsupported."""
+def lower_thread_priority(priority: EnginePriority) -> None:
+    """Put this thread below the event loop (Linux, per thread); a no-op where unsupported."""
     with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        if priority == "idle":
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ENGINE_NICE)
 
 
 @dataclass(eq=False)
@@ -80,8 +86,10 @@ class EngineWorkers:
         clock: Callable[[], float],
         on_done: Callable[[Job], None],
         on_stale: Callable[[Job], None],
+        priority: EnginePriority = "nice",
     ) -> None:
         self._run = run
+        self._priority = priority
         self._loop = loop
         self._clock = clock
         self._on_done = on_done
@@ -123,7 +131,7 @@ class EngineWorkers:
             return self._ready.popleft()
 
     def _work(self, instance: int) -> None:
-        lower_thread_priority(ENGINE_NICE)
+        lower_thread_priority(self._priority)
         while (job := self._take()) is not None:
             if not job.fresh(self._clock()):
                 self._post(self._on_stale, job)

@@ -4,6 +4,7 @@ refused call costs the server.
     .venv/bin/python -m bench.frontend                       # both modes, 3 alternating rounds
     .venv/bin/python -m bench.frontend --modes ok --rounds 5
     .venv/bin/python -m bench.frontend --modes ok,refused --baseline c4c0e2d   # beside another build
+    .venv/bin/python -m bench.frontend --modes refused,refused+ee   # gRPC's EventEngine on (+ee), beside off
 
 The server is the real `millibatch serve` path (gRPC, decoding, admission, tokenizing, the batcher,
 the engine threads, delivery, the response) with the engine swapped for one that returns zeros at once
@@ -46,6 +47,13 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "frontend"
 #: whose Embed answers a fixed 384-float response or RESOURCE_EXHAUSTED and does nothing else.
 #: grpc-limit: the same bare server refusing through gRPC's own concurrent-call limit, before any handler.
 MODES = ("ok", "refused", "grpc-echo", "grpc-refuse", "grpc-limit")
+#: A mode with this suffix runs with gRPC's EventEngine carrying the connections (`grpc_event_engine`).
+EVENT_ENGINE = "+ee"
+
+
+def base_mode(mode: str) -> str:
+    """The mode without its `+ee` suffix."""
+    return mode.removesuffix(EVENT_ENGINE)
 
 
 class NullEngine:
@@ -136,7 +144,7 @@ def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: flo
                   f"127.0.0.1:{port}", cwd=repo)
     server = start_server(spec, cores, raw)
     try:
-        wait_ready(server, cores, texts, 120) if mode in ("ok", "grpc-echo") else time.sleep(8)
+        wait_ready(server, cores, texts, 120) if base_mode(mode) in ("ok", "grpc-echo") else time.sleep(8)
         flags = ["--mode", "closed", "--concurrency", str(concurrency), "--warmup", "1", "--timeout", "5"]
         run_loadgen(spec, cores, texts, [*flags, "--duration", "1"], None, 60)
         cpu_before, wall_before = process_cpu(server.process.pid), time.perf_counter()
@@ -148,7 +156,7 @@ def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: flo
         server.stop()
     assert result is not None
     calls = result["requests"] / result["duration_s"]
-    answers = mode in ("ok", "grpc-echo")
+    answers = base_mode(mode) in ("ok", "grpc-echo")
     wrong = result["requests"] - (result["ok"] if answers else result["error_kinds"].get("RESOURCE_EXHAUSTED", 0))
     return {"mode": mode, "calls_per_s": calls, "server_cpu_cores": server_cpu,
             "calls_per_server_core": calls / server_cpu if server_cpu else 0.0,
@@ -161,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.frontend", description=__doc__.splitlines()[0])
     parser.add_argument("command", nargs="?", default="run", choices=("run", "serve"))
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--mode", choices=MODES, default="ok", help="serve: which server to run")
+    parser.add_argument("--mode", default="ok", help=f"serve: which server to run: one of {', '.join(MODES)}, "
+                                                     f"each optionally with {EVENT_ENGINE}")
     parser.add_argument("--port", type=int, default=0, help="serve: port")
     parser.add_argument("--modes", default=",".join(MODES), help="run: modes to measure, alternating")
     parser.add_argument("--rounds", type=int, default=3)
@@ -173,12 +182,19 @@ def main(argv: list[str] | None = None) -> int:
                              "alternating with this build's in each round")
     args = parser.parse_args(argv)
     if args.command == "serve":
+        from millibatch.settings import apply_grpc_experiments, load_settings
+
+        mode = base_mode(args.mode)
+        if mode not in MODES:
+            parser.error(f"unknown mode {args.mode!r}")
+        # gRPC set up as `millibatch serve` sets it up, for the floors too; before grpc is first imported.
+        apply_grpc_experiments(load_settings({"grpc_event_engine": args.mode.endswith(EVENT_ENGINE)}))
         try:
             import uvloop
         except ImportError:
-            asyncio.run(serve(args.model, args.port, args.mode))
+            asyncio.run(serve(args.model, args.port, mode))
         else:
-            uvloop.run(serve(args.model, args.port, args.mode))
+            uvloop.run(serve(args.model, args.port, mode))
         return 0
     raw = args.out / "raw"
     raw.mkdir(parents=True, exist_ok=True)

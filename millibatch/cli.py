@@ -61,9 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from millibatch.service.logs import configure_logging
-    from millibatch.service.server import serve
-    from millibatch.settings import load_settings
+    from millibatch.settings import apply_grpc_experiments, load_settings
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     try:
@@ -71,6 +69,10 @@ def run_serve(args: argparse.Namespace) -> int:
     except (ValidationError, FileNotFoundError) as error:
         print(f"millibatch serve: bad settings: {error}", file=sys.stderr)
         return 2
+    apply_grpc_experiments(settings)  # before the first import of grpc, which reads it
+    from millibatch.service.logs import configure_logging
+    from millibatch.service.server import serve
+
     configure_logging(settings.log_level, settings.log_format)
     try:
         import uvloop

@@ -61,6 +61,7 @@ def load_model(
         max_queue_rows=settings.max_queue_rows,
         watchdog_seconds=settings.watchdog_seconds,
         observer=observer,
+        engine_priority=settings.engine_priority,
     )
     batcher.warm_up(manifest.max_length, profile=settings.profile_on_start)
     model = ServedModel(manifest.name, directory, manifest, encoder, engine, batcher)

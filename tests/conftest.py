@@ -9,10 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from millibatch.engines.convert.convert import ConvertOptions, convert
-from millibatch.engines.convert.validate import default_stsb_path
-from millibatch.engines.model_dir import Manifest
-from tests.helpers import make_tiny_checkpoint, make_tiny_mlm_checkpoint
+from millibatch.settings import Settings, apply_grpc_experiments
+
+# In-process servers get gRPC set up as `millibatch serve` sets it up; grpc reads this when first imported.
+apply_grpc_experiments(Settings())
+
+from millibatch.engines.convert.convert import ConvertOptions, convert  # noqa: E402
+from millibatch.engines.convert.validate import default_stsb_path  # noqa: E402
+from millibatch.engines.model_dir import Manifest  # noqa: E402
+from tests.helpers import make_tiny_checkpoint, make_tiny_mlm_checkpoint  # noqa: E402
 
 #: The prompts of the `tiny-prompted` model (a copy of tiny-embed with sentence-transformers-style prompts).
 TINY_PROMPTS = {"query": "query: ", "passage": "passage: "}

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from millibatch.cli import build_parser
-from millibatch.settings import Settings, load_settings
+from millibatch.settings import EVENT_ENGINE_EXPERIMENTS, Settings, apply_grpc_experiments, load_settings
 
 
 def test_precedence_cli_env_file_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,3 +51,14 @@ def test_http_port_defaults_to_8080_and_zero_turns_it_off(monkeypatch: pytest.Mo
     assert load_settings({k: v for k, v in vars(args).items() if k not in ("command", "config")}).http_port == 9000
     with pytest.raises(ValidationError):
         load_settings({"http_port": 70000})
+
+
+def test_grpc_experiments_follow_the_setting_unless_the_operator_set_them() -> None:
+    environ: dict[str, str] = {}
+    value = apply_grpc_experiments(Settings(), environ)
+    assert value == environ["GRPC_EXPERIMENTS"] == ",".join(f"-{name}" for name in EVENT_ENGINE_EXPERIMENTS)
+    environ = {}
+    assert apply_grpc_experiments(Settings(grpc_event_engine=True), environ) == "" and not environ
+    environ = {"GRPC_EXPERIMENTS": "event_engine_listener"}
+    assert apply_grpc_experiments(Settings(), environ) == "event_engine_listener"
+    assert environ == {"GRPC_EXPERIMENTS": "event_engine_listener"}

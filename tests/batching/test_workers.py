@@ -1,0 +1,79 @@
+"""Engine threads: where they sit under the event loop's scheduling priority, as the batcher is told."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+
+import pytest
+
+from millibatch.batching.batcher import Batcher
+from millibatch.batching.scheduler import BatchLimits
+from millibatch.batching.workers import ENGINE_NICE, EnginePriority, EngineWorkers, Job
+from millibatch.engines.base import EngineInputs, FloatArray, synthetic_inputs
+from tests.batching.fakes import SyntheticEngine, exact_cost_model, make_row
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread scheduling is Linux's")
+
+
+async def engine_thread_scheduling(priority: EnginePriority) -> tuple[int, int]:
+    """(scheduling policy, nice) of the thread that runs a batch, under `priority`."""
+    seen: list[tuple[int, int]] = []
+
+    def run(inputs: EngineInputs, instance: int) -> dict[str, FloatArray]:
+        tid = threading.get_native_id()
+        seen.append((os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)))
+        return {}
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Job] = loop.create_future()
+    workers = EngineWorkers(run, 1, loop, time.monotonic, done.set_result, done.set_result, priority)
+    try:
+        workers.submit(Job(batch_id=1, batch=[], inputs=synthetic_inputs(1, 8)))
+        job = await asyncio.wait_for(done, 10)
+    finally:
+        workers.close()
+    assert job.error is None and len(seen) == 1
+    return seen[0]
+
+
+async def test_nice_engine_threads_run_below_the_loop() -> None:
+    policy, nice = await engine_thread_scheduling("nice")
+    assert policy == os.SCHED_OTHER
+    assert nice == os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + ENGINE_NICE or nice == 19
+
+
+async def test_idle_engine_threads_yield_to_the_loop_at_once() -> None:
+    policy, _ = await engine_thread_scheduling("idle")
+    assert policy == os.SCHED_IDLE
+    # The loop's own thread is untouched.
+    assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER
+
+
+class PolicyRecordingEngine(SyntheticEngine):
+    """A synthetic engine that notes the scheduling policy of the thread each batch runs on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.policies: list[int] = []
+
+    def run(self, inputs: EngineInputs, instance: int) -> dict[str, FloatArray]:
+        self.policies.append(os.sched_getscheduler(threading.get_native_id()))
+        return super().run(inputs, instance)
+
+
+@pytest.mark.parametrize(("priority", "policy"), [("idle", os.SCHED_IDLE), ("nice", os.SCHED_OTHER)])
+async def test_the_batcher_runs_its_engine_at_the_priority_it_is_given(priority: EnginePriority, policy: int) -> None:
+    engine = PolicyRecordingEngine()
+    batcher = Batcher(engine, BatchLimits(max_rows=8, max_tokens=384, max_delay=0.0),  # type: ignore[arg-type]
+                      cost_model=exact_cost_model(), engine_priority=priority)
+    await batcher.start()
+    try:
+        item = batcher.submit([make_row(5, 1)], time.monotonic() + 5)
+        await asyncio.wait_for(item.future, 5)
+    finally:
+        await batcher.stop(1.0)
+    assert engine.policies and set(engine.policies) == {policy}
