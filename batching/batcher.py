@@ -26,8 +26,9 @@ from millibatch.batching.profile import measure, profile_shapes
 from millibatch.batching.scheduler import BatchLimits, Scheduler
 from millibatch.batching.watchdog import Watchdog
 from millibatch.batching.work import Row, RowResult, WorkItem
-from millibatch.batching.workers import EnginePriority, EngineWorkers
+from millibatch.batching.workers import EngineWorkers
 from millibatch.engines.base import Engine, synthetic_inputs
+from millibatch.engines.thread_priority import EnginePriority
 from millibatch.errors import DeadlineUnmeetable, InvalidInput, MillibatchError, NotServing
 
 

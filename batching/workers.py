@@ -12,33 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from millibatch.batching.work import PendingRow
 from millibatch.engines.base import EngineInputs, FloatArray
-
-#: Engine threads run below the event loop. With every instance busy back to back, the loop would
-#: otherwise get only its 1/(instances+1) share of the cores, and under overload it is the loop that
-#: sheds, answers and admits: late answers waste whole batches. When the loop is idle the engines still
-#: get every cycle. `nice`: Linux nice +5 (the kernel lets a running engine thread finish its time slice
-#: before the woken loop runs). `idle`: SCHED_IDLE, which the woken loop preempts at once.
-ENGINE_NICE = 5
-EnginePriority = Literal["nice", "idle"]
-
-
-def lower_thread_priority(priority: EnginePriority) -> None:
-    """Put this thread below the event loop (Linux, per thread); a no-op where unsupported."""
-    with contextlib.suppress(AttributeError, OSError):
-        if priority == "idle":
-            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
-        else:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ENGINE_NICE)
+from millibatch.engines.thread_priority import EnginePriority, lower_thread_priority
 
 
 @dataclass(eq=False)

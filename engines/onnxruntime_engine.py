@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from millibatch.engines.base import EngineInfo, EngineInputs, FloatArray, round_up
+from millibatch.engines.thread_priority import EnginePriority, made_below_loop
 
 #: Most instances `auto` starts on CPU; beyond it the cores go to threads within each instance.
 MAX_AUTO_INSTANCES = 4
@@ -104,10 +105,13 @@ class OnnxRuntimeCpuEngine:
         reason: str = "requested",
         pad_multiple: int = 1,
         spinning: SpinningChoice = "auto",
+        priority: EnginePriority | None = None,
     ) -> None:
         threads = threads_per_instance or default_threads_per_instance(instances)
         spin = spins(spinning, instances, threads)
-        self._sessions = [cpu_session(onnx_path, threads, spinning=spin) for _ in range(instances)]
+        # Each session's intra-op threads start with it, at the priority its instance's thread runs at.
+        self._sessions = [made_below_loop(priority, lambda: cpu_session(onnx_path, threads, spinning=spin))
+                          for _ in range(instances)]
         first = self._sessions[0]
         self._input_names = [i.name for i in first.get_inputs()]
         self._output_names = [o.name for o in first.get_outputs()]

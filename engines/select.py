@@ -15,6 +15,7 @@ from typing import Literal
 from millibatch.engines.base import Engine
 from millibatch.engines.model_dir import Manifest
 from millibatch.engines.plans import PlanSpec, load_plan_specs, pick_plan
+from millibatch.engines.thread_priority import EnginePriority
 
 EngineName = Literal["auto", "onnxruntime", "tensorrt"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -51,6 +52,9 @@ class EngineOptions:
     cuda_graphs: bool = False
     #: CPU intra-op threads spin-wait for work while a batch runs (see onnxruntime_engine.spins).
     cpu_spinning: Literal["auto", "on", "off"] = "auto"
+    #: Priority of the CPU engine's intra-op threads, as of the instance threads that call it (None: the
+    #: loader's own).
+    engine_priority: EnginePriority | None = None
 
 
 @dataclass(frozen=True)
@@ -209,4 +213,5 @@ def load_engine(model_dir: Path, manifest: Manifest, options: EngineOptions) -> 
         precision=manifest.precision,
         reason=choice.reason,
         spinning=options.cpu_spinning,
+        priority=options.engine_priority,
     )

@@ -52,7 +52,7 @@ def load_model(
             max_rows=settings.max_batch_rows, max_length=manifest.max_length,
             ort_tensorrt_provider=settings.ort_tensorrt_provider, ort_tensorrt_fp16=settings.ort_tensorrt_fp16,
             ort_tensorrt_cache_dir=settings.cache_dir / "tensorrt", cuda_graphs=settings.cuda_graphs,
-            cpu_spinning=settings.cpu_spinning,
+            cpu_spinning=settings.cpu_spinning, engine_priority=settings.engine_priority,
         ),
     )
     batcher = Batcher(

@@ -12,8 +12,9 @@ import pytest
 
 from millibatch.batching.batcher import Batcher
 from millibatch.batching.scheduler import BatchLimits
-from millibatch.batching.workers import ENGINE_NICE, EnginePriority, EngineWorkers, Job
+from millibatch.batching.workers import EngineWorkers, Job
 from millibatch.engines.base import EngineInputs, FloatArray, synthetic_inputs
+from millibatch.engines.thread_priority import ENGINE_NICE, EnginePriority
 from tests.batching.fakes import SyntheticEngine, exact_cost_model, make_row
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread scheduling is Linux's")

@@ -1,0 +1,55 @@
+"""Engine threads below the event loop.
+
+On a shared core the loop must run the moment a call arrives: it refuses, admits and answers. So every
+thread that computes batches runs at a lower priority than the loop: the instance's own thread, and
+the intra-op threads ONNX Runtime starts for it. A thread cannot raise its priority back without
+privileges (CAP_SYS_NICE), so threads that must start lower are started from a short-lived thread
+that lowered itself first: new threads inherit their creator's policy and nice value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from typing import Literal, TypeVar
+
+#: `nice`: Linux nice +5; the kernel may let a running engine thread finish its time slice before the
+#: woken loop runs. `idle`: SCHED_IDLE, which the woken loop preempts at once.
+EnginePriority = Literal["nice", "idle"]
+ENGINE_NICE = 5
+
+T = TypeVar("T")
+
+
+def lower_thread_priority(priority: EnginePriority) -> None:
+    """Put the calling thread below the event loop (Linux, per thread); a no-op where unsupported."""
+    with contextlib.suppress(AttributeError, OSError):
+        if priority == "idle":
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ENGINE_NICE)
+
+
+def made_below_loop(priority: EnginePriority | None, make: Callable[[], T]) -> T:
+    """`make()`, called on a thread at `priority` so that any thread it starts inherits that priority
+    (None: called here, as it is)."""
+    if priority is None:
+        return make()
+    made: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        lower_thread_priority(priority)
+        try:
+            made.append(make())
+        except BaseException as error:  # re-raised on the caller's thread
+            failed.append(error)
+
+    thread = threading.Thread(target=run, name="engine-setup")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return made[0]
