@@ -28,7 +28,7 @@ from millibatch.batching.watchdog import Watchdog
 from millibatch.batching.work import Row, RowResult, WorkItem
 from millibatch.batching.workers import EngineWorkers
 from millibatch.engines.base import Engine, synthetic_inputs
-from millibatch.engines.thread_priority import EnginePriority
+from millibatch.engines.thread_priority import EnginePriority, shorten_time_slice
 from millibatch.errors import DeadlineUnmeetable, InvalidInput, MillibatchError, NotServing
 
 
@@ -88,6 +88,8 @@ class Batcher:
     async def start(self) -> None:
         """Begin accepting and dispatching."""
         self._loop = loop = asyncio.get_running_loop()
+        if self.engine_priority == "nice":
+            shorten_time_slice()  # this is the loop's thread: let it preempt the niced engine when it wakes
         dispatcher = self.dispatcher
         # Through `self.engine` at call time, not a bound method: the engine may be swapped (tests inject faults).
         dispatcher.workers = EngineWorkers(lambda inputs, instance: self.engine.run(inputs, instance), self._instances,

@@ -109,8 +109,11 @@ class OnnxRuntimeCpuEngine:
     ) -> None:
         threads = threads_per_instance or default_threads_per_instance(instances)
         spin = spins(spinning, instances, threads)
-        # Each session's intra-op threads start with it, at the priority its instance's thread runs at.
-        self._sessions = [made_below_loop(priority, lambda: cpu_session(onnx_path, threads, spinning=spin))
+        # Each session's intra-op threads start with it. Under SCHED_IDLE they must share the instance
+        # thread's policy (a normal-priority helper spinning beside it starves it); niced, they are left
+        # at the loader's priority, which measured faster (docs/OVERLOAD.md).
+        below = priority if priority == "idle" else None
+        self._sessions = [made_below_loop(below, lambda: cpu_session(onnx_path, threads, spinning=spin))
                           for _ in range(instances)]
         first = self._sessions[0]
         self._input_names = [i.name for i in first.get_inputs()]

@@ -95,11 +95,13 @@ class Settings(BaseSettings):
     short batches on several threads per instance run about a third faster, for CPU the threads burn
     while the batch runs. `auto`: on when an instance has more than one thread and all instances'
     threads fit the cores (the default one-thread instances have nothing to spin)."""
-    engine_priority: Literal["nice", "idle"] = "idle"
-    """How engine threads stay below the event loop on a shared core. `idle`: SCHED_IDLE, so the woken
-    loop preempts them at once and refusals leave within about 2-4 ms p99 under overload (the engine
-    still gets every cycle the loop leaves). `nice`: Linux nice +5; a running engine thread may finish
-    its time slice first, and refusals took 5-6 ms p99 (docs/OVERLOAD.md)."""
+    engine_priority: Literal["nice", "idle"] = "nice"
+    """How engine threads stay below the event loop on a shared core. `nice`: instance threads at nice +5,
+    and the loop asks for a 0.1 ms time slice (Linux 6.12 and later) so that it preempts them as soon as a
+    call arrives: refusals took 3.8-4.8 ms p99 under overload. `idle`: SCHED_IDLE engine threads (ONNX
+    Runtime's intra-op threads too): refusals took 1.7-3.6 ms, but the engine gets nothing while any other
+    normal-priority thread of the container is runnable; only where the server has its cores to itself
+    (docs/OVERLOAD.md)."""
     ort_tensorrt_provider: bool = False
     """On CUDA, run ONNX Runtime through its TensorRT execution provider (engines cached in `cache_dir`)."""
     ort_tensorrt_fp16: bool = False
