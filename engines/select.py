@@ -52,8 +52,8 @@ class EngineOptions:
     cuda_graphs: bool = False
     #: CPU intra-op threads spin-wait for work while a batch runs (see onnxruntime_engine.spins).
     cpu_spinning: Literal["auto", "on", "off"] = "auto"
-    #: Priority of the CPU engine's intra-op threads, as of the instance threads that call it (None: the
-    #: loader's own).
+    #: How the instance threads sit below the event loop; under `idle` the CPU engine's intra-op threads
+    #: start SCHED_IDLE too (None: they keep the loader's priority).
     engine_priority: EnginePriority | None = None
 
 

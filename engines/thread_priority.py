@@ -1,10 +1,12 @@
 """Engine threads below the event loop.
 
-On a shared core the loop must run the moment a call arrives: it refuses, admits and answers. So every
-thread that computes batches runs at a lower priority than the loop: the instance's own thread, and
-the intra-op threads ONNX Runtime starts for it. A thread cannot raise its priority back without
-privileges (CAP_SYS_NICE), so threads that must start lower are started from a short-lived thread
-that lowered itself first: new threads inherit their creator's policy and nice value.
+On a shared core the loop must run the moment a call arrives: it refuses, admits and answers. So the
+instance threads that compute batches run at a lower priority than the loop, and under `nice` the
+loop's thread asks for a short time slice so the kernel lets it preempt them when it wakes. Under
+`idle`, the intra-op threads ONNX Runtime starts for an instance go below the loop too (a normal-priority
+helper spinning beside a SCHED_IDLE caller starves it). A thread cannot raise its priority back without
+privileges (CAP_SYS_NICE), so those are started from a short-lived thread that lowered itself first:
+new threads inherit their creator's policy and nice value. Measured in docs/OVERLOAD.md.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import threading
 from collections.abc import Callable
 from typing import Literal, TypeVar
 
-#: `nice`: Linux nice +5; the kernel may let a running engine thread finish its time slice before the
-#: woken loop runs. `idle`: SCHED_IDLE, which the woken loop preempts at once.
+#: `nice`: Linux nice +5, with a short time slice for the loop (`shorten_time_slice`). `idle`:
+#: SCHED_IDLE, which anything of normal priority preempts at once.
 EnginePriority = Literal["nice", "idle"]
 ENGINE_NICE = 5
 
