@@ -145,7 +145,7 @@ class ModelObserver(BatchObserver):
         series = self._per_reason.get(reason)
         if series is None:
             series = self._per_reason[reason] = (self._m.shed.labels(self._model, reason),
-                                                         self._m.shed_rows.labels(self._model, reason))
+                                                 self._m.shed_rows.labels(self._model, reason))
         return series
 
 

@@ -61,8 +61,7 @@ def refuse(context: grpc.aio.ServicerContext, error: MillibatchError) -> None:
     the status from `context`). For the refusals of an overloaded server: answered where they are found
     instead of raised up through every coroutine frame to the edge, which is a visible share of what a
     refusal costs (docs/CALL_COST.md)."""
-    context.set_code(status_of(error))
-    context.set_details(str(error))
+    fail(context, status_of(error), str(error))
 
 
 def failure(rpc: str, error: BaseException, context: grpc.aio.ServicerContext) -> tuple[str, grpc.StatusCode, str]:

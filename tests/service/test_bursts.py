@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -42,29 +44,52 @@ async def burst(port: int) -> tuple[collections.Counter[str], set[str]]:
     return outcomes, reasons
 
 
+@dataclass(frozen=True)
+class BurstRun:
+    """How a burst against a `millibatch serve` process ended, and the process's drain ledger."""
+
+    outcomes: collections.Counter[str]
+    reasons: set[str]
+    exit_code: int
+    #: accepted, answered, cancelled and still open, from the drain line logged at exit.
+    ledger: tuple[int, int, int, int]
+
+
+async def burst_then_stop(directory: Path, *flags: str,
+                          after: Callable[[int], Awaitable[None]] | None = None) -> BurstRun:
+    """Serve `directory` with `flags`, send one burst (then `after(port)`, if given), stop the server with
+    SIGTERM; every call ends OK, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED, and the server exits cleanly."""
+    logs: list[str] = []
+    with serve_process(directory, *flags, log_sink=logs) as (process, port):
+        outcomes, reasons = await burst(port)
+        if after is not None:
+            await after(port)
+        process.terminate()
+        code = await asyncio.to_thread(process.wait, 30)
+    assert code == 0
+    assert sum(outcomes.values()) == BURST
+    assert set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, outcomes
+    drained = [m for m in map(DRAIN_LINE.search, logs) if m]
+    assert drained, logs[-20:]
+    accepted, answered, cancelled, still_open = map(int, drained[-1].groups())
+    return BurstRun(outcomes, reasons, code, (accepted, answered, cancelled, still_open))
+
+
 @pytest.mark.parametrize("model", ["tiny", pytest.param("minilm", marks=pytest.mark.slow)])
 async def test_a_burst_of_3000_calls_on_one_channel_gets_answers_or_reasons(
     model: str, request: pytest.FixtureRequest
 ) -> None:
     # The tiny model answers everything; the real one cannot queue the whole burst, so some are refused.
     directory: Path = request.getfixturevalue("tiny_embed_dir" if model == "tiny" else "minilm_dir")
-    logs: list[str] = []
-    with serve_process(directory, log_sink=logs) as (process, port):
-        outcomes, reasons = await burst(port)
-        process.terminate()
-        code = await asyncio.to_thread(process.wait, 30)
+    run = await burst_then_stop(directory)
+    outcomes, reasons = run.outcomes, run.reasons
     print(f"\nburst of {BURST} on one channel: {dict(outcomes)}")
-    assert code == 0
-    assert sum(outcomes.values()) == BURST
-    assert set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, outcomes
     assert outcomes["OK"] > 0
     if model == "minilm":
         assert outcomes["RESOURCE_EXHAUSTED"] > 0
     # Refusals say why: a full queue, or the queued work outlasting the call's deadline.
     assert all("queue full" in r or "server busy" in r for r in reasons), reasons
-    drained = [m for m in map(DRAIN_LINE.search, logs) if m]
-    assert drained, logs[-20:]
-    accepted, answered, cancelled, still_open = map(int, drained[-1].groups())
+    accepted, answered, cancelled, still_open = run.ledger
     assert accepted == BURST and answered == BURST and cancelled == 0 and still_open == 0
 
 
@@ -74,23 +99,18 @@ async def test_with_a_concurrent_call_limit_grpc_refuses_the_excess_itself_with_
     # --max-concurrent-calls: calls beyond the limit are refused by gRPC before any handler runs, so
     # they never reach the ledger; the rest are answered as without it.
     limit = 16
-    logs: list[str] = []
-    with serve_process(tiny_embed_dir, "--max-concurrent-calls", str(limit), log_sink=logs) as (process, port):
-        outcomes, reasons = await burst(port)
+
+    async def one_more(port: int) -> None:
         # Once the burst is over, the limit has room again.
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             await inference_pb2_grpc.InferenceStub(channel).Embed(pb.EmbedRequest(inputs=["after"]), timeout=20)
-        process.terminate()
-        code = await asyncio.to_thread(process.wait, 30)
+
+    run = await burst_then_stop(tiny_embed_dir, "--max-concurrent-calls", str(limit), after=one_more)
+    outcomes, reasons = run.outcomes, run.reasons
     print(f"\nburst of {BURST}, at most {limit} calls at once: {dict(outcomes)}")
-    assert code == 0
-    assert sum(outcomes.values()) == BURST
-    assert set(outcomes) <= {"OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}, outcomes
     assert outcomes["OK"] > 0 and outcomes["RESOURCE_EXHAUSTED"] > 0
     assert "Concurrent RPC limit exceeded!" in reasons, reasons
-    drained = [m for m in map(DRAIN_LINE.search, logs) if m]
-    assert drained, logs[-20:]
-    accepted, answered, cancelled, still_open = map(int, drained[-1].groups())
+    accepted, answered, cancelled, still_open = run.ledger
     # Only the calls the limit let through reached a handler, and each was answered.
     assert accepted == answered and cancelled == 0 and still_open == 0
     assert outcomes["OK"] + 1 <= accepted < BURST + 1
