@@ -26,6 +26,7 @@ from millibatch.service.auth import ApiKeyAuth
 from millibatch.service.dataplane import DataPlane
 from millibatch.service.edge import register
 from millibatch.service.first_use import resolve_model_dir
+from millibatch.service.grpc_poller import schedule_poller
 from millibatch.service.http.door import HttpDoor
 from millibatch.service.inference_servicer import InferenceServicer
 from millibatch.service.kserve.servicer import KServeServicer
@@ -130,6 +131,7 @@ class InferenceServer:
         for name in ("", INFERENCE_SERVICE, MODELS_SERVICE, KSERVE_SERVICE):
             await self.health.set(name, NOT_SERVING)
         await server.start()
+        schedule_poller(self.settings.grpc_poller_policy)
         self._server = server
         log.info("gRPC listening on %s:%d%s (not serving until models are warm)", self.settings.host, self.port,
                  " with TLS" if credentials is not None else "")
