@@ -1,12 +1,14 @@
-"""gRPC's completion-queue poller thread, kept from preempting the event loop.
+"""gRPC's completion-queue poller thread, optionally kept from preempting the event loop.
 
 With gRPC's poller (`grpc_event_engine: false`), grpc.aio runs one thread that waits on gRPC core's
 completion queue, does the socket work, and wakes the event loop through a socket pair for every
-completion. On a shared core each wake-up of that thread preempted the loop, so the loop took the
+completion. On a shared core each wake-up of that thread preempts the loop, so the loop takes the
 completions of about one call per wake-up: some 12 thread switches per refused call. Under SCHED_BATCH
-(no privileges needed) its wake-ups do not preempt: it runs when the loop waits or its slice ends, and
-the loop then finds the completions of many calls at once (docs/CALL_COST.md). The thread is found by
-its target's name, which grpc.aio sets; where there is none (the EventEngine), nothing changes.
+(no privileges needed) its wake-ups do not preempt: it runs when the running thread waits or its slice
+ends, and the loop then finds the completions of many calls at once. The price is that it also waits
+out an engine thread's slice (up to a scheduler tick), so it is a setting, not the default
+(docs/CALL_COST.md). The thread is found by its target's name, which grpc.aio sets; where there is none
+(the EventEngine), nothing changes.
 """
 
 from __future__ import annotations

@@ -1,0 +1,48 @@
+"""gRPC's poller thread under SCHED_BATCH: found by name, set by the server, and answering as before."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from millibatch.client import AsyncClient
+from millibatch.service.grpc_poller import poller_threads, schedule_poller
+from tests.helpers import running_server
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread scheduling is Linux's")
+
+
+def policies() -> set[int]:
+    return {os.sched_getscheduler(thread.native_id) for thread in poller_threads() if thread.native_id}
+
+
+async def test_schedule_poller_switches_grpc_s_poller_thread_both_ways() -> None:
+    server = grpc.aio.server()  # starts grpc.aio's poller (the tests' conftest turns the EventEngine off)
+    server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        assert poller_threads(), "grpc.aio started no poller thread"
+        assert schedule_poller("batch") == len(poller_threads())
+        assert policies() == {os.SCHED_BATCH}
+        assert schedule_poller("normal") == len(poller_threads())
+        assert policies() == {os.SCHED_OTHER}
+    finally:
+        await server.stop(None)
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("batch", os.SCHED_BATCH), ("normal", os.SCHED_OTHER)])
+async def test_server_puts_the_poller_under_its_setting_and_still_answers(
+    tiny_embed_dir: Path, setting: str, expected: int
+) -> None:
+    try:
+        async with running_server([tiny_embed_dir], grpc_poller_policy=setting) as server:
+            assert policies() == {expected}
+            async with AsyncClient(f"127.0.0.1:{server.port}", timeout=10) as client:
+                vectors = await client.embed(["a call through the demoted poller"] * 3)
+            assert len(vectors) == 3
+    finally:
+        schedule_poller("normal")  # the poller is the process's: leave it as the next test expects
