@@ -73,23 +73,13 @@ class _SchedAttr(ctypes.Structure):
                 ("util_max", ctypes.c_uint32)]
 
 
-def shorten_time_slice(seconds: float = LOOP_SLICE_SECONDS, tid: int | None = None) -> bool:
-    """Ask for a short time slice for thread `tid` of this process (default: the calling thread);
-    sched_setattr's runtime for a normal thread, no privileges needed. False where the kernel or platform
-    has no such thing."""
-    return _ask_time_slice(round(seconds * 1e9), threading.get_native_id() if tid is None else tid)
-
-
-def reset_time_slice(tid: int) -> bool:
-    """Give thread `tid` the kernel's default time slice again (a slice asked for survives changes of
-    policy and nice)."""
-    return _ask_time_slice(0, tid)
-
-
-def _ask_time_slice(runtime_ns: int, tid: int) -> bool:
+def shorten_time_slice(seconds: float = LOOP_SLICE_SECONDS) -> bool:
+    """Ask for a short time slice for the calling thread (sched_setattr's runtime for a normal thread;
+    no privileges needed). False where the kernel or platform has no such thing."""
     number = _SCHED_SETATTR.get(platform.machine())
     if number is None or not sys.platform.startswith("linux"):
         return False
-    attr = _SchedAttr(size=ctypes.sizeof(_SchedAttr), policy=os.sched_getscheduler(tid),
-                      nice=os.getpriority(os.PRIO_PROCESS, tid), runtime=runtime_ns)
+    tid = threading.get_native_id()
+    attr = _SchedAttr(size=ctypes.sizeof(_SchedAttr), policy=os.SCHED_OTHER,
+                      nice=os.getpriority(os.PRIO_PROCESS, tid), runtime=round(seconds * 1e9))
     return bool(ctypes.CDLL(None, use_errno=True).syscall(number, tid, ctypes.byref(attr), 0) == 0)

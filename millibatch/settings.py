@@ -80,10 +80,9 @@ class Settings(BaseSettings):
     so each call crosses fewer threads: a refused call took 6-13% less CPU and an answered one about 5%
     less, for about 0.25 ms more on a lone call's p50 (docs/CALL_COST.md). Applied through
     GRPC_EXPERIMENTS at start-up, unless that variable is set."""
-    grpc_poller_policy: Literal["normal", "short-slice", "batch"] = "normal"
+    grpc_poller_policy: Literal["normal", "batch"] = "normal"
     """Linux scheduling policy of gRPC's poller thread (with `grpc_event_engine` off). `normal`: as gRPC
-    starts it. `short-slice`: the event loop's short time slice, so it preempts `nice` engine threads as
-    the loop does. `batch`: SCHED_BATCH, so that its wake-ups wait for the running thread instead of preempting
+    starts it. `batch`: SCHED_BATCH, so that its wake-ups wait for the running thread instead of preempting
     it and the event loop takes many calls' completions per wake-up: 25% less CPU per refusal and about
     10% less per answered call with many calls in flight, but a lone call's p99 doubled and refusals
     waited about 1 ms longer under overload beside `nice` engines (docs/CALL_COST.md)."""

@@ -18,12 +18,9 @@ import os
 import threading
 from typing import Literal
 
-from millibatch.engines.thread_priority import reset_time_slice, shorten_time_slice
-
-#: `batch`: SCHED_BATCH, which waits for the running thread instead of preempting it; `short-slice`:
-#: SCHED_OTHER with the loop's short time slice, so that it preempts engine threads as soon as it wakes
-#: too; `normal`: as gRPC starts it (SCHED_OTHER).
-PollerPolicy = Literal["normal", "short-slice", "batch"]
+#: `batch`: SCHED_BATCH, which waits for the running thread instead of preempting it; `normal`: as
+#: gRPC starts it (SCHED_OTHER).
+PollerPolicy = Literal["batch", "normal"]
 #: grpc.aio's PollerCompletionQueue starts its thread with this target; Python names the thread after it.
 POLLER_TARGET = "_poll_wrapper"
 
@@ -35,7 +32,7 @@ def poller_threads() -> list[threading.Thread]:
 
 def schedule_poller(policy: PollerPolicy) -> int:
     """Put gRPC's poller thread(s) under `policy`; returns how many took it (0 where unsupported)."""
-    linux_policy = getattr(os, "SCHED_BATCH" if policy == "batch" else "SCHED_OTHER", None)
+    linux_policy = {"batch": getattr(os, "SCHED_BATCH", None), "normal": getattr(os, "SCHED_OTHER", None)}[policy]
     if linux_policy is None:
         return 0
     changed = 0
@@ -44,9 +41,5 @@ def schedule_poller(policy: PollerPolicy) -> int:
             continue
         with contextlib.suppress(OSError):
             os.sched_setscheduler(thread.native_id, linux_policy, os.sched_param(0))
-            if policy == "short-slice":
-                changed += shorten_time_slice(tid=thread.native_id)
-            else:
-                reset_time_slice(thread.native_id)  # where the kernel has none, there is nothing to reset
-                changed += 1
+            changed += 1
     return changed
