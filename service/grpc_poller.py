@@ -32,7 +32,7 @@ def poller_threads() -> list[threading.Thread]:
 
 def schedule_poller(policy: PollerPolicy) -> int:
     """Put gRPC's poller thread(s) under `policy`; returns how many took it (0 where unsupported)."""
-    linux_policy = {"batch": getattr(os, "SCHED_BATCH", None), "normal": getattr(os, "SCHED_OTHER", None)}[policy]
+    linux_policy = getattr(os, "SCHED_BATCH" if policy == "batch" else "SCHED_OTHER", None)
     if linux_policy is None:
         return 0
     changed = 0

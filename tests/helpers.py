@@ -138,19 +138,3 @@ def pytorch_splade(checkpoint: Path, texts: list[str], tokenizer: Tokenizer) -> 
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]
             rows.append(torch.log1p(torch.relu(logits)).max(dim=0).values.numpy())
     return np.stack(rows)
-
-
-def time_slice_of(tid: int) -> int | None:
-    """Thread `tid`'s sched_attr runtime (its requested time slice under EEVDF) in ns; None where
-    sched_getattr is missing."""
-    import ctypes
-    import platform
-
-    from millibatch.engines.thread_priority import _SchedAttr
-
-    attr = _SchedAttr()
-    number = {"x86_64": 315, "aarch64": 275}.get(platform.machine())
-    if number is None or ctypes.CDLL(None, use_errno=True).syscall(
-            number, tid, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
-        return None
-    return int(attr.runtime)
