@@ -131,7 +131,9 @@ class InferenceServer:
         for name in ("", INFERENCE_SERVICE, MODELS_SERVICE, KSERVE_SERVICE):
             await self.health.set(name, NOT_SERVING)
         await server.start()
-        schedule_poller(self.settings.grpc_poller_policy)
+        if not schedule_poller(self.settings.grpc_poller_policy) and self.settings.grpc_poller_policy != "normal":
+            log.warning("grpc_poller_policy %s: no gRPC poller thread to schedule (none under the EventEngine, "
+                        "or not on Linux)", self.settings.grpc_poller_policy)
         self._server = server
         log.info("gRPC listening on %s:%d%s (not serving until models are warm)", self.settings.host, self.port,
                  " with TLS" if credentials is not None else "")

@@ -46,3 +46,14 @@ async def test_server_puts_the_poller_under_its_setting_and_still_answers(
             assert len(vectors) == 3
     finally:
         schedule_poller("normal")  # the poller is the process's: leave it as the next test expects
+
+
+async def test_server_warns_when_there_is_no_poller_to_put_under_batch(
+    tiny_embed_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from millibatch.service import grpc_poller
+
+    monkeypatch.setattr(grpc_poller, "poller_threads", list)  # as under the EventEngine: no such thread
+    async with running_server([tiny_embed_dir], grpc_poller_policy="batch"):
+        pass
+    assert "grpc_poller_policy batch: no gRPC poller thread" in caplog.text
