@@ -35,6 +35,8 @@ CORRECTION_BOUNDS = (0.5, 4.0)
 SLACK_BOUNDS = (0.2, 1.0)
 SLACK_INCREASE = 0.0002
 SLACK_DECREASE = 0.95
+#: Longest retry hint given to a refused caller (seconds): past this the estimate says little.
+MAX_RETRY_AFTER = 60.0
 
 
 class Admission:
@@ -86,10 +88,13 @@ class Admission:
                 f"{margin * 1e3:.1f} ms for its answer to reach it, and {max(0.0, remaining) * 1e3:.1f} ms remained"
             )
         expected = wait * self.correction
-        if expected + compute + margin > remaining * self.slack:
+        excess = expected + compute + margin - remaining * self.slack
+        if excess > 0:
+            # The queue ahead drains in real time: after `excess` a call like this one would fit.
             raise Overloaded(
                 f"server busy: about {expected * 1e3:.0f} ms of queued work is ahead of this call and "
-                f"{remaining * 1e3:.0f} ms remain before its deadline; retry later or elsewhere"
+                f"{remaining * 1e3:.0f} ms remain before its deadline; retry later or elsewhere",
+                retry_after=min(excess, MAX_RETRY_AFTER),
             )
 
     def admit(self, rows: list[Row], deadline: float, now: float, wait: float, margin: float) -> float:

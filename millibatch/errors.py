@@ -61,6 +61,9 @@ class QueueFull(MillibatchError):
 
     status = "RESOURCE_EXHAUSTED"
     reason = "queue_full"
+    #: Seconds after which the same call would likely be admitted (None: no estimate); sent to the caller
+    #: as gRPC's retry pushback or HTTP's Retry-After.
+    retry_after: float | None = None
 
 
 class Overloaded(QueueFull):
@@ -68,6 +71,10 @@ class Overloaded(QueueFull):
     or later; nothing was spent on the request."""
 
     reason = "overloaded"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class DeadlineUnmeetable(MillibatchError):

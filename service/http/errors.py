@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 from aiohttp import web
 
@@ -68,10 +69,19 @@ def answer_failure(rpc: str, error: BaseException, request_id: str) -> tuple[str
         status = http_status_of(error)
         level = logging.DEBUG if status in OVERLOAD_STATUSES else logging.INFO
         _log(level, rpc, error.status, str(error), request_id)
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return error.status, error_response(status, str(error), error.reason, getattr(error, "param", None), headers)
+        return error.status, error_response(status, str(error), error.reason, getattr(error, "param", None),
+                                            _headers(status, getattr(error, "retry_after", None)))
     log.error("request failed", exc_info=error, extra={"rpc": rpc, "status": "INTERNAL", "request_id": request_id})
     return "INTERNAL", error_response(500, "internal error", "internal")
+
+
+def _headers(http_status: int, retry_after: float | None) -> dict[str, str] | None:
+    if http_status == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    if retry_after is not None:
+        # Retry-After counts whole seconds; OpenAI's clients read retry-after-ms first.
+        return {"Retry-After": str(math.ceil(retry_after)), "retry-after-ms": str(math.ceil(retry_after * 1e3))}
+    return None
 
 
 def _log(level: int, rpc: str, status: str, detail: str, request_id: str) -> None:

@@ -115,11 +115,13 @@ async def test_overload_is_429_and_a_deadline_that_cannot_be_met_is_504(server: 
     admission = server.registry.models["tiny-embed"].batcher.admission
     queued, admission.queued_seconds = admission.queued_seconds, 1e9  # a queue that outlasts any deadline
     try:
-        status, answer = await post(http, "/v1/embeddings", {"input": "hi"})
+        async with http.post("/v1/embeddings", json={"input": "hi"}) as response:
+            status, answer, retry = response.status, await response.json(), response.headers
     finally:
         admission.queued_seconds = queued
     error = error_of(answer)
     assert (status, error["type"], error["code"]) == (429, "rate_limit_error", "overloaded"), answer
+    assert (retry["Retry-After"], retry["retry-after-ms"]) == ("60", "60000")  # the hint's cap
     status, answer = await post(http, "/v1/embeddings", {"input": "hi"}, headers={"X-Request-Timeout": "0.000001"})
     assert (status, error_of(answer)["code"]) == (504, "deadline"), answer
     status, answer = await post(http, "/v1/embeddings", {"input": "hi"}, headers={"X-Request-Timeout": "5"})
