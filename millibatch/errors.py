@@ -61,8 +61,9 @@ class QueueFull(MillibatchError):
 
     status = "RESOURCE_EXHAUSTED"
     reason = "queue_full"
-    #: Seconds after which the same call would likely be admitted (None: no estimate); sent to the caller
-    #: as gRPC's retry pushback or HTTP's Retry-After.
+    #: Seconds after which the same call would likely be admitted (None: no estimate); the HTTP door sends
+    #: it as Retry-After. gRPC callers read it in the message: as gRPC's retry pushback it cost each
+    #: refusal 7-12 µs more (docs/OVERLOAD.md).
     retry_after: float | None = None
 
 

@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from millibatch.errors import InvalidInput
 from millibatch.service.dataplane import DataPlane
-from millibatch.service.status import fail, failure, hint_retry
+from millibatch.service.status import fail, failure
 
 #: Label prefixes of the services' RPCs in metrics and logs ("Embed", "v2.ModelInfer", "health.Check").
 RPC_PREFIXES = {"inference.GRPCInferenceService": "v2.", "grpc.health.v1.Health": "health."}
@@ -131,7 +131,6 @@ def _unary(rpc: str, behaviour: Callable[..., Awaitable[Any]], decode: Callable[
         except Exception as error:
             code, status, details = failure(rpc, error, context)
             fail(context, status, details)
-            hint_retry(context, error)
             return None
         finally:
             if ledger:
@@ -169,7 +168,6 @@ def _stream(rpc: str, behaviour: Callable[..., Any], decode: Callable[[Any], Any
         except Exception as error:
             _code, status, details = failure(rpc, error, context)
             fail(context, status, details)
-            hint_retry(context, error)
         finally:
             if ledger:
                 plane.stream_ended(cancelled)

@@ -6,7 +6,6 @@ call ended with into the status its caller gets, and logs it (service/edge.py ap
 from __future__ import annotations
 
 import logging
-import math
 
 import grpc
 
@@ -57,24 +56,12 @@ def fail(context: grpc.aio.ServicerContext, status: grpc.StatusCode, details: st
     context.set_details(details)
 
 
-#: gRPC's retry pushback (gRFC A6): a client whose retry policy covers the status waits this many ms.
-RETRY_PUSHBACK = "grpc-retry-pushback-ms"
-
-
 def refuse(context: grpc.aio.ServicerContext, error: MillibatchError) -> None:
     """End the call with `error`'s status from inside a handler, which then returns None (the edge reads
     the status from `context`). For the refusals of an overloaded server: answered where they are found
     instead of raised up through every coroutine frame to the edge, which is a visible share of what a
     refusal costs (docs/CALL_COST.md)."""
     fail(context, status_of(error), str(error))
-    hint_retry(context, error)
-
-
-def hint_retry(context: grpc.aio.ServicerContext, error: BaseException) -> None:
-    """Tell the caller when a retry would likely be admitted, where the refusal has an estimate."""
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        context.set_trailing_metadata(((RETRY_PUSHBACK, str(math.ceil(retry_after * 1e3))),))
 
 
 def failure(rpc: str, error: BaseException, context: grpc.aio.ServicerContext) -> tuple[str, grpc.StatusCode, str]:

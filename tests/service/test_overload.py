@@ -162,22 +162,3 @@ async def test_load_shedding_is_logged_at_debug_and_still_explained_to_the_calle
     with pytest.raises(grpc.aio.AioRpcError):
         await inference.Embed(pb.EmbedRequest(inputs=[]), timeout=10)
     assert caplog.records[-1].levelno == logging.INFO and caplog.records[-1].status == "INVALID_ARGUMENT"
-
-
-async def test_a_refusal_tells_a_retrying_client_when_to_come_back(stub: tuple[Any, Any]) -> None:
-    server, inference = stub
-    admission = server.registry.models["tiny-embed"].batcher.admission
-    queued, admission.queued_seconds = admission.queued_seconds, 0.25  # 250 ms of work ahead of any call
-    try:
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await inference.Embed(pb.EmbedRequest(inputs=["come back later"]), timeout=0.1)
-        # A client whose retry policy covers RESOURCE_EXHAUSTED waits out gRPC's pushback (gRFC A6).
-        hint = dict(refused.value.trailing_metadata() or ())["grpc-retry-pushback-ms"]
-        # The queue must drain by what a 100 ms deadline cannot hold: more than 150 ms, less than the queue.
-        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and 150 < int(hint) <= 250, hint
-        admission.queued_seconds = 1e9
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await inference.Embed(pb.EmbedRequest(inputs=["come back much later"]), timeout=0.1)
-        assert dict(refused.value.trailing_metadata() or ())["grpc-retry-pushback-ms"] == "60000"  # capped
-    finally:
-        admission.queued_seconds = queued
