@@ -18,6 +18,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+# Light modules (the standard library only): importing them here does not import grpc, which must not be
+# imported before apply_grpc_experiments.
+from millibatch.engines.thread_priority import EnginePriority
+from millibatch.service.grpc_poller import PollerPolicy
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
@@ -80,7 +85,7 @@ class Settings(BaseSettings):
     so each call crosses fewer threads: a refused call took 6-13% less CPU and an answered one about 5%
     less, for about 0.25 ms more on a lone call's p50 (docs/CALL_COST.md). Applied through
     GRPC_EXPERIMENTS at start-up, unless that variable is set."""
-    grpc_poller_policy: Literal["normal", "batch"] = "normal"
+    grpc_poller_policy: PollerPolicy = "normal"
     """Linux scheduling policy of gRPC's poller thread (with `grpc_event_engine` off). `normal`: as gRPC
     starts it. `batch`: SCHED_BATCH, so that its wake-ups wait for the running thread instead of preempting
     it and the event loop takes many calls' completions per wake-up: 25% less CPU per refusal and about
@@ -102,7 +107,7 @@ class Settings(BaseSettings):
     short batches on several threads per instance run about a third faster, for CPU the threads burn
     while the batch runs. `auto`: on when an instance has more than one thread and all instances'
     threads fit the cores (the default one-thread instances have nothing to spin)."""
-    engine_priority: Literal["nice", "idle"] = "nice"
+    engine_priority: EnginePriority = "nice"
     """How engine threads stay below the event loop on a shared core. `nice`: instance threads at nice +5,
     and the loop asks for a 0.1 ms time slice (Linux 6.12 and later) so that it preempts them as soon as a
     call arrives: refusals took 3.8-4.8 ms p99 under overload. `idle`: SCHED_IDLE engine threads (ONNX

@@ -18,9 +18,9 @@ import os
 import threading
 from typing import Literal
 
-#: `batch`: SCHED_BATCH, which waits for the running thread instead of preempting it; `normal`: as
-#: gRPC starts it (SCHED_OTHER).
-PollerPolicy = Literal["batch", "normal"]
+#: `normal`: as gRPC starts it (SCHED_OTHER); `batch`: SCHED_BATCH, which waits for the running thread
+#: instead of preempting it.
+PollerPolicy = Literal["normal", "batch"]
 #: grpc.aio's PollerCompletionQueue starts its thread with this target; Python names the thread after it.
 POLLER_TARGET = "_poll_wrapper"
 
