@@ -1,23 +1,25 @@
-"""GPU benchmark, one run on one GPU: raw engine latency/throughput per shape, then end-to-end gRPC
-latency (batch 1; 16 and 128 tokens; tokenized on the server) and saturation throughput, for ONNX
-Runtime CUDA fp32/fp16, ONNX Runtime's TensorRT provider (fp16) and native TensorRT when available.
+"""GPU benchmark, one run on one GPU: engine latency and throughput per shape, and agreement with ONNX
+Runtime on CPU, for every way of running the model (plain ONNX Runtime, millibatch's IO-binding engine
+with and without CUDA graphs, fp16, QDQ int8, PyTorch fp16); then end to end through `millibatch serve`:
+gRPC latency with one call in flight at 16 and 128 tokens, saturation on mixed STS-B sentences, and the
+batches the batcher formed there.
 
-    python -m bench.gpu --model all-MiniLM-L6-v2            # converts once into bench/results/raw/
-    python -m bench.gpu --model DIR --variants cpu --quick  # harness smoke test without a GPU
+    python -m bench.gpu --model all-MiniLM-L6-v2              # converts once into bench/results/raw/
+    python -m bench.gpu --model DIR --variants cpu,ort-plain,torch --quick   # harness test without a GPU
 
-Writes bench/results/gpu-<stamp>.json (raw numbers) and .md (tables). Compares variants in one run.
+Writes gpu-<stamp>.json (raw numbers) and .md (tables) into --out. Variants are compared in one run.
 The gRPC load comes from the load generator (bench/loadgen.py) in its own process; its files and the
-server logs go to raw/ under --out.
+server logs go to raw/ under --out. bench/gpu_check.sh runs this on a GPU machine with the tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,124 +28,253 @@ from typing import Any
 
 import numpy as np
 
+from bench.gpu_runners import EngineRunner, PlainOrtRunner, Runner, TorchRunner, min_cosine
 from bench.processes import Server, run_loadgen, running_server, serve_launch
 from bench.stats import median, percentile
+from bench.texts import DEFAULT_STSB, stsb_sentences
+from millibatch.engines.base import EngineInputs, FloatArray
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-ALL_VARIANTS = ("ort-cuda-fp32", "ort-cuda-fp16", "ort-trt-ep-fp16", "tensorrt", "cpu")
+#: Every variant, in report order. "cpu" is millibatch's CPU engine (the harness test's stand-in).
+ALL_VARIANTS = ("ort-plain", "ort-cuda-fp32", "ort-cuda-fp32-graphs", "ort-cuda-fp16", "ort-cuda-fp16-graphs",
+                "ort-cuda-int8", "torch-fp16", "ort-trt-ep-fp16", "tensorrt", "cpu", "torch-cpu")
+DEFAULT_VARIANTS = ("ort-plain,ort-cuda-fp32,ort-cuda-fp32-graphs,ort-cuda-fp16,ort-cuda-fp16-graphs,ort-cuda-int8,"
+                    "torch-fp16")
+#: Variants also served end to end by default (the others are engine-only).
+DEFAULT_SERVED = "ort-cuda-fp32,ort-cuda-fp32-graphs,ort-cuda-fp16,ort-cuda-fp16-graphs,ort-cuda-int8"
+#: Sentences whose outputs are compared against ONNX Runtime on CPU (fp32).
+AGREEMENT_SENTENCES = 64
+#: The batcher's default batch_growth_efficiency (millibatch.settings), for the rows it would choose.
+GROWTH_EFFICIENCY = 0.9
+
+
+@dataclass(frozen=True)
+class Models:
+    """The artefacts the variants run: converted model directories and the Hugging Face checkpoint."""
+
+    fp32: Path
+    fp16: Path | None
+    int8: Path | None
+    checkpoint: Path | None
 
 
 @dataclass
 class Variant:
-    """One way to run the model: a model directory plus engine options (and server flags for gRPC)."""
+    """One way to run the model."""
 
     name: str
+    #: "engine" (millibatch's engines.select), "plain" (an InferenceSession) or "torch".
+    kind: str
     model_dir: Path
-    options: dict[str, Any]
-    #: `millibatch serve` flags, or None when the server cannot select this variant.
-    serve_flags: list[str] | None = field(default=None)
+    options: dict[str, Any] = field(default_factory=dict)
+    #: `millibatch serve` flags, or None when the server cannot run this variant.
+    serve_flags: list[str] | None = None
 
 
-def resolve_model(spec: str) -> Path:
-    """A model directory; a packaged model name is converted once into bench/results/raw/."""
+def resolve_model(spec: str, precision: str = "fp32", device: str = "cpu", folder: Path = RESULTS / "raw") -> Path:
+    """A model directory; a packaged model name or checkpoint is converted once into `folder`."""
     from millibatch.engines.model_dir import is_model_dir
 
     path = Path(spec)
     if is_model_dir(path):
         return path
-    out = RESULTS / "raw" / spec
+    out = folder / f"{Path(spec).name}-{precision}-{device}"
     if not is_model_dir(out):
         from millibatch.engines.convert.convert import ConvertOptions, convert
 
-        convert(ConvertOptions(source=spec, output=out, force=True), progress=lambda _: None)
+        convert(ConvertOptions(source=spec, output=out, force=True, precision=precision,  # type: ignore[arg-type]
+                               device=device), progress=lambda _: None)  # type: ignore[arg-type]
     return out
 
 
-def make_fp16_dir(src: Path, dst: Path) -> Path:
-    """Copy of `src` with fp16 weights (fp32 inputs/outputs kept), converted by onnxruntime's tool."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+def checkpoint_of(spec: str) -> Path | None:
+    """The Hugging Face checkpoint folder of a packaged model name or folder, where there is one."""
+    from millibatch.engines.convert.sources import resolve
 
-    from millibatch.engines.model_dir import Manifest
-
-    manifest = Manifest.load(src)
-    if dst.exists() and Manifest.load(dst).precision == "fp16":
-        return dst
-    shutil.copytree(src, dst, dirs_exist_ok=True)
-    model = convert_float_to_float16(onnx.load(str(src / manifest.onnx_file)), keep_io_types=True)
-    onnx.save(model, str(dst / manifest.onnx_file))
-    manifest.precision = "fp16"
-    manifest.name = manifest.name + "-fp16"
-    manifest.save(dst)
-    return dst
+    try:
+        return resolve(spec).path
+    except FileNotFoundError:
+        return None
 
 
-def variants(names: list[str], fp32_dir: Path) -> tuple[list[Variant], dict[str, str]]:
+def _cuda_ready(providers: list[str]) -> str | None:
+    from millibatch.engines import cuda_runtime
+
+    if "CUDAExecutionProvider" not in providers:
+        return f"onnxruntime offers only {providers}"
+    if cuda_runtime.device_count() == 0:
+        return "no CUDA GPU visible (or cuda-python missing)"
+    return None
+
+
+def _torch_cuda() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    return None if torch.cuda.is_available() else "torch sees no CUDA GPU"
+
+
+def variants(names: list[str], models: Models) -> tuple[list[Variant], dict[str, str]]:
     """The requested variants that can run here, and the others with the reason they cannot."""
     from millibatch.engines.select import onnxruntime_providers
 
     providers = onnxruntime_providers()
+    no_cuda = _cuda_ready(providers)
+    cuda_engine = {"engine": "onnxruntime", "device": "cuda"}
+    cuda_flags = ["--engine", "onnxruntime", "--device", "cuda"]
     found: list[Variant] = []
     skipped: dict[str, str] = {}
     for name in names:
-        if name == "cpu":
-            found.append(Variant(name, fp32_dir, {"device": "cpu"}, ["--device", "cpu"]))
-        elif name.startswith("ort-cuda") and "CUDAExecutionProvider" in providers:
-            model = fp32_dir if name.endswith("fp32") else make_fp16_dir(fp32_dir, RESULTS / "raw" / "model-fp16")
-            found.append(Variant(name, model, {"engine": "onnxruntime", "device": "cuda"},
-                                 ["--engine", "onnxruntime", "--device", "cuda"]))
-        elif name == "ort-trt-ep-fp16" and "TensorrtExecutionProvider" in providers:
-            found.append(Variant(name, fp32_dir, {"engine": "onnxruntime", "device": "cuda",
-                                                  "ort_tensorrt_provider": True, "ort_tensorrt_fp16": True,
-                                                  "ort_tensorrt_cache_dir": RESULTS / "raw" / "trt-cache"}))
-        elif name == "tensorrt":
-            found.append(Variant(name, fp32_dir, {"engine": "tensorrt", "device": "cuda"},
-                                 ["--engine", "tensorrt", "--device", "cuda"]))
-        elif name in ALL_VARIANTS:
-            skipped[name] = f"onnxruntime offers only {providers}"
-        else:
+        if name not in ALL_VARIANTS:
             raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(ALL_VARIANTS)}")
+        graphs = name.endswith("-graphs")
+        model = {"fp16": models.fp16, "int8": models.int8}.get(name.removesuffix("-graphs").rsplit("-", 1)[-1],
+                                                               models.fp32)
+        if name == "cpu":
+            found.append(Variant(name, "engine", models.fp32, {"device": "cpu"}, ["--device", "cpu"]))
+        elif name == "torch-cpu" or name == "torch-fp16":
+            why = None if name == "torch-cpu" else _torch_cuda()
+            if models.checkpoint is None or why is not None:
+                skipped[name] = why or "no Hugging Face checkpoint for this model"
+            else:
+                found.append(Variant(name, "torch", models.checkpoint,
+                                     {"device": "cpu" if name == "torch-cpu" else "cuda"}))
+        elif name == "ort-plain":
+            provider = "CPUExecutionProvider" if no_cuda else "CUDAExecutionProvider"
+            found.append(Variant(name, "plain", models.fp32, {"provider": provider}))
+        elif no_cuda is not None:
+            skipped[name] = no_cuda
+        elif model is None:
+            skipped[name] = "no model directory of this precision (--fp16-model / --int8-model)"
+        elif name.startswith("ort-cuda"):
+            found.append(Variant(name, "engine", model, {**cuda_engine, "cuda_graphs": graphs},
+                                 [*cuda_flags, "--cuda-graphs" if graphs else "--no-cuda-graphs"]))
+        elif name == "ort-trt-ep-fp16":
+            if "TensorrtExecutionProvider" not in providers:
+                skipped[name] = f"onnxruntime offers only {providers}"
+            else:
+                found.append(Variant(name, "engine", models.fp32, {
+                    **cuda_engine, "ort_tensorrt_provider": True, "ort_tensorrt_fp16": True,
+                    "ort_tensorrt_cache_dir": RESULTS / "raw" / "trt-cache"}))
+        elif name == "tensorrt":
+            found.append(Variant(name, "engine", models.fp32, {"engine": "tensorrt", "device": "cuda"},
+                                 ["--engine", "tensorrt", "--device", "cuda"]))
     return found, skipped
 
 
-def bench_engine(variant: Variant, shapes: list[tuple[int, int]], seconds: float, max_rows: int) -> dict[str, Any]:
-    """Median/p99 latency and rows/s of `engine.run` per (rows, tokens) shape on instance 0."""
-    from millibatch.engines.base import EngineInputs
+def make_runner(variant: Variant, max_rows: int) -> Runner:
+    """Load the variant (raises EngineUnavailable, or whatever its library raises, when it cannot)."""
+    if variant.kind == "plain":
+        from millibatch.engines.model_dir import Manifest
+
+        return PlainOrtRunner(variant.model_dir / Manifest.load(variant.model_dir).onnx_file,
+                              variant.options["provider"])
+    if variant.kind == "torch":
+        return TorchRunner(variant.model_dir, variant.options["device"])
     from millibatch.engines.model_dir import Manifest
-    from millibatch.engines.select import EngineOptions, EngineUnavailable, load_engine
+    from millibatch.engines.select import EngineOptions, load_engine
 
     manifest = Manifest.load(variant.model_dir)
+    return EngineRunner(load_engine(variant.model_dir, manifest, EngineOptions(max_rows=max_rows, **variant.options)))
+
+
+def token_batch(rows: int, tokens: int, padded: int) -> EngineInputs:
+    """`rows` rows of `tokens` real tokens each, right-padded to `padded`."""
+    ids = np.zeros((rows, padded), dtype=np.int64)
+    ids[:, :tokens] = 1000
+    ids[:, 0], ids[:, tokens - 1] = 101, 102
+    mask = np.zeros_like(ids)
+    mask[:, :tokens] = 1
+    return EngineInputs(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids))
+
+
+def sentence_batch(tokenizer_path: Path, sentences: list[str], max_length: int) -> tuple[EngineInputs, int]:
+    """The sentences tokenized (truncated to `max_length`) and padded to the longest; and that length."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    tokenizer.enable_truncation(max_length)
+    tokenizer.no_padding()
+    encoded = tokenizer.encode_batch(sentences)
+    longest = max(len(e.ids) for e in encoded)
+    ids = np.zeros((len(sentences), longest), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, e in enumerate(encoded):
+        ids[row, :len(e.ids)] = e.ids
+        mask[row, :len(e.ids)] = 1
+    return EngineInputs(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids)), longest
+
+
+def padded_to(batch: EngineInputs, length: int) -> EngineInputs:
+    """`batch` right-padded with zeros to `length` tokens."""
+    extra = length - batch.padded_length
+
+    def pad(a: np.ndarray) -> np.ndarray:
+        return np.pad(a, ((0, 0), (0, extra))) if extra > 0 else a
+
+    return EngineInputs(pad(batch.input_ids), pad(batch.attention_mask), pad(batch.token_type_ids))
+
+
+def time_shape(runner: Runner, rows: int, tokens: int, seconds: float) -> dict[str, Any]:
+    """Median/p99 latency and rows/s of one shape (after 3 unmeasured runs)."""
+    padded = runner.padded_length(tokens)
+    batch = token_batch(rows, tokens, padded)
+    for _ in range(3):
+        runner.run(batch)
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < 5:
+        started = time.perf_counter()
+        runner.run(batch)
+        times.append(time.perf_counter() - started)
+    p50 = median(times)
+    return {"rows": rows, "tokens": tokens, "padded_length": padded, "runs": len(times), "p50_ms": p50 * 1e3,
+            "p99_ms": percentile(times, 99) * 1e3, "rows_per_s": rows / p50, "tokens_per_s": rows * tokens / p50}
+
+
+def bench_engine(variant: Variant, shapes: list[tuple[int, int]], seconds: float, max_rows: int,
+                 reference: tuple[EngineInputs, FloatArray] | None) -> dict[str, Any]:
+    """Each shape's latency and throughput, and the lowest cosine against ORT on CPU over real sentences."""
+    from millibatch.engines.model_dir import Manifest
+
+    started = time.perf_counter()
     try:
-        engine = load_engine(variant.model_dir, manifest,
-                             EngineOptions(max_rows=max_rows, **variant.options))
-    except EngineUnavailable as exc:
-        return {"variant": variant.name, "skipped": str(exc)}
-    rows_out = []
+        runner = make_runner(variant, max_rows)
+    except Exception as exc:  # a variant that cannot load is reported, not fatal
+        return {"variant": variant.name, "skipped": f"{type(exc).__name__}: {first_line(exc)}"}
+    load_seconds = time.perf_counter() - started
     try:
+        max_length = Manifest.load(variant.model_dir).max_length if variant.kind != "torch" else 512
+        result: dict[str, Any] = {"variant": variant.name, "runs": runner.description,
+                                  "load_seconds": load_seconds, "shapes": []}
+        if reference is not None:
+            batch, want = reference
+            got = runner.run(padded_to(batch, runner.padded_length(batch.padded_length)))
+            result["min_cosine_vs_cpu_fp32"] = min_cosine(got, want)
         for rows, tokens in shapes:
-            length = engine.padded_length(min(tokens, manifest.max_length))
-            ids = np.full((rows, length), 1000, dtype=np.int64)
-            mask = np.zeros_like(ids)
-            mask[:, :tokens] = 1
-            inputs = EngineInputs(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids))
-            for _ in range(3):
-                engine.run(inputs, 0)
-            times: list[float] = []
-            deadline = time.perf_counter() + seconds
-            while time.perf_counter() < deadline or len(times) < 5:
-                started = time.perf_counter()
-                engine.run(inputs, 0)
-                times.append(time.perf_counter() - started)
-            p50 = median(times)
-            rows_out.append({"rows": rows, "tokens": tokens, "padded_length": length, "runs": len(times),
-                             "p50_ms": p50 * 1e3, "p99_ms": percentile(times, 99) * 1e3,
-                             "rows_per_s": rows / p50, "tokens_per_s": rows * tokens / p50})
+            result["shapes"].append(time_shape(runner, rows, min(tokens, max_length), seconds))
+        return result
     finally:
-        info = engine.info
+        runner.close()
+
+
+def cpu_reference(models: Models, stsb: Path) -> tuple[EngineInputs, FloatArray] | None:
+    """Real sentences as one batch, and ONNX Runtime's fp32 answer for them on CPU."""
+    from millibatch.engines.model_dir import Manifest
+    from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine
+
+    if not stsb.is_file():
+        return None
+    manifest = Manifest.load(models.fp32)
+    sentences = stsb_sentences(stsb)[:AGREEMENT_SENTENCES]
+    batch, _ = sentence_batch(models.fp32 / "tokenizer.json", sentences, manifest.max_length)
+    engine = OnnxRuntimeCpuEngine(models.fp32 / manifest.onnx_file)
+    try:
+        return batch, engine.run(batch, 0)[engine.output_names[0]]
+    finally:
         engine.close()
-    return {"variant": variant.name, "engine": info.engine, "device": info.device, "precision": info.precision,
-            "reason": info.reason, "shapes": rows_out}
 
 
 def text_with_tokens(tokenizer_path: Path, tokens: int) -> str:
@@ -170,115 +301,219 @@ def closed_loop(server: Server, texts: Path, concurrency: int, seconds: float, o
     return result
 
 
-def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int, raw: Path) -> dict[str, Any]:
-    """Start `millibatch serve` for the variant, measure batch-1 latency at 16/128 tokens and saturation;
-    the load generator's files and the server log go to `raw`."""
+def batching_snapshot(server: Server) -> dict[str, Any]:
+    """The Models service's view of the served model: batches and rows so far, and the cost model."""
+    from millibatch.client import Client
+
+    with Client(server.launch.target, timeout=10.0) as client:
+        (model,) = client.list_models().models
+    return {"batches": model.batching.batches, "rows": model.batching.rows,
+            "padded_tokens": model.batching.padded_tokens, "engine_seconds": model.batching.engine_seconds,
+            "cost_model": dict(model.cost_model), "engine_reason": model.engine_reason}
+
+
+def rows_histogram(server: Server) -> dict[str, float]:
+    """Cumulative count of batches per `millibatch_batch_rows` bucket bound (Prometheus), by bound."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert server.launch.metrics_url is not None
+    with urllib.request.urlopen(server.launch.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "millibatch_batch_rows":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    counts[sample.labels["le"]] = counts.get(sample.labels["le"], 0.0) + sample.value
+    return counts
+
+
+def chosen_rows(cost_model: dict[str, float], lengths: list[int]) -> dict[int, int]:
+    """Rows per batch the scheduler's growth rule settles for at each length, from the fitted cost model."""
+    from millibatch.batching.cost_model import FEATURES, CostModel
+
+    model = CostModel(tuple(cost_model[name] for name in FEATURES))  # type: ignore[arg-type]
+    return {length: model.efficient_rows(length, GROWTH_EFFICIENCY) for length in lengths}
+
+
+def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int, stsb: Path,
+               raw: Path) -> dict[str, Any]:
+    """Serve the variant; measure one call in flight at 16 and 128 tokens, then saturation on mixed STS-B
+    sentences with the batches formed there. Load generator files and the server log go to `raw`."""
     from millibatch.engines.model_dir import Manifest
 
     if variant.serve_flags is None:
         return {"variant": variant.name, "skipped": "the server has no setting that selects this variant"}
     max_length = Manifest.load(variant.model_dir).max_length
+    lengths = sorted({min(16, max_length), min(128, max_length)})
     texts: dict[int, Path] = {}
-    for tokens in sorted({min(16, max_length), min(128, max_length), 16}):
+    for tokens in lengths:
         texts[tokens] = raw / f"gpu-{variant.name}-text-{tokens}.json"
         texts[tokens].write_text(json.dumps([text_with_tokens(variant.model_dir / "tokenizer.json", tokens)]))
+    mixed = raw / "gpu-stsb-sentences.json"
+    mixed.write_text(json.dumps(stsb_sentences(stsb) if stsb.is_file() else
+                                [text_with_tokens(variant.model_dir / "tokenizer.json", t) for t in (8, 16, 24, 40)]))
     spec = serve_launch(variant.model_dir, ["--max-batch-rows", str(max_rows), *variant.serve_flags],
-                        name=f"gpu-{variant.name}")
-    with running_server(spec, texts[16], logs=raw, wait=300.0) as server:
+                        name=f"gpu-{variant.name}", metrics=True)
+    with running_server(spec, texts[lengths[0]], logs=raw, wait=300.0) as server:
         result: dict[str, Any] = {"variant": variant.name, "latency": []}
-        for tokens in sorted({min(16, max_length), min(128, max_length)}):
+        for tokens in lengths:
             phase = closed_loop(server, texts[tokens], 1, seconds, raw / f"gpu-{variant.name}-latency-{tokens}.json")
             if phase["errors"]:
                 raise RuntimeError(f"{phase['errors']} of {phase['requests']} calls failed: {phase['error_kinds']}")
             result["latency"].append({"tokens": tokens, "requests": phase["ok"], "p50_ms": phase["p50_ms"],
                                       "p99_ms": phase["p99_ms"]})
-        phase = closed_loop(server, texts[16], concurrency, seconds, raw / f"gpu-{variant.name}-saturation.json")
+        before, rows_before = batching_snapshot(server), rows_histogram(server)
+        phase = closed_loop(server, mixed, concurrency, seconds, raw / f"gpu-{variant.name}-saturation.json")
+        after, rows_after = batching_snapshot(server), rows_histogram(server)
+        batches = after["batches"] - before["batches"]
+        rows = after["rows"] - before["rows"]
         # Overload answers RESOURCE_EXHAUSTED: counted as errors, not fatal.
-        result["saturation"] = {"concurrency": concurrency, "requests_per_s": phase["throughput_rps"],
-                                "errors": phase["errors"], "tokens": 16}
+        result["saturation"] = {
+            "texts": "STS-B sentences" if stsb.is_file() else "fixed sentences", "concurrency": concurrency,
+            "requests_per_s": phase["throughput_rps"], "ok": phase["ok"], "errors": phase["errors"],
+            "p50_ms": phase["p50_ms"], "p99_ms": phase["p99_ms"], "client_cpu_cores": phase.get("client_cpu_cores"),
+            "batches": batches, "mean_rows": rows / batches if batches else 0.0,
+            "engine_busy": (after["engine_seconds"] - before["engine_seconds"]) / max(seconds, 1e-9),
+            "rows_histogram": {le: rows_after.get(le, 0.0) - rows_before.get(le, 0.0) for le in rows_after},
+        }
+        result["cost_model"] = after["cost_model"]
+        result["growth_rows"] = chosen_rows(after["cost_model"], [16, 32, 64, 128])
+        result["engine_reason"] = after["engine_reason"]
         return result
 
 
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def machine() -> dict[str, Any]:
-    """What this ran on: host, GPUs (NVML), library versions."""
+    """What this ran on: host, GPUs (NVML), library versions, commit."""
     import onnxruntime as ort
 
+    from bench.stats import stamp
     from millibatch.engines.gpu_info import gpu_stats
     from millibatch.engines.tensorrt_engine import tensorrt_version
 
     gpus = gpu_stats()
-    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "host": platform.node(),
-            "cpu_count": os.cpu_count(), "gpus": [g.name for g in gpus] if gpus else [],
-            "onnxruntime": ort.__version__, "providers": ort.get_available_providers(),
-            "tensorrt": tensorrt_version()}
+    versions: dict[str, str] = {"onnxruntime": ort.__version__}
+    for module in ("torch", "numpy", "grpc", "cuda.bindings"):
+        with contextlib.suppress(ImportError, AttributeError):
+            versions[module] = str(__import__(module, fromlist=["__version__"]).__version__)
+    when = stamp()
+    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "commit": when.commit,
+            "host": platform.node(), "cpu": when.cpu, "cpu_count": os.cpu_count(),
+            "gpus": [g.name for g in gpus] if gpus else [], "versions": versions,
+            "providers": ort.get_available_providers(), "tensorrt": tensorrt_version()}
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """Tables for the raw engine and gRPC results."""
-    lines = [f"# GPU benchmark {report['machine']['date']}", "", f"Machine: `{json.dumps(report['machine'])}`", "",
-             f"Command: `{report['command']}`", "", "## Engine (instance 0, `engine.run`)", "",
-             "| variant | rows | tokens | padded | p50 ms | p99 ms | rows/s | tokens/s |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Tables for the engine and gRPC results."""
+    m = report["machine"]
+    lines = [f"# GPU benchmark {m['date']}", "",
+             f"GPU: {', '.join(m['gpus']) or 'none'}; CPU: {m['cpu']} ({m['cpu_count']} cores); "
+             f"commit {m['commit'] or '?'}; versions: {json.dumps(m['versions'])}", "",
+             f"Command: `{report['command']}`", "", "## Engine (one batch, host arrays in, host answer out)", "",
+             "| variant | rows × tokens | padded | p50 ms | p99 ms | rows/s | min cosine vs CPU fp32 |",
+             "|---|---|---|---|---|---|---|"]
     for entry in report["engine"]:
         if "skipped" in entry:
-            lines.append(f"| {entry['variant']} | skipped: {entry['skipped']} |||||||")
+            lines.append(f"| {entry['variant']} | skipped: {entry['skipped']} ||||||")
             continue
+        cosine = entry.get("min_cosine_vs_cpu_fp32")
         for s in entry["shapes"]:
-            lines.append(f"| {entry['variant']} | {s['rows']} | {s['tokens']} | {s['padded_length']} "
-                         f"| {s['p50_ms']:.3f} | {s['p99_ms']:.3f} | {s['rows_per_s']:.0f} | {s['tokens_per_s']:.0f} |")
-    lines += ["", "## End to end gRPC (batch 1, tokenized on the server)", "",
-              "| variant | tokens | p50 ms | p99 ms | saturation req/s (concurrency) |", "|---|---|---|---|---|"]
+            lines.append(f"| {entry['variant']} | {s['rows']} × {s['tokens']} | {s['padded_length']} "
+                         f"| {s['p50_ms']:.3f} | {s['p99_ms']:.3f} | {s['rows_per_s']:.0f} "
+                         f"| {'' if cosine is None else f'{cosine:.6f}'} |")
+    lines += ["", "What each variant ran:", ""]
+    lines += [f"- {e['variant']}: {e['runs']} (loaded in {e['load_seconds']:.1f} s)"
+              for e in report["engine"] if "runs" in e]
+    lines += ["", "## End to end through `millibatch serve` (gRPC, client on the same machine)", "",
+              "| variant | one call in flight: 16 tok p50 / p99 ms | 128 tok p50 / p99 ms "
+              "| saturation calls/s (STS-B, concurrency) | errors | mean rows/batch | rows chosen at 16/32/64/128 |",
+              "|---|---|---|---|---|---|---|"]
     for entry in report["grpc"]:
         if "skipped" in entry:
-            lines.append(f"| {entry['variant']} | skipped: {entry['skipped']} ||||")
+            lines.append(f"| {entry['variant']} | skipped: {entry['skipped']} ||||||")
             continue
+        lat = {x["tokens"]: x for x in entry["latency"]}
+        cells = [f"{lat[t]['p50_ms']:.2f} / {lat[t]['p99_ms']:.2f}" if t in lat else "" for t in (16, 128)]
         sat = entry["saturation"]
-        for lat in entry["latency"]:
-            lines.append(f"| {entry['variant']} | {lat['tokens']} | {lat['p50_ms']:.2f} | {lat['p99_ms']:.2f} "
-                         f"| {sat['requests_per_s']:.0f} ({sat['concurrency']}, 16 tokens) |")
+        growth = "/".join(str(entry["growth_rows"][k]) for k in sorted(entry["growth_rows"], key=int))
+        lines.append(f"| {entry['variant']} | {cells[0]} | {cells[1]} | {sat['requests_per_s']:.0f} "
+                     f"({sat['concurrency']}) | {sat['errors']} | {sat['mean_rows']:.1f} | {growth} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write JSON + markdown into --out."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="all-MiniLM-L6-v2", help="model directory or packaged model name")
-    parser.add_argument("--variants", default="ort-cuda-fp32,ort-cuda-fp16,ort-trt-ep-fp16,tensorrt",
-                        help=f"comma-separated, from {','.join(ALL_VARIANTS)}")
-    parser.add_argument("--rows", default="1,8,32", help="batch rows for the engine benchmark")
+    parser.add_argument("--model", default="all-MiniLM-L6-v2", help="fp32 model directory or packaged model name")
+    parser.add_argument("--fp16-model", default=None, help="fp16 model directory (default: convert --model)")
+    parser.add_argument("--int8-model", default=None, help="QDQ int8 model directory (default: convert --model)")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="Hugging Face checkpoint for the PyTorch variants (default: --model's, if packaged)")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, from {','.join(ALL_VARIANTS)}")
+    parser.add_argument("--served", default=DEFAULT_SERVED, help="variants also measured through the server")
+    parser.add_argument("--rows", default="1,32", help="batch rows for the engine benchmark")
     parser.add_argument("--tokens", default="16,128", help="tokens per row for the engine benchmark")
-    parser.add_argument("--max-rows", type=int, default=32, help="max_batch_rows for engines and server")
+    parser.add_argument("--max-rows", type=int, default=64, help="max_batch_rows for engines and server")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per measurement")
-    parser.add_argument("--concurrency", type=int, default=64, help="concurrent batch-1 requests at saturation")
+    parser.add_argument("--concurrency", type=int, default=256, help="calls in flight at saturation")
+    parser.add_argument("--stsb", type=Path, default=Path(os.environ.get("MILLIBATCH_STSB", DEFAULT_STSB)),
+                        help="STS-B test TSV: sentences for agreement and saturation")
     parser.add_argument("--quick", action="store_true", help="0.3 s per measurement, concurrency 8 (smoke test)")
     parser.add_argument("--no-grpc", action="store_true", help="engine benchmark only")
+    parser.add_argument("--convert-dir", type=Path, default=RESULTS / "raw",
+                        help="where packaged models and checkpoints are converted (once)")
+    parser.add_argument("--convert-only", action="store_true", help="convert the models the variants need, then exit")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.concurrency = 0.3, 8
-    fp32_dir = resolve_model(args.model)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    needs = {v.removesuffix("-graphs").rsplit("-", 1)[-1] for v in names}
+    folder = args.convert_dir
+    models = Models(
+        # fp32 too is tuned for CUDA (fused SkipLayerNorm), as `convert --device cuda` makes it for a GPU.
+        fp32=resolve_model(args.model, "fp32", "cuda", folder),
+        fp16=resolve_model(args.fp16_model or args.model, "fp16", "cuda", folder) if "fp16" in needs else None,
+        int8=resolve_model(args.int8_model or args.model, "int8", "cuda", folder) if "int8" in needs else None,
+        checkpoint=args.checkpoint or checkpoint_of(args.model),
+    )
+    if args.convert_only:
+        print(json.dumps({k: str(v) for k, v in vars(models).items()}))
+        return 0
     shapes = [(int(r), int(t)) for r in args.rows.split(",") for t in args.tokens.split(",")]
-    chosen, skipped = variants([v.strip() for v in args.variants.split(",") if v.strip()], fp32_dir)
+    chosen, skipped = variants(names, models)
     command = " ".join(["python -m bench.gpu", *(argv if argv is not None else sys.argv[1:])])
-    report: dict[str, Any] = {"machine": machine(), "command": command, "model": str(fp32_dir),
+    report: dict[str, Any] = {"machine": machine(), "command": command,
+                              "models": {k: str(v) for k, v in vars(models).items()},
                               "engine": [{"variant": n, "skipped": why} for n, why in skipped.items()], "grpc": []}
+    reference = cpu_reference(models, args.stsb)
     for variant in chosen:
-        print(f"engine {variant.name} ...", file=sys.stderr)
-        report["engine"].append(bench_engine(variant, shapes, args.seconds, args.max_rows))
+        print(f"engine {variant.name} ...", file=sys.stderr, flush=True)
+        report["engine"].append(bench_engine(variant, shapes, args.seconds, args.max_rows, reference))
     if not args.no_grpc:
         raw = args.out / "raw"
         raw.mkdir(parents=True, exist_ok=True)
+        served = {v.strip() for v in args.served.split(",")}
         runnable = {e["variant"] for e in report["engine"] if "skipped" not in e}
         for variant in chosen:
+            if variant.name not in served or variant.serve_flags is None:
+                continue
             if variant.name not in runnable:
                 report["grpc"].append({"variant": variant.name, "skipped": "engine unavailable (see above)"})
                 continue
-            print(f"grpc {variant.name} ...", file=sys.stderr)
+            print(f"grpc {variant.name} ...", file=sys.stderr, flush=True)
             try:
-                report["grpc"].append(bench_grpc(variant, args.seconds, args.concurrency, args.max_rows, raw))
+                report["grpc"].append(bench_grpc(variant, args.seconds, args.concurrency, args.max_rows, args.stsb,
+                                                 raw))
             except Exception as exc:  # one variant failing must not lose the others' numbers
-                first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                report["grpc"].append({"variant": variant.name, "skipped": f"failed: {first_line}"})
+                report["grpc"].append({"variant": variant.name, "skipped": f"failed: {first_line(exc)}"})
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     (args.out / f"gpu-{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")

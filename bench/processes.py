@@ -132,10 +132,17 @@ class Server:
             self.process.wait()
 
 
+def with_python_path(checkout: Path) -> str:
+    """PYTHONPATH for a child: `checkout` first, then whatever this process was given (packages installed
+    beside the interpreter's own, such as a GPU machine's onnxruntime-gpu in a --target folder)."""
+    inherited = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join([str(checkout), *(p for p in inherited.split(os.pathsep) if p)])
+
+
 def start_server(spec: Launch, cores: Cores | None, logs: Path | None) -> Server:
     """Start the server, pinned to `cores.server` (with as many OpenMP threads) or unpinned without
     cores; its output goes to a log file in the folder `logs`, or nowhere without one."""
-    env = {**os.environ, "PYTHONPATH": str(spec.cwd)}
+    env = {**os.environ, "PYTHONPATH": with_python_path(spec.cwd)}
     if cores is not None:
         env["OMP_NUM_THREADS"] = str(len(cores.server))
     env.update(spec.env)
@@ -156,7 +163,7 @@ def run_loadgen(spec: Launch, cores: Cores | None, texts: Path, flags: list[str]
     if out is not None:
         command += ["--out", str(out)]
     # Always this checkout's load generator, whichever build the server runs from.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": with_python_path(ROOT), "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
                                preexec_fn=_pinned(None if cores is None else cores.client), check=False)
     if completed.returncode != 0:

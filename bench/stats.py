@@ -85,8 +85,13 @@ def stamp() -> Stamp:
     """This run's date (UTC, to the minute), the checkout's commit, the CPU model and the usable cores."""
     from millibatch.engines.convert.quantize import cpuinfo_value
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent.parent,
-                            capture_output=True, text=True, check=False).stdout.strip()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent.parent,
+                                capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:  # no git here
+        commit = ""
+    # A copy of the working tree without .git (a GPU machine's) is told its commit instead.
+    commit = commit or os.environ.get("MILLIBATCH_COMMIT", "")
     return Stamp(datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"), commit,
                  cpuinfo_value("model name"), len(os.sched_getaffinity(0)))
 

@@ -8,6 +8,7 @@ bound once, are copied back into pinned memory on the same stream, and the strea
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ import numpy as np
 from millibatch.engines import cuda_runtime as cuda
 from millibatch.engines.base import EngineInfo, EngineInputs, FloatArray
 from millibatch.engines.buckets import BucketPlan, TensorSpec, largest_buffer_bytes, output_shape
+from millibatch.engines.select import EngineUnavailable
 
 OrtProvider = Literal["cuda", "tensorrt"]
 
@@ -70,6 +72,28 @@ def tensorrt_provider_options(
     return options
 
 
+@functools.cache  # once per process
+def load_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries onnxruntime-gpu was built for from the NVIDIA pip packages
+    (nvidia-cublas, nvidia-cudnn-cu13, ...) installed beside it, before the first CUDA session. Without
+    it the CUDA provider finds them only on the loader's path, or where torch was imported first.
+    Releases before 1.21 have no preloading; libraries on the loader's path work either way."""
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        preload()
+
+
+def check_providers(session: Any, wanted: str) -> None:
+    """ONNX Runtime falls back to the CPU provider when a GPU provider fails to load (a missing CUDA
+    library, say), logging it only: a CUDA engine that runs on CPU must fail at start-up instead."""
+    used = session.get_providers()
+    if not used or used[0] != wanted:
+        raise EngineUnavailable(f"onnxruntime could not start {wanted} (session runs on {used}); check that "
+                                "the CUDA and cuDNN libraries onnxruntime-gpu was built for are installed")
+
+
 Backend = cuda.CudaBackend | cuda.HostBackend
 StreamLike = cuda.Stream | cuda.HostStream
 BufferLike = cuda.PinnedBuffer | cuda.HostBuffer
@@ -112,6 +136,8 @@ class OnnxRuntimeCudaEngine:
         import onnxruntime as ort
 
         self._ort = ort
+        if backend is None:
+            load_cuda_libraries()
         # HostBackend runs this exact IO-binding path on the CPU provider, which is how it is tested without a GPU.
         self._backend: Backend = backend if backend is not None else cuda.CudaBackend()
         self._plan = plan
@@ -164,6 +190,7 @@ class OnnxRuntimeCudaEngine:
                                             stream=stream.handle, fp16=fp16, cache_dir=cache_dir)
             providers.insert(0, ("TensorrtExecutionProvider", trt))
         session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
+        check_providers(session, providers[0][0])
         run_options = []
         for bucket in self._plan.buckets:
             options_for_bucket = ort.RunOptions()

@@ -78,6 +78,47 @@ def test_ort_cuda_matches_cpu_fp32(tiny_embed_dir: Path, tiny_classify_dir: Path
             engine.close()
 
 
+def _tiny_converted(tiny_embed_dir: Path, tmp_path: Path, precision: str) -> Path:
+    """The tiny embedder's checkpoint (beside its model directory) converted for CUDA at `precision`."""
+    from millibatch.engines.convert.convert import ConvertOptions, convert
+
+    out = tmp_path / precision
+    convert(ConvertOptions(source=str(tiny_embed_dir.parent / "checkpoint"), output=out, precision=precision,  # type: ignore[arg-type]
+                           device="cuda"), progress=lambda _: None)
+    return out
+
+
+def test_ort_cuda_fp16_matches_cpu_fp32(tiny_embed_dir: Path, tmp_path: Path) -> None:
+    _require()
+    from millibatch.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+
+    fp16_dir = _tiny_converted(tiny_embed_dir, tmp_path, "fp16")
+    manifest = Manifest.load(fp16_dir)
+    engine = OnnxRuntimeCudaEngine(fp16_dir / manifest.onnx_file, BucketPlan.build(32, manifest.max_length),
+                                   precision="fp16")
+    try:
+        assert engine.info.device == "cuda" and engine.info.precision == "fp16"
+        _compare(engine, tiny_embed_dir, 0.999)
+    finally:
+        engine.close()
+
+
+def test_ort_cuda_graphs_match_cpu(tiny_embed_dir: Path) -> None:
+    _require()
+    from millibatch.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+
+    manifest = Manifest.load(tiny_embed_dir)
+    try:
+        engine = OnnxRuntimeCudaEngine(tiny_embed_dir / manifest.onnx_file, BucketPlan.build(32, manifest.max_length),
+                                       instances=2, cuda_graphs=True)
+    except Exception as exc:  # say why graphs cannot be captured for this graph, rather than pass silently
+        pytest.fail(f"CUDA graphs did not load: {exc}")
+    try:
+        _compare(engine, tiny_embed_dir, 0.9999)
+    finally:
+        engine.close()
+
+
 def test_ort_tensorrt_provider_fp16_matches_cpu(tiny_embed_dir: Path, tmp_path: Path) -> None:
     _require("TensorrtExecutionProvider")
     from millibatch.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine

@@ -65,3 +65,16 @@ def test_a_batch_not_padded_to_a_bucket_is_refused(tiny_embed_dir: Path) -> None
             engine.run(_batch(np.random.default_rng(0), [5] * 9, 16), 0)
     finally:
         engine.close()
+
+
+def test_a_session_that_fell_back_to_cpu_is_refused(tiny_embed_dir: Path) -> None:
+    import onnxruntime as ort
+
+    from millibatch.engines.onnxruntime_cuda import check_providers
+    from millibatch.engines.select import EngineUnavailable
+
+    manifest = Manifest.load(tiny_embed_dir)
+    session = ort.InferenceSession(str(tiny_embed_dir / manifest.onnx_file), providers=["CPUExecutionProvider"])
+    check_providers(session, "CPUExecutionProvider")
+    with pytest.raises(EngineUnavailable, match=r"could not start CUDAExecutionProvider.*CPUExecutionProvider"):
+        check_providers(session, "CUDAExecutionProvider")
