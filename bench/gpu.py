@@ -42,7 +42,7 @@ ALL_VARIANTS = ("ort-plain", "ort-cuda-fp32", "ort-cuda-fp32-graphs", "ort-cuda-
 DEFAULT_VARIANTS = ("ort-plain,ort-cuda-fp32,ort-cuda-fp32-graphs,ort-cuda-fp16,ort-cuda-fp16-graphs,ort-cuda-int8,"
                     "torch-fp16")
 #: Variants also served end to end by default (the others are engine-only).
-DEFAULT_SERVED = "ort-cuda-fp32,ort-cuda-fp32-graphs,ort-cuda-fp16,ort-cuda-fp16-graphs,ort-cuda-int8"
+DEFAULT_SERVED = "ort-cuda-fp32,ort-cuda-fp32-graphs,ort-cuda-fp16,ort-cuda-fp16-graphs"
 #: Sentences whose outputs are compared against ONNX Runtime on CPU (fp32).
 AGREEMENT_SENTENCES = 64
 #: The batcher's default batch_growth_efficiency (millibatch.settings), for the rows it would choose.

@@ -82,8 +82,8 @@ EOF
     rm -rf "$TINY"
 else
     step convert 300 "$PYTHON" -m bench.gpu --convert-only --convert-dir "${CONVERT_DIR:-bench/results/raw}"
-    step tests 240 "$PYTHON" -m pytest -q -m gpu tests/engines -rs -p no:cacheprovider -o "filterwarnings=default"
-    step bench 420 "$PYTHON" -m bench.gpu --convert-dir "${CONVERT_DIR:-bench/results/raw}" --seconds 2 --out "$OUT"
+    step tests 180 "$PYTHON" -m pytest -q -m gpu tests/engines -rs -p no:cacheprovider -o "filterwarnings=default"
+    step bench 360 "$PYTHON" -m bench.gpu --convert-dir "${CONVERT_DIR:-bench/results/raw}" --seconds 2 --out "$OUT"
     rc=$?
 fi
 echo
