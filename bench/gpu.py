@@ -234,6 +234,18 @@ def time_shape(runner: Runner, rows: int, tokens: int, seconds: float) -> dict[s
             "p99_ms": percentile(times, 99) * 1e3, "rows_per_s": rows / p50, "tokens_per_s": rows * tokens / p50}
 
 
+def graph_summary(model_dir: Path) -> dict[str, int]:
+    """Nodes in the variant's ONNX graph and how many are fused attention: an unfused graph (one
+    onnxruntime 1.30 left) runs several times the kernels and shows it in every GPU figure."""
+    import onnx
+
+    from millibatch.engines.convert.optimize import ATTENTION_OPS
+    from millibatch.engines.model_dir import Manifest
+
+    graph = onnx.load(str(model_dir / Manifest.load(model_dir).onnx_file), load_external_data=False).graph
+    return {"nodes": len(graph.node), "fused_attention": sum(n.op_type in ATTENTION_OPS for n in graph.node)}
+
+
 def bench_engine(variant: Variant, shapes: list[tuple[int, int]], seconds: float, max_rows: int,
                  reference: tuple[EngineInputs, FloatArray] | None) -> dict[str, Any]:
     """Each shape's latency and throughput, and the lowest cosine against ORT on CPU over real sentences."""
@@ -249,6 +261,8 @@ def bench_engine(variant: Variant, shapes: list[tuple[int, int]], seconds: float
         max_length = Manifest.load(variant.model_dir).max_length if variant.kind != "torch" else 512
         result: dict[str, Any] = {"variant": variant.name, "runs": runner.description,
                                   "load_seconds": load_seconds, "shapes": []}
+        if variant.kind != "torch":
+            result["graph"] = graph_summary(variant.model_dir)
         if reference is not None:
             batch, want = reference
             got = runner.run(padded_to(batch, runner.padded_length(batch.padded_length)))
@@ -365,9 +379,9 @@ def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int
                 raise RuntimeError(f"{phase['errors']} of {phase['requests']} calls failed: {phase['error_kinds']}")
             result["latency"].append({"tokens": tokens, "requests": phase["ok"], "p50_ms": phase["p50_ms"],
                                       "p99_ms": phase["p99_ms"]})
-        before, rows_before = batching_snapshot(server), rows_histogram(server)
+        before, rows_before, started = batching_snapshot(server), rows_histogram(server), time.perf_counter()
         phase = closed_loop(server, mixed, concurrency, seconds, raw / f"gpu-{variant.name}-saturation.json")
-        after, rows_after = batching_snapshot(server), rows_histogram(server)
+        after, rows_after, wall = batching_snapshot(server), rows_histogram(server), time.perf_counter() - started
         batches = after["batches"] - before["batches"]
         rows = after["rows"] - before["rows"]
         # Overload answers RESOURCE_EXHAUSTED: counted as errors, not fatal.
@@ -376,7 +390,8 @@ def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int
             "requests_per_s": phase["throughput_rps"], "ok": phase["ok"], "errors": phase["errors"],
             "p50_ms": phase["p50_ms"], "p99_ms": phase["p99_ms"], "client_cpu_cores": phase.get("client_cpu_cores"),
             "batches": batches, "mean_rows": rows / batches if batches else 0.0,
-            "engine_busy": (after["engine_seconds"] - before["engine_seconds"]) / max(seconds, 1e-9),
+            # Between the two snapshots: the load generator's start and warm-up count too.
+            "engine_busy": (after["engine_seconds"] - before["engine_seconds"]) / wall,
             "rows_histogram": {le: rows_after.get(le, 0.0) - rows_before.get(le, 0.0) for le in rows_after},
         }
         result["cost_model"] = after["cost_model"]
@@ -429,8 +444,11 @@ def markdown(report: dict[str, Any]) -> str:
                          f"| {s['p50_ms']:.3f} | {s['p99_ms']:.3f} | {s['rows_per_s']:.0f} "
                          f"| {'' if cosine is None else f'{cosine:.6f}'} |")
     lines += ["", "What each variant ran:", ""]
-    lines += [f"- {e['variant']}: {e['runs']} (loaded in {e['load_seconds']:.1f} s)"
-              for e in report["engine"] if "runs" in e]
+    for e in report["engine"]:
+        if "runs" in e:
+            graph = e.get("graph")
+            shape = f"; {graph['nodes']} graph nodes, {graph['fused_attention']} fused attention" if graph else ""
+            lines.append(f"- {e['variant']}: {e['runs']} (loaded in {e['load_seconds']:.1f} s{shape})")
     lines += ["", "## End to end through `millibatch serve` (gRPC, client on the same machine)", "",
               "| variant | one call in flight: 16 tok p50 / p99 ms | 128 tok p50 / p99 ms "
               "| saturation calls/s (STS-B, concurrency) | errors | mean rows/batch | rows chosen at 16/32/64/128 |",

@@ -238,6 +238,8 @@ def _optimize(
         progress("converting to fp16 (normalisation, softmax and pooling stay fp32)")
         done["fusion"] = optimize.to_fp16(exported, target, num_heads=heads, hidden_size=hidden, fused=fuse)
         done["fp16_keep_fp32_ops"] = list(optimize.FP16_KEEP_FP32_OPS)
+        if fuse:
+            _check_attention_fused(done, int(config.num_hidden_layers), progress)
         return done
     graph = exported
     if fuse:
@@ -245,6 +247,7 @@ def _optimize(
         graph = staging / "fused.onnx"
         done["fusion"] = optimize.fuse(exported, graph, num_heads=heads, hidden_size=hidden,
                                        use_gpu=options.device == "cuda")
+        _check_attention_fused(done, int(config.num_hidden_layers), progress)
     if options.precision == "int8":
         candidates = quantize.weight_nodes(graph)
         if options.int8_fp32_nodes is not None:
@@ -268,6 +271,21 @@ def _optimize(
     if graph != exported and graph.exists():
         graph.unlink()
     return done
+
+
+def _check_attention_fused(done: dict[str, Any], layers: int, progress: Callable[[str], None]) -> None:
+    """Warn, and say so in the manifest, when fusion left attention unfused in some layers. The graph
+    still gives the same answers, so validation passes, but each unfused layer runs a dozen small ops
+    instead of one kernel, with shape arithmetic on the CPU between them: on a GPU that made every batch
+    cost about 2 ms (docs/GPU.md). onnxruntime 1.30.0's optimizer does this to MiniLM's export."""
+    import onnxruntime
+
+    fused = sum(done["fusion"].get(op, 0) for op in optimize.ATTENTION_OPS)
+    if fused < layers:
+        done["fusion_warning"] = (f"attention fused in {fused} of {layers} layers by onnxruntime "
+                                  f"{onnxruntime.__version__}'s optimizer; the graph is correct but slower "
+                                  "(see docs/OPTIMIZE.md)")
+        progress(f"WARNING: {done['fusion_warning']}")
 
 
 def _calibration_batches(staging: Path, max_length: int, options: ConvertOptions) -> list[Any]:

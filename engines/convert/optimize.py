@@ -17,6 +17,9 @@ FP16_KEEP_FP32_OPS = [
     "ReduceSum", "ReduceMean", "ReduceL2", "Sqrt", "Pow", "Div", "Clip", "Max", "Expand",
 ]
 
+#: The fused attention ops of ONNX Runtime's transformer optimizer (one per encoder layer when it works).
+ATTENTION_OPS = ("Attention", "MultiHeadAttention")
+
 
 def _optimize(onnx_file: Path, use_gpu: bool, num_heads: int, hidden_size: int):  # type: ignore[no-untyped-def]
     from onnxruntime.transformers import optimizer

@@ -26,6 +26,7 @@ def test_harness_writes_json_and_markdown(tiny_embed_dir: Path, stsb_path: Path,
         # Every runner gives the exported graph's answer: PyTorch's pooling matches the graph's too.
         assert engine[name]["min_cosine_vs_cpu_fp32"] > 0.9999, name
     assert engine["cpu"]["shapes"][0]["padded_length"] == 16
+    assert engine["cpu"]["graph"]["fused_attention"] == 2 and "graph" not in engine["torch-cpu"]
     (grpc_cpu,) = report["grpc"]
     assert grpc_cpu["variant"] == "cpu"
     assert [lat["tokens"] for lat in grpc_cpu["latency"]] == [16, 64]  # 128 clipped to the tiny max_length

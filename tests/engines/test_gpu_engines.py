@@ -13,7 +13,7 @@ from millibatch.engines.buckets import BucketPlan
 from millibatch.engines.model_dir import Manifest
 from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine
 from millibatch.engines.plans import load_plan_specs
-from millibatch.engines.select import EngineOptions, onnxruntime_providers, probe
+from millibatch.engines.select import EngineOptions, EngineUnavailable, onnxruntime_providers, probe
 
 pytestmark = pytest.mark.gpu
 
@@ -124,8 +124,11 @@ def test_ort_tensorrt_provider_fp16_matches_cpu(tiny_embed_dir: Path, tmp_path: 
     from millibatch.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
 
     manifest = Manifest.load(tiny_embed_dir)
-    engine = OnnxRuntimeCudaEngine(tiny_embed_dir / manifest.onnx_file, BucketPlan.build(32, manifest.max_length),
-                                   provider="tensorrt", trt_fp16=True, trt_cache_dir=tmp_path)
+    try:
+        engine = OnnxRuntimeCudaEngine(tiny_embed_dir / manifest.onnx_file, BucketPlan.build(32, manifest.max_length),
+                                       provider="tensorrt", trt_fp16=True, trt_cache_dir=tmp_path)
+    except EngineUnavailable as exc:  # onnxruntime-gpu lists the provider even where libnvinfer is missing
+        pytest.skip(f"TensorRT execution provider cannot start: {exc}")
     try:
         _compare(engine, tiny_embed_dir, 0.999)
     finally:

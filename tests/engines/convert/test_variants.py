@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -56,6 +57,7 @@ def test_fused_fp32_matches_unfused_and_keeps_dynamic_inputs(tiny_checkpoint: Pa
     plain = convert(ConvertOptions(source=str(tiny_checkpoint), output=tmp_path / "plain", fuse=False),
                     progress=quiet)
     assert fused.optimizations["fusion"].get("Attention") == 2, fused.optimizations
+    assert "fusion_warning" not in fused.optimizations
     assert "Attention" in op_types(tmp_path / "fused" / "model.onnx")
     assert "Attention" not in op_types(tmp_path / "plain" / "model.onnx")
     assert fused.validation["min_cosine"] >= 0.9999 and plain.optimizations == {}
@@ -63,6 +65,24 @@ def test_fused_fp32_matches_unfused_and_keeps_dynamic_inputs(tiny_checkpoint: Pa
     a, b = embed(tmp_path / "fused", TEXTS), embed(tmp_path / "plain", TEXTS)
     assert a.shape == (3, 32)
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_attention_left_unfused_is_warned_and_recorded(tiny_checkpoint: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # An optimizer that fuses everything but attention, as onnxruntime 1.30.0's did to MiniLM's export.
+    from millibatch.engines.convert import optimize
+
+    real_fuse = optimize.fuse
+
+    def fuse_without_attention(*args: Any, **kwargs: Any) -> dict[str, int]:
+        return {op: n for op, n in real_fuse(*args, **kwargs).items() if op not in optimize.ATTENTION_OPS}
+
+    monkeypatch.setattr(optimize, "fuse", fuse_without_attention)
+    said: list[str] = []
+    manifest = convert(ConvertOptions(source=str(tiny_checkpoint), output=tmp_path / "out"), progress=said.append)
+    warning = manifest.optimizations["fusion_warning"]
+    assert warning.startswith("attention fused in 0 of 2 layers by onnxruntime")
+    assert f"WARNING: {warning}" in said
 
 
 def test_int8_dynamic_is_quantized_validated_and_recorded(tiny_checkpoint: Path, tmp_path: Path) -> None:
