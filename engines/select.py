@@ -182,6 +182,7 @@ def load_engine(model_dir: Path, manifest: Manifest, options: EngineOptions) -> 
     options = replace(options, max_length=options.max_length or manifest.max_length)
     choice = choose(options, probe(model_dir), model_dir)
     log.info("engine for %s: %s on %s (%s)", manifest.name, choice.engine, choice.device, choice.reason)
+    requested = options
     options = replace(options, instances=instances_on(options, choice.device))
     if choice.engine == "tensorrt":
         from millibatch.engines.tensorrt_engine import TensorRtEngine
@@ -189,21 +190,16 @@ def load_engine(model_dir: Path, manifest: Manifest, options: EngineOptions) -> 
         assert choice.plan is not None
         return TensorRtEngine(model_dir, choice.plan, instances=options.instances, reason=choice.reason)
     if choice.device == "cuda":
-        from millibatch.engines.buckets import BucketPlan
-        from millibatch.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
-
-        return OnnxRuntimeCudaEngine(
-            model_dir / manifest.onnx_file,
-            BucketPlan.build(options.max_rows, manifest.max_length),
-            instances=options.instances,
-            provider="tensorrt" if options.ort_tensorrt_provider else "cuda",
-            precision=manifest.precision,
-            trt_fp16=options.ort_tensorrt_fp16,
-            trt_cache_dir=options.ort_tensorrt_cache_dir,
-            cuda_graphs=options.cuda_graphs,
-            input_names=tuple(manifest.input_names),
-            reason=choice.reason,
-        )
+        try:
+            return _load_ort_cuda(model_dir, manifest, options, choice.reason)
+        except EngineUnavailable as exc:
+            # onnxruntime-gpu lists its CUDA provider even where the CUDA libraries it needs are missing;
+            # `auto` then serves on the CPU and says why, an explicit `cuda` fails at start-up.
+            if options.device != "auto":
+                raise
+            log.warning("engine for %s: %s; serving on CPU instead", manifest.name, exc)
+            choice = Choice("onnxruntime", "cpu", f"auto: ONNX Runtime on CPU because {exc}")
+            options = replace(options, instances=instances_on(requested, "cpu"))
     from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine
 
     return OnnxRuntimeCpuEngine(
@@ -214,4 +210,22 @@ def load_engine(model_dir: Path, manifest: Manifest, options: EngineOptions) -> 
         reason=choice.reason,
         spinning=options.cpu_spinning,
         priority=options.engine_priority,
+    )
+
+
+def _load_ort_cuda(model_dir: Path, manifest: Manifest, options: EngineOptions, reason: str) -> Engine:
+    from millibatch.engines.buckets import BucketPlan
+    from millibatch.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+
+    return OnnxRuntimeCudaEngine(
+        model_dir / manifest.onnx_file,
+        BucketPlan.build(options.max_rows, manifest.max_length),
+        instances=options.instances,
+        provider="tensorrt" if options.ort_tensorrt_provider else "cuda",
+        precision=manifest.precision,
+        trt_fp16=options.ort_tensorrt_fp16,
+        trt_cache_dir=options.ort_tensorrt_cache_dir,
+        cuda_graphs=options.cuda_graphs,
+        input_names=tuple(manifest.input_names),
+        reason=reason,
     )

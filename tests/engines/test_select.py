@@ -98,3 +98,24 @@ def test_real_probe_and_load_on_this_machine(tiny_embed_dir: Path) -> None:
         load_engine(tiny_embed_dir, manifest, EngineOptions(device="cuda"))
     with pytest.raises(EngineUnavailable, match="engine 'tensorrt' cannot run"):
         load_engine(tiny_embed_dir, manifest, EngineOptions(engine="tensorrt"))
+
+
+def test_auto_serves_on_cpu_when_the_cuda_provider_cannot_start(tiny_embed_dir: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # onnxruntime-gpu lists CUDAExecutionProvider even where libcublas or libcudnn is missing.
+    from millibatch.engines import select
+
+    def cuda_fails(*args: object, **kwargs: object) -> None:
+        raise EngineUnavailable("onnxruntime could not start CUDAExecutionProvider")
+
+    monkeypatch.setattr(select, "probe", lambda model_dir: GPU)
+    monkeypatch.setattr(select, "_load_ort_cuda", cuda_fails)
+    manifest = Manifest.load(tiny_embed_dir)
+    engine = load_engine(tiny_embed_dir, manifest, EngineOptions())
+    try:
+        assert isinstance(engine, OnnxRuntimeCpuEngine) and engine.info.instances == auto_instances()
+        assert engine.info.reason.startswith("auto: ONNX Runtime on CPU because onnxruntime could not start")
+    finally:
+        engine.close()
+    with pytest.raises(EngineUnavailable, match="could not start"):
+        load_engine(tiny_embed_dir, manifest, EngineOptions(device="cuda"))

@@ -99,7 +99,8 @@ async def test_prometheus_sees_what_the_client_sent(tiny_embed_dir: Path, promet
             for _ in range(UNKNOWN):
                 with pytest.raises(grpc.aio.AioRpcError):
                     await client.inference.Embed(pb.EmbedRequest(inputs=["x"], model="missing"), timeout=10)
-        # Wait (bounded) until a scrape after the traffic has landed.
+        # Wait (bounded) until a scrape after the traffic has landed. Query while the server still runs:
+        # once a scrape of a stopped server fails, Prometheus marks its series stale and answers nothing.
         expected = {"OK": float(GOOD), "INVALID_ARGUMENT": float(EMPTY)}
         until = time.monotonic() + 20
         seen: dict[str, float] = {}
@@ -108,13 +109,14 @@ async def test_prometheus_sees_what_the_client_sent(tiny_embed_dir: Path, promet
             if seen == expected:
                 break
             await asyncio.sleep(0.5)
-    assert seen == expected
-    unknown = await asyncio.to_thread(query, web_port, 'sum(millibatch_requests_total{model="unknown"})')
-    assert float(unknown[0]["value"][1]) == UNKNOWN  # type: ignore[index]
+        assert seen == expected
+        unknown = await asyncio.to_thread(query, web_port, 'sum(millibatch_requests_total{model="unknown"})')
+        assert float(unknown[0]["value"][1]) == UNKNOWN  # type: ignore[index]
 
-    # The median over all OK and failed Embed calls, from the cumulative buckets.
-    median = await asyncio.to_thread(query, web_port, 'histogram_quantile(0.5, sum by (le) ('
-                                     'millibatch_request_duration_seconds_bucket{model="tiny-embed", rpc="Embed"}))')
+        # The median over all OK and failed Embed calls, from the cumulative buckets.
+        median = await asyncio.to_thread(
+            query, web_port, 'histogram_quantile(0.5, sum by (le) ('
+            'millibatch_request_duration_seconds_bucket{model="tiny-embed", rpc="Embed"}))')
     server_median = float(median[0]["value"][1])  # type: ignore[index]
     latencies.sort()
     client_median = latencies[len(latencies) // 2]
