@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from bench.gpu_runners import EngineRunner, PlainOrtRunner, Runner, TorchRunner, min_cosine
-from bench.processes import Server, run_loadgen, running_server, serve_launch
+from bench.processes import Server, process_cpu, run_loadgen, running_server, serve_launch
 from bench.stats import median, percentile
 from bench.texts import DEFAULT_STSB, stsb_sentences
 from millibatch.engines.base import EngineInputs, FloatArray
@@ -379,9 +379,11 @@ def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int
                 raise RuntimeError(f"{phase['errors']} of {phase['requests']} calls failed: {phase['error_kinds']}")
             result["latency"].append({"tokens": tokens, "requests": phase["ok"], "p50_ms": phase["p50_ms"],
                                       "p99_ms": phase["p99_ms"]})
-        before, rows_before, started = batching_snapshot(server), rows_histogram(server), time.perf_counter()
+        before, rows_before = batching_snapshot(server), rows_histogram(server)
+        cpu_before, started = process_cpu(server.process.pid), time.perf_counter()
         phase = closed_loop(server, mixed, concurrency, seconds, raw / f"gpu-{variant.name}-saturation.json")
-        after, rows_after, wall = batching_snapshot(server), rows_histogram(server), time.perf_counter() - started
+        cpu, wall = process_cpu(server.process.pid) - cpu_before, time.perf_counter() - started
+        after, rows_after = batching_snapshot(server), rows_histogram(server)
         batches = after["batches"] - before["batches"]
         rows = after["rows"] - before["rows"]
         # Overload answers RESOURCE_EXHAUSTED: counted as errors, not fatal.
@@ -390,8 +392,10 @@ def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int
             "requests_per_s": phase["throughput_rps"], "ok": phase["ok"], "errors": phase["errors"],
             "p50_ms": phase["p50_ms"], "p99_ms": phase["p99_ms"], "client_cpu_cores": phase.get("client_cpu_cores"),
             "batches": batches, "mean_rows": rows / batches if batches else 0.0,
-            # Between the two snapshots: the load generator's start and warm-up count too.
+            # Engine seconds (summed over instances) between the two snapshots, warm-up included.
             "engine_busy": (after["engine_seconds"] - before["engine_seconds"]) / wall,
+            # The whole server process; one event loop at about 1.0 means the front end is the limit.
+            "server_cpu_cores": cpu / wall,
             "rows_histogram": {le: rows_after.get(le, 0.0) - rows_before.get(le, 0.0) for le in rows_after},
         }
         result["cost_model"] = after["cost_model"]
@@ -451,18 +455,20 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"- {e['variant']}: {e['runs']} (loaded in {e['load_seconds']:.1f} s{shape})")
     lines += ["", "## End to end through `millibatch serve` (gRPC, client on the same machine)", "",
               "| variant | one call in flight: 16 tok p50 / p99 ms | 128 tok p50 / p99 ms "
-              "| saturation calls/s (STS-B, concurrency) | errors | mean rows/batch | rows chosen at 16/32/64/128 |",
-              "|---|---|---|---|---|---|---|"]
+              "| saturation calls/s (STS-B, concurrency) | errors | mean rows/batch | rows chosen at 16/32/64/128 "
+              "| engine busy | server CPU cores |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for entry in report["grpc"]:
         if "skipped" in entry:
-            lines.append(f"| {entry['variant']} | skipped: {entry['skipped']} ||||||")
+            lines.append(f"| {entry['variant']} | skipped: {entry['skipped']} ||||||||")
             continue
         lat = {x["tokens"]: x for x in entry["latency"]}
         cells = [f"{lat[t]['p50_ms']:.2f} / {lat[t]['p99_ms']:.2f}" if t in lat else "" for t in (16, 128)]
         sat = entry["saturation"]
         growth = "/".join(str(entry["growth_rows"][k]) for k in sorted(entry["growth_rows"], key=int))
         lines.append(f"| {entry['variant']} | {cells[0]} | {cells[1]} | {sat['requests_per_s']:.0f} "
-                     f"({sat['concurrency']}) | {sat['errors']} | {sat['mean_rows']:.1f} | {growth} |")
+                     f"({sat['concurrency']}) | {sat['errors']} | {sat['mean_rows']:.1f} | {growth} "
+                     f"| {sat['engine_busy']:.2f} | {sat['server_cpu_cores']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -33,6 +33,7 @@ def test_harness_writes_json_and_markdown(tiny_embed_dir: Path, stsb_path: Path,
     saturation = grpc_cpu["saturation"]
     assert saturation["requests_per_s"] > 0 and saturation["batches"] > 0 and saturation["mean_rows"] >= 1
     assert sum(saturation["rows_histogram"].values()) > 0
+    assert saturation["engine_busy"] > 0 and saturation["server_cpu_cores"] > 0
     assert set(grpc_cpu["growth_rows"]) == {"16", "32", "64", "128"}
     assert set(grpc_cpu["cost_model"]) == {"overhead", "per_row", "per_token", "per_token_squared"}
     if cuda_runtime.device_count() == 0:
