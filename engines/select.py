@@ -194,8 +194,9 @@ def load_engine(model_dir: Path, manifest: Manifest, options: EngineOptions) -> 
             return _load_ort_cuda(model_dir, manifest, options, choice.reason)
         except EngineUnavailable as exc:
             # onnxruntime-gpu lists its CUDA provider even where the CUDA libraries it needs are missing;
-            # `auto` then serves on the CPU and says why, an explicit `cuda` fails at start-up.
-            if options.device != "auto":
+            # `auto` then serves on the CPU and says why. An explicit `cuda`, or the TensorRT provider
+            # asked for by name, fails at start-up instead.
+            if options.device != "auto" or options.ort_tensorrt_provider:
                 raise
             log.warning("engine for %s: %s; serving on CPU instead", manifest.name, exc)
             choice = Choice("onnxruntime", "cpu", f"auto: ONNX Runtime on CPU because {exc}")

@@ -117,5 +117,6 @@ def test_auto_serves_on_cpu_when_the_cuda_provider_cannot_start(tiny_embed_dir: 
         assert engine.info.reason.startswith("auto: ONNX Runtime on CPU because onnxruntime could not start")
     finally:
         engine.close()
-    with pytest.raises(EngineUnavailable, match="could not start"):
-        load_engine(tiny_embed_dir, manifest, EngineOptions(device="cuda"))
+    for explicit in (EngineOptions(device="cuda"), EngineOptions(ort_tensorrt_provider=True)):
+        with pytest.raises(EngineUnavailable, match="could not start"):
+            load_engine(tiny_embed_dir, manifest, explicit)
