@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU check in one go (about 6 minutes on one H100): what the machine has, the GPU engine tests,
+# The whole GPU check in one go (its steps are limited to 8 minutes in all): what the machine has, the GPU tests,
 # then python -m bench.gpu (engine variants, then end to end through `millibatch serve`). Every result goes
 # to one folder; the tables are printed last.
 #
@@ -82,11 +82,11 @@ EOF
     rm -rf "$TINY"
 else
     # Converting takes CPU cores, the tests mostly the GPU: side by side they save a minute of GPU time.
-    step convert 300 "$PYTHON" -m bench.gpu --convert-only --convert-dir "${CONVERT_DIR:-bench/results/raw}" &
+    step convert 180 "$PYTHON" -m bench.gpu --convert-only --convert-dir "${CONVERT_DIR:-bench/results/raw}" &
     converting=$!
     step tests 180 "$PYTHON" -m pytest -q -m gpu tests/engines -rs -p no:cacheprovider -o "filterwarnings=default"
     wait "$converting"
-    step bench 360 "$PYTHON" -m bench.gpu --convert-dir "${CONVERT_DIR:-bench/results/raw}" --seconds 2 --out "$OUT"
+    step bench 300 "$PYTHON" -m bench.gpu --convert-dir "${CONVERT_DIR:-bench/results/raw}" --seconds 2 --out "$OUT"
     rc=$?
 fi
 echo
