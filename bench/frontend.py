@@ -134,9 +134,9 @@ async def serve(model: Path, port: int, mode: str) -> None:
 
 
 def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: float, raw: Path,
-            repo: Path = ROOT) -> dict[str, Any]:
-    """Start the server in `mode` (from the checkout `repo`), load it closed-loop, and read its CPU over
-    the measured phase."""
+            repo: Path = ROOT, rate: float = 0.0) -> dict[str, Any]:
+    """Start the server in `mode` (from the checkout `repo`), load it closed-loop (or with Poisson arrivals
+    at `rate` calls/s), and read its CPU over the measured phase."""
     cores = cores_for("split")
     port = free_port()
     spec = Launch(f"frontend-{mode}", [sys.executable, "-m", "bench.frontend", "serve", "--mode", mode,
@@ -145,7 +145,9 @@ def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: flo
     server = start_server(spec, cores, raw)
     try:
         wait_ready(server, cores, texts, 120) if base_mode(mode) in ("ok", "grpc-echo") else time.sleep(8)
-        flags = ["--mode", "closed", "--concurrency", str(concurrency), "--warmup", "1", "--timeout", "5"]
+        closed = ["--mode", "closed", "--concurrency", str(concurrency)]
+        load = ["--mode", "open", "--rate", str(rate)] if rate else closed
+        flags = [*load, "--warmup", "1", "--timeout", "5"]
         run_loadgen(spec, cores, texts, [*flags, "--duration", "1"], None, 60)
         cpu_before, wall_before = process_cpu(server.process.pid), time.perf_counter()
         result = run_loadgen(spec, cores, texts, [*flags, "--warmup", "0", "--duration", str(duration)],
@@ -175,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES), help="run: modes to measure, alternating")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="Poisson arrivals at this many calls/s instead of the closed loop: each call then "
+                             "meets an idle server, as under open-loop overload")
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--baseline", action="append", default=[], metavar="REF",
@@ -212,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for round_ in range(1, args.rounds + 1):
             for label, mode, repo in plan:
-                run = measure(mode, args.model.resolve(), texts, args.concurrency, args.duration, raw, repo)
+                run = measure(mode, args.model.resolve(), texts, args.concurrency, args.duration, raw, repo,
+                              args.rate)
                 run.update(round=round_, mode=label)
                 runs.append(run)
                 print(f"round {round_} {label:>8}: {run['calls_per_s']:7.0f} calls/s, server "
@@ -223,9 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         for path in builds.values():
             remove_worktree(path)
     when = stamp()
+    load_words = (f"Poisson arrivals at {args.rate:g} calls/s" if args.rate
+                  else f"closed loop of {args.concurrency} calls in flight")
     lines = [f"# Front-end ceiling ({when})", "",
              f"`.venv/bin/python -m bench.frontend {' '.join(argv if argv is not None else sys.argv[1:])}`: "
-             f"server on one core, closed loop of {args.concurrency} calls in flight on the other, one STS-B "
+             f"server on one core, {load_words} on the other, one STS-B "
              f"sentence per Embed call, {args.duration:g} s per round; medians over {args.rounds} rounds.", "",
              "| mode | calls/s per server core | server µs per call | client CPU (cores) |", "|---|---|---|---|"]
     summary = {}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from bench.frontend import MODES, base_mode, main
@@ -16,3 +19,11 @@ def test_serve_refuses_an_unknown_mode() -> None:
     with pytest.raises(SystemExit) as exited:
         main(["serve", "--mode", "fast+ee"])
     assert exited.value.code == 2
+
+
+def test_poisson_arrivals_measure_the_cost_of_calls_that_meet_an_idle_server(tmp_path: Path) -> None:
+    # gRPC's own floor needs no model; 200 calls/s keeps one call in flight most of the time.
+    main(["--modes", "grpc-echo", "--rounds", "1", "--duration", "1", "--rate", "200", "--out", str(tmp_path)])
+    (run,) = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert 120 < run["calls_per_s"] < 300 and run["server_us_per_call"] > 0 and run["unexpected_statuses"] == 0
+    assert "Poisson arrivals at 200 calls/s" in (tmp_path / "results.md").read_text()
