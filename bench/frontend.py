@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,50 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "frontend"
 #: whose Embed answers a fixed 384-float response or RESOURCE_EXHAUSTED and does nothing else.
 #: grpc-limit: the same bare server refusing through gRPC's own concurrent-call limit, before any handler.
 MODES = ("ok", "refused", "grpc-echo", "grpc-refuse", "grpc-limit")
-#: A mode with this suffix runs with gRPC's EventEngine carrying the connections (`grpc_event_engine`).
-EVENT_ENGINE = "+ee"
+#: Suffixes a mode may carry, e.g. `refused+busy+batch`: `+ee`, gRPC's EventEngine carries the connections
+#: (`grpc_event_engine`); `+batch`, gRPC's poller thread runs SCHED_BATCH (`grpc_poller_policy: batch`);
+#: `+busy`, an engine thread computes batches of the real model back to back beside the front end, at the
+#: engine's priority, as under overload, and its CPU is counted apart from the front end's.
+SUFFIXES = ("ee", "batch", "busy")
+#: The rows and tokens of the busy engine's batches: about what the batcher forms at 5x the peak.
+BUSY_BATCH = (8, 24)
 
 
 def base_mode(mode: str) -> str:
-    """The mode without its `+ee` suffix."""
-    return mode.removesuffix(EVENT_ENGINE)
+    """The mode without its suffixes."""
+    return mode.split("+", 1)[0]
+
+
+def suffixes(mode: str) -> set[str]:
+    """The mode's suffixes (see SUFFIXES)."""
+    return set(mode.split("+")[1:])
+
+
+def start_busy_engine(model: Path) -> None:
+    """A daemon thread at the engine threads' priority running the model's ONNX graph on a BUSY_BATCH batch
+    back to back (ONNX Runtime releases the GIL while it computes); prints its thread id for `measure`."""
+    import threading
+
+    import numpy as np
+
+    from millibatch.engines.model_dir import Manifest
+    from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine
+    from millibatch.engines.thread_priority import lower_thread_priority
+
+    engine = OnnxRuntimeCpuEngine(model / Manifest.load(model).onnx_file)
+    rows, tokens = BUSY_BATCH
+    ids = np.full((rows, tokens), 1000, dtype=np.int64)
+    from millibatch.engines.base import EngineInputs
+
+    batch = EngineInputs(input_ids=ids, attention_mask=np.ones_like(ids), token_type_ids=np.zeros_like(ids))
+
+    def compute() -> None:
+        lower_thread_priority("nice")
+        print(f"busy engine thread {threading.get_native_id()}", flush=True)
+        while True:
+            engine.run(batch, 0)
+
+    threading.Thread(target=compute, name="busy-engine", daemon=True).start()
 
 
 class NullEngine:
@@ -78,7 +116,7 @@ class NullEngine:
         self.inner.close()
 
 
-async def serve_floor(port: int, mode: str) -> None:
+async def serve_floor(port: int, mode: str, flags: Collection[str]) -> None:
     """A grpc.aio server with only millibatch.v1.Inference, whose Embed does nothing but answer."""
     import grpc
 
@@ -103,6 +141,10 @@ async def serve_floor(port: int, mode: str) -> None:
     inference_pb2_grpc.add_InferenceServicer_to_server(Floor(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
+    if "batch" in flags:
+        from millibatch.service.grpc_poller import schedule_poller
+
+        schedule_poller("batch")
     if mode == "grpc-limit":
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         held = asyncio.ensure_future(inference_pb2_grpc.InferenceStub(channel).Embed(pb.EmbedRequest()))
@@ -112,16 +154,19 @@ async def serve_floor(port: int, mode: str) -> None:
     await server.wait_for_termination()
 
 
-async def serve(model: Path, port: int, mode: str) -> None:
+async def serve(model: Path, port: int, mode: str, flags: Collection[str] = ()) -> None:
     """The real server on `port`, its engine replaced (ok) or its queue made endless (refused); or
-    gRPC's floor (grpc-echo, grpc-refuse)."""
+    gRPC's floor (grpc-echo, grpc-refuse); with `flags` (SUFFIXES)."""
+    if "busy" in flags:
+        start_busy_engine(model)
     if mode.startswith("grpc-"):
-        return await serve_floor(port, mode)
+        return await serve_floor(port, mode, flags)
     from millibatch.service.server import InferenceServer
     from millibatch.settings import load_settings
 
     settings = load_settings({"models": [str(model)], "host": "127.0.0.1", "port": port, "metrics_port": 0,
-                              "http_port": 0, "profile_on_start": False, "log_level": "warning"})
+                              "http_port": 0, "profile_on_start": False, "log_level": "warning",
+                              "grpc_poller_policy": "batch" if "batch" in flags else "normal"})
     server = InferenceServer(settings)
     await server.start()
     for served in server.registry.models.values():
@@ -131,6 +176,24 @@ async def serve(model: Path, port: int, mode: str) -> None:
             served.batcher.admission.queued_seconds = 1e9
     print(f"millibatch serving on port {server.port}", flush=True)
     await asyncio.Event().wait()
+
+
+def busy_thread(server: Any) -> int:
+    """The busy engine thread's id, as the server printed it to its log."""
+    for _ in range(100):
+        for line in server.log_path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("busy engine thread "):
+                return int(line.split()[-1])
+        time.sleep(0.1)
+    raise RuntimeError(f"the server did not report its busy engine thread ({server.log_path})")
+
+
+def thread_cpu(pid: int, tid: int) -> float:
+    """CPU seconds of one thread of a process (user + system, from /proc)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: float, raw: Path,
@@ -149,11 +212,15 @@ def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: flo
         load = ["--mode", "open", "--rate", str(rate)] if rate else closed
         flags = [*load, "--warmup", "1", "--timeout", "5"]
         run_loadgen(spec, cores, texts, [*flags, "--duration", "1"], None, 60)
+        busy = busy_thread(server) if "busy" in suffixes(mode) else None
+        engine_before = thread_cpu(server.process.pid, busy) if busy else 0.0
         cpu_before, wall_before = process_cpu(server.process.pid), time.perf_counter()
         result = run_loadgen(spec, cores, texts, [*flags, "--warmup", "0", "--duration", str(duration)],
                              raw / f"{mode}{'' if repo == ROOT else '@' + repo.name}.json", duration + 60)
         wall = time.perf_counter() - wall_before
-        server_cpu = (process_cpu(server.process.pid) - cpu_before) / wall
+        engine_cpu = (thread_cpu(server.process.pid, busy) - engine_before) / wall if busy else 0.0
+        # The front end's CPU: the busy engine thread's own is counted apart.
+        server_cpu = (process_cpu(server.process.pid) - cpu_before) / wall - engine_cpu
     finally:
         server.stop()
     assert result is not None
@@ -163,6 +230,7 @@ def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: flo
     return {"mode": mode, "calls_per_s": calls, "server_cpu_cores": server_cpu,
             "calls_per_server_core": calls / server_cpu if server_cpu else 0.0,
             "server_us_per_call": server_cpu / calls * 1e6 if calls else 0.0,
+            "engine_cpu_cores": engine_cpu,
             "client_cpu_cores": result["client_cpu_cores"], "p50_ms": result["p50_ms"],
             "unexpected_statuses": wrong, "error_kinds": result["error_kinds"]}
 
@@ -172,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs="?", default="run", choices=("run", "serve"))
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--mode", default="ok", help=f"serve: which server to run: one of {', '.join(MODES)}, "
-                                                     f"each optionally with {EVENT_ENGINE}")
+                                                     f"each optionally with +{' +'.join(SUFFIXES)}")
     parser.add_argument("--port", type=int, default=0, help="serve: port")
     parser.add_argument("--modes", default=",".join(MODES), help="run: modes to measure, alternating")
     parser.add_argument("--rounds", type=int, default=3)
@@ -189,17 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from millibatch.settings import apply_grpc_experiments, load_settings
 
-        mode = base_mode(args.mode)
-        if mode not in MODES:
+        mode, flags = base_mode(args.mode), suffixes(args.mode)
+        if mode not in MODES or not flags <= set(SUFFIXES):
             parser.error(f"unknown mode {args.mode!r}")
         # gRPC set up as `millibatch serve` sets it up, for the floors too; before grpc is first imported.
-        apply_grpc_experiments(load_settings({"grpc_event_engine": args.mode.endswith(EVENT_ENGINE)}))
+        apply_grpc_experiments(load_settings({"grpc_event_engine": "ee" in flags}))
         try:
             import uvloop
         except ImportError:
-            asyncio.run(serve(args.model, args.port, mode))
+            asyncio.run(serve(args.model, args.port, mode, flags))
         else:
-            uvloop.run(serve(args.model, args.port, mode))
+            uvloop.run(serve(args.model, args.port, mode, flags))
         return 0
     raw = args.out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -223,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run)
                 print(f"round {round_} {label:>8}: {run['calls_per_s']:7.0f} calls/s, server "
                       f"{run['server_cpu_cores']:.2f} cores = {run['calls_per_server_core']:6.0f} calls/s per core, "
-                      f"{run['server_us_per_call']:5.0f} µs per call, client {run['client_cpu_cores']:.2f} cores, "
+                      f"{run['server_us_per_call']:5.0f} µs per call, engine {run['engine_cpu_cores']:.2f} cores, "
+                      f"client {run['client_cpu_cores']:.2f} cores, "
                       f"unexpected statuses {run['unexpected_statuses']}", flush=True)
     finally:
         for path in builds.values():
@@ -235,14 +304,17 @@ def main(argv: list[str] | None = None) -> int:
              f"`.venv/bin/python -m bench.frontend {' '.join(argv if argv is not None else sys.argv[1:])}`: "
              f"server on one core, {load_words} on the other, one STS-B "
              f"sentence per Embed call, {args.duration:g} s per round; medians over {args.rounds} rounds.", "",
-             "| mode | calls/s per server core | server µs per call | client CPU (cores) |", "|---|---|---|---|"]
+             "| mode | calls/s per server core | server µs per call | busy engine (cores) | client CPU (cores) |",
+             "|---|---|---|---|---|"]
     summary = {}
     for mode in modes:
         mine = [r for r in runs if r["mode"] == mode]
         summary[mode] = {key: statistics.median(r[key] for r in mine)
-                         for key in ("calls_per_server_core", "server_us_per_call", "client_cpu_cores")}
+                         for key in ("calls_per_server_core", "server_us_per_call", "engine_cpu_cores",
+                                     "client_cpu_cores")}
         lines.append(f"| {mode} | {summary[mode]['calls_per_server_core']:.0f} | "
-                     f"{summary[mode]['server_us_per_call']:.0f} | {summary[mode]['client_cpu_cores']:.2f} |")
+                     f"{summary[mode]['server_us_per_call']:.0f} | {summary[mode]['engine_cpu_cores']:.2f} | "
+                     f"{summary[mode]['client_cpu_cores']:.2f} |")
     publish(args.out, {"runs": runs, "medians": summary}, lines, when)
     return 0
 

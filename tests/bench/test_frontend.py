@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.frontend import MODES, base_mode, main
+from bench.frontend import MODES, base_mode, main, suffixes
 
 
-def test_the_event_engine_suffix_names_the_same_mode() -> None:
-    assert base_mode("refused+ee") == "refused"
-    assert [base_mode(mode) for mode in MODES] == list(MODES)
+def test_suffixes_name_the_same_mode() -> None:
+    assert base_mode("refused+ee") == "refused" and suffixes("refused+ee") == {"ee"}
+    assert base_mode("grpc-refuse+busy+batch") == "grpc-refuse"
+    assert suffixes("grpc-refuse+busy+batch") == {"busy", "batch"}
+    assert [base_mode(mode) for mode in MODES] == list(MODES) and not suffixes("ok")
 
 
 def test_serve_refuses_an_unknown_mode() -> None:
