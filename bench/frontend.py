@@ -231,6 +231,8 @@ def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: flo
             "calls_per_server_core": calls / server_cpu if server_cpu else 0.0,
             "server_us_per_call": server_cpu / calls * 1e6 if calls else 0.0,
             "engine_cpu_cores": engine_cpu,
+            # How soon a refused caller hears it (0 where nothing was refused).
+            "refusal_p99_ms": result["error_p99_ms"].get("RESOURCE_EXHAUSTED", 0.0),
             "client_cpu_cores": result["client_cpu_cores"], "p50_ms": result["p50_ms"],
             "unexpected_statuses": wrong, "error_kinds": result["error_kinds"]}
 
@@ -292,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {round_} {label:>8}: {run['calls_per_s']:7.0f} calls/s, server "
                       f"{run['server_cpu_cores']:.2f} cores = {run['calls_per_server_core']:6.0f} calls/s per core, "
                       f"{run['server_us_per_call']:5.0f} µs per call, engine {run['engine_cpu_cores']:.2f} cores, "
+                      f"refusal p99 {run['refusal_p99_ms']:.2f} ms, "
                       f"client {run['client_cpu_cores']:.2f} cores, "
                       f"unexpected statuses {run['unexpected_statuses']}", flush=True)
     finally:
@@ -304,17 +307,17 @@ def main(argv: list[str] | None = None) -> int:
              f"`.venv/bin/python -m bench.frontend {' '.join(argv if argv is not None else sys.argv[1:])}`: "
              f"server on one core, {load_words} on the other, one STS-B "
              f"sentence per Embed call, {args.duration:g} s per round; medians over {args.rounds} rounds.", "",
-             "| mode | calls/s per server core | server µs per call | busy engine (cores) | client CPU (cores) |",
-             "|---|---|---|---|---|"]
+             "| mode | calls/s per server core | server µs per call | busy engine (cores) | refusal p99 ms "
+             "| client CPU (cores) |", "|---|---|---|---|---|---|"]
     summary = {}
     for mode in modes:
         mine = [r for r in runs if r["mode"] == mode]
         summary[mode] = {key: statistics.median(r[key] for r in mine)
                          for key in ("calls_per_server_core", "server_us_per_call", "engine_cpu_cores",
-                                     "client_cpu_cores")}
+                                     "refusal_p99_ms", "client_cpu_cores")}
         lines.append(f"| {mode} | {summary[mode]['calls_per_server_core']:.0f} | "
                      f"{summary[mode]['server_us_per_call']:.0f} | {summary[mode]['engine_cpu_cores']:.2f} | "
-                     f"{summary[mode]['client_cpu_cores']:.2f} |")
+                     f"{summary[mode]['refusal_p99_ms']:.2f} | {summary[mode]['client_cpu_cores']:.2f} |")
     publish(args.out, {"runs": runs, "medians": summary}, lines, when)
     return 0
 
