@@ -40,6 +40,7 @@ from bench.processes import (
 )
 from bench.stats import publish, stamp
 from bench.texts import DEFAULT_STSB, stsb_sentences
+from millibatch.engines.thread_priority import EnginePriority
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "all-MiniLM-L6-v2"
@@ -51,8 +52,9 @@ MODES = ("ok", "refused", "grpc-echo", "grpc-refuse", "grpc-limit")
 #: Suffixes a mode may carry, e.g. `refused+busy+batch`: `+ee`, gRPC's EventEngine carries the connections
 #: (`grpc_event_engine`); `+batch`, gRPC's poller thread runs SCHED_BATCH (`grpc_poller_policy: batch`);
 #: `+busy`, an engine thread computes batches of the real model back to back beside the front end, at the
-#: engine's priority, as under overload, and its CPU is counted apart from the front end's.
-SUFFIXES = ("ee", "batch", "busy")
+#: engine's priority, as under overload, and its CPU is counted apart from the front end's; `+idle`, that
+#: thread runs SCHED_IDLE (`engine_priority: idle`) instead of at nice +5.
+SUFFIXES = ("ee", "batch", "busy", "idle")
 #: The rows and tokens of the busy engine's batches: about what the batcher forms at 5x the peak.
 BUSY_BATCH = (8, 24)
 
@@ -67,7 +69,7 @@ def suffixes(mode: str) -> set[str]:
     return set(mode.split("+")[1:])
 
 
-def start_busy_engine(model: Path) -> None:
+def start_busy_engine(model: Path, priority: EnginePriority = "nice") -> None:
     """A daemon thread at the engine threads' priority running the model's ONNX graph on a BUSY_BATCH batch
     back to back (ONNX Runtime releases the GIL while it computes); prints its thread id for `measure`."""
     import threading
@@ -86,7 +88,7 @@ def start_busy_engine(model: Path) -> None:
     batch = EngineInputs(input_ids=ids, attention_mask=np.ones_like(ids), token_type_ids=np.zeros_like(ids))
 
     def compute() -> None:
-        lower_thread_priority("nice")
+        lower_thread_priority(priority)
         print(f"busy engine thread {threading.get_native_id()}", flush=True)
         while True:
             engine.run(batch, 0)
@@ -158,7 +160,7 @@ async def serve(model: Path, port: int, mode: str, flags: Collection[str] = ()) 
     """The real server on `port`, its engine replaced (ok) or its queue made endless (refused); or
     gRPC's floor (grpc-echo, grpc-refuse); with `flags` (SUFFIXES)."""
     if "busy" in flags:
-        start_busy_engine(model)
+        start_busy_engine(model, "idle" if "idle" in flags else "nice")
     if mode.startswith("grpc-"):
         return await serve_floor(port, mode, flags)
     from millibatch.service.server import InferenceServer
