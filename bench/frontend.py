@@ -53,8 +53,10 @@ MODES = ("ok", "refused", "grpc-echo", "grpc-refuse", "grpc-limit")
 #: (`grpc_event_engine`); `+batch`, gRPC's poller thread runs SCHED_BATCH (`grpc_poller_policy: batch`);
 #: `+busy`, an engine thread computes batches of the real model back to back beside the front end, at the
 #: engine's priority, as under overload, and its CPU is counted apart from the front end's; `+idle`, that
-#: thread runs SCHED_IDLE (`engine_priority: idle`) instead of at nice +5.
-SUFFIXES = ("ee", "batch", "busy", "idle")
+#: thread runs SCHED_IDLE (`engine_priority: idle`) instead of at nice +5; `+pace`, a thread with a short
+#: time slice wakes every PACE_SECONDS, so that a SCHED_BATCH poller waits at most that long behind the engine.
+SUFFIXES = ("ee", "batch", "busy", "idle", "pace")
+PACE_SECONDS = 0.001
 #: The rows and tokens of the busy engine's batches: about what the batcher forms at 5x the peak.
 BUSY_BATCH = (8, 24)
 
@@ -67,6 +69,20 @@ def base_mode(mode: str) -> str:
 def suffixes(mode: str) -> set[str]:
     """The mode's suffixes (see SUFFIXES)."""
     return set(mode.split("+")[1:])
+
+
+def start_pacer() -> None:
+    """A daemon thread that only wakes every PACE_SECONDS (see SUFFIXES)."""
+    import threading
+
+    from millibatch.engines.thread_priority import shorten_time_slice
+
+    def pace() -> None:
+        shorten_time_slice()
+        while True:
+            time.sleep(PACE_SECONDS)
+
+    threading.Thread(target=pace, name="pacer", daemon=True).start()
 
 
 def start_busy_engine(model: Path, priority: EnginePriority = "nice") -> None:
@@ -161,6 +177,8 @@ async def serve(model: Path, port: int, mode: str, flags: Collection[str] = ()) 
     gRPC's floor (grpc-echo, grpc-refuse); with `flags` (SUFFIXES)."""
     if "busy" in flags:
         start_busy_engine(model, "idle" if "idle" in flags else "nice")
+    if "pace" in flags:
+        start_pacer()
     if mode.startswith("grpc-"):
         return await serve_floor(port, mode, flags)
     from millibatch.service.server import InferenceServer
