@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -54,9 +55,10 @@ MODES = ("ok", "refused", "grpc-echo", "grpc-refuse", "grpc-limit")
 #: `+busy`, an engine thread computes batches of the real model back to back beside the front end, at the
 #: engine's priority, as under overload, and its CPU is counted apart from the front end's; `+idle`, that
 #: thread runs SCHED_IDLE (`engine_priority: idle`) instead of at nice +5; `+pace`, a thread with a short
-#: time slice wakes every PACE_SECONDS, so that a SCHED_BATCH poller waits at most that long behind the engine.
-SUFFIXES = ("ee", "batch", "busy", "idle", "pace")
-PACE_SECONDS = 0.001
+#: time slice wakes every PACE_SECONDS, so that a SCHED_BATCH poller waits at most that long behind the engine;
+#: `+overload`, the real server under `grpc_poller_policy: overload` (both of those while it refuses).
+SUFFIXES = ("ee", "batch", "busy", "idle", "pace", "overload")
+PACE_SECONDS = float(os.environ.get("FRONTEND_PACE_MS", "1")) / 1000
 #: The rows and tokens of the busy engine's batches: about what the batcher forms at 5x the peak.
 BUSY_BATCH = (8, 24)
 
@@ -186,7 +188,8 @@ async def serve(model: Path, port: int, mode: str, flags: Collection[str] = ()) 
 
     settings = load_settings({"models": [str(model)], "host": "127.0.0.1", "port": port, "metrics_port": 0,
                               "http_port": 0, "profile_on_start": False, "log_level": "warning",
-                              "grpc_poller_policy": "batch" if "batch" in flags else "normal"})
+                              "grpc_poller_policy": ("batch" if "batch" in flags else
+                                                     "overload" if "overload" in flags else "normal")})
     server = InferenceServer(settings)
     await server.start()
     for served in server.registry.models.values():

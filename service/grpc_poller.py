@@ -19,8 +19,9 @@ import threading
 from typing import Literal
 
 #: `normal`: as gRPC starts it (SCHED_OTHER); `batch`: SCHED_BATCH, which waits for the running thread
-#: instead of preempting it.
-PollerPolicy = Literal["normal", "batch"]
+#: instead of preempting it; `overload`: normal, and batched only while calls are refused
+#: (service/poller_pacing.py).
+PollerPolicy = Literal["normal", "batch", "overload"]
 #: grpc.aio's PollerCompletionQueue starts its thread with this target; Python names the thread after it.
 POLLER_TARGET = "_poll_wrapper"
 

@@ -34,6 +34,7 @@ from millibatch.service.ledger import CallLedger
 from millibatch.service.metrics import Metrics
 from millibatch.service.model_loading import load_model, model_specs
 from millibatch.service.models_servicer import ModelsServicer
+from millibatch.service.poller_pacing import OverloadPacing
 from millibatch.service.registry import ModelRegistry, ServedModel
 from millibatch.service.tls import server_credentials
 from millibatch.settings import Settings
@@ -91,6 +92,8 @@ class InferenceServer:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
+        #: `grpc_poller_policy: overload`'s watch on the refusals (None under the other policies).
+        self._pacing: asyncio.Task[None] | None = None
         #: Calls that reached a handler, and how they ended (checked after a drain).
         self.ledger = CallLedger()
         self.metrics = Metrics(lambda: [(m.name, m.batcher) for m in self.registry.models.values()])
@@ -157,7 +160,14 @@ class InferenceServer:
             self.http.serving()
         for name in ("", INFERENCE_SERVICE, MODELS_SERVICE, KSERVE_SERVICE):
             await self.health.set(name, SERVING)
+        if self.settings.grpc_poller_policy == "overload":
+            pacing = OverloadPacing(self._refusals)
+            self._pacing = asyncio.get_running_loop().create_task(pacing.run(), name="poller-pacing")
         log.info("serving %s (default %s)", ", ".join(self.registry.models), self.registry.default)
+
+    def _refusals(self) -> int:
+        """Calls refused for overload so far, over every model."""
+        return sum(m.batcher.counters.requests_rejected for m in self.registry.models.values())
 
     async def _load_models(self) -> None:
         for spec in model_specs(self.settings):
@@ -190,6 +200,8 @@ class InferenceServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._pacing is not None:
+            self._pacing.cancel()  # gRPC's poller back to normal: the drain's answers are not delayed
         log.info("draining (up to %.1fs)", self.settings.drain_seconds)
         loop = asyncio.get_running_loop()
         drain_ends = loop.time() + self.settings.drain_seconds

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import threading
 from pathlib import Path
 
 import grpc
@@ -11,6 +13,7 @@ import pytest
 
 from millibatch.client import AsyncClient
 from millibatch.service.grpc_poller import poller_threads, schedule_poller
+from millibatch.v1 import inference_pb2 as pb
 from tests.helpers import running_server
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread scheduling is Linux's")
@@ -57,3 +60,31 @@ async def test_server_warns_when_there_is_no_poller_to_put_under_batch(
     async with running_server([tiny_embed_dir], grpc_poller_policy="batch"):
         pass
     assert "grpc_poller_policy batch: no gRPC poller thread" in caplog.text
+
+
+async def test_overload_batches_the_poller_while_calls_are_refused_and_restores_it(
+    tiny_embed_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from millibatch.service import poller_pacing
+
+    monkeypatch.setattr(poller_pacing, "CHECK_SECONDS", 0.05)
+    monkeypatch.setattr(poller_pacing, "RELEASE_AFTER_SECONDS", 0.2)
+    try:
+        async with running_server([tiny_embed_dir], grpc_poller_policy="overload") as server:
+            assert policies() == {os.SCHED_OTHER}
+            (model,) = server.registry.models.values()
+            model.batcher.admission.queued_seconds = 1e9  # every call's wait outlasts its deadline
+            async with AsyncClient(f"127.0.0.1:{server.port}", timeout=10) as client:
+                for _ in range(40):
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await client.inference.Embed(pb.EmbedRequest(inputs=["too late"]), timeout=1)
+                    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                await asyncio.sleep(0.15)
+                assert policies() == {os.SCHED_BATCH}
+                assert any(t.name == "poller-pacer" for t in threading.enumerate())
+                model.batcher.admission.queued_seconds = 0.0
+                await asyncio.sleep(0.5)  # quiet: released
+                assert policies() == {os.SCHED_OTHER}
+                assert len(await client.embed(["answered again"])) == 1
+    finally:
+        schedule_poller("normal")
