@@ -55,7 +55,8 @@ MODES = ("ok", "refused", "grpc-echo", "grpc-refuse", "grpc-limit")
 #: `+busy`, an engine thread computes batches of the real model back to back beside the front end, at the
 #: engine's priority, as under overload, and its CPU is counted apart from the front end's; `+idle`, that
 #: thread runs SCHED_IDLE (`engine_priority: idle`) instead of at nice +5; `+pace`, a thread with a short
-#: time slice wakes every PACE_SECONDS, so that a SCHED_BATCH poller waits at most that long behind the engine;
+#: time slice wakes every PACE_SECONDS ($FRONTEND_PACE_MS, default 1 ms), so that a SCHED_BATCH poller waits
+#: at most that long behind the engine;
 #: `+overload`, the real server under `grpc_poller_policy: overload` (both of those while it refuses).
 SUFFIXES = ("ee", "batch", "busy", "idle", "pace", "overload")
 PACE_SECONDS = float(os.environ.get("FRONTEND_PACE_MS", "1")) / 1000

@@ -90,7 +90,10 @@ class Settings(BaseSettings):
     starts it. `batch`: SCHED_BATCH, so that its wake-ups wait for the running thread instead of preempting
     it and the event loop takes many calls' completions per wake-up: 25% less CPU per refusal and about
     10% less per answered call with many calls in flight, but a lone call's p99 doubled and refusals
-    waited about 1 ms longer under overload beside `nice` engines (docs/CALL_COST.md)."""
+    waited about 1 ms longer under overload beside `nice` engines (docs/CALL_COST.md). `overload`:
+    normal, and SCHED_BATCH with a pacer thread waking every 2.5 ms only while admission refuses 50 calls/s
+    or more: beside a busy engine a refusal cost 18% less and the engine got 0.05 more of the core, with
+    refusals no slower (docs/CALL_COST.md)."""
 
     # -- engines --------------------------------------------------------------------------------
     engine: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
