@@ -57,8 +57,8 @@ MODES = ("ok", "refused", "grpc-echo", "grpc-refuse", "grpc-limit")
 #: thread runs SCHED_IDLE (`engine_priority: idle`) instead of at nice +5; `+pace`, a thread with a short
 #: time slice wakes every PACE_SECONDS ($FRONTEND_PACE_MS, default 1 ms), so that a SCHED_BATCH poller waits
 #: at most that long behind the engine;
-#: `+overload`, the real server under `grpc_poller_policy: overload` (both of those while it refuses).
-SUFFIXES = ("ee", "batch", "busy", "idle", "pace", "overload")
+#: `+overload` / `+normal`, the real server under that `grpc_poller_policy` (without either, its default).
+SUFFIXES = ("ee", "batch", "busy", "idle", "pace", "overload", "normal")
 PACE_SECONDS = float(os.environ.get("FRONTEND_PACE_MS", "1")) / 1000
 #: The rows and tokens of the busy engine's batches: about what the batcher forms at 5x the peak.
 BUSY_BATCH = (8, 24)
@@ -72,6 +72,11 @@ def base_mode(mode: str) -> str:
 def suffixes(mode: str) -> set[str]:
     """The mode's suffixes (see SUFFIXES)."""
     return set(mode.split("+")[1:])
+
+
+def poller_policy(flags: Collection[str]) -> str | None:
+    """The `grpc_poller_policy` a mode's suffixes ask for; None: the server's default."""
+    return next((policy for policy in ("batch", "overload", "normal") if policy in flags), None)
 
 
 def start_pacer() -> None:
@@ -189,8 +194,7 @@ async def serve(model: Path, port: int, mode: str, flags: Collection[str] = ()) 
 
     settings = load_settings({"models": [str(model)], "host": "127.0.0.1", "port": port, "metrics_port": 0,
                               "http_port": 0, "profile_on_start": False, "log_level": "warning",
-                              "grpc_poller_policy": ("batch" if "batch" in flags else
-                                                     "overload" if "overload" in flags else "normal")})
+                              **({"grpc_poller_policy": policy} if (policy := poller_policy(flags)) else {})})
     server = InferenceServer(settings)
     await server.start()
     for served in server.registry.models.values():

@@ -85,15 +85,13 @@ class Settings(BaseSettings):
     so each call crosses fewer threads: a refused call took 6-13% less CPU and an answered one about 5%
     less, for about 0.25 ms more on a lone call's p50 (docs/CALL_COST.md). Applied through
     GRPC_EXPERIMENTS at start-up, unless that variable is set."""
-    grpc_poller_policy: PollerPolicy = "normal"
-    """Linux scheduling policy of gRPC's poller thread (with `grpc_event_engine` off). `normal`: as gRPC
-    starts it. `batch`: SCHED_BATCH, so that its wake-ups wait for the running thread instead of preempting
-    it and the event loop takes many calls' completions per wake-up: 25% less CPU per refusal and about
-    10% less per answered call with many calls in flight, but a lone call's p99 doubled and refusals
-    waited about 1 ms longer under overload beside `nice` engines (docs/CALL_COST.md). `overload`:
-    normal, and SCHED_BATCH with a pacer thread waking every 2.5 ms only while admission refuses 50 calls/s
-    or more: beside a busy engine a refusal cost 18% less and the engine got 0.05 more of the core, with
-    refusals no slower (docs/CALL_COST.md)."""
+    grpc_poller_policy: PollerPolicy = "overload"
+    """Linux scheduling policy of gRPC's poller thread (with `grpc_event_engine` off). `overload` (the
+    default): as gRPC starts it, and SCHED_BATCH with a pacer thread waking every 2.5 ms only while
+    admission refuses 50 calls/s or more, back after a second without refusals. Under Poisson overload at
+    5x the peak that held 0.86-0.99 of the peak against 0.81-0.86 for `normal` in the same runs, with
+    refusals no slower; a lone call never engages it (docs/OVERLOAD.md). `normal`: as gRPC starts it.
+    `batch`: SCHED_BATCH always, which also made a lone call's p99 double (docs/CALL_COST.md)."""
 
     # -- engines --------------------------------------------------------------------------------
     engine: Literal["auto", "onnxruntime", "tensorrt"] = "auto"

@@ -26,7 +26,7 @@ from millibatch.service.auth import ApiKeyAuth
 from millibatch.service.dataplane import DataPlane
 from millibatch.service.edge import register
 from millibatch.service.first_use import resolve_model_dir
-from millibatch.service.grpc_poller import schedule_poller
+from millibatch.service.grpc_poller import poller_threads, schedule_poller
 from millibatch.service.http.door import HttpDoor
 from millibatch.service.inference_servicer import InferenceServicer
 from millibatch.service.kserve.servicer import KServeServicer
@@ -134,9 +134,11 @@ class InferenceServer:
         for name in ("", INFERENCE_SERVICE, MODELS_SERVICE, KSERVE_SERVICE):
             await self.health.set(name, NOT_SERVING)
         await server.start()
-        if not schedule_poller(self.settings.grpc_poller_policy) and self.settings.grpc_poller_policy != "normal":
-            log.warning("grpc_poller_policy %s: no gRPC poller thread to schedule (none under the EventEngine, "
-                        "or not on Linux)", self.settings.grpc_poller_policy)
+        policy = self.settings.grpc_poller_policy
+        # `overload` starts as `normal` and is applied by a watch on the refusals, once the models are up.
+        if not schedule_poller("normal" if policy == "overload" else policy) and policy == "batch":
+            log.warning("grpc_poller_policy batch: no gRPC poller thread to schedule (none under the EventEngine, "
+                        "or not on Linux)")
         self._server = server
         log.info("gRPC listening on %s:%d%s (not serving until models are warm)", self.settings.host, self.port,
                  " with TLS" if credentials is not None else "")
@@ -160,7 +162,7 @@ class InferenceServer:
             self.http.serving()
         for name in ("", INFERENCE_SERVICE, MODELS_SERVICE, KSERVE_SERVICE):
             await self.health.set(name, SERVING)
-        if self.settings.grpc_poller_policy == "overload":
+        if self.settings.grpc_poller_policy == "overload" and poller_threads():  # none under the EventEngine
             pacing = OverloadPacing(self._refusals)
             self._pacing = asyncio.get_running_loop().create_task(pacing.run(), name="poller-pacing")
         log.info("serving %s (default %s)", ", ".join(self.registry.models), self.registry.default)

@@ -79,14 +79,13 @@ async def burst_then_stop(directory: Path, *flags: str,
 async def test_a_burst_of_3000_calls_on_one_channel_gets_answers_or_reasons(
     model: str, request: pytest.FixtureRequest
 ) -> None:
-    # The tiny model answers everything; the real one cannot queue the whole burst, so some are refused.
+    # The tiny model answers everything; the real one usually refuses some of the burst, but on a fast
+    # spell of a 2-core machine it answered all 3,000 within their 20 s (refusals: tests/service/test_overload.py).
     directory: Path = request.getfixturevalue("tiny_embed_dir" if model == "tiny" else "minilm_dir")
     run = await burst_then_stop(directory)
     outcomes, reasons = run.outcomes, run.reasons
     print(f"\nburst of {BURST} on one channel: {dict(outcomes)}")
     assert outcomes["OK"] > 0
-    if model == "minilm":
-        assert outcomes["RESOURCE_EXHAUSTED"] > 0
     # Refusals say why: a full queue, or the queued work outlasting the call's deadline.
     assert all("queue full" in r or "server busy" in r for r in reasons), reasons
     accepted, answered, cancelled, still_open = run.ledger

@@ -88,3 +88,9 @@ def test_pacer_thread_wakes_until_stopped() -> None:
     while any(t.name == "poller-pacer" for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not any(t.name == "poller-pacer" for t in threading.enumerate()) and not pacer.running
+
+
+def test_overload_is_the_default_policy() -> None:
+    from millibatch.settings import Settings
+
+    assert Settings().grpc_poller_policy == "overload"
