@@ -80,17 +80,10 @@ def poller_policy(flags: Collection[str]) -> str | None:
 
 
 def start_pacer() -> None:
-    """A daemon thread that only wakes every PACE_SECONDS (see SUFFIXES)."""
-    import threading
+    """The server's own pacer (service/poller_pacing.py), waking every PACE_SECONDS from now on."""
+    from millibatch.service.poller_pacing import Pacer
 
-    from millibatch.engines.thread_priority import shorten_time_slice
-
-    def pace() -> None:
-        shorten_time_slice()
-        while True:
-            time.sleep(PACE_SECONDS)
-
-    threading.Thread(target=pace, name="pacer", daemon=True).start()
+    Pacer(PACE_SECONDS).start()
 
 
 def start_busy_engine(model: Path, priority: EnginePriority = "nice") -> None:
@@ -100,15 +93,13 @@ def start_busy_engine(model: Path, priority: EnginePriority = "nice") -> None:
 
     import numpy as np
 
+    from millibatch.engines.base import EngineInputs
     from millibatch.engines.model_dir import Manifest
     from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine
     from millibatch.engines.thread_priority import lower_thread_priority
 
     engine = OnnxRuntimeCpuEngine(model / Manifest.load(model).onnx_file)
-    rows, tokens = BUSY_BATCH
-    ids = np.full((rows, tokens), 1000, dtype=np.int64)
-    from millibatch.engines.base import EngineInputs
-
+    ids = np.full(BUSY_BATCH, 1000, dtype=np.int64)
     batch = EngineInputs(input_ids=ids, attention_mask=np.ones_like(ids), token_type_ids=np.zeros_like(ids))
 
     def compute() -> None:
@@ -217,11 +208,11 @@ def busy_thread(server: Any) -> int:
 
 
 def thread_cpu(pid: int, tid: int) -> float:
-    """CPU seconds of one thread of a process (user + system, from /proc)."""
-    import os
+    """CPU seconds (user + system) of one thread of a process."""
+    import psutil
 
-    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    thread = next(t for t in psutil.Process(pid).threads() if t.id == tid)
+    return float(thread.user_time + thread.system_time)
 
 
 def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: float, raw: Path,

@@ -33,6 +33,7 @@ from bench.processes import Server, process_cpu, run_loadgen, running_server, se
 from bench.stats import median, percentile
 from bench.texts import DEFAULT_STSB, stsb_sentences
 from millibatch.engines.base import EngineInputs, FloatArray
+from millibatch.engines.model_dir import Manifest
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -116,6 +117,11 @@ def _torch_cuda() -> str | None:
     return None if torch.cuda.is_available() else "torch sees no CUDA GPU"
 
 
+def precision_of(variant: str) -> str:
+    """The precision a variant's name ends with ("ort-cuda-fp16-graphs" -> "fp16"; others their last word)."""
+    return variant.removesuffix("-graphs").rsplit("-", 1)[-1]
+
+
 def variants(names: list[str], models: Models) -> tuple[list[Variant], dict[str, str]]:
     """The requested variants that can run here, and the others with the reason they cannot."""
     from millibatch.engines.select import onnxruntime_providers
@@ -130,8 +136,7 @@ def variants(names: list[str], models: Models) -> tuple[list[Variant], dict[str,
         if name not in ALL_VARIANTS:
             raise SystemExit(f"unknown variant {name!r}; choose from {', '.join(ALL_VARIANTS)}")
         graphs = name.endswith("-graphs")
-        model = {"fp16": models.fp16, "int8": models.int8}.get(name.removesuffix("-graphs").rsplit("-", 1)[-1],
-                                                               models.fp32)
+        model = {"fp16": models.fp16, "int8": models.int8}.get(precision_of(name), models.fp32)
         if name == "cpu":
             found.append(Variant(name, "engine", models.fp32, {"device": "cpu"}, ["--device", "cpu"]))
         elif name == "torch-cpu" or name == "torch-fp16":
@@ -167,13 +172,10 @@ def variants(names: list[str], models: Models) -> tuple[list[Variant], dict[str,
 def make_runner(variant: Variant, max_rows: int) -> Runner:
     """Load the variant (raises EngineUnavailable, or whatever its library raises, when it cannot)."""
     if variant.kind == "plain":
-        from millibatch.engines.model_dir import Manifest
-
         return PlainOrtRunner(variant.model_dir / Manifest.load(variant.model_dir).onnx_file,
                               variant.options["provider"])
     if variant.kind == "torch":
         return TorchRunner(variant.model_dir, variant.options["device"])
-    from millibatch.engines.model_dir import Manifest
     from millibatch.engines.select import EngineOptions, load_engine
 
     manifest = Manifest.load(variant.model_dir)
@@ -240,7 +242,6 @@ def graph_summary(model_dir: Path) -> dict[str, int]:
     import onnx
 
     from millibatch.engines.convert.optimize import ATTENTION_OPS
-    from millibatch.engines.model_dir import Manifest
 
     graph = onnx.load(str(model_dir / Manifest.load(model_dir).onnx_file), load_external_data=False).graph
     return {"nodes": len(graph.node), "fused_attention": sum(n.op_type in ATTENTION_OPS for n in graph.node)}
@@ -249,8 +250,6 @@ def graph_summary(model_dir: Path) -> dict[str, int]:
 def bench_engine(variant: Variant, shapes: list[tuple[int, int]], seconds: float, max_rows: int,
                  reference: tuple[EngineInputs, FloatArray] | None) -> dict[str, Any]:
     """Each shape's latency and throughput, and the lowest cosine against ORT on CPU over real sentences."""
-    from millibatch.engines.model_dir import Manifest
-
     started = time.perf_counter()
     try:
         runner = make_runner(variant, max_rows)
@@ -276,7 +275,6 @@ def bench_engine(variant: Variant, shapes: list[tuple[int, int]], seconds: float
 
 def cpu_reference(models: Models, stsb: Path) -> tuple[EngineInputs, FloatArray] | None:
     """Real sentences as one batch, and ONNX Runtime's fp32 answer for them on CPU."""
-    from millibatch.engines.model_dir import Manifest
     from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine
 
     if not stsb.is_file():
@@ -356,8 +354,6 @@ def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int
                raw: Path) -> dict[str, Any]:
     """Serve the variant; measure one call in flight at 16 and 128 tokens, then saturation on mixed STS-B
     sentences with the batches formed there. Load generator files and the server log go to `raw`."""
-    from millibatch.engines.model_dir import Manifest
-
     if variant.serve_flags is None:
         return {"variant": variant.name, "skipped": "the server has no setting that selects this variant"}
     max_length = Manifest.load(variant.model_dir).max_length
@@ -499,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seconds, args.concurrency = 0.3, 8
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    needs = {v.removesuffix("-graphs").rsplit("-", 1)[-1] for v in names}
+    needs = {precision_of(v) for v in names}
     folder = args.convert_dir
     models = Models(
         # fp32 too is tuned for CUDA (fused SkipLayerNorm), as `convert --device cuda` makes it for a GPU.

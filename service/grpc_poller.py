@@ -6,9 +6,10 @@ completion. On a shared core each wake-up of that thread preempts the loop, so t
 completions of about one call per wake-up: some 12 thread switches per refused call. Under SCHED_BATCH
 (no privileges needed) its wake-ups do not preempt: it runs when the running thread waits or its slice
 ends, and the loop then finds the completions of many calls at once. The price is that it also waits
-out an engine thread's slice (up to a scheduler tick), so it is a setting, not the default
-(docs/CALL_COST.md). The thread is found by its target's name, which grpc.aio sets; where there is none
-(the EventEngine), nothing changes.
+out an engine thread's slice (up to a scheduler tick), so by default it applies only while the server
+refuses calls, with a pacer bounding the wait (`overload`, service/poller_pacing.py; docs/CALL_COST.md).
+The thread is found by its target's name, which grpc.aio sets; where there is none (the EventEngine),
+nothing changes.
 """
 
 from __future__ import annotations

@@ -91,7 +91,8 @@ class OverloadPacing:
             if new:
                 self._quiet_since = None
                 return
-            self._quiet_since = self._quiet_since if self._quiet_since is not None else now
+            if self._quiet_since is None:
+                self._quiet_since = now
             if now - self._quiet_since >= RELEASE_AFTER_SECONDS:
                 self.release()
 
