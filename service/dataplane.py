@@ -22,6 +22,9 @@ from millibatch.service.registry import ModelRegistry, ServedModel
 from millibatch.service.tokenization import Direction, to_rows
 from millibatch.settings import Settings
 
+#: The fewest tokens an input can take: a BERT-style tokenizer's two special tokens.
+LEAST_TOKENS = 2
+
 
 @dataclass(frozen=True, slots=True)
 class Computed:
@@ -48,6 +51,9 @@ class DataPlane:
         self._default_timeout = settings.default_deadline_ms / 1000.0
         self._max_inputs = settings.max_inputs_per_request
         self._max_tokens = settings.max_tokens_per_request
+        #: True while the server is refusing calls (service.refusal_watch): the gRPC door then refuses calls
+        #: to a compute method before reading their request when even the least request would not fit.
+        self.refusing = False
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -76,6 +82,21 @@ class DataPlane:
         self.check_count(len(texts))
         model.batcher.precheck(deadline, len(texts), self._least_tokens(texts, model))
 
+    def sole_model(self, task: str) -> ServedModel | None:
+        """The served model, when exactly one is served, it does `task` and it takes work now: the only
+        model a request for `task` can be for, known before the request (which names it) is read."""
+        models = self.registry.models
+        if len(models) != 1 or not self.registry.accepting:
+            return None
+        model = next(iter(models.values()))
+        return model if model.ready and model.manifest.task == task else None
+
+    def precheck_unread(self, model: ServedModel, deadline: float) -> None:
+        """`precheck` for a request not yet read: refuse it (Overloaded, DeadlineUnmeetable) when even the
+        least request, one input of LEAST_TOKENS, would not fit, which `precheck` would then refuse too.
+        Counted as one row refused."""
+        model.batcher.precheck(deadline, 1, LEAST_TOKENS)
+
     async def compute_texts(self, model: ServedModel, texts: Sequence[str], pairs: Sequence[str] = (), *,
                             truncate: bool, deadline: float, direction: Direction = "right",
                             prompt: str = "", prechecked: bool = False) -> Computed:
@@ -98,7 +119,7 @@ class DataPlane:
         chars = 0
         for text in texts:
             chars += len(text)
-        return min(model.encoder.max_length, 2 + chars // (6 * len(texts)))
+        return min(model.encoder.max_length, LEAST_TOKENS + chars // (6 * len(texts)))
 
     async def compute_rows(self, model: ServedModel, rows: list[Row], deadline: float,
                            tokenize_seconds: float = 0.0, encodings: Sequence[Encoding] = ()) -> Computed:

@@ -6,13 +6,20 @@ into its status (status.STATUS) and anything unexpected into INTERNAL without in
 per failed call; and tells the data plane that the call started and how it ended (call ledger,
 request metrics). Doing this at registration, once per method, instead of in an interceptor or a
 decorator, keeps it off the list of things each call pays for and leaves no servicer method out.
+
+A servicer may name gates: unary methods whose calls can be refused before their request is even read.
+While the server is refusing calls (`DataPlane.refusing`), such a method is served as a stream-unary
+one, so its handler runs before gRPC has received the request message: the gate decides from the
+call's deadline alone, and a refused call costs neither the receive nor the decoding (13-15% of a
+refusal's CPU, docs/OVERLOAD.md). Otherwise it is served as the plain unary method, which costs an
+answered call less. The client sees the same unary method either way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -28,6 +35,9 @@ RPC_PREFIXES = {"inference.GRPCInferenceService": "v2.", "grpc.health.v1.Health"
 MODEL_FIELDS = ("model", "model_name", "name")
 
 AddToServer = Callable[[Any, Any], None]
+#: Decides from the call's context alone (its deadline) whether to refuse it before its request is read:
+#: the model it refused the call for, with the status set on the context; None lets the call go on.
+Gate = Callable[[grpc.aio.ServicerContext], str | None]
 
 
 class _Registrations:
@@ -44,10 +54,11 @@ class _Registrations:
 
 
 def register(server: grpc.aio.Server, add_to_server: AddToServer, servicer: Any, plane: DataPlane, *,
-             ledger: bool = True) -> list[str]:
+             ledger: bool = True, gates: Mapping[str, Gate] | None = None) -> list[str]:
     """Register `servicer` through its generated `add_to_server` with every method wrapped; returns the
     full names of the services it serves. Without `ledger` its calls are counted in the metrics only
-    (health checks: probes are not work a drain must finish)."""
+    (health checks: probes are not work a drain must finish). `gates`: by method name, the unary methods
+    that may be refused before their request is read, while the plane is refusing calls."""
     registrations = _Registrations()
     add_to_server(servicer, registrations)
     if not registrations.services:
@@ -56,9 +67,40 @@ def register(server: grpc.aio.Server, add_to_server: AddToServer, servicer: Any,
         prefix = RPC_PREFIXES.get(service, "")
         wrapped = {name: wrap(handler, f"{prefix}{name}", f"/{service}/{name}", plane, ledger)
                    for name, handler in handlers.items()}
+        gated = {name: _gated(handlers[name], f"{prefix}{name}", f"/{service}/{name}", gate, plane, ledger)
+                 for name, gate in (gates or {}).items() if name in handlers}
+        if gated:
+            # Looked up per call (a registered method would take precedence, fixed at start-up).
+            server.add_generic_rpc_handlers((_WhileRefusing(service, wrapped, gated, plane),))
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
-        server.add_registered_method_handlers(service, wrapped)
+        server.add_registered_method_handlers(service, {n: h for n, h in wrapped.items() if n not in gated})
     return list(registrations.services)
+
+
+class _WhileRefusing(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is untyped
+    """Serves the gated methods of a service: the gated handler while the plane is refusing calls, the
+    plain one otherwise."""
+
+    def __init__(self, service: str, plain: Mapping[str, grpc.RpcMethodHandler],
+                 gated: Mapping[str, grpc.RpcMethodHandler], plane: DataPlane) -> None:
+        self._plain = {f"/{service}/{name}": plain[name] for name in gated}
+        self._gated = {f"/{service}/{name}": handler for name, handler in gated.items()}
+        self._plane = plane
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        return (self._gated if self._plane.refusing else self._plain).get(method)
+
+
+def _gated(handler: grpc.RpcMethodHandler, rpc: str, path: str, gate: Gate, plane: DataPlane,
+           ledger: bool) -> grpc.RpcMethodHandler:
+    """Unary `handler` served as stream-unary behind `gate`: refused before its request is read, or the
+    request read and handled as the plain method handles it."""
+    if handler.request_streaming or handler.response_streaming:
+        raise ValueError(f"{path}: only unary methods can be gated")
+    call = _unary(rpc, handler.unary_unary, _decoder(handler.request_deserializer, path),
+                  _model_field(handler.request_deserializer), plane, ledger, gate)
+    return grpc.stream_unary_rpc_method_handler(call, None, handler.response_serializer)
 
 
 def wrap(handler: grpc.RpcMethodHandler, rpc: str, path: str, plane: DataPlane,
@@ -107,15 +149,25 @@ def _model_field(deserializer: Callable[[bytes], Any] | None) -> str | None:
 
 
 def _unary(rpc: str, behaviour: Callable[..., Awaitable[Any]], decode: Callable[[Any], Any] | None,
-           model_field: str | None, plane: DataPlane,
-           ledger: bool = True) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+           model_field: str | None, plane: DataPlane, ledger: bool = True,
+           gate: Gate | None = None) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    """The edge around a unary method. With `gate`, the call is stream-unary on the wire side: the gate
+    runs first, and the one request message is read only if it lets the call go on."""
+
     async def call(raw: Any, context: grpc.aio.ServicerContext) -> Any:
         started = time.perf_counter()
         code = "OK"
         request = None
+        refused_for = None
         if ledger:
             plane.call_started()
         try:
+            if gate is not None:
+                refused_for = gate(context)
+                if refused_for is not None:
+                    code = _code_name(context)
+                    return None
+                raw = await _read_request(context)
             request = raw if decode is None else decode(raw)
             response = await behaviour(request, context)
             if response is None:  # the handler set a status itself (status.refuse)
@@ -134,12 +186,23 @@ def _unary(rpc: str, behaviour: Callable[..., Awaitable[Any]], decode: Callable[
             return None
         finally:
             if ledger:
-                model = getattr(request, model_field, "") if model_field and request is not None else ""
+                if refused_for is not None:
+                    model = refused_for
+                else:
+                    model = getattr(request, model_field, "") if model_field and request is not None else ""
                 plane.call_ended(rpc, model, code, time.perf_counter() - started)
             else:
                 plane.probe_ended(rpc, code, time.perf_counter() - started)
 
     return call
+
+
+async def _read_request(context: grpc.aio.ServicerContext) -> Any:
+    """The one request message of a unary call served as stream-unary."""
+    raw = await context.read()
+    if raw is grpc.aio.EOF:
+        raise InvalidInput("the call carried no request message")
+    return raw
 
 
 def _code_name(context: grpc.aio.ServicerContext) -> str:

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Sequence
 
 import grpc
 import numpy as np
 
-from millibatch.errors import InvalidInput, QueueFull
+from millibatch.errors import InvalidInput, MillibatchError, QueueFull
 from millibatch.service.dataplane import Computed, DataPlane
+from millibatch.service.edge import Gate
 from millibatch.service.embeddings import EmbedOptions, embed_texts
 from millibatch.service.entities import DEFAULT_IGNORE_LABELS, STRATEGIES, Entity, Strategy, extract_entities
 from millibatch.service.registry import ServedModel
 from millibatch.service.rerank import rerank
 from millibatch.service.sparse_embed import embed_sparse
-from millibatch.service.status import refuse
+from millibatch.service.status import fail, refuse, status_of
 from millibatch.service.tokenization import Direction
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import inference_pb2_grpc
@@ -37,6 +39,10 @@ WIRE_DIRECTIONS: dict[int, Direction] = {
 WIRE_ENCODINGS: dict[int, Encoding | None] = {
     pb.VectorEncoding.Value(f"VECTOR_ENCODING_{name.upper()}"): name for name in ENCODINGS
 } | {pb.VECTOR_ENCODING_UNSPECIFIED: None}
+#: The task of the model each compute method needs: their calls may be refused before their request is
+#: read (service.edge's gates).
+GATED_TASKS = {"Embed": "embed", "Rerank": "classify", "Classify": "classify", "EmbedSparse": "sparse-embed",
+               "ExtractEntities": "token-classify"}
 #: Above this many tokens in a request, entities are gathered in a thread (about 3 µs a token) so the
 #: event loop keeps answering other calls meanwhile.
 INLINE_ENTITY_TOKENS = 4096
@@ -82,6 +88,26 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
+
+    @property
+    def gates(self) -> dict[str, Gate]:
+        """For service.edge: each compute method's gate, refusing a call before its request is read."""
+        return {method: functools.partial(self.refuse_unread, task) for method, task in GATED_TASKS.items()}
+
+    def refuse_unread(self, task: str, context: grpc.aio.ServicerContext) -> str | None:
+        """End a call for `task` before its request is read when the only model it can be for has too
+        much queued for even the least request to meet the call's deadline; the model's name if it was
+        refused. With several models, the request must be read to know which one it names."""
+        plane = self.plane
+        model = plane.sole_model(task)
+        if model is None:
+            return None
+        try:
+            plane.precheck_unread(model, plane.deadline(context.time_remaining()))
+        except MillibatchError as error:
+            fail(context, status_of(error), str(error))
+            return model.name
+        return None
 
     async def _run(self, model: ServedModel, inputs: Sequence[str], pairs: Sequence[str], truncate: bool,
                    context: grpc.aio.ServicerContext) -> Computed:

@@ -5,16 +5,15 @@ Under overload calls arrive one by one, and each wake-up of gRPC's poller thread
 thread: a refusal then costs the core about 260 µs beside a busy engine, against 180 µs when the poller
 waits its turn (SCHED_BATCH, docs/CALL_COST.md). Waiting its turn means waiting for the scheduler's next
 tick, up to 4 ms, which puts refusals near their 5 ms bound and doubles a lone call's p99. So the poller
-is batched only while admission refuses calls, and a thread with a short time slice wakes every
-PACE_SECONDS meanwhile: its wake-up preempts the engine, and the poller runs then with the completions
-that have gathered. Measured with `bench.frontend --rate 1000` and a busy engine (docs/CALL_COST.md).
+is batched only while admission refuses calls (`service.refusal_watch`), and a thread with a short time
+slice wakes every PACE_SECONDS meanwhile: its wake-up preempts the engine, and the poller runs then with
+the completions that have gathered. Measured with `bench.frontend --rate 1000` and a busy engine
+(docs/CALL_COST.md).
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
 from collections.abc import Callable
 
 from millibatch.engines.thread_priority import shorten_time_slice
@@ -22,12 +21,6 @@ from millibatch.service.grpc_poller import PollerPolicy, schedule_poller
 
 #: How often the pacer wakes while the poller is batched: the longest the poller waits behind the engine.
 PACE_SECONDS = 0.0025
-#: How often the refusal count is read.
-CHECK_SECONDS = 0.25
-#: Refusals per second from which the poller is batched.
-ENGAGE_REFUSALS_PER_SECOND = 50.0
-#: Seconds without a refusal after which the poller is back to normal.
-RELEASE_AFTER_SECONDS = 1.0
 
 
 class Pacer:
@@ -60,55 +53,17 @@ class Pacer:
             pass
 
 
-class OverloadPacing:
-    """Batches and paces gRPC's poller while calls are being refused; `check` runs every CHECK_SECONDS."""
+class PollerPacing:
+    """A RefusalWatch listener: gRPC's poller batched and paced while the watch is engaged."""
 
-    def __init__(self, refusals: Callable[[], int], *, clock: Callable[[], float] = time.monotonic,
-                 schedule: Callable[[PollerPolicy], int] = schedule_poller, pacer: Pacer | None = None) -> None:
-        self._refusals = refusals
-        self._clock = clock
+    def __init__(self, schedule: Callable[[PollerPolicy], int] = schedule_poller, pacer: Pacer | None = None) -> None:
         self._schedule = schedule
         self._pacer = pacer or Pacer()
-        self._last_count = refusals()
-        self._last_check = clock()
-        self._quiet_since: float | None = None
-        #: Whether the poller is batched and paced now.
-        self.engaged = False
 
-    def check(self) -> None:
-        """Read the refusals since the last check and engage or release."""
-        now, count = self._clock(), self._refusals()
-        elapsed = max(now - self._last_check, 1e-9)
-        new = count - self._last_count
-        self._last_count, self._last_check = count, now
-        if new / elapsed >= ENGAGE_REFUSALS_PER_SECOND:
-            self._quiet_since = None
-            if not self.engaged:
-                self._schedule("batch")
-                self._pacer.start()
-                self.engaged = True
-        elif self.engaged:
-            if new:
-                self._quiet_since = None
-                return
-            if self._quiet_since is None:
-                self._quiet_since = now
-            if now - self._quiet_since >= RELEASE_AFTER_SECONDS:
-                self.release()
-
-    def release(self) -> None:
-        """Back to gRPC's own scheduling, the pacer stopped."""
-        if self.engaged:
+    def __call__(self, overloaded: bool) -> None:
+        if overloaded:
+            self._schedule("batch")
+            self._pacer.start()
+        else:
             self._schedule("normal")
             self._pacer.stop()
-            self.engaged = False
-        self._quiet_since = None
-
-    async def run(self) -> None:
-        """Check every CHECK_SECONDS until cancelled; released on the way out."""
-        try:
-            while True:
-                await asyncio.sleep(CHECK_SECONDS)
-                self.check()
-        finally:
-            self.release()

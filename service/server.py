@@ -34,7 +34,8 @@ from millibatch.service.ledger import CallLedger
 from millibatch.service.metrics import Metrics
 from millibatch.service.model_loading import load_model, model_specs
 from millibatch.service.models_servicer import ModelsServicer
-from millibatch.service.poller_pacing import OverloadPacing
+from millibatch.service.poller_pacing import PollerPacing
+from millibatch.service.refusal_watch import Listener, RefusalWatch
 from millibatch.service.registry import ModelRegistry, ServedModel
 from millibatch.service.tls import server_credentials
 from millibatch.settings import Settings
@@ -92,8 +93,8 @@ class InferenceServer:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
-        #: `grpc_poller_policy: overload`'s watch on the refusals (None under the other policies).
-        self._pacing: asyncio.Task[None] | None = None
+        #: The watch on the refusals: poller pacing and refusing before reading (None when neither is on).
+        self._watch: asyncio.Task[None] | None = None
         #: Calls that reached a handler, and how they ended (checked after a drain).
         self.ledger = CallLedger()
         self.metrics = Metrics(lambda: [(m.name, m.batcher) for m in self.registry.models.values()])
@@ -116,7 +117,9 @@ class InferenceServer:
         server = grpc.aio.server(options=channel_options(self.settings), interceptors=interceptors,
                                  maximum_concurrent_rpcs=self.settings.max_concurrent_calls or None)
         # Every method of every service goes through the edge: decoding, statuses, accounting.
-        register(server, inference_pb2_grpc.add_InferenceServicer_to_server, InferenceServicer(self.plane), self.plane)
+        inference = InferenceServicer(self.plane)
+        register(server, inference_pb2_grpc.add_InferenceServicer_to_server, inference, self.plane,
+                 gates=inference.gates if self.settings.refuse_unread else None)
         register(server, models_pb2_grpc.add_ModelsServicer_to_server, ModelsServicer(self.plane), self.plane)
         register(server, grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
                  KServeServicer(self.plane), self.plane)
@@ -162,10 +165,18 @@ class InferenceServer:
             self.http.serving()
         for name in ("", INFERENCE_SERVICE, MODELS_SERVICE, KSERVE_SERVICE):
             await self.health.set(name, SERVING)
+        listeners: list[Listener] = []
         if self.settings.grpc_poller_policy == "overload" and poller_threads():  # none under the EventEngine
-            pacing = OverloadPacing(self._refusals)
-            self._pacing = asyncio.get_running_loop().create_task(pacing.run(), name="poller-pacing")
+            listeners.append(PollerPacing())
+        if self.settings.refuse_unread:
+            listeners.append(self._refusing)
+        if listeners:
+            watch = RefusalWatch(self._refusals, listeners)
+            self._watch = asyncio.get_running_loop().create_task(watch.run(), name="refusal-watch")
         log.info("serving %s (default %s)", ", ".join(self.registry.models), self.registry.default)
+
+    def _refusing(self, engaged: bool) -> None:
+        self.plane.refusing = engaged
 
     def _refusals(self) -> int:
         """Calls refused for overload so far, over every model."""
@@ -202,8 +213,8 @@ class InferenceServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        if self._pacing is not None:
-            self._pacing.cancel()  # gRPC's poller back to normal: the drain's answers are not delayed
+        if self._watch is not None:
+            self._watch.cancel()  # gRPC's poller back to normal: the drain's answers are not delayed
         log.info("draining (up to %.1fs)", self.settings.drain_seconds)
         loop = asyncio.get_running_loop()
         drain_ends = loop.time() + self.settings.drain_seconds

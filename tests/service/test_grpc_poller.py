@@ -65,10 +65,10 @@ async def test_server_warns_when_there_is_no_poller_to_put_under_batch(
 async def test_overload_batches_the_poller_while_calls_are_refused_and_restores_it(
     tiny_embed_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from millibatch.service import poller_pacing
+    from millibatch.service import refusal_watch
 
-    monkeypatch.setattr(poller_pacing, "CHECK_SECONDS", 0.05)
-    monkeypatch.setattr(poller_pacing, "RELEASE_AFTER_SECONDS", 0.2)
+    monkeypatch.setattr(refusal_watch, "CHECK_SECONDS", 0.05)
+    monkeypatch.setattr(refusal_watch, "RELEASE_AFTER_SECONDS", 0.2)
     try:
         async with running_server([tiny_embed_dir], grpc_poller_policy="overload") as server:
             assert policies() == {os.SCHED_OTHER}

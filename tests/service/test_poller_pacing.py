@@ -1,4 +1,5 @@
-"""`grpc_poller_policy: overload`: gRPC's poller batched and paced only while calls are refused."""
+"""`grpc_poller_policy: overload`: gRPC's poller batched and paced only while calls are refused (the
+refusal watch's state on a fake clock, and its pacing listener)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,12 @@ import threading
 import time
 
 from millibatch.service.grpc_poller import PollerPolicy
-from millibatch.service.poller_pacing import (
+from millibatch.service.poller_pacing import Pacer, PollerPacing
+from millibatch.service.refusal_watch import (
     CHECK_SECONDS,
     ENGAGE_REFUSALS_PER_SECOND,
     RELEASE_AFTER_SECONDS,
-    OverloadPacing,
-    Pacer,
+    RefusalWatch,
 )
 
 
@@ -36,8 +37,9 @@ class World:
         self.refused = 0
         self.policies: list[PollerPolicy] = []
         self.pacer = FakePacer()
-        self.pacing = OverloadPacing(lambda: self.refused, clock=lambda: self.now, schedule=self.schedule,
-                                     pacer=self.pacer)
+        self.told: list[bool] = []
+        self.pacing = RefusalWatch(lambda: self.refused, [PollerPacing(self.schedule, self.pacer), self.told.append],
+                                   clock=lambda: self.now)
 
     def schedule(self, policy: PollerPolicy) -> int:
         self.policies.append(policy)
@@ -66,6 +68,7 @@ def test_engages_once_refusals_reach_the_rate_and_releases_after_a_quiet_second(
     assert not world.pacing.engaged and world.policies == ["batch", "normal"] and world.pacer.stopped == 1
     world.tick(0)
     assert world.policies == ["batch", "normal"]
+    assert world.told == [True, False]  # every listener hears each change once
 
 
 def test_release_on_the_way_out_restores_the_poller() -> None:
