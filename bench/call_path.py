@@ -1,13 +1,14 @@
 """What one call costs on top of the engine, and where that time goes.
 
     .venv/bin/python -m bench.call_path                         # the default engine set-up, 400 pairs
-    .venv/bin/python -m bench.call_path --variants "spin-off=--no-engine-spinning" "spin-on=--engine-spinning"
+    .venv/bin/python -m bench.call_path --variants "spin-off=--cpu-spinning off" "default="
+    .venv/bin/python -m bench.call_path --block 1                # served and bare alternate call by call
 
 Sequential Embed calls carry one 15-token text to `millibatch serve --instances 1
 --threads-per-instance 2` (plus each variant's flags), a separate process on the same machine. They are
-interleaved, call by call, with the same text run through `tokenizers` and a plain ONNX Runtime session
-with the same thread count and ONNX Runtime's default options on the same model.onnx, in this process:
-the bare engine. Served p50 minus bare p50 is what serving adds to a call. The response's own timing
+interleaved, in blocks of BLOCK calls, with the same text run through `tokenizers` and a plain ONNX
+Runtime session with the same thread count and ONNX Runtime's default options on the same model.onnx, in
+this process: the bare engine. Served p50 minus bare p50 is what serving adds to a call. The response's own timing
 fields split the served call into: gRPC (client, HTTP/2 and the server's gRPC machinery: the round
 trip minus the handler's time), tokenize, the hop to an engine thread (admission, dispatcher, collate,
 thread wake-up: submit to engine start), the engine, and the rest of the handler (decoding, the return
@@ -36,6 +37,10 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "call_path"
 TEXT = "A man is playing a guitar on the stage in the park."
 TOKENS = 15
 BASE_FLAGS = ["--instances", "1", "--threads-per-instance", "2", "--log-level", "warning"]
+#: Served and bare calls alternate in blocks of this many. A bare run's ONNX Runtime threads spin on after
+#: it (its default), and the call right after it pays for that: a bare gRPC round trip took 0.74-0.78 ms
+#: just after a bare run against 0.41-0.46 ms alone. Blocks keep that off all but a block's first call.
+BLOCK = 20
 
 
 class BareEngine:
@@ -67,8 +72,8 @@ class BareEngine:
 
 
 def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: int, texts: Path,
-            gap: float) -> dict[str, Any]:
-    """Interleaved served and bare calls against one server started with `flags`."""
+            gap: float, block: int = 1) -> dict[str, Any]:
+    """Served and bare calls against one server started with `flags`, interleaved in blocks of `block`."""
     import grpc
 
     from millibatch.v1 import inference_pb2 as pb
@@ -84,8 +89,12 @@ def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: i
         for _ in range(50):  # warm both paths up
             stub.Embed(request, timeout=5)
             bare(TEXT)
-        for i in range(calls):
-            order = ("served", "bare") if i % 2 == 0 else ("bare", "served")
+        for i in range(0, calls, block):
+            # Blocks of `block` calls each, served first in every other block (block 1: call by call).
+            count = min(block, calls - i)
+            order = ["served"] * count + ["bare"] * count
+            if (i // block) % 2:
+                order.reverse()
             for which in order:
                 # Back to back by default: on this VM an idle gap lets the cores fall asleep, and every
                 # thread hand-off of the served path then pays the wake-up (both sides slow down).
@@ -114,9 +123,10 @@ def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: i
             "stages_p50_ms": {k: statistics.median(v) * ms for k, v in stages.items()}}
 
 
-def transport_floor(calls: int, texts: Path) -> float:
+def transport_floor(calls: int, texts: Path, bare: BareEngine | None = None) -> float:
     """p50 round trip (ms) of the same Embed call to a bare grpc.aio server that answers a fixed 384-float
-    vector and does nothing else (bench/frontend.py's grpc-echo): what gRPC alone costs here."""
+    vector and does nothing else (bench/frontend.py's grpc-echo): what gRPC alone costs here. With `bare`,
+    each call comes right after a bare-engine run, as a served call does when interleaved call by call."""
     import grpc
 
     from millibatch.v1 import inference_pb2 as pb
@@ -130,6 +140,8 @@ def transport_floor(calls: int, texts: Path) -> float:
         stub = inference_pb2_grpc.InferenceStub(channel)
         request = pb.EmbedRequest(inputs=[TEXT], truncate=True)
         for i in range(calls + 50):
+            if bare is not None:
+                bare(TEXT)
             started = time.perf_counter()
             stub.Embed(request, timeout=5)
             if i >= 50:
@@ -145,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="*", default=["default="], metavar="NAME=FLAGS",
                         help="server variants: a name and extra `millibatch serve` flags")
     parser.add_argument("--gap-ms", type=float, default=0.0, help="idle time before each call")
+    parser.add_argument("--block", type=int, default=BLOCK,
+                        help="served and bare calls alternate in blocks of this many (1: call by call)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     model = args.model.resolve()
@@ -158,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for round_ in range(1, args.rounds + 1):
         for name, flags in variants:
-            run = measure(name, flags, model, bare, args.calls, texts, args.gap_ms / 1000)
+            run = measure(name, flags, model, bare, args.calls, texts, args.gap_ms / 1000, args.block)
             run["round"] = round_
             runs.append(run)
             s = run["stages_p50_ms"]
@@ -168,14 +182,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s['grpc']:.2f}, tokenize {s['tokenize']:.3f}, hop {s['hop']:.3f}, engine {s['engine']:.2f}, "
                   f"rest of handler {s['handler_rest']:.3f}", flush=True)
     floor = transport_floor(args.calls, texts)
-    print(f"gRPC alone (bare grpc.aio echo server, same call): p50 {floor:.2f} ms", flush=True)
+    floor_after_bare = transport_floor(args.calls, texts, bare)
+    print(f"gRPC alone (bare grpc.aio echo server, same call): p50 {floor:.2f} ms; right after a bare-engine "
+          f"run: {floor_after_bare:.2f} ms", flush=True)
     when = stamp()
     lines = [f"# One call on top of the engine ({when})", "",
              f"`.venv/bin/python -m bench.call_path {' '.join(argv if argv is not None else sys.argv[1:])}`: "
              f"one {TOKENS}-token text, `millibatch serve {' '.join(BASE_FLAGS[:4])}` plus the variant's flags, "
              f"{args.calls} served calls interleaved with {args.calls} bare-engine runs (tokenizers + ONNX "
-             f"Runtime, 2 threads, default options) per round, {args.gap_ms:g} ms idle before each; medians of the "
-             f"rounds' p50s, in ms.", "",
+             f"Runtime, 2 threads, default options) per round in blocks of {args.block}, {args.gap_ms:g} ms idle "
+             f"before each; medians of the rounds' p50s, in ms.", "",
              "| variant | served p50 | bare p50 | added | gRPC | tokenize | hop to engine | engine | rest of handler |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, _flags in variants:
@@ -191,8 +207,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"{med('added_p50_ms'):+.2f} | {stage('grpc'):.2f} | {stage('tokenize'):.3f} | "
                      f"{stage('hop'):.3f} | {stage('engine'):.2f} | {stage('handler_rest'):.3f} |")
     lines += ["", f"gRPC alone: the same call to a bare grpc.aio server that answers a fixed 384-float vector "
-                  f"(`bench/frontend.py`'s grpc-echo) took p50 {floor:.2f} ms."]
-    publish(args.out, {"runs": runs, "grpc_echo_p50_ms": floor}, lines, when)
+                  f"(`bench/frontend.py`'s grpc-echo) took p50 {floor:.2f} ms, and {floor_after_bare:.2f} ms right "
+                  f"after a bare-engine run (whose threads go on spinning for a while, ONNX Runtime's default)."]
+    publish(args.out, {"runs": runs, "grpc_echo_p50_ms": floor, "grpc_echo_after_bare_p50_ms": floor_after_bare,
+                       "block": args.block}, lines, when)
     return 0
 
 
