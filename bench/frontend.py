@@ -58,8 +58,8 @@ MODES = ("ok", "refused", "grpc-echo", "grpc-refuse", "grpc-limit")
 #: time slice wakes every PACE_SECONDS ($FRONTEND_PACE_MS, default 1 ms), so that a SCHED_BATCH poller waits
 #: at most that long behind the engine;
 #: `+overload` / `+normal`, the real server under that `grpc_poller_policy` (without either, its default);
-#: `+read`, the real server with `refuse_unread` off: every request is read before it can be refused.
-SUFFIXES = ("ee", "batch", "busy", "idle", "pace", "overload", "normal", "read")
+#: `+unread` / `+read`, the real server with `refuse_unread` on / off (without either, its default).
+SUFFIXES = ("ee", "batch", "busy", "idle", "pace", "overload", "normal", "unread", "read")
 PACE_SECONDS = float(os.environ.get("FRONTEND_PACE_MS", "1")) / 1000
 #: The rows and tokens of the busy engine's batches: about what the batcher forms at 5x the peak.
 BUSY_BATCH = (8, 24)
@@ -186,7 +186,7 @@ async def serve(model: Path, port: int, mode: str, flags: Collection[str] = ()) 
 
     settings = load_settings({"models": [str(model)], "host": "127.0.0.1", "port": port, "metrics_port": 0,
                               "http_port": 0, "profile_on_start": False, "log_level": "warning",
-                              "refuse_unread": "read" not in flags,
+                              **({"refuse_unread": "unread" in flags} if flags & {"unread", "read"} else {}),
                               **({"grpc_poller_policy": policy} if (policy := poller_policy(flags)) else {})})
     server = InferenceServer(settings)
     await server.start()

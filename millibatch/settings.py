@@ -92,12 +92,13 @@ class Settings(BaseSettings):
     5x the peak that held 0.86-0.99 of the peak against 0.81-0.86 for `normal` in the same runs, with
     refusals no slower; a lone call never engages it (docs/OVERLOAD.md). `normal`: as gRPC starts it.
     `batch`: SCHED_BATCH always, which also made a lone call's p99 double (docs/CALL_COST.md)."""
-    refuse_unread: bool = True
+    refuse_unread: bool = False
     """While admission refuses 50 calls/s or more (until a second without refusals), serve the compute
     methods of millibatch.v1 (Embed, Rerank, Classify, EmbedSparse, ExtractEntities) so that a call is
     refused before its request is read, from its deadline alone, when even the least request would not
-    fit: 13-15% less CPU per refusal, about 5% more per answered call meanwhile (docs/OVERLOAD.md). Only
-    with one served model (a request names its model)."""
+    fit. Only with one served model (a request names its model). Beside a busy engine a refusal of one
+    short text took 10% less CPU, but goodput under Poisson overload did not rise in two runs, hence off
+    by default; it spares the most where requests are large (docs/OVERLOAD.md)."""
 
     # -- engines --------------------------------------------------------------------------------
     engine: Literal["auto", "onnxruntime", "tensorrt"] = "auto"

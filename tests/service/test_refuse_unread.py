@@ -1,4 +1,5 @@
-"""Refusing a call before its request is read (`refuse_unread`, service/edge.py's gates) on a real server.
+"""Refusing a call before its request is read (`refuse_unread`, off by default; service/edge.py's gates) on
+a real server.
 
 While the plane is refusing calls, the compute methods are served as stream-unary behind a gate that
 decides from the call's deadline alone. Bytes that are not a valid request prove the point: read, they
@@ -35,7 +36,7 @@ def raw_embed(channel: grpc.aio.Channel) -> Any:
 async def refusing(tiny_embed_dir: Path) -> AsyncIterator[Any]:
     """A server that is refusing calls, with a queue no deadline can wait out."""
     port = free_port()
-    async with running_server([tiny_embed_dir], metrics_port=port) as server:
+    async with running_server([tiny_embed_dir], metrics_port=port, refuse_unread=True) as server:
         server.plane.refusing = True
         (model,) = server.registry.models.values()
         model.batcher.admission.queued_seconds = 1e9
@@ -93,7 +94,7 @@ async def test_other_errors_come_first_where_the_gate_does_not_apply(refusing: A
 
 
 async def test_not_refusing_reads_every_request(tiny_embed_dir: Path) -> None:
-    async with running_server([tiny_embed_dir]) as server:
+    async with running_server([tiny_embed_dir], refuse_unread=True) as server:
         (model,) = server.registry.models.values()
         model.batcher.admission.queued_seconds = 1e9
         assert not server.plane.refusing  # a few refusals do not engage the watch
@@ -104,7 +105,7 @@ async def test_not_refusing_reads_every_request(tiny_embed_dir: Path) -> None:
 
 async def test_with_several_models_the_request_is_read_to_know_which(tiny_embed_dir: Path,
                                                                      tiny_classify_dir: Path) -> None:
-    async with running_server([tiny_embed_dir, tiny_classify_dir]) as server:
+    async with running_server([tiny_embed_dir, tiny_classify_dir], refuse_unread=True) as server:
         server.plane.refusing = True
         for model in server.registry.models.values():
             model.batcher.admission.queued_seconds = 1e9
@@ -117,7 +118,7 @@ async def test_with_several_models_the_request_is_read_to_know_which(tiny_embed_
 
 
 async def test_api_keys_are_checked_before_the_gate(tiny_embed_dir: Path) -> None:
-    async with running_server([tiny_embed_dir], api_keys=["a-key"]) as server:
+    async with running_server([tiny_embed_dir], api_keys=["a-key"], refuse_unread=True) as server:
         server.plane.refusing = True
         (model,) = server.registry.models.values()
         model.batcher.admission.queued_seconds = 1e9
@@ -133,7 +134,7 @@ async def test_the_watch_turns_it_on_under_refusals_and_off_when_they_stop(
 
     monkeypatch.setattr(refusal_watch, "CHECK_SECONDS", 0.05)
     monkeypatch.setattr(refusal_watch, "RELEASE_AFTER_SECONDS", 0.2)
-    async with running_server([tiny_embed_dir], grpc_poller_policy="normal") as server:
+    async with running_server([tiny_embed_dir], grpc_poller_policy="normal", refuse_unread=True) as server:
         (model,) = server.registry.models.values()
         model.batcher.admission.queued_seconds = 1e9
         async with AsyncClient(f"127.0.0.1:{server.port}", timeout=10) as client:
@@ -148,11 +149,13 @@ async def test_the_watch_turns_it_on_under_refusals_and_off_when_they_stop(
             assert len(await client.embed(["answered again"])) == 1
 
 
-async def test_the_setting_turns_it_off(tiny_embed_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_off_by_default(tiny_embed_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from millibatch.service import refusal_watch
+    from millibatch.settings import Settings
 
+    assert Settings().refuse_unread is False
     monkeypatch.setattr(refusal_watch, "CHECK_SECONDS", 0.05)
-    async with running_server([tiny_embed_dir], refuse_unread=False, grpc_poller_policy="normal") as server:
+    async with running_server([tiny_embed_dir], grpc_poller_policy="normal") as server:
         (model,) = server.registry.models.values()
         model.batcher.admission.queued_seconds = 1e9
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
