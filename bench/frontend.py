@@ -186,7 +186,7 @@ async def serve(model: Path, port: int, mode: str, flags: Collection[str] = ()) 
 
     settings = load_settings({"models": [str(model)], "host": "127.0.0.1", "port": port, "metrics_port": 0,
                               "http_port": 0, "profile_on_start": False, "log_level": "warning",
-                              **({"refuse_unread": "unread" in flags} if flags & {"unread", "read"} else {}),
+                              **({"refuse_unread": "unread" in flags} if {"unread", "read"} & set(flags) else {}),
                               **({"grpc_poller_policy": policy} if (policy := poller_policy(flags)) else {})})
     server = InferenceServer(settings)
     await server.start()
