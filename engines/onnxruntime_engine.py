@@ -46,7 +46,8 @@ def default_threads_per_instance(instances: int) -> int:
 CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 
-SpinningChoice = Literal["auto", "on", "off"]
+#: `always` is ONNX Runtime's own default: the threads also spin on for a while after each batch.
+SpinningChoice = Literal["auto", "on", "off", "always"]
 
 
 def spins(choice: SpinningChoice, instances: int, threads: int) -> bool:
@@ -54,7 +55,7 @@ def spins(choice: SpinningChoice, instances: int, threads: int) -> bool:
     (more than one) and every instance's threads fit the usable cores, so no spinning thread takes a
     core another instance is computing on."""
     if choice != "auto":
-        return choice == "on"
+        return choice in ("on", "always")
     return threads > 1 and instances * threads <= usable_cores()
 
 
@@ -63,6 +64,7 @@ def cpu_session(
     threads: int,
     *,
     spinning: bool = False,
+    keep_spinning: bool = False,
     disabled_optimizers: Sequence[str] = CPU_DISABLED_OPTIMIZERS,
     optimized_copy: Path | None = None,
 ) -> Any:
@@ -75,7 +77,8 @@ def cpu_session(
     with ONNX Runtime's default (which keeps spinning between batches too), for the CPU time of not
     spinning at all, since between batches the event loop and the tokenizer need those cores. Without
     it the threads sleep between the operators of a batch, about a third slower for short inputs
-    (bench/call_path.py)."""
+    (bench/call_path.py). With `keep_spinning` too, they spin on after each batch as well (ONNX Runtime's
+    default), so that the next batch finds them awake."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -84,7 +87,7 @@ def cpu_session(
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    if spinning:
+    if spinning and not keep_spinning:
         options.add_session_config_entry("session.force_spinning_stop", "1")
     if optimized_copy is not None:
         options.optimized_model_filepath = str(optimized_copy)
@@ -113,7 +116,8 @@ class OnnxRuntimeCpuEngine:
         # thread's policy (a normal-priority helper spinning beside it starves it); niced, they are left
         # at the loader's priority, which measured faster (docs/OVERLOAD.md).
         below = priority if priority == "idle" else None
-        self._sessions = [made_below_loop(below, lambda: cpu_session(onnx_path, threads, spinning=spin))
+        self._sessions = [made_below_loop(below, lambda: cpu_session(onnx_path, threads, spinning=spin,
+                                                                     keep_spinning=spinning == "always"))
                           for _ in range(instances)]
         first = self._sessions[0]
         self._input_names = [i.name for i in first.get_inputs()]

@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     4; more rows/s under load, slower lone long inputs), on a GPU one."""
     threads_per_instance: int = Field(0, ge=0)
     """CPU threads per ONNX Runtime instance; 0 splits the available cores evenly."""
-    cpu_spinning: Literal["auto", "on", "off"] = "auto"
+    cpu_spinning: Literal["auto", "on", "off", "always"] = "auto"
     """ONNX Runtime's CPU intra-op threads spin-wait for work while a batch runs and stop when it ends:
     short batches on several threads per instance run about a third faster, for CPU the threads burn
     while the batch runs. `auto`: on when an instance has more than one thread and all instances'
