@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import json
 import os
 import statistics
@@ -49,7 +50,10 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "frontend"
 #: ok / refused: the real server; grpc-echo / grpc-refuse: gRPC's own floor, a bare grpc.aio server
 #: whose Embed answers a fixed 384-float response or RESOURCE_EXHAUSTED and does nothing else.
 #: grpc-limit: the same bare server refusing through gRPC's own concurrent-call limit, before any handler.
-MODES = ("ok", "refused", "grpc-echo", "grpc-refuse", "grpc-limit")
+#: grpc-echo-wait: the echo after waiting ECHO_WAIT_SECONDS for a worker thread, as a handler waits for an
+#: engine; it reports its own time in the response's timing.total_us (bench.call_path's floors).
+MODES = ("ok", "refused", "grpc-echo", "grpc-refuse", "grpc-limit", "grpc-echo-wait")
+ECHO_WAIT_SECONDS = 0.003
 #: Suffixes a mode may carry, e.g. `refused+busy+batch`: `+ee`, gRPC's EventEngine carries the connections
 #: (`grpc_event_engine`); `+batch`, gRPC's poller thread runs SCHED_BATCH (`grpc_poller_policy: batch`);
 #: `+busy`, an engine thread computes batches of the real model back to back beside the front end, at the
@@ -144,11 +148,19 @@ async def serve_floor(port: int, mode: str, flags: Collection[str]) -> None:
     answer = pb.EmbedResponse(embeddings=[pb.Embedding(values=[0.5] * 384)])
 
     hold = asyncio.Event()
+    worker = concurrent.futures.ThreadPoolExecutor(1)
 
     class Floor(inference_pb2_grpc.InferenceServicer):
         async def Embed(self, request: Any, context: Any) -> Any:
             if mode == "grpc-limit":  # the one call the limit admits never ends
                 await hold.wait()
+            if mode == "grpc-echo-wait":
+                started = time.perf_counter()
+                await asyncio.get_running_loop().run_in_executor(worker, time.sleep, ECHO_WAIT_SECONDS)
+                waited = pb.EmbedResponse()
+                waited.CopyFrom(answer)
+                waited.timing.total_us = round((time.perf_counter() - started) * 1e6)
+                return waited
             if mode == "grpc-refuse":
                 context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
                 context.set_details("server busy")

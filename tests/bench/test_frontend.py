@@ -29,3 +29,14 @@ def test_poisson_arrivals_measure_the_cost_of_calls_that_meet_an_idle_server(tmp
     (run,) = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert 120 < run["calls_per_s"] < 300 and run["server_us_per_call"] > 0 and run["unexpected_statuses"] == 0
     assert "Poisson arrivals at 200 calls/s" in (tmp_path / "results.md").read_text()
+
+
+def test_the_waiting_echo_reports_its_own_time_so_the_floor_is_what_lies_outside_it(tmp_path: Path) -> None:
+    from bench.call_path import transport_floor
+    from bench.frontend import ECHO_WAIT_SECONDS
+
+    texts = tmp_path / "texts.json"
+    texts.write_text(json.dumps(["a short text"]), encoding="utf-8")
+    outside = transport_floor(30, texts, mode="grpc-echo-wait")
+    # The handler's own wait (3 ms) is taken out: what is left is gRPC around it, well under the wait.
+    assert 0 < outside < ECHO_WAIT_SECONDS * 1e3
