@@ -114,7 +114,9 @@ class Settings(BaseSettings):
     """ONNX Runtime's CPU intra-op threads spin-wait for work while a batch runs and stop when it ends:
     short batches on several threads per instance run about a third faster, for CPU the threads burn
     while the batch runs. `auto`: on when an instance has more than one thread and all instances'
-    threads fit the cores (the default one-thread instances have nothing to spin)."""
+    threads fit the cores (the default one-thread instances have nothing to spin). `always`: ONNX
+    Runtime's own default, spinning between batches too, which bought a lone call no reliable gain and
+    takes the cores the event loop needs under load (docs/CALL_COST.md)."""
     engine_priority: EnginePriority = "nice"
     """How engine threads stay below the event loop on a shared core. `nice`: instance threads at nice +5,
     and the loop asks for a 0.1 ms time slice (Linux 6.12 and later) so that it preempts them as soon as a
