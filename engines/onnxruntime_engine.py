@@ -81,6 +81,18 @@ def cpu_session(
     default), so that the next batch finds them awake."""
     import onnxruntime as ort
 
+    options = session_options(threads, spinning=spinning, keep_spinning=keep_spinning)
+    if optimized_copy is not None:
+        options.optimized_model_filepath = str(optimized_copy)
+    return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(disabled_optimizers))
+
+
+def session_options(threads: int, *, spinning: bool, keep_spinning: bool = False) -> Any:
+    """cpu_session's SessionOptions: `threads` intra-op threads, sequential, every graph optimisation, and
+    spinning as cpu_session says."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -89,10 +101,7 @@ def cpu_session(
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if spinning and not keep_spinning:
         options.add_session_config_entry("session.force_spinning_stop", "1")
-    if optimized_copy is not None:
-        options.optimized_model_filepath = str(optimized_copy)
-    return ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(disabled_optimizers))
+    return options
 
 
 class OnnxRuntimeCpuEngine:
