@@ -10,9 +10,10 @@ decorator, keeps it off the list of things each call pays for and leaves no serv
 A servicer may name gates: unary methods whose calls can be refused before their request is even read.
 While the server is refusing calls (`DataPlane.refusing`), such a method is served as a stream-unary
 one, so its handler runs before gRPC has received the request message: the gate decides from the
-call's deadline alone, and a refused call costs neither the receive nor the decoding (13-15% of a
-refusal's CPU, docs/OVERLOAD.md). Otherwise it is served as the plain unary method, which costs an
-answered call less. The client sees the same unary method either way.
+call's deadline alone, and a refused call costs neither the receive nor the decoding (about 10% of a
+refusal's CPU beside a busy engine; no goodput gain measured, so off by default: docs/OVERLOAD.md).
+Otherwise it is served as the plain unary method, which costs an answered call less. The client sees
+the same unary method either way.
 """
 
 from __future__ import annotations

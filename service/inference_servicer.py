@@ -18,7 +18,7 @@ from millibatch.service.entities import DEFAULT_IGNORE_LABELS, STRATEGIES, Entit
 from millibatch.service.registry import ServedModel
 from millibatch.service.rerank import rerank
 from millibatch.service.sparse_embed import embed_sparse
-from millibatch.service.status import fail, refuse, status_of
+from millibatch.service.status import refuse
 from millibatch.service.tokenization import Direction
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import inference_pb2_grpc
@@ -105,7 +105,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         try:
             plane.precheck_unread(model, plane.deadline(context.time_remaining()))
         except MillibatchError as error:
-            fail(context, status_of(error), str(error))
+            refuse(context, error)
             return model.name
         return None
 
