@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
+#: When ONNX Runtime's CPU intra-op threads spin-wait (engines.onnxruntime_engine.spins); `always` is ONNX
+#: Runtime's own default: the threads also spin on for a while after each batch.
+SpinningChoice = Literal["auto", "on", "off", "always"]
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from millibatch.engines.base import EngineInfo, EngineInputs, FloatArray, round_up
+from millibatch.engines.base import EngineInfo, EngineInputs, FloatArray, SpinningChoice, round_up
 from millibatch.engines.thread_priority import EnginePriority, made_below_loop
 
 #: Most instances `auto` starts on CPU; beyond it the cores go to threads within each instance.
@@ -44,10 +44,6 @@ def default_threads_per_instance(instances: int) -> int:
 #: load to int8 graphs, where it cost int8 much of its lead: bench/convert_variants.py times int8
 #: with and without it side by side ("int8+ort-skipln").
 CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
-
-
-#: `always` is ONNX Runtime's own default: the threads also spin on for a while after each batch.
-SpinningChoice = Literal["auto", "on", "off", "always"]
 
 
 def spins(choice: SpinningChoice, instances: int, threads: int) -> bool:

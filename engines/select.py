@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from millibatch.engines.base import Engine
+from millibatch.engines.base import Engine, SpinningChoice
 from millibatch.engines.model_dir import Manifest
 from millibatch.engines.plans import PlanSpec, load_plan_specs, pick_plan
 from millibatch.engines.thread_priority import EnginePriority
@@ -51,7 +51,7 @@ class EngineOptions:
     #: CUDA graphs per length bucket in ONNX Runtime; off until measured on the target GPU.
     cuda_graphs: bool = False
     #: CPU intra-op threads spin-wait for work while a batch runs (see onnxruntime_engine.spins).
-    cpu_spinning: Literal["auto", "on", "off", "always"] = "auto"
+    cpu_spinning: SpinningChoice = "auto"
     #: How the instance threads sit below the event loop; under `idle` the CPU engine's intra-op threads
     #: start SCHED_IDLE too (None: they keep the loader's priority).
     engine_priority: EnginePriority | None = None

@@ -20,6 +20,7 @@ from pydantic_settings import (
 
 # Light modules (the standard library only): importing them here does not import grpc, which must not be
 # imported before apply_grpc_experiments.
+from millibatch.engines.base import SpinningChoice
 from millibatch.engines.thread_priority import EnginePriority
 from millibatch.service.grpc_poller import PollerPolicy
 
@@ -98,7 +99,7 @@ class Settings(BaseSettings):
     refused before its request is read, from its deadline alone, when even the least request would not
     fit. Only with one served model (a request names its model). Beside a busy engine a refusal of one
     short text took 10% less CPU, but goodput under Poisson overload did not rise in two runs, hence off
-    by default; it spares the most where requests are large (docs/OVERLOAD.md)."""
+    by default (docs/OVERLOAD.md)."""
 
     # -- engines --------------------------------------------------------------------------------
     engine: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
@@ -110,7 +111,7 @@ class Settings(BaseSettings):
     4; more rows/s under load, slower lone long inputs), on a GPU one."""
     threads_per_instance: int = Field(0, ge=0)
     """CPU threads per ONNX Runtime instance; 0 splits the available cores evenly."""
-    cpu_spinning: Literal["auto", "on", "off", "always"] = "auto"
+    cpu_spinning: SpinningChoice = "auto"
     """ONNX Runtime's CPU intra-op threads spin-wait for work while a batch runs and stop when it ends:
     short batches on several threads per instance run about a third faster, for CPU the threads burn
     while the batch runs. `auto`: on when an instance has more than one thread and all instances'

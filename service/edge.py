@@ -68,7 +68,7 @@ def register(server: grpc.aio.Server, add_to_server: AddToServer, servicer: Any,
         prefix = RPC_PREFIXES.get(service, "")
         wrapped = {name: wrap(handler, f"{prefix}{name}", f"/{service}/{name}", plane, ledger)
                    for name, handler in handlers.items()}
-        gated = {name: _gated(handlers[name], f"{prefix}{name}", f"/{service}/{name}", gate, plane, ledger)
+        gated = {name: wrap(handlers[name], f"{prefix}{name}", f"/{service}/{name}", plane, ledger, gate)
                  for name, gate in (gates or {}).items() if name in handlers}
         if gated:
             # Looked up per call (a registered method would take precedence, fixed at start-up).
@@ -93,23 +93,16 @@ class _WhileRefusing(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is u
         return (self._gated if self._plane.refusing else self._plain).get(method)
 
 
-def _gated(handler: grpc.RpcMethodHandler, rpc: str, path: str, gate: Gate, plane: DataPlane,
-           ledger: bool) -> grpc.RpcMethodHandler:
-    """Unary `handler` served as stream-unary behind `gate`: refused before its request is read, or the
-    request read and handled as the plain method handles it."""
-    if handler.request_streaming or handler.response_streaming:
-        raise ValueError(f"{path}: only unary methods can be gated")
-    call = _unary(rpc, handler.unary_unary, _decoder(handler.request_deserializer, path),
-                  _model_field(handler.request_deserializer), plane, ledger, gate)
-    return grpc.stream_unary_rpc_method_handler(call, None, handler.response_serializer)
-
-
 def wrap(handler: grpc.RpcMethodHandler, rpc: str, path: str, plane: DataPlane,
-         ledger: bool = True) -> grpc.RpcMethodHandler:
+         ledger: bool = True, gate: Gate | None = None) -> grpc.RpcMethodHandler:
     """`handler` taking raw bytes, with the edge around it (see the module docstring); without `ledger`
-    its calls are counted in the metrics only."""
+    its calls are counted in the metrics only. With `gate`, a unary `handler` is served as stream-unary
+    behind it: refused before its request is read, or the request read and handled as the plain method
+    handles it."""
     decode = _decoder(handler.request_deserializer, path)
     serializer = handler.response_serializer
+    if gate is not None and (handler.request_streaming or handler.response_streaming):
+        raise ValueError(f"{path}: only unary methods can be gated")
     if handler.request_streaming:
         # A stream of requests (KServe's ModelStreamInfer, reflection): the stream is one call; its
         # messages are decoded by gRPC and counted by the servicer one by one.
@@ -123,8 +116,10 @@ def wrap(handler: grpc.RpcMethodHandler, rpc: str, path: str, plane: DataPlane,
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(_stream(rpc, handler.unary_stream, decode, plane, ledger), None,
                                                     serializer)
-    return grpc.unary_unary_rpc_method_handler(_unary(rpc, handler.unary_unary, decode, model_field, plane, ledger),
-                                               None, serializer)
+    call = _unary(rpc, handler.unary_unary, decode, model_field, plane, ledger, gate)
+    if gate is not None:
+        return grpc.stream_unary_rpc_method_handler(call, None, serializer)
+    return grpc.unary_unary_rpc_method_handler(call, None, serializer)
 
 
 def _decoder(deserializer: Callable[[bytes], Any] | None, path: str) -> Callable[[Any], Any]:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from millibatch.engines.base import SpinningChoice
 from millibatch.engines.convert.convert import ConvertOptions, convert
-from millibatch.engines.onnxruntime_engine import SpinningChoice, cpu_session, session_options, spins
+from millibatch.engines.onnxruntime_engine import cpu_session, session_options, spins
 from tests.helpers import make_tiny_checkpoint
 
 
