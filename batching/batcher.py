@@ -47,12 +47,8 @@ class Batcher:
         on_unhealthy: Callable[[str], None] | None = None,
         clock: Callable[[], float] | None = None,
         engine_priority: EnginePriority = "nice",
-        inline_seconds: float = 0.0,
     ) -> None:
         self.engine = engine
-        #: A request that finds the model idle runs on the loop's own thread when its batch is predicted to
-        #: take at most this long and no other arrival is likely meanwhile (`_runs_here`); 0: never.
-        self.inline_seconds = inline_seconds
         self.engine_priority: EnginePriority = engine_priority
         self.limits = limits
         self.cost_model = cost_model or CostModel()
@@ -183,7 +179,6 @@ class Batcher:
         if count > self.max_queue_rows:
             raise InvalidInput(f"request has {count} inputs; this model queues at most {self.max_queue_rows}")
         now = self._now()
-        here = self._runs_here(rows, deadline, now) if self.inline_seconds else 0
         try:
             if deadline <= now:
                 raise DeadlineUnmeetable("deadline already passed when the request was queued")
@@ -196,30 +191,8 @@ class Batcher:
         item = WorkItem(rows=rows, deadline=deadline, future=self._loop.create_future(), enqueued_at=now,
                         waiting=count, row_seconds=per_row, predicted_wait=wait)
         item.future.add_done_callback(functools.partial(self._settle, item))
-        if here:
-            self.scheduler.note_arrivals(count, now)
-            self.dispatcher.run_here(item, here)  # answered (or failed) on return
-        else:
-            self.dispatcher.post(Event.ARRIVED, item)
+        self.dispatcher.post(Event.ARRIVED, item)
         return item
-
-    def _runs_here(self, rows: list[Row], deadline: float, now: float) -> int:
-        """The padded length at which `rows` run at once on the loop's own thread, or 0 to queue them.
-
-        Only where queueing buys nothing: every instance is free and nothing waits, the rows make one
-        batch predicted within `inline_seconds` (calls arriving meanwhile wait unread at most that long),
-        and the scheduler would send that batch at once rather than wait for company. Then the hop to
-        an engine thread and back is all the call would wait for (docs/CALL_COST.md)."""
-        limits = self.limits
-        if not self.idle or limits.policy != "deadline" or len(rows) > limits.max_rows:
-            return 0
-        longest = 0
-        for row in rows:
-            longest = max(longest, row.length)
-        padded = self.engine.padded_length(longest)
-        if len(rows) * padded > limits.max_tokens or self.cost_model.predict(len(rows), padded) > self.inline_seconds:
-            return 0
-        return padded if self.scheduler.sends_at_once(len(rows), padded, deadline, now) else 0
 
     def check_in_time(self, item: WorkItem) -> None:
         """Raise DeadlineUnmeetable (and count it as late) if `item`'s deadline has passed: called by the

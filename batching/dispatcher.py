@@ -87,24 +87,6 @@ class Dispatcher:
         then let the task release its instance."""
         if job.settled:  # the watchdog gave up on it already
             return
-        self._answer(job)
-        self.post(Event.FINISHED, job)
-
-    def run_here(self, item: WorkItem, padded_length: int) -> None:
-        """Run every row of `item` as one batch on the loop's own thread and answer it: for a request that
-        finds every instance free and nothing else waiting or due (the batcher decides), the hop to an
-        engine thread and back would be all it waits for. The batch never enters the queue or `out`."""
-        assert self.workers is not None
-        batch = [PendingRow(item, index, row.length, item.deadline, 0) for index, row in enumerate(item.rows)]
-        job = Job(next(self._batch_ids), batch, collate(item.rows, padded_length),
-                  predicted=self._cost.predict(len(batch), padded_length))
-        self._admission.dispatched(item, item.waiting)
-        self.workers.run_here(job, 0)
-        self._answer(job)
-        self.settled.set()
-
-    def _answer(self, job: Job) -> None:
-        """Answer (or fail) the rows of a job that ran, and count the batch."""
         job.settled = True
         finished = self._now()
         for pending in job.batch:
@@ -133,6 +115,7 @@ class Dispatcher:
         else:
             self._delivery.fail([p.item for p in job.batch], EngineFailure("the engine failed on this request's batch"))
         self._observer.batch_done(record(job, job.engine_seconds))
+        self.post(Event.FINISHED, job)
 
     def stale(self, job: Job) -> None:
         """An engine thread found `job`, prepared ahead, no longer startable as formed (called on the loop)."""

@@ -95,11 +95,6 @@ class Scheduler:
         """Recent arrivals in rows per second (exponentially decayed)."""
         return self._rate
 
-    def note_arrivals(self, rows: int, now: float) -> None:
-        """`rows` arrived at `now` (counted by `add`; by the batcher for rows that never queue)."""
-        self._decay_rate(now)
-        self._rate += rows / self.limits.rate_window
-
     def add(self, item: WorkItem, now: float) -> None:
         """Queue every row of `item`."""
         fifo = self.limits.policy == "fifo"
@@ -111,7 +106,7 @@ class Scheduler:
             else:
                 bisect.insort(self._pending, pending, key=lambda r: r.key)
         item.queued = len(item.rows)
-        self.note_arrivals(len(item.rows), now)
+        self._note_arrivals(len(item.rows), now)
 
     def forget(self, item: WorkItem) -> None:
         """`item` finished early (cancelled, shed, failed): its queued rows no longer count."""
@@ -242,12 +237,11 @@ class Scheduler:
     def _send_by(self, decision: Decision, now: float) -> float:
         """Latest clock value to send: the oldest row's max delay, and the earliest deadline still met
         if the batch grew to its full capacity while waiting."""
+        length = decision.padded_length
         oldest = min(r.item.enqueued_at for r in decision.batch)
         if self.limits.policy == "fifo":
             return oldest + self.limits.max_delay
-        return self._latest_send(decision.padded_length, oldest, min(r.deadline for r in decision.batch))
-
-    def _latest_send(self, length: int, oldest: float, earliest: float) -> float:
+        earliest = min(r.deadline for r in decision.batch)
         full_cost = self.cost.predict(self.capacity(length), length)
         return min(oldest + self.limits.max_delay, earliest - full_cost - self.margin)
 
@@ -255,27 +249,20 @@ class Scheduler:
         return len(decision.batch) >= self.capacity(decision.padded_length)
 
     def _should_send(self, decision: Decision, now: float) -> bool:
-        return self._is_full(decision) or self._sends_by(self._send_by(decision, now), now)
-
-    def _sends_by(self, send_by: float, now: float, arriving: int = 0) -> bool:
-        """Send now rather than wait until `send_by` for company (counting `arriving` rows as arrived)?"""
-        wait = send_by - now
+        if self._is_full(decision):
+            return True
+        wait = self._send_by(decision, now) - now
         if self.limits.policy == "fifo":  # the classic batcher always waits out its delay
             return wait <= 0
         if wait <= 0:
             return True
         # Waiting only pays if company is likely to arrive in time; otherwise it is pure latency.
         self._decay_rate(now)
-        return (self._rate + arriving / self.limits.rate_window) * wait < 1.0
+        return self._rate * wait < 1.0
 
-    def sends_at_once(self, rows: int, length: int, deadline: float, now: float) -> bool:
-        """Would `rows` rows padded to `length`, due by `deadline`, arriving now to an empty queue, be sent
-        at once rather than wait for company? (`add` and `next` would decide the same.)"""
-        if rows >= self.capacity(length):
-            return True
-        if self.limits.policy == "fifo":
-            return self._sends_by(now + self.limits.max_delay, now, rows)
-        return self._sends_by(self._latest_send(length, now, deadline), now, rows)
+    def _note_arrivals(self, rows: int, now: float) -> None:
+        self._decay_rate(now)
+        self._rate += rows / self.limits.rate_window
 
     def _decay_rate(self, now: float) -> None:
         elapsed = now - self._rate_at

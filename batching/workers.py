@@ -112,31 +112,23 @@ class EngineWorkers:
                 self._available.wait()
             return self._ready.popleft()
 
-    def run_here(self, job: Job, instance: int) -> None:
-        """Run `job` on `instance` in the calling thread (the loop's), which the caller knows to be free:
-        no thread hands it over and nothing is posted; the caller answers it."""
-        self._execute(job, instance)
-
     def _work(self, instance: int) -> None:
         lower_thread_priority(self._priority)
         while (job := self._take()) is not None:
             if not job.fresh(self._clock()):
                 self._post(self._on_stale, job)
                 continue
-            self._execute(job, instance)
+            job.instance = instance
+            cpu = time.thread_time()
+            job.started_perf = time.perf_counter()  # before `started`: the watchdog reads both
+            job.started = self._clock()
+            try:
+                job.outputs = self._run(job.inputs, instance)
+            except BaseException as error:  # reported on the loop; the thread serves on
+                job.error = error
+            job.engine_seconds = time.perf_counter() - job.started_perf
+            job.engine_cpu_seconds = time.thread_time() - cpu
             self._post(self._on_done, job)
-
-    def _execute(self, job: Job, instance: int) -> None:
-        job.instance = instance
-        cpu = time.thread_time()
-        job.started_perf = time.perf_counter()  # before `started`: the watchdog reads both
-        job.started = self._clock()
-        try:
-            job.outputs = self._run(job.inputs, instance)
-        except BaseException as error:  # reported on the loop; the thread serves on
-            job.error = error
-        job.engine_seconds = time.perf_counter() - job.started_perf
-        job.engine_cpu_seconds = time.thread_time() - cpu
 
     def _post(self, callback: Callable[[Job], None], job: Job) -> None:
         # A closed loop (process exit) raises RuntimeError: nobody is waiting for the answer any more.

@@ -155,11 +155,6 @@ class Settings(BaseSettings):
     """Time a grid of batch shapes at start-up to seed the cost model."""
     watchdog_seconds: float = Field(30.0, gt=0)
     """An engine call running longer marks the model unhealthy (NOT_SERVING)."""
-    inline_max_ms: float = Field(5.0, ge=0)
-    """On CPU, a request that finds its model idle, and that the batcher would send at once rather than
-    hold for company, runs on the event loop's own thread when its batch is predicted to take at most
-    this long: it skips the hop to an engine thread and back (docs/CALL_COST.md). Calls arriving
-    meanwhile wait that long unread, and the watchdog does not watch such a run. 0 turns it off."""
 
     # -- limits ---------------------------------------------------------------------------------
     max_inputs_per_request: int = Field(256, ge=1)

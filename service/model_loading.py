@@ -62,7 +62,6 @@ def load_model(
         watchdog_seconds=settings.watchdog_seconds,
         observer=observer,
         engine_priority=settings.engine_priority,
-        inline_seconds=inline_seconds(settings, engine.info.device),
     )
     batcher.warm_up(manifest.max_length, profile=settings.profile_on_start)
     model = ServedModel(manifest.name, directory, manifest, encoder, engine, batcher)
@@ -74,9 +73,3 @@ def load_model(
         model.load_seconds,
     )
     return model
-
-
-def inline_seconds(settings: Settings, device: str) -> float:
-    """The batcher's `inline_seconds`: `inline_max_ms` on CPU. Never on a GPU, whose CUDA context and
-    streams belong to the engine's own threads."""
-    return settings.inline_max_ms / 1e3 if device == "cpu" else 0.0

@@ -49,9 +49,9 @@ arrivals = st.builds(
 )
 
 
-async def run_scenario(plan: list[Arrival], instances: int, inline: float = 0.0) -> None:
+async def run_scenario(plan: list[Arrival], instances: int) -> None:
     engine = SyntheticEngine(instances=instances)
-    batcher = new_batcher(engine, max_queue_rows=64, inline_seconds=inline)
+    batcher = new_batcher(engine, max_queue_rows=64)
     await batcher.start()
     loop = asyncio.get_running_loop()
     outcomes: list[tuple[WorkItem, Arrival, asyncio.Task[list[RowResult]]]] = []
@@ -89,11 +89,9 @@ async def run_scenario(plan: list[Arrival], instances: int, inline: float = 0.0)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(plan=st.lists(arrivals, min_size=1, max_size=30), instances=st.integers(1, 2),
-       inline=st.sampled_from([0.0, 0.004]))
-def test_every_request_is_answered_once_correctly_and_never_late(plan: list[Arrival], instances: int,
-                                                                 inline: float) -> None:
-    asyncio.run(run_scenario(plan, instances, inline))
+@given(plan=st.lists(arrivals, min_size=1, max_size=30), instances=st.integers(1, 2))
+def test_every_request_is_answered_once_correctly_and_never_late(plan: list[Arrival], instances: int) -> None:
+    asyncio.run(run_scenario(plan, instances))
 
 
 async def test_large_request_is_split_across_batches_and_reassembled_in_order() -> None:

@@ -90,21 +90,6 @@ def test_waits_for_company_only_under_load_and_within_max_delay() -> None:
         assert busy.next(decision.wait_until).batch, "sent once the wait is over"
 
 
-def test_sends_at_once_tells_what_next_would_do_with_a_lone_request() -> None:
-    for policy in ("deadline", "fifo"):
-        for earlier, length, deadline in [(0, 16, 1.0), (30, 16, 1.0), (2, 16, 1.0), (30, 16, 0.011), (0, 200, 1.0)]:
-            s = scheduler(policy=policy, max_delay=0.05, rate_window=0.1)  # type: ignore[arg-type]
-            s.note_arrivals(earlier, 0.0)  # rows that came and went: the recent arrival rate
-            predicted = s.sends_at_once(1, round_up(length, 8), deadline, 0.0)
-            s.add(make_item([length], deadline=deadline, enqueued_at=0.0), 0.0)
-            assert predicted == bool(s.next(0.0).batch), (policy, earlier, length, deadline)
-    alone = scheduler(max_delay=0.05, rate_window=0.1)
-    assert alone.sends_at_once(1, 16, 1.0, 0.0)  # nothing arriving: no company to wait for
-    alone.note_arrivals(30, 0.0)
-    assert not alone.sends_at_once(1, 16, 1.0, 0.0)  # 300 rows/s: company within 50 ms
-    assert alone.sends_at_once(1, 16, 0.011, 0.0)  # but not before a full batch would miss the deadline
-
-
 def test_wait_never_endangers_the_earliest_deadline() -> None:
     s = scheduler(max_delay=1.0, rate_window=10.0, max_rows=64)
     for _ in range(3):

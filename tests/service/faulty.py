@@ -6,7 +6,6 @@ import threading
 import time
 from typing import Any
 
-from millibatch.batching.batcher import Batcher
 from millibatch.engines.base import Engine, EngineInputs
 
 
@@ -44,13 +43,3 @@ class FaultyEngine:
 
     def close(self) -> None:
         self.inner.close()
-
-
-def install(batcher: Batcher, mode: str | None = None, delay: float = 0.0) -> FaultyEngine:
-    """Wrap `batcher`'s engine in a FaultyEngine. Its calls then all run on the engine threads, where a
-    hang or a slow call is watched and never holds the event loop: a lone call at an idle model would
-    otherwise run on the loop itself (`inline_max_ms`), predicted fast by the real engine's cost model."""
-    faulty = FaultyEngine(batcher.engine, mode, delay)
-    batcher.engine = faulty
-    batcher.inline_seconds = 0.0
-    return faulty

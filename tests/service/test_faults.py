@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from millibatch.client import AsyncClient
 from tests.helpers import running_server
-from tests.service.faulty import FaultyEngine, install
+from tests.service.faulty import FaultyEngine
 
 WATCHDOG = 0.5
 
@@ -34,7 +34,10 @@ async def client(server: Any) -> AsyncIterator[AsyncClient]:
 
 
 def inject(server: Any, model: str, mode: str | None) -> FaultyEngine:
-    return install(server.registry.models[model].batcher, mode)
+    batcher = server.registry.models[model].batcher
+    faulty = FaultyEngine(batcher.engine, mode)
+    batcher.engine = faulty
+    return faulty
 
 
 async def status_of(call: Any) -> grpc.StatusCode:

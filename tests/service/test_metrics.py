@@ -129,7 +129,6 @@ async def test_calls_in_progress_and_the_concurrent_call_limit_are_exported(tiny
             return inner(inputs, instance)
 
         engine.run = held  # type: ignore[method-assign]
-        model.batcher.inline_seconds = 0.0  # held on an engine thread, not on the loop
         async with AsyncClient(f"127.0.0.1:{server.port}", timeout=10) as client:
             calls = [asyncio.ensure_future(client.embed([f"call {i}"])) for i in range(3)]
             for _ in range(100):

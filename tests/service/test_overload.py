@@ -20,7 +20,7 @@ import pytest
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import inference_pb2_grpc
 from tests.helpers import running_server
-from tests.service.faulty import FaultyEngine, install
+from tests.service.faulty import FaultyEngine
 
 QUEUE_ROWS = 32
 #: Each engine call takes at least this long, like a real model would; the tiny one alone is too fast to queue.
@@ -41,7 +41,7 @@ async def stub(tiny_embed_dir: Path) -> AsyncIterator[tuple[Any, Any]]:
     async with running_server([tiny_embed_dir], max_queue_rows=QUEUE_ROWS, max_batch_rows=8,
                               max_concurrent_streams=4096, instances=1) as server:
         batcher = server.registry.models["tiny-embed"].batcher
-        install(batcher, delay=ENGINE_SECONDS)
+        batcher.engine = FaultyEngine(batcher.engine, delay=ENGINE_SECONDS)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             yield server, inference_pb2_grpc.InferenceStub(channel)
 

@@ -17,7 +17,7 @@ import pytest_asyncio
 
 from millibatch.client import AsyncClient
 from tests.helpers import free_port, running_server
-from tests.service.faulty import install
+from tests.service.faulty import FaultyEngine
 from tests.service.test_security import pki  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -218,7 +218,7 @@ async def test_tls_serves_https_only(tiny_embed_dir: Path, pki: dict[str, bytes 
 async def test_stop_lets_in_flight_requests_finish_and_refuses_new_ones(tiny_embed_dir: Path) -> None:
     async with running_server([tiny_embed_dir], http_port=free_port(), instances=1, max_batch_rows=2) as server:
         batcher = server.registry.models["tiny-embed"].batcher
-        install(batcher, delay=0.05)
+        batcher.engine = FaultyEngine(batcher.engine, delay=0.05)
         async with aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as http:
 
             async def embed(i: int) -> int | str:
@@ -249,7 +249,7 @@ async def test_stop_lets_in_flight_requests_finish_and_refuses_new_ones(tiny_emb
 async def test_a_client_that_goes_away_cancels_its_request(tiny_embed_dir: Path) -> None:
     async with running_server([tiny_embed_dir], http_port=free_port(), instances=1) as server:
         batcher = server.registry.models["tiny-embed"].batcher
-        engine = install(batcher, delay=0.3)
+        engine = batcher.engine = FaultyEngine(batcher.engine, delay=0.3)
         async with aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as http:
             with pytest.raises(asyncio.TimeoutError):
                 await http.post("/v1/embeddings", json={"input": ["first"]}, timeout=aiohttp.ClientTimeout(total=0.1))
