@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.gpu_runners import EngineRunner, PlainOrtRunner, Runner, TorchRunner, min_cosine
+from bench.gpu_runners import EngineRunner, OrtIoBindingRunner, PlainOrtRunner, Runner, TorchRunner, min_cosine
 from bench.processes import Server, process_cpu, run_loadgen, running_server, serve_launch
 from bench.stats import median, percentile
 from bench.texts import DEFAULT_STSB, stsb_sentences
@@ -38,10 +38,11 @@ from millibatch.engines.model_dir import Manifest
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 #: Every variant, in report order. "cpu" is millibatch's CPU engine (the harness test's stand-in).
-ALL_VARIANTS = ("ort-plain", "ort-cuda-fp32", "ort-cuda-fp32-graphs", "ort-cuda-fp16", "ort-cuda-fp16-graphs",
-                "ort-cuda-int8", "torch-fp16", "ort-trt-ep-fp16", "tensorrt", "cpu", "torch-cpu")
-DEFAULT_VARIANTS = ("ort-plain,ort-cuda-fp32,ort-cuda-fp32-graphs,ort-cuda-fp16,ort-cuda-fp16-graphs,ort-cuda-int8,"
-                    "torch-fp16")
+ALL_VARIANTS = ("ort-plain", "ort-iobind", "ort-cuda-fp32", "ort-cuda-fp32-graphs", "ort-cuda-fp16",
+                "ort-cuda-fp16-graphs", "ort-cuda-int8", "torch-fp16", "ort-trt-ep-fp16", "tensorrt", "cpu",
+                "torch-cpu")
+DEFAULT_VARIANTS = ("ort-plain,ort-iobind,ort-cuda-fp32,ort-cuda-fp32-graphs,ort-cuda-fp16,ort-cuda-fp16-graphs,"
+                    "ort-cuda-int8,torch-fp16")
 #: Variants also served end to end by default (the others are engine-only).
 DEFAULT_SERVED = "ort-cuda-fp32,ort-cuda-fp32-graphs,ort-cuda-fp16,ort-cuda-fp16-graphs"
 #: Sentences whose outputs are compared against ONNX Runtime on CPU (fp32).
@@ -65,7 +66,8 @@ class Variant:
     """One way to run the model."""
 
     name: str
-    #: "engine" (millibatch's engines.select), "plain" (an InferenceSession) or "torch".
+    #: "engine" (millibatch's engines.select), "plain" (an InferenceSession), "iobind" (one with ORT's
+    #: own IO binding) or "torch".
     kind: str
     model_dir: Path
     options: dict[str, Any] = field(default_factory=dict)
@@ -146,9 +148,10 @@ def variants(names: list[str], models: Models) -> tuple[list[Variant], dict[str,
             else:
                 found.append(Variant(name, "torch", models.checkpoint,
                                      {"device": "cpu" if name == "torch-cpu" else "cuda"}))
-        elif name == "ort-plain":
+        elif name in ("ort-plain", "ort-iobind"):
             provider = "CPUExecutionProvider" if no_cuda else "CUDAExecutionProvider"
-            found.append(Variant(name, "plain", models.fp32, {"provider": provider}))
+            found.append(Variant(name, "plain" if name == "ort-plain" else "iobind", models.fp32,
+                                 {"provider": provider}))
         elif no_cuda is not None:
             skipped[name] = no_cuda
         elif model is None:
@@ -171,9 +174,9 @@ def variants(names: list[str], models: Models) -> tuple[list[Variant], dict[str,
 
 def make_runner(variant: Variant, max_rows: int) -> Runner:
     """Load the variant (raises EngineUnavailable, or whatever its library raises, when it cannot)."""
-    if variant.kind == "plain":
-        return PlainOrtRunner(variant.model_dir / Manifest.load(variant.model_dir).onnx_file,
-                              variant.options["provider"])
+    if variant.kind in ("plain", "iobind"):
+        runner = PlainOrtRunner if variant.kind == "plain" else OrtIoBindingRunner
+        return runner(variant.model_dir / Manifest.load(variant.model_dir).onnx_file, variant.options["provider"])
     if variant.kind == "torch":
         return TorchRunner(variant.model_dir, variant.options["device"])
     from millibatch.engines.select import EngineOptions, load_engine
@@ -400,6 +403,26 @@ def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int
         return result
 
 
+def extra_served(specs: list[str], served: list[Variant]) -> tuple[list[Variant], dict[str, str]]:
+    """`--serve-also` entries: a served variant of this run served again with extra flags, under its own
+    name; and the entries whose variant cannot run here, with why."""
+    by_name = {v.name: v for v in served}
+    extra: list[Variant] = []
+    skipped: dict[str, str] = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        base, _, flags = rest.partition(":")
+        if not name or base not in ALL_VARIANTS:
+            raise SystemExit(f"--serve-also {spec!r}: expected NAME=VARIANT:FLAGS with a variant of {ALL_VARIANTS}")
+        if base not in by_name:
+            skipped[name] = f"{base} is not served in this run"
+            continue
+        variant = by_name[base]
+        extra.append(Variant(name, variant.kind, variant.model_dir, {**variant.options, "base": base},
+                             [*(variant.serve_flags or []), *flags.split()]))
+    return extra, skipped
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -478,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="Hugging Face checkpoint for the PyTorch variants (default: --model's, if packaged)")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated, from {','.join(ALL_VARIANTS)}")
     parser.add_argument("--served", default=DEFAULT_SERVED, help="variants also measured through the server")
+    parser.add_argument("--serve-also", action="append", default=[], metavar="NAME=VARIANT:FLAGS",
+                        help="serve VARIANT once more with extra `millibatch serve` flags, reported as NAME "
+                             "(e.g. 'ort-cuda-fp16-x2=ort-cuda-fp16:--instances 2'); repeatable")
     parser.add_argument("--rows", default="1,32", help="batch rows for the engine benchmark")
     parser.add_argument("--tokens", default="16,128", help="tokens per row for the engine benchmark")
     parser.add_argument("--max-rows", type=int, default=64, help="max_batch_rows for engines and server")
@@ -509,23 +535,34 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     shapes = [(int(r), int(t)) for r in args.rows.split(",") for t in args.tokens.split(",")]
     chosen, skipped = variants(names, models)
+    served = {v.strip() for v in args.served.split(",")}
+    to_serve = [v for v in chosen if v.name in served and v.serve_flags is not None]
+    also, also_skipped = extra_served(args.serve_also, to_serve)  # checked before minutes of engine runs
+    to_serve += also
     command = " ".join(["python -m bench.gpu", *(argv if argv is not None else sys.argv[1:])])
     report: dict[str, Any] = {"machine": machine(), "command": command,
                               "models": {k: str(v) for k, v in vars(models).items()},
-                              "engine": [{"variant": n, "skipped": why} for n, why in skipped.items()], "grpc": []}
+                              "engine": [{"variant": n, "skipped": why} for n, why in skipped.items()],
+                              "grpc": [{"variant": n, "skipped": why} for n, why in also_skipped.items()]}
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+    def save() -> None:
+        # After every variant: a run cut short by its time limit still leaves what it measured.
+        (args.out / f"gpu-{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / f"gpu-{stamp}.md").write_text(markdown(report))
+
     reference = cpu_reference(models, args.stsb)
     for variant in chosen:
         print(f"engine {variant.name} ...", file=sys.stderr, flush=True)
         report["engine"].append(bench_engine(variant, shapes, args.seconds, args.max_rows, reference))
+        save()
     if not args.no_grpc:
         raw = args.out / "raw"
         raw.mkdir(parents=True, exist_ok=True)
-        served = {v.strip() for v in args.served.split(",")}
         runnable = {e["variant"] for e in report["engine"] if "skipped" not in e}
-        for variant in chosen:
-            if variant.name not in served or variant.serve_flags is None:
-                continue
-            if variant.name not in runnable:
+        for variant in to_serve:
+            if variant.options.get("base", variant.name) not in runnable:
                 report["grpc"].append({"variant": variant.name, "skipped": "engine unavailable (see above)"})
                 continue
             print(f"grpc {variant.name} ...", file=sys.stderr, flush=True)
@@ -534,10 +571,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  raw))
             except Exception as exc:  # one variant failing must not lose the others' numbers
                 report["grpc"].append({"variant": variant.name, "skipped": f"failed: {first_line(exc)}"})
-    args.out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    (args.out / f"gpu-{stamp}.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / f"gpu-{stamp}.md").write_text(markdown(report))
+            save()
+    save()
     print(markdown(report))
     return 0
 

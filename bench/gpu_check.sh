@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The whole GPU check in one go (its steps are limited to 8 minutes in all): what the machine has, the GPU tests,
+# The whole GPU check in one go (its steps are limited to 8.5 minutes in all): what the machine has, the GPU tests,
 # then python -m bench.gpu (engine variants, then end to end through `millibatch serve`). Every result goes
 # to one folder; the tables are printed last.
 #
-#   bash bench/gpu_check.sh [OUT]           # on a CUDA machine with onnxruntime-gpu, cuda-python, torch
-#   bash bench/gpu_check.sh --quick [OUT]   # the same steps on CPU with a tiny model: tests the harness
+#   bash bench/gpu_check.sh [OUT [BENCH ARGS...]]   # on a CUDA machine with onnxruntime-gpu, cuda-python, torch
+#   bash bench/gpu_check.sh --quick [OUT]           # the same steps on CPU with a tiny model: tests the harness
+#
+# BENCH ARGS replace the GPU run's extra bench.gpu arguments (by default the fp16 model is also served
+# with two instances, to see whether overlapping host work with the GPU's raises saturation).
 #
 # PYTHON picks the interpreter (default: .venv/bin/python if there is one, else python3). The STS-B test
 # set comes from MILLIBATCH_STSB or ../shared/data/stsb-test.tsv. Each step has its own time limit and
@@ -14,6 +17,8 @@ cd "$(dirname "$0")/.."
 QUICK=0
 if [ "${1:-}" = "--quick" ]; then QUICK=1; shift; fi
 OUT=${1:-bench/results/gpu-check}
+shift || true
+if [ $# -gt 0 ]; then EXTRA=("$@"); else EXTRA=(--serve-also "ort-cuda-fp16-x2=ort-cuda-fp16:--instances 2"); fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 if [ -z "${PYTHON:-}" ]; then
@@ -77,7 +82,7 @@ convert(ConvertOptions(source=str(make_tiny_checkpoint(root / "checkpoint", "emb
 EOF
     step tests 300 "$PYTHON" -m pytest -q -m gpu tests/engines -rs -p no:cacheprovider
     step bench 300 "$PYTHON" -m bench.gpu --quick --model "$TINY/model" --checkpoint "$TINY/checkpoint" \
-        --variants cpu,ort-plain,torch-cpu,ort-cuda-fp32 --served cpu --rows 1,4 --tokens 16 --out "$OUT"
+        --variants cpu,ort-plain,ort-iobind,torch-cpu,ort-cuda-fp32 --served cpu --rows 1,4 --tokens 16 --out "$OUT"
     rc=$?
     rm -rf "$TINY"
 else
@@ -86,7 +91,8 @@ else
     converting=$!
     step tests 180 "$PYTHON" -m pytest -q -m gpu tests/engines -rs -p no:cacheprovider -o "filterwarnings=default"
     wait "$converting"
-    step bench 300 "$PYTHON" -m bench.gpu --convert-dir "${CONVERT_DIR:-bench/results/raw}" --seconds 2 --out "$OUT"
+    step bench 330 "$PYTHON" -m bench.gpu --convert-dir "${CONVERT_DIR:-bench/results/raw}" --seconds 2 --out "$OUT" \
+        "${EXTRA[@]}"
     rc=$?
 fi
 echo
