@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 FEATURES = ("overhead", "per_row", "per_token", "per_token_squared")
+#: `efficient_rows` when rows are free: more than any batch limit (callers clip to max_batch_rows).
+UNBOUNDED_ROWS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,10 @@ class CostModel:
         c0, c1, c2, c3 = self._coef
         per_row = c1 + c2 * length + c3 * length * length
         if per_row <= 0:
-            return 1
-        return max(1, math.ceil(c0 * efficiency / ((1.0 - efficiency) * per_row) - 1e-9))
+            # Extra rows cost nothing (a GPU whose batch time is all launch overhead, or CUDA graphs
+            # that always run max_rows): no batch size reaches the target, so every row is worth adding.
+            return UNBOUNDED_ROWS
+        return max(1, min(UNBOUNDED_ROWS, math.ceil(c0 * efficiency / ((1.0 - efficiency) * per_row) - 1e-9)))
 
     def fit_profile(self, observations: list[Observation]) -> None:
         """Replace the start-up profile and refit."""

@@ -345,12 +345,13 @@ def rows_histogram(server: Server) -> dict[str, float]:
     return counts
 
 
-def chosen_rows(cost_model: dict[str, float], lengths: list[int]) -> dict[int, int]:
-    """Rows per batch the scheduler's growth rule settles for at each length, from the fitted cost model."""
+def chosen_rows(cost_model: dict[str, float], lengths: list[int], max_rows: int) -> dict[int, int]:
+    """Rows per batch the scheduler's growth rule settles for at each length, from the fitted cost model
+    (at most `max_rows`: where rows cost nothing the rule never stops a batch growing)."""
     from millibatch.batching.cost_model import FEATURES, CostModel
 
     model = CostModel(tuple(cost_model[name] for name in FEATURES))  # type: ignore[arg-type]
-    return {length: model.efficient_rows(length, GROWTH_EFFICIENCY) for length in lengths}
+    return {length: min(max_rows, model.efficient_rows(length, GROWTH_EFFICIENCY)) for length in lengths}
 
 
 def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int, stsb: Path,
@@ -398,7 +399,7 @@ def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int
             "rows_histogram": {le: rows_after.get(le, 0.0) - rows_before.get(le, 0.0) for le in rows_after},
         }
         result["cost_model"] = after["cost_model"]
-        result["growth_rows"] = chosen_rows(after["cost_model"], [16, 32, 64, 128])
+        result["growth_rows"] = chosen_rows(after["cost_model"], [16, 32, 64, 128], max_rows)
         result["engine_reason"] = after["engine_reason"]
         return result
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from millibatch.batching.cost_model import CostModel, Observation
+from millibatch.batching.cost_model import UNBOUNDED_ROWS, CostModel, Observation
 
 
 def truth(rows: int, length: int) -> float:
@@ -42,3 +42,12 @@ def test_efficient_rows_amortise_the_per_call_overhead() -> None:
     assert model.efficient_rows(256, 0.8) == 1  # long rows amortise the overhead alone
     rows = model.efficient_rows(16, 0.8)
     assert model.predict(rows, 16) * 0.8 <= rows * (model.predict(1, 16) - 0.002) + 1e-12
+
+
+def test_rows_that_cost_nothing_are_always_worth_adding() -> None:
+    # The H100 run (2026-11-27): fp16 batches took ~1.9 ms whatever their rows, the fit put everything
+    # in the overhead, and efficient_rows said 1, so every batch ran one row at a sixth of the throughput.
+    model = CostModel()
+    model.fit_profile([Observation(r, n, 0.0019) for r in (1, 8, 32, 64) for n in (16, 128)])
+    assert model.coefficients["per_row"] < 1e-12 and model.coefficients["per_token"] < 1e-12
+    assert model.efficient_rows(16, 0.9) == model.efficient_rows(128, 0.8) == UNBOUNDED_ROWS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from millibatch.batching.cost_model import CostModel
 from millibatch.batching.scheduler import BatchLimits, Scheduler
 from millibatch.engines.base import round_up
 from tests.batching.fakes import exact_cost_model, make_item, true_cost
@@ -188,3 +189,13 @@ def test_batches_stop_growing_where_throughput_stops_improving() -> None:
     for _ in range(40):
         unlimited.add(make_item([16], deadline=10.0), 0.0)
     assert len(unlimited.next(0.0).batch) == 32
+
+
+def test_batches_fill_up_where_rows_cost_nothing() -> None:
+    # A GPU whose batch time is all launch overhead: a full batch is sent at once, not one row at a time.
+    s = Scheduler(BatchLimits(max_delay=1.0, rate_window=10.0), CostModel((0.002, 0.0, 0.0, 0.0)),
+                  lambda n: round_up(n, 8))
+    assert s.capacity(16) == 32
+    for _ in range(40):
+        s.add(make_item([16], deadline=10.0), 0.0)
+    assert len(s.next(0.0).batch) == 32

@@ -77,8 +77,11 @@ def test_sentences_are_padded_to_the_runner_length(tiny_embed_dir: Path) -> None
 
 def test_growth_rows_follow_the_cost_model() -> None:
     # 1 ms per call and 10 µs per row at every length: 90% efficiency needs 900 rows' worth of work.
-    rows = gpu.chosen_rows({"overhead": 1e-3, "per_row": 1e-5, "per_token": 0.0, "per_token_squared": 0.0}, [16])
+    rows = gpu.chosen_rows({"overhead": 1e-3, "per_row": 1e-5, "per_token": 0.0, "per_token_squared": 0.0}, [16],
+                           1000)
     assert rows == {16: 900}
+    free = gpu.chosen_rows({"overhead": 1e-3, "per_row": 0.0, "per_token": 0.0, "per_token_squared": 0.0}, [16], 64)
+    assert free == {16: 64}  # rows that cost nothing fill the batch
 
 
 def test_text_with_tokens_hits_the_requested_length(tiny_embed_dir: Path) -> None:
