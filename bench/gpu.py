@@ -253,16 +253,20 @@ def graph_summary(model_dir: Path) -> dict[str, int]:
 def bench_engine(variant: Variant, shapes: list[tuple[int, int]], seconds: float, max_rows: int,
                  reference: tuple[EngineInputs, FloatArray] | None) -> dict[str, Any]:
     """Each shape's latency and throughput, and the lowest cosine against ORT on CPU over real sentences."""
-    started = time.perf_counter()
+    started, memory_before = time.perf_counter(), gpu_memory_used()
     try:
         runner = make_runner(variant, max_rows)
     except Exception as exc:  # a variant that cannot load is reported, not fatal
         return {"variant": variant.name, "skipped": f"{type(exc).__name__}: {first_line(exc)}"}
     load_seconds = time.perf_counter() - started
+    memory_after = gpu_memory_used()
     try:
         max_length = Manifest.load(variant.model_dir).max_length if variant.kind != "torch" else 512
         result: dict[str, Any] = {"variant": variant.name, "runs": runner.description,
                                   "load_seconds": load_seconds, "shapes": []}
+        if memory_before is not None and memory_after is not None:
+            # What loading took on the GPU (sessions, buffers, captured graphs), all processes counted.
+            result["gpu_memory_mb"] = (memory_after - memory_before) / 2**20
         if variant.kind != "torch":
             result["graph"] = graph_summary(variant.model_dir)
         if reference is not None:
@@ -274,6 +278,14 @@ def bench_engine(variant: Variant, shapes: list[tuple[int, int]], seconds: float
         return result
     finally:
         runner.close()
+
+
+def gpu_memory_used() -> int | None:
+    """Bytes in use on the first GPU (NVML), or None without one."""
+    from millibatch.engines.gpu_info import gpu_stats
+
+    stats = gpu_stats()
+    return stats[0].memory_used_bytes if stats else None
 
 
 def cpu_reference(models: Models, stsb: Path) -> tuple[EngineInputs, FloatArray] | None:
@@ -472,7 +484,8 @@ def markdown(report: dict[str, Any]) -> str:
         if "runs" in e:
             graph = e.get("graph")
             shape = f"; {graph['nodes']} graph nodes, {graph['fused_attention']} fused attention" if graph else ""
-            lines.append(f"- {e['variant']}: {e['runs']} (loaded in {e['load_seconds']:.1f} s{shape})")
+            memory = f"; {e['gpu_memory_mb']:.0f} MiB of GPU memory" if "gpu_memory_mb" in e else ""
+            lines.append(f"- {e['variant']}: {e['runs']} (loaded in {e['load_seconds']:.1f} s{shape}{memory})")
     lines += ["", "## End to end through `millibatch serve` (gRPC, client on the same machine)", "",
               "| variant | one call in flight: 16 tok p50 / p99 ms | 128 tok p50 / p99 ms "
               "| saturation calls/s (STS-B, concurrency) | errors | mean rows/batch | rows chosen at 16/32/64/128 "

@@ -86,6 +86,20 @@ class BucketPlan:
         """The length a batch whose longest row is `length` tokens is padded to (clipped to max_length)."""
         return self._bucket_of_length[min(max(length, 1), self.max_length)].length
 
+    @cached_property
+    def graph_rows(self) -> tuple[int, ...]:
+        """Row counts a CUDA-graph batch is padded to: powers of two below max_rows, then max_rows. A
+        graph replays one fixed shape, so rows are padded too, but only to the next of these: padding
+        one row to max_rows cost 2.9x its time at 128 tokens on the H100 (docs/GPU.md)."""
+        return (*(1 << i for i in range(self.max_rows.bit_length()) if 1 << i < self.max_rows), self.max_rows)
+
+    def graph_shape(self, rows: int, length: int) -> tuple[int, int]:
+        """(graph id, padded rows) of the CUDA graph that runs a batch of `rows` rows at `length`: one graph
+        per length bucket and row count of `graph_rows`, numbered length-major."""
+        bucket = self.bucket(rows, length)
+        row_index = next(i for i, n in enumerate(self.graph_rows) if rows <= n)
+        return bucket.index * len(self.graph_rows) + row_index, self.graph_rows[row_index]
+
     def profile_index(self, instance: int, bucket: Bucket) -> int:
         """TensorRT profile for `bucket` on `instance`: profiles are laid out instance-major.
 

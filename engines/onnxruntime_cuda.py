@@ -106,7 +106,7 @@ class _Instance:
     session: Any
     stream: StreamLike
     binding: Any
-    #: Run options per bucket index (each names its CUDA graph when graphs are on).
+    #: Run options by CUDA graph id (`BucketPlan.graph_shape`) when graphs are on, else one for every batch.
     run_options: list[Any]
     #: One pinned (host) and one device buffer per graph input/output, sized for the largest bucket:
     #: every bind passes its own shape, so one buffer serves every bucket and its address never moves.
@@ -167,13 +167,15 @@ class OnnxRuntimeCudaEngine:
         self._warm_buckets()
 
     def _warm_buckets(self) -> None:
-        """Run every bucket's largest batch once per instance, so ORT's arena, kernel selection (and CUDA
-        graph capture) happen at load time, not under traffic."""
+        """Run every bucket's largest batch once per instance, so ORT's arena and kernel selection happen at
+        load time, not under traffic; with CUDA graphs, every row count of every bucket, capturing each graph."""
+        rows = self._plan.graph_rows if self._cuda_graphs else (self._plan.max_rows,)
         for index in range(len(self._instances)):
             for bucket in self._plan.buckets:
-                shape = (self._plan.max_rows, bucket.length)
-                ones = np.ones(shape, dtype=np.int64)
-                self.run(EngineInputs(input_ids=ones, attention_mask=ones, token_type_ids=np.zeros_like(ones)), index)
+                for n in rows:
+                    ones = np.ones((n, bucket.length), dtype=np.int64)
+                    self.run(EngineInputs(input_ids=ones, attention_mask=ones, token_type_ids=np.zeros_like(ones)),
+                             index)
 
     def _make_instance(self, onnx_path: Path, provider: OrtProvider, fp16: bool, cache_dir: Path | None) -> _Instance:
         ort = self._ort
@@ -192,13 +194,14 @@ class OnnxRuntimeCudaEngine:
         session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
         check_providers(session, providers[0][0])
         run_options = []
-        for bucket in self._plan.buckets:
-            options_for_bucket = ort.RunOptions()
+        graphs = len(self._plan.buckets) * len(self._plan.graph_rows) if self._cuda_graphs else 0
+        for graph_id in range(max(1, graphs)):
+            run_config = ort.RunOptions()
             # We copy outputs back on the same stream and synchronise once ourselves.
-            options_for_bucket.add_run_config_entry("disable_synchronize_execution_providers", "1")
+            run_config.add_run_config_entry("disable_synchronize_execution_providers", "1")
             if self._cuda_graphs:
-                options_for_bucket.add_run_config_entry("gpu_graph_id", str(bucket.index))
-            run_options.append(options_for_bucket)
+                run_config.add_run_config_entry("gpu_graph_id", str(graph_id))
+            run_options.append(run_config)
         return _Instance(session, stream, session.io_binding(), run_options)
 
     @property
@@ -218,8 +221,8 @@ class OnnxRuntimeCudaEngine:
         bucket = self._plan.bucket(rows, length)
         if bucket.length != length:
             raise ValueError(f"batch padded to {length}, engine expects bucket lengths {self._plan.lengths}")
-        # CUDA graphs replay fixed shapes and addresses, so rows are padded to max_rows when they are on.
-        run_rows = self._plan.max_rows if self._cuda_graphs else rows
+        # CUDA graphs replay fixed shapes and addresses, so with them rows are padded to the graph's rows.
+        graph_id, run_rows = self._plan.graph_shape(rows, length) if self._cuda_graphs else (0, rows)
         device = self._backend.device
         binding = state.binding
         binding.clear_binding_inputs()
@@ -238,7 +241,7 @@ class OnnxRuntimeCudaEngine:
         for spec in self._outputs:
             binding.bind_output(spec.name, device, self._device_id, spec.dtype,
                                 list(output_shape(spec.shape, run_rows, length)), state.device[spec.name].pointer)
-        state.session.run_with_iobinding(binding, state.run_options[bucket.index])
+        state.session.run_with_iobinding(binding, state.run_options[graph_id])
         views = {}
         for spec in self._outputs:
             pinned = state.pinned[spec.name]

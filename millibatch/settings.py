@@ -130,7 +130,8 @@ class Settings(BaseSettings):
     ort_tensorrt_fp16: bool = False
     """fp16 kernels in ONNX Runtime's TensorRT execution provider."""
     cuda_graphs: bool = False
-    """Capture a CUDA graph per length bucket in ONNX Runtime (off until measured on the target GPU)."""
+    """Capture a CUDA graph per length bucket and row count (powers of two up to `max_batch_rows`) in ONNX
+    Runtime, and replay it with the batch's rows padded to that count (off until measured on the target GPU)."""
 
     # -- batching -------------------------------------------------------------------------------
     batch_policy: Literal["deadline", "fifo"] = "deadline"

@@ -56,6 +56,26 @@ def test_profiles_are_instance_major_and_fix_the_bucket_length() -> None:
     assert plan.profile_shapes(b64, opt_rows=100).opt == (32, 64)
 
 
+@given(max_rows=st.integers(1, 200), rows=st.integers(1, 200), length=st.integers(1, 128))
+def test_a_graph_batch_pads_rows_to_the_next_graph_row_count(max_rows: int, rows: int, length: int) -> None:
+    plan = BucketPlan.build(max_rows, 128)
+    rows = min(rows, max_rows)
+    graph_id, padded_rows = plan.graph_shape(rows, length)
+    assert rows <= padded_rows <= max(1, 2 * rows - 1) or padded_rows == max_rows
+    assert padded_rows in plan.graph_rows and plan.graph_rows[-1] == max_rows
+    bucket = plan.bucket(rows, length)
+    assert graph_id == bucket.index * len(plan.graph_rows) + plan.graph_rows.index(padded_rows)
+
+
+def test_graph_rows_are_powers_of_two_then_max_rows() -> None:
+    assert BucketPlan.build(64, 128).graph_rows == (1, 2, 4, 8, 16, 32, 64)
+    assert BucketPlan.build(48, 128).graph_rows == (1, 2, 4, 8, 16, 32, 48)
+    assert BucketPlan.build(1, 128).graph_rows == (1,)
+    plan = BucketPlan.build(64, 128)  # 4 length buckets x 7 row counts: ids 0..27, each used once
+    ids = {plan.graph_shape(rows, n) for rows in range(1, 65) for n in (16, 32, 64, 128)}
+    assert sorted(i for i, _ in ids) == list(range(28))
+
+
 def test_output_shapes_replace_symbolic_dims() -> None:
     assert output_shape(("batch", 384), 7, 64) == (7, 384)
     assert output_shape((None, "seq", 3), 7, 64) == (7, 64, 3)
