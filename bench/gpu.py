@@ -416,6 +416,32 @@ def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int
         return result
 
 
+def bench_scale_out(variant: Variant, processes: int, seconds: float, concurrency: int, max_rows: int,
+                    stsb: Path, raw: Path) -> dict[str, Any]:
+    """Saturation with `processes` servers of the variant sharing the GPU, the calls in flight split evenly
+    between them (one load generator each): whether more processes lift the ceiling of one event loop."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    mixed = raw / "gpu-stsb-sentences.json"
+    mixed.write_text(json.dumps(stsb_sentences(stsb) if stsb.is_file() else
+                                [text_with_tokens(variant.model_dir / "tokenizer.json", t) for t in (8, 16, 24, 40)]))
+    name = f"{variant.name}-x{processes}p"
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(running_server(
+            serve_launch(variant.model_dir, ["--max-batch-rows", str(max_rows), *(variant.serve_flags or [])],
+                         name=f"gpu-{name}-{i}"), mixed, logs=raw, wait=300.0)) for i in range(processes)]
+        cpu_before, started = [process_cpu(s.process.pid) for s in servers], time.perf_counter()
+        with ThreadPoolExecutor(processes) as pool:
+            phases = list(pool.map(lambda i: closed_loop(servers[i], mixed, concurrency // processes, seconds,
+                                                         raw / f"gpu-{name}-saturation-{i}.json"), range(processes)))
+        wall = time.perf_counter() - started
+        cpu = sum(process_cpu(s.process.pid) - before for s, before in zip(servers, cpu_before, strict=True))
+    return {"variant": variant.name, "processes": processes, "concurrency": concurrency,
+            "requests_per_s": sum(p["throughput_rps"] for p in phases), "errors": sum(p["errors"] for p in phases),
+            "p50_ms": max(p["p50_ms"] for p in phases), "p99_ms": max(p["p99_ms"] for p in phases),
+            "server_cpu_cores": cpu / wall}
+
+
 def extra_served(specs: list[str], served: list[Variant]) -> tuple[list[Variant], dict[str, str]]:
     """`--serve-also` entries: a served variant of this run served again with extra flags, under its own
     name; and the entries whose variant cannot run here, with why."""
@@ -502,6 +528,16 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {entry['variant']} | {cells[0]} | {cells[1]} | {sat['requests_per_s']:.0f} "
                      f"({sat['concurrency']}) | {sat['errors']} | {sat['mean_rows']:.1f} | {growth} "
                      f"| {sat['engine_busy']:.2f} | {sat['server_cpu_cores']:.2f} |")
+    if report.get("scale_out"):
+        lines += ["", "## More server processes on one GPU (saturation, calls in flight split between them)", "",
+                  "| variant | processes | calls/s | errors | p50 ms (worst process) | p99 ms | server CPU cores |",
+                  "|---|---|---|---|---|---|---|"]
+        for e in report["scale_out"]:
+            if "skipped" in e:
+                lines.append(f"| {e['variant']} | {e['processes']} | skipped: {e['skipped']} |||||")
+            else:
+                lines.append(f"| {e['variant']} | {e['processes']} | {e['requests_per_s']:.0f} | {e['errors']} "
+                             f"| {e['p50_ms']:.1f} | {e['p99_ms']:.1f} | {e['server_cpu_cores']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -518,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve-also", action="append", default=[], metavar="NAME=VARIANT:FLAGS",
                         help="serve VARIANT once more with extra `millibatch serve` flags, reported as NAME "
                              "(e.g. 'ort-cuda-fp16-x2=ort-cuda-fp16:--instances 2'); repeatable")
+    parser.add_argument("--scale-out", action="append", default=[], metavar="VARIANT:PROCESSES",
+                        help="saturation again with PROCESSES servers of a served VARIANT on the same GPU; repeatable")
     parser.add_argument("--rows", default="1,32", help="batch rows for the engine benchmark")
     parser.add_argument("--tokens", default="16,128", help="tokens per row for the engine benchmark")
     parser.add_argument("--max-rows", type=int, default=64, help="max_batch_rows for engines and server")
@@ -585,6 +623,21 @@ def main(argv: list[str] | None = None) -> int:
                                                  raw))
             except Exception as exc:  # one variant failing must not lose the others' numbers
                 report["grpc"].append({"variant": variant.name, "skipped": f"failed: {first_line(exc)}"})
+            save()
+        report["scale_out"] = []
+        for spec in args.scale_out:
+            name, _, count = spec.partition(":")
+            base = next((v for v in to_serve if v.name == name and name in runnable), None)
+            if base is None:
+                report["scale_out"].append({"variant": name, "processes": count, "skipped": "not served here"})
+                continue
+            print(f"scale-out {spec} ...", file=sys.stderr, flush=True)
+            try:
+                report["scale_out"].append(bench_scale_out(base, int(count or 2), args.seconds, args.concurrency,
+                                                           args.max_rows, args.stsb, raw))
+            except Exception as exc:  # reported, not fatal
+                failed = f"failed: {first_line(exc)}"
+                report["scale_out"].append({"variant": name, "processes": count, "skipped": failed})
             save()
     save()
     print(markdown(report))

@@ -9,7 +9,8 @@
 # BENCH ARGS replace the GPU run's extra bench.gpu arguments (by default the fp16 model is also served
 # with two instances, to see whether overlapping host work with the GPU's raises saturation).
 #
-# PYTHON picks the interpreter (default: .venv/bin/python if there is one, else python3). The STS-B test
+# PYTHON picks the interpreter (default: .venv/bin/python if there is one, else python3); BENCH_LIMIT the
+# benchmark step's seconds (330). The STS-B test
 # set comes from MILLIBATCH_STSB or ../shared/data/stsb-test.tsv. Each step has its own time limit and
 # a failing step does not stop the ones after it; the exit status is that of the benchmark.
 set -u
@@ -91,7 +92,7 @@ else
     converting=$!
     step tests 180 "$PYTHON" -m pytest -q -m gpu tests/engines -rs -p no:cacheprovider -o "filterwarnings=default"
     wait "$converting"
-    step bench 330 "$PYTHON" -m bench.gpu --convert-dir "${CONVERT_DIR:-bench/results/raw}" --seconds 2 --out "$OUT" \
+    step bench "${BENCH_LIMIT:-330}" "$PYTHON" -m bench.gpu --convert-dir "${CONVERT_DIR:-bench/results/raw}" --seconds 2 --out "$OUT" \
         "${EXTRA[@]}"
     rc=$?
 fi

@@ -16,7 +16,8 @@ def test_harness_writes_json_and_markdown(tiny_embed_dir: Path, stsb_path: Path,
     checkpoint = tiny_embed_dir.parent / "checkpoint"  # where conftest's converted_tiny made it
     gpu.main(["--model", str(tiny_embed_dir), "--checkpoint", str(checkpoint), "--stsb", str(stsb_path),
               "--variants", "cpu,ort-plain,ort-iobind,torch-cpu,ort-cuda-fp32,tensorrt", "--served", "cpu", "--quick",
-              "--serve-also", "cpu-x2=cpu:--instances 2", "--rows", "1,4", "--tokens", "16", "--out", str(tmp_path)])
+              "--serve-also", "cpu-x2=cpu:--instances 2", "--scale-out", "cpu:2", "--rows", "1,4", "--tokens", "16",
+              "--out", str(tmp_path)])
     (report_path,) = tmp_path.glob("gpu-*.json")
     report = json.loads(report_path.read_text())
     engine = {e["variant"]: e for e in report["engine"]}
@@ -30,6 +31,8 @@ def test_harness_writes_json_and_markdown(tiny_embed_dir: Path, stsb_path: Path,
     grpc_cpu, grpc_two = report["grpc"]
     assert (grpc_cpu["variant"], grpc_two["variant"]) == ("cpu", "cpu-x2")
     assert grpc_two["saturation"]["ok"] > 0
+    (scaled,) = report["scale_out"]
+    assert scaled["processes"] == 2 and scaled["requests_per_s"] > 0 and scaled["errors"] == 0
     assert [lat["tokens"] for lat in grpc_cpu["latency"]] == [16, 64]  # 128 clipped to the tiny max_length
     saturation = grpc_cpu["saturation"]
     assert saturation["requests_per_s"] > 0 and saturation["batches"] > 0 and saturation["mean_rows"] >= 1
@@ -41,6 +44,7 @@ def test_harness_writes_json_and_markdown(tiny_embed_dir: Path, stsb_path: Path,
         assert "skipped" in engine["ort-cuda-fp32"] and "skipped" in engine["tensorrt"]
     markdown = (tmp_path / report_path.name.replace(".json", ".md")).read_text()
     assert markdown.startswith("# GPU benchmark") and "| torch-cpu | 4 × 16 |" in markdown
+    assert "| cpu | 2 |" in markdown
 
 
 def test_each_variant_runs_its_own_model_and_server_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
