@@ -94,7 +94,12 @@ class Batcher:
         # Through `self.engine` at call time, not a bound method: the engine may be swapped (tests inject faults).
         dispatcher.workers = EngineWorkers(lambda inputs, instance: self.engine.run(inputs, instance), self._instances,
                                            loop, self._clock or time.monotonic, dispatcher.finished, dispatcher.stale,
-                                           self.engine_priority)
+                                           self.engine_priority, getattr(self.engine, "prepare_thread", None))
+        try:
+            await asyncio.to_thread(dispatcher.workers.wait_prepared)
+        except BaseException:
+            dispatcher.workers.close()
+            raise
         self._accepting = True
         self._task = asyncio.create_task(dispatcher.run(), name="batcher")
         self.watchdog.start()

@@ -6,6 +6,11 @@ prepared ahead while every instance was busy, so the engine does not sit idle wh
 the previous batch's callers. A batch prepared ahead is checked again when it would start (callers
 still waiting, deadlines still reachable); if not, it goes back to the loop (`on_stale`) to be trimmed.
 Futures and the scheduler are only ever touched on the loop: threads read, never resolve.
+
+Before its first batch, each thread runs the engine's `prepare_thread(instance)` where it has one, one
+thread at a time: ONNX Runtime keeps CUDA graphs per calling thread and captures them in a mode that
+fails any other thread's CUDA work meanwhile, so they are captured here, on the serving threads, before
+traffic (docs/GPU.md).
 """
 
 from __future__ import annotations
@@ -69,8 +74,17 @@ class EngineWorkers:
         on_done: Callable[[Job], None],
         on_stale: Callable[[Job], None],
         priority: EnginePriority = "nice",
+        prepare: Callable[[int], None] | None = None,
     ) -> None:
         self._run = run
+        self._prepare = prepare
+        # One thread prepares at a time; `prepared` is set once every thread has (or one failed).
+        self._preparing = threading.Lock()
+        self._unprepared = instances
+        self._prepare_error: BaseException | None = None
+        self.prepared = threading.Event()
+        if instances == 0 or prepare is None:
+            self.prepared.set()
         self._priority = priority
         self._loop = loop
         self._clock = clock
@@ -84,6 +98,26 @@ class EngineWorkers:
         ]
         for thread in self._threads:
             thread.start()
+
+    def wait_prepared(self, timeout: float | None = None) -> None:
+        """Block until every thread has prepared its instance; raise what a failed preparation raised."""
+        if not self.prepared.wait(timeout):
+            raise TimeoutError(f"engine threads not prepared after {timeout} s")
+        if self._prepare_error is not None:
+            raise RuntimeError(f"preparing an engine thread failed: {self._prepare_error}") from self._prepare_error
+
+    def _prepare_thread(self, instance: int) -> None:
+        if self._prepare is None:
+            return
+        with self._preparing:
+            try:
+                if self._prepare_error is None:
+                    self._prepare(instance)
+            except BaseException as error:  # reported by wait_prepared; the batcher refuses to start
+                self._prepare_error = error
+            self._unprepared -= 1
+            if self._unprepared == 0 or self._prepare_error is not None:
+                self.prepared.set()
 
     def submit(self, job: Job) -> None:
         """Queue `job` for the first instance that is (or becomes) free."""
@@ -113,6 +147,7 @@ class EngineWorkers:
             return self._ready.popleft()
 
     def _work(self, instance: int) -> None:
+        self._prepare_thread(instance)  # at full priority: start-up waits for it
         lower_thread_priority(self._priority)
         while (job := self._take()) is not None:
             if not job.fresh(self._clock()):

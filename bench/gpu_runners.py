@@ -40,6 +40,9 @@ class EngineRunner:
     def __init__(self, engine: Any) -> None:
         self._engine = engine
         self._output = engine.output_names[0]
+        prepare = getattr(engine, "prepare_thread", None)
+        if prepare is not None:  # this thread serves instance 0, as an engine thread would (CUDA graphs)
+            prepare(0)
         info = engine.info
         self.description = f"{info.engine} on {info.device}, {info.precision}: {info.reason}"
 

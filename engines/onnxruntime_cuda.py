@@ -9,6 +9,7 @@ bound once, are copied back into pinned memory on the same stream, and the strea
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +22,12 @@ from millibatch.engines.buckets import BucketPlan, TensorSpec, largest_buffer_by
 from millibatch.engines.select import EngineUnavailable
 
 OrtProvider = Literal["cuda", "tensorrt"]
+
+#: Runs of each graph shape that capture it: ONNX Runtime's CUDA provider runs a graph id twice before it
+#: captures it (min_num_runs_before_cuda_graph_capture_), on the third.
+GRAPH_CAPTURE_RUNS = 3
+#: `gpu_graph_id` that runs without a CUDA graph (ONNX Runtime's kCudaGraphAnnotationSkip).
+NO_GRAPH = -1
 
 #: ONNX tensor type strings to numpy dtypes, for the types our graphs use.
 ONNX_TYPES: dict[str, np.dtype[Any]] = {
@@ -106,8 +113,13 @@ class _Instance:
     session: Any
     stream: StreamLike
     binding: Any
-    #: Run options by CUDA graph id (`BucketPlan.graph_shape`) when graphs are on, else one for every batch.
+    #: Run options by CUDA graph id (`BucketPlan.graph_shape`); none without graphs.
     run_options: list[Any]
+    #: Run options without a graph: every call without graphs, and with them calls from any thread but
+    #: the one that captured them.
+    no_graph: Any
+    #: The thread whose ONNX Runtime context holds this instance's CUDA graphs (`prepare_thread`).
+    graph_thread: int | None = None
     #: One pinned (host) and one device buffer per graph input/output, sized for the largest bucket:
     #: every bind passes its own shape, so one buffer serves every bucket and its address never moves.
     pinned: dict[str, BufferLike] = field(default_factory=dict)
@@ -168,14 +180,12 @@ class OnnxRuntimeCudaEngine:
 
     def _warm_buckets(self) -> None:
         """Run every bucket's largest batch once per instance, so ORT's arena and kernel selection happen at
-        load time, not under traffic; with CUDA graphs, every row count of every bucket, capturing each graph."""
-        rows = self._plan.graph_rows if self._cuda_graphs else (self._plan.max_rows,)
+        load time, not under traffic (without graphs: those are captured by `prepare_thread`)."""
         for index in range(len(self._instances)):
             for bucket in self._plan.buckets:
-                for n in rows:
-                    ones = np.ones((n, bucket.length), dtype=np.int64)
-                    self.run(EngineInputs(input_ids=ones, attention_mask=ones, token_type_ids=np.zeros_like(ones)),
-                             index)
+                shape = (self._plan.max_rows, bucket.length)
+                ones = np.ones(shape, dtype=np.int64)
+                self.run(EngineInputs(input_ids=ones, attention_mask=ones, token_type_ids=np.zeros_like(ones)), index)
 
     def _make_instance(self, onnx_path: Path, provider: OrtProvider, fp16: bool, cache_dir: Path | None) -> _Instance:
         ort = self._ort
@@ -193,16 +203,39 @@ class OnnxRuntimeCudaEngine:
             providers.insert(0, ("TensorrtExecutionProvider", trt))
         session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
         check_providers(session, providers[0][0])
-        run_options = []
         graphs = len(self._plan.buckets) * len(self._plan.graph_rows) if self._cuda_graphs else 0
-        for graph_id in range(max(1, graphs)):
-            run_config = ort.RunOptions()
-            # We copy outputs back on the same stream and synchronise once ourselves.
-            run_config.add_run_config_entry("disable_synchronize_execution_providers", "1")
-            if self._cuda_graphs:
-                run_config.add_run_config_entry("gpu_graph_id", str(graph_id))
-            run_options.append(run_config)
-        return _Instance(session, stream, session.io_binding(), run_options)
+        run_options = [self._run_config(graph_id) for graph_id in range(graphs)]
+        no_graph = self._run_config(NO_GRAPH if self._cuda_graphs else None)
+        return _Instance(session, stream, session.io_binding(), run_options, no_graph)
+
+    def _run_config(self, graph_id: int | None) -> Any:
+        run_config = self._ort.RunOptions()
+        # We copy outputs back on the same stream and synchronise once ourselves.
+        run_config.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        if graph_id is not None:
+            run_config.add_run_config_entry("gpu_graph_id", str(graph_id))
+        return run_config
+
+    def prepare_thread(self, instance: int) -> None:
+        """Capture `instance`'s CUDA graphs on the calling thread, the one that will serve it: ONNX Runtime
+        keeps graphs per thread, and capturing one fails any CUDA work of another thread meanwhile, so
+        the batcher calls this on each engine thread in turn before traffic. Calls from any other thread
+        run without graphs (start-up warm-up and profiling). Nothing to do without graphs."""
+        if not self._cuda_graphs:
+            return
+        self._instances[instance].graph_thread = threading.get_ident()
+        for bucket in self._plan.buckets:
+            for rows in self._plan.graph_rows:
+                ones = np.ones((rows, bucket.length), dtype=np.int64)
+                batch = EngineInputs(input_ids=ones, attention_mask=ones, token_type_ids=np.zeros_like(ones))
+                for _ in range(GRAPH_CAPTURE_RUNS):
+                    self.run(batch, instance)
+
+    def run_shape(self, rows: int, length: int, instance: int) -> tuple[int, int]:
+        """(CUDA graph id or NO_GRAPH, rows to run) for a batch on `instance` from the calling thread."""
+        if self._cuda_graphs and self._instances[instance].graph_thread == threading.get_ident():
+            return self._plan.graph_shape(rows, length)
+        return NO_GRAPH, rows
 
     @property
     def info(self) -> EngineInfo:
@@ -222,7 +255,7 @@ class OnnxRuntimeCudaEngine:
         if bucket.length != length:
             raise ValueError(f"batch padded to {length}, engine expects bucket lengths {self._plan.lengths}")
         # CUDA graphs replay fixed shapes and addresses, so with them rows are padded to the graph's rows.
-        graph_id, run_rows = self._plan.graph_shape(rows, length) if self._cuda_graphs else (0, rows)
+        graph_id, run_rows = self.run_shape(rows, length, instance)
         device = self._backend.device
         binding = state.binding
         binding.clear_binding_inputs()
@@ -241,7 +274,8 @@ class OnnxRuntimeCudaEngine:
         for spec in self._outputs:
             binding.bind_output(spec.name, device, self._device_id, spec.dtype,
                                 list(output_shape(spec.shape, run_rows, length)), state.device[spec.name].pointer)
-        state.session.run_with_iobinding(binding, state.run_options[graph_id])
+        options = state.no_graph if graph_id == NO_GRAPH else state.run_options[graph_id]
+        state.session.run_with_iobinding(binding, options)
         views = {}
         for spec in self._outputs:
             pinned = state.pinned[spec.name]

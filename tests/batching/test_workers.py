@@ -78,3 +78,52 @@ async def test_the_batcher_runs_its_engine_at_the_priority_it_is_given(priority:
     finally:
         await batcher.stop(1.0)
     assert engine.policies and set(engine.policies) == {policy}
+
+
+async def test_each_thread_prepares_its_instance_one_at_a_time_before_any_batch() -> None:
+    events: list[tuple[str, int, int]] = []  # (what, instance, thread)
+    busy = threading.Lock()
+
+    def prepare(instance: int) -> None:
+        assert busy.acquire(blocking=False), "two threads prepared at once"
+        time.sleep(0.05)
+        events.append(("prepare", instance, threading.get_ident()))
+        busy.release()
+
+    def run(inputs: EngineInputs, instance: int) -> dict[str, FloatArray]:
+        events.append(("run", instance, threading.get_ident()))
+        return {}
+
+    loop = asyncio.get_running_loop()
+    finished: list[Job] = []
+    all_done = asyncio.Event()
+
+    def done(job: Job) -> None:  # called on the loop
+        finished.append(job)
+        if len(finished) == 6:
+            all_done.set()
+
+    workers = EngineWorkers(run, 3, loop, time.monotonic, done, done, "nice", prepare)
+    try:
+        await asyncio.to_thread(workers.wait_prepared, 10)
+        prepared = {instance: thread for what, instance, thread in events if what == "prepare"}
+        assert sorted(prepared) == [0, 1, 2] and len(set(prepared.values())) == 3
+        for batch_id in range(6):
+            workers.submit(Job(batch_id=batch_id, batch=[], inputs=synthetic_inputs(1, 8)))
+        await asyncio.wait_for(all_done.wait(), 10)
+    finally:
+        workers.close()
+    # Every batch ran on the thread that prepared its instance.
+    assert all(thread == prepared[instance] for what, instance, thread in events if what == "run")
+
+
+async def test_a_failed_preparation_stops_the_batcher_from_starting() -> None:
+    class UnpreparableEngine(SyntheticEngine):
+        def prepare_thread(self, instance: int) -> None:
+            raise RuntimeError("capture failed")
+
+    batcher = Batcher(UnpreparableEngine(), BatchLimits(max_rows=8, max_tokens=384, max_delay=0.0),  # type: ignore[arg-type]
+                      cost_model=exact_cost_model())
+    with pytest.raises(RuntimeError, match="preparing an engine thread failed: capture failed"):
+        await batcher.start()
+    assert not batcher._accepting  # it refuses work: nothing would run it

@@ -111,12 +111,63 @@ def test_ort_cuda_graphs_match_cpu(tiny_embed_dir: Path) -> None:
     try:
         engine = OnnxRuntimeCudaEngine(tiny_embed_dir / manifest.onnx_file, BucketPlan.build(32, manifest.max_length),
                                        instances=2, cuda_graphs=True)
+        for instance in range(2):  # this thread serves both: capture their graphs here
+            engine.prepare_thread(instance)
     except Exception as exc:  # say why graphs cannot be captured for this graph, rather than pass silently
         pytest.fail(f"CUDA graphs did not load: {exc}")
     try:
+        assert engine.run_shape(3, 16, 1)[1] == 4, "runs replay graphs, rows padded to the graph's"
         _compare(engine, tiny_embed_dir, 0.9999)
     finally:
         engine.close()
+
+
+async def test_ort_cuda_graphs_serve_two_instances_at_once(tiny_embed_dir: Path) -> None:
+    # The batcher's own engine threads: each captures its instance's graphs before traffic, one at a
+    # time; then both replay side by side. Captured under traffic instead, one thread's capture failed
+    # the other's CUDA calls (H100, 2026-11-27: 75 INTERNAL answers with two instances).
+    import asyncio
+    import time
+
+    from millibatch.batching.workers import EngineWorkers, Job
+    from millibatch.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+
+    _require()
+    manifest = Manifest.load(tiny_embed_dir)
+    engine = OnnxRuntimeCudaEngine(tiny_embed_dir / manifest.onnx_file, BucketPlan.build(32, manifest.max_length),
+                                   instances=2, cuda_graphs=True)
+    cpu = OnnxRuntimeCpuEngine(tiny_embed_dir / manifest.onnx_file)
+    batches = []
+    for _ in range(60):
+        rows, length = int(RNG.integers(1, 33)), int(RNG.integers(2, manifest.max_length + 1))
+        padded = engine.padded_length(length)
+        batches.append(_batch(rows, min(length, padded), padded))
+    loop = asyncio.get_running_loop()
+    finished: list[Job] = []
+    all_done = asyncio.Event()
+
+    def done(job: Job) -> None:
+        finished.append(job)
+        if len(finished) == len(batches):
+            all_done.set()
+
+    workers = EngineWorkers(engine.run, 2, loop, time.monotonic, done, done, "nice", engine.prepare_thread)
+    try:
+        await asyncio.to_thread(workers.wait_prepared, 120)
+        for batch_id, batch in enumerate(batches):
+            workers.submit(Job(batch_id=batch_id, batch=[], inputs=batch))
+        await asyncio.wait_for(all_done.wait(), 120)
+        assert [job.error for job in finished if job.error is not None] == []
+        assert {job.instance for job in finished} == {0, 1}
+        for job in finished:
+            assert job.outputs is not None
+            want = cpu.run(job.inputs, 0)
+            for name in cpu.output_names:
+                assert _min_cosine(job.outputs[name], want[name]) >= 0.9999, name
+    finally:
+        workers.close()
+        engine.close()
+        cpu.close()
 
 
 def test_ort_tensorrt_provider_fp16_matches_cpu(tiny_embed_dir: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ its host backend, against the plain CPU engine. Only the CUDA copies and streams
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from millibatch.engines.base import EngineInputs
 from millibatch.engines.buckets import BucketPlan
 from millibatch.engines.cuda_runtime import HostBackend
 from millibatch.engines.model_dir import Manifest
-from millibatch.engines.onnxruntime_cuda import OnnxRuntimeCudaEngine
+from millibatch.engines.onnxruntime_cuda import NO_GRAPH, OnnxRuntimeCudaEngine
 from millibatch.engines.onnxruntime_engine import OnnxRuntimeCpuEngine
 
 
@@ -36,6 +37,9 @@ def test_io_binding_path_matches_the_cpu_engine(tiny_embed_dir: Path, tiny_class
                                        cuda_graphs=cuda_graphs, input_names=tuple(manifest.input_names))
         reference = OnnxRuntimeCpuEngine(model_dir / manifest.onnx_file)
         try:
+            for instance in range(2):  # this thread serves both instances, as an engine thread would one
+                engine.prepare_thread(instance)
+            assert engine.run_shape(3, 16, 1) == ((plan.graph_shape(3, 16)) if cuda_graphs else (NO_GRAPH, 3))
             assert engine.info.device == "cpu" and "IO binding" in engine.info.reason
             assert engine.output_names == reference.output_names
             # Shrinking and growing batches across buckets and instances: stale rows in reused buffers must
@@ -52,6 +56,32 @@ def test_io_binding_path_matches_the_cpu_engine(tiny_embed_dir: Path, tiny_class
         finally:
             engine.close()
             reference.close()
+
+
+def test_graphs_run_only_on_the_thread_that_captured_them(tiny_embed_dir: Path) -> None:
+    # ONNX Runtime keeps CUDA graphs per thread: any other thread (start-up warm-up, profiling) runs the
+    # batch as it is, without a graph, rather than capturing a second set.
+    manifest = Manifest.load(tiny_embed_dir)
+    plan = BucketPlan.build(8, manifest.max_length)
+    engine = OnnxRuntimeCudaEngine(tiny_embed_dir / manifest.onnx_file, plan, instances=2, backend=HostBackend(),
+                                   cuda_graphs=True)
+    try:
+        assert engine.run_shape(3, 16, 0) == (NO_GRAPH, 3)  # not prepared yet: no graph anywhere
+        seen: dict[str, tuple[int, int]] = {}
+
+        def serve() -> None:
+            engine.prepare_thread(0)
+            seen["serving thread"] = engine.run_shape(3, 16, 0)
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        thread.join()
+        assert seen["serving thread"] == plan.graph_shape(3, 16) == (plan.graph_rows.index(4), 4)
+        assert engine.run_shape(3, 16, 0) == (NO_GRAPH, 3)  # this thread did not capture them
+        batch = _batch(np.random.default_rng(2), [5, 9, 3], 16)
+        assert engine.run(batch, 0)[engine.output_names[0]].shape[0] == 3
+    finally:
+        engine.close()
 
 
 def test_a_batch_not_padded_to_a_bucket_is_refused(tiny_embed_dir: Path) -> None:
