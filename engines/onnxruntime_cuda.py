@@ -9,6 +9,7 @@ bound once, are copied back into pinned memory on the same stream, and the strea
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +23,16 @@ from millibatch.engines.buckets import BucketPlan, TensorSpec, largest_buffer_by
 from millibatch.engines.select import EngineUnavailable
 
 OrtProvider = Literal["cuda", "tensorrt"]
+log = logging.getLogger("millibatch.engines")
 
 #: Runs of each graph shape that capture it: ONNX Runtime's CUDA provider runs a graph id twice before it
 #: captures it (min_num_runs_before_cuda_graph_capture_), on the third.
 GRAPH_CAPTURE_RUNS = 3
 #: `gpu_graph_id` that runs without a CUDA graph (ONNX Runtime's kCudaGraphAnnotationSkip).
 NO_GRAPH = -1
+
+#: What ONNX Runtime says when a session cannot capture CUDA graphs (some node runs on another provider).
+GRAPHS_REFUSED = "cannot use the graph capture feature"
 
 #: ONNX tensor type strings to numpy dtypes, for the types our graphs use.
 ONNX_TYPES: dict[str, np.dtype[Any]] = {
@@ -140,7 +145,7 @@ class OnnxRuntimeCudaEngine:
         precision: str = "fp32",
         trt_fp16: bool = False,
         trt_cache_dir: Path | None = None,
-        cuda_graphs: bool = False,
+        cuda_graphs: bool = True,
         input_names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids"),
         reason: str = "requested",
         backend: Backend | None = None,
@@ -154,12 +159,24 @@ class OnnxRuntimeCudaEngine:
         self._backend: Backend = backend if backend is not None else cuda.CudaBackend()
         self._plan = plan
         self._device_id = device_id
-        self._cuda_graphs = cuda_graphs
+        # The TensorRT provider has graphs of its own; these are the CUDA provider's.
+        self._cuda_graphs = cuda_graphs and provider == "cuda"
+        graphs = "CUDA graphs" if self._cuda_graphs else "no CUDA graphs"
         self._input_names = list(input_names)
         self._instances: list[_Instance] = []
         try:
             for _ in range(instances):
-                self._instances.append(self._make_instance(onnx_path, provider, trt_fp16, trt_cache_dir))
+                try:
+                    self._instances.append(self._make_instance(onnx_path, provider, trt_fp16, trt_cache_dir))
+                except Exception as exc:
+                    if not (self._cuda_graphs and GRAPHS_REFUSED in str(exc)):
+                        raise
+                    # ONNX Runtime captures only graphs whose nodes all run on the CUDA provider: serve
+                    # this model without graphs rather than not at all, and say so.
+                    self._cuda_graphs = False
+                    graphs = f"no CUDA graphs: onnxruntime refused them ({GRAPHS_REFUSED})"
+                    log.warning("CUDA graphs off for %s: onnxruntime refused them: %s", onnx_path, exc)
+                    self._instances.append(self._make_instance(onnx_path, provider, trt_fp16, trt_cache_dir))
         except BaseException:
             self.close()
             raise
@@ -175,7 +192,7 @@ class OnnxRuntimeCudaEngine:
             used = "CPU execution provider, host backend"
         self._info = EngineInfo(engine="onnxruntime", device=self._backend.device,
                                 precision="fp16" if trt_fp16 else precision, instances=instances,
-                                reason=f"{reason} ({used}, IO binding)")
+                                reason=f"{reason} ({used}, IO binding, {graphs})")
         self._warm_buckets()
 
     def _warm_buckets(self) -> None:
@@ -201,12 +218,15 @@ class OnnxRuntimeCudaEngine:
             trt = tensorrt_provider_options(self._plan, self._input_names, device_id=self._device_id,
                                             stream=stream.handle, fp16=fp16, cache_dir=cache_dir)
             providers.insert(0, ("TensorrtExecutionProvider", trt))
-        session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
+        session = self._new_session(onnx_path, options, providers)
         check_providers(session, providers[0][0])
         graphs = len(self._plan.buckets) * len(self._plan.graph_rows) if self._cuda_graphs else 0
         run_options = [self._run_config(graph_id) for graph_id in range(graphs)]
         no_graph = self._run_config(NO_GRAPH if self._cuda_graphs else None)
         return _Instance(session, stream, session.io_binding(), run_options, no_graph)
+
+    def _new_session(self, onnx_path: Path, options: Any, providers: list[tuple[str, dict[str, str]]]) -> Any:
+        return self._ort.InferenceSession(str(onnx_path), sess_options=options, providers=providers)
 
     def _run_config(self, graph_id: int | None) -> Any:
         run_config = self._ort.RunOptions()

@@ -48,8 +48,8 @@ class EngineOptions:
     ort_tensorrt_fp16: bool = False
     #: Where the TensorRT execution provider caches built engines (None: no cache).
     ort_tensorrt_cache_dir: Path | None = None
-    #: CUDA graphs per length bucket in ONNX Runtime; off until measured on the target GPU.
-    cuda_graphs: bool = False
+    #: CUDA graphs per length bucket and row count in ONNX Runtime's CUDA provider, where it can capture them.
+    cuda_graphs: bool = True
     #: CPU intra-op threads spin-wait for work while a batch runs (see onnxruntime_engine.spins).
     cpu_spinning: SpinningChoice = "auto"
     #: How the instance threads sit below the event loop; under `idle` the CPU engine's intra-op threads

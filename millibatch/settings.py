@@ -129,9 +129,11 @@ class Settings(BaseSettings):
     """On CUDA, run ONNX Runtime through its TensorRT execution provider (engines cached in `cache_dir`)."""
     ort_tensorrt_fp16: bool = False
     """fp16 kernels in ONNX Runtime's TensorRT execution provider."""
-    cuda_graphs: bool = False
-    """Capture a CUDA graph per length bucket and row count (powers of two up to `max_batch_rows`) in ONNX
-    Runtime, and replay it with the batch's rows padded to that count (off until measured on the target GPU)."""
+    cuda_graphs: bool = True
+    """On ONNX Runtime's CUDA provider, capture a CUDA graph per length bucket and row count (powers of two
+    up to `max_batch_rows`) at start-up and replay it, rows padded to that count: on an H100 a lone short
+    call took 0.3 ms in the engine instead of 0.8-1.2 (docs/GPU.md). Where ONNX Runtime cannot capture a
+    model (a node off the CUDA provider), it is served without graphs and the engine's reason says so."""
 
     # -- batching -------------------------------------------------------------------------------
     batch_policy: Literal["deadline", "fifo"] = "deadline"

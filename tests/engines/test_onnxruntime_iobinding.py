@@ -108,3 +108,39 @@ def test_a_session_that_fell_back_to_cpu_is_refused(tiny_embed_dir: Path) -> Non
     check_providers(session, "CPUExecutionProvider")
     with pytest.raises(EngineUnavailable, match=r"could not start CUDAExecutionProvider.*CPUExecutionProvider"):
         check_providers(session, "CUDAExecutionProvider")
+
+
+def test_a_model_onnx_runtime_cannot_capture_is_served_without_graphs(tiny_embed_dir: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # What onnxruntime-gpu 1.30 said on the H100 for a graph with nodes left on the CPU provider.
+    refusal = ("[ONNXRuntimeError] : 1 : FAIL : This session cannot use the graph capture feature as requested "
+               "by the user  as all compute graph nodes have not been partitioned to the CUDAExecutionProvider")
+    real = OnnxRuntimeCudaEngine._new_session
+    calls: list[int] = []
+
+    def refuse_first(self: OnnxRuntimeCudaEngine, *args: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError(refusal)
+        return real(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(OnnxRuntimeCudaEngine, "_new_session", refuse_first)
+    manifest = Manifest.load(tiny_embed_dir)
+    engine = OnnxRuntimeCudaEngine(tiny_embed_dir / manifest.onnx_file, BucketPlan.build(8, manifest.max_length),
+                                   instances=2, backend=HostBackend(), cuda_graphs=True)
+    try:
+        assert "no CUDA graphs: onnxruntime refused them" in engine.info.reason
+        engine.prepare_thread(0)
+        assert engine.run_shape(3, 16, 0) == (NO_GRAPH, 3)
+        assert len(calls) == 3  # the refused session, then one per instance without graphs
+    finally:
+        engine.close()
+    calls.clear()
+
+    def fail(self: OnnxRuntimeCudaEngine, *args: object) -> object:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(OnnxRuntimeCudaEngine, "_new_session", fail)
+    with pytest.raises(RuntimeError, match="out of memory"):  # any other failure is not hidden
+        OnnxRuntimeCudaEngine(tiny_embed_dir / manifest.onnx_file, BucketPlan.build(8, manifest.max_length),
+                              backend=HostBackend(), cuda_graphs=True)
