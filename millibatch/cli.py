@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import signal
 import sys
@@ -61,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from millibatch.settings import apply_grpc_experiments, load_settings
+    from millibatch.settings import load_settings
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     try:
@@ -69,16 +68,14 @@ def run_serve(args: argparse.Namespace) -> int:
     except (ValidationError, FileNotFoundError) as error:
         print(f"millibatch serve: bad settings: {error}", file=sys.stderr)
         return 2
-    apply_grpc_experiments(settings)  # before the first import of grpc, which reads it
-    from millibatch.service.logs import configure_logging
-    from millibatch.service.server import serve
+    from millibatch.service.supervisor import run_server, supervise
 
-    configure_logging(settings.log_level, settings.log_format)
-    try:
-        import uvloop
-    except ImportError:  # uvloop is Linux/macOS only
-        return asyncio.run(serve(settings))
-    return uvloop.run(serve(settings))
+    if settings.workers > 1:
+        from millibatch.service.logs import configure_logging
+
+        configure_logging(settings.log_level, settings.log_format)
+        return supervise(settings)
+    return run_server(settings)
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -60,6 +60,15 @@ class Settings(BaseSettings):
     """HTTP port of the OpenAI-compatible door (`/v1/embeddings`, `/v1/rerank`, `/v1/models`, `/health`), on
     `host` with the same TLS, API keys and limits as gRPC (a body over `max_receive_message_bytes` gets
     413); 0 turns it off."""
+    workers: int = Field(1, ge=1, le=64)
+    """Server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each with its own event loop,
+    batcher, engine instances and copy of the model; a parent process starts them, passes SIGTERM on and
+    serves their metrics merged on `metrics_port` (labelled `worker`). One event loop answered about
+    2 000 short calls/s on an H100's host, four processes 5 288 (docs/GPU.md): a GPU or a many-core
+    machine needs several. The Models service and health answer for the process a connection reached."""
+    reuse_port: bool = False
+    """Bind the gRPC and HTTP ports with SO_REUSEPORT, so that several servers can share them (set for
+    each process by `workers`)."""
     max_receive_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     """Largest request message accepted; bigger ones get RESOURCE_EXHAUSTED from gRPC."""
     max_send_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)

@@ -72,7 +72,7 @@ def channel_options(settings: Settings) -> list[tuple[str, int]]:
         # admission instead, which answers RESOURCE_EXHAUSTED with a reason.
         ("grpc.server.max_pending_requests", settings.max_concurrent_streams),
         ("grpc.server.max_pending_requests_hard_limit", settings.max_concurrent_streams),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         # Answer client keepalive pings, but not more often than every 10 s without calls in flight.
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),

@@ -51,7 +51,8 @@ class HttpDoor:
         ssl_context = server_ssl_context(settings)
         self.tls = ssl_context is not None
         await self._runner.setup()
-        site = web.TCPSite(self._runner, bind_host(settings.host), settings.http_port, ssl_context=ssl_context)
+        site = web.TCPSite(self._runner, bind_host(settings.host), settings.http_port, ssl_context=ssl_context,
+                           reuse_port=settings.reuse_port or None)
         try:
             await site.start()
         except OSError as error:
