@@ -320,9 +320,14 @@ def text_with_tokens(tokenizer_path: Path, tokens: int) -> str:
 
 
 def closed_loop(server: Server, texts: Path, concurrency: int, seconds: float, out: Path) -> dict[str, Any]:
-    """The load generator's closed loop against `server` (30 s call timeout, up to 1 s of warm-up first)."""
+    """The load generator's closed loop against `server` (30 s call timeout, up to 1 s of warm-up first),
+    over one connection, or four per process of `serve --workers N` (which spreads connections, not calls;
+    the Models service's figures, mean rows and engine busy, are then one worker's)."""
+    command = server.launch.command
+    workers = int(command[command.index("--workers") + 1]) if "--workers" in command else 1
+    channels = 4 * workers if workers > 1 else 1
     flags = ["--mode", "closed", "--concurrency", str(concurrency), "--duration", str(seconds),
-             "--warmup", str(min(1.0, seconds)), "--timeout", "30"]
+             "--warmup", str(min(1.0, seconds)), "--timeout", "30", "--channels", str(channels)]
     result = run_loadgen(server.launch, None, texts, flags, out, seconds + 120)
     assert result is not None
     return result

@@ -103,27 +103,34 @@ class HttpDriver:
 
 
 class MillibatchDriver:
-    """millibatch's gRPC Embed over one channel, the call's deadline set to the timeout."""
+    """millibatch's gRPC Embed over one channel (or `channels`, taken in turn: one connection each, which
+    `serve --workers` needs to spread calls), the call's deadline set to the timeout."""
 
-    def __init__(self, target: str, timeout: float) -> None:
+    def __init__(self, target: str, timeout: float, channels: int = 1) -> None:
         import grpc
 
         from millibatch.v1 import inference_pb2, inference_pb2_grpc
 
         self._pb = inference_pb2
-        self._channel = grpc.aio.insecure_channel(target)
-        self._stub = inference_pb2_grpc.InferenceStub(self._channel)
+        # A distinct option per channel keeps gRPC from sharing one connection between them.
+        self._channels = [grpc.aio.insecure_channel(target, options=[("millibatch.loadgen.channel", i)])
+                          for i in range(max(1, channels))]
+        self._stubs = [inference_pb2_grpc.InferenceStub(channel) for channel in self._channels]
+        self._next = 0
         self._timeout = timeout
 
     async def call(self, text: str) -> None:
         # truncate=True: the other peers cut at max_length silently; refusing long inputs would be less work.
         request = self._pb.EmbedRequest(inputs=[text], truncate=True)
-        response = await self._stub.Embed(request, timeout=self._timeout)
+        stub = self._stubs[self._next]
+        self._next = (self._next + 1) % len(self._stubs)
+        response = await stub.Embed(request, timeout=self._timeout)
         if len(response.embeddings) != 1:
             raise RuntimeError("wrong-count")
 
     async def close(self) -> None:
-        await self._channel.close()
+        for channel in self._channels:
+            await channel.close()
 
 
 def bucket_length(n: int, limit: int) -> int:
@@ -189,7 +196,7 @@ def make_driver(args: argparse.Namespace) -> Driver:
     if args.protocol == "http":
         return HttpDriver(args.target, args.timeout)
     if args.protocol == "millibatch":
-        return MillibatchDriver(args.target, args.timeout)
+        return MillibatchDriver(args.target, args.timeout, args.channels)
     tokenizer = args.tokenizer if args.protocol == "triton-ids" else None
     if args.protocol == "triton-ids" and tokenizer is None:
         raise SystemExit("--tokenizer is needed for triton-ids")
@@ -386,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--texts", type=Path, required=True, help="JSON list of texts")
     parser.add_argument("--mode", choices=("closed", "open", "probe"), default="closed")
     parser.add_argument("--concurrency", type=int, default=1, help="closed loop: requests in flight")
+    parser.add_argument("--channels", type=int, default=1,
+                        help="millibatch: gRPC channels (connections) the calls take in turn")
     parser.add_argument("--rate", type=float, default=10.0, help="open loop: mean arrivals per second")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (probe: seconds to wait)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")

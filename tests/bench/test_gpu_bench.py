@@ -16,7 +16,7 @@ def test_harness_writes_json_and_markdown(tiny_embed_dir: Path, stsb_path: Path,
     checkpoint = tiny_embed_dir.parent / "checkpoint"  # where conftest's converted_tiny made it
     gpu.main(["--model", str(tiny_embed_dir), "--checkpoint", str(checkpoint), "--stsb", str(stsb_path),
               "--variants", "cpu,ort-plain,ort-iobind,torch-cpu,ort-cuda-fp32,tensorrt", "--served", "cpu", "--quick",
-              "--serve-also", "cpu-x2=cpu:--instances 2", "--scale-out", "cpu:2", "--rows", "1,4", "--tokens", "16",
+              "--serve-also", "cpu-w2=cpu:--workers 2 --instances 1", "--scale-out", "cpu:2", "--rows", "1,4", "--tokens", "16",
               "--out", str(tmp_path)])
     (report_path,) = tmp_path.glob("gpu-*.json")
     report = json.loads(report_path.read_text())
@@ -29,8 +29,9 @@ def test_harness_writes_json_and_markdown(tiny_embed_dir: Path, stsb_path: Path,
     assert engine["cpu"]["shapes"][0]["padded_length"] == 16
     assert engine["cpu"]["graph"]["fused_attention"] == 2 and "graph" not in engine["torch-cpu"]
     grpc_cpu, grpc_two = report["grpc"]
-    assert (grpc_cpu["variant"], grpc_two["variant"]) == ("cpu", "cpu-x2")
-    assert grpc_two["saturation"]["ok"] > 0
+    assert (grpc_cpu["variant"], grpc_two["variant"]) == ("cpu", "cpu-w2")
+    # Two server processes on one port, the load over eight connections.
+    assert grpc_two["saturation"]["ok"] > 0 and grpc_two["saturation"]["errors"] == 0
     (scaled,) = report["scale_out"]
     assert scaled["processes"] == 2 and scaled["requests_per_s"] > 0 and scaled["errors"] == 0
     assert [lat["tokens"] for lat in grpc_cpu["latency"]] == [16, 64]  # 128 clipped to the tiny max_length
