@@ -62,7 +62,8 @@ class Settings(BaseSettings):
     413); 0 turns it off."""
     workers: int = Field(1, ge=1, le=64)
     """Server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each with its own event loop,
-    batcher, engine instances and copy of the model; a parent process starts them, passes SIGTERM on and
+    batcher, engine instances, copy of the model and equal share of the cores (CPU affinity; `instances`
+    0 then means one per core of that share); a parent process starts them, passes SIGTERM on and
     serves their metrics merged on `metrics_port` (labelled `worker`). One event loop answered about
     2 000 short calls/s on an H100's host, four processes 5 288 (docs/GPU.md): a GPU or a many-core
     machine needs several. The Models service and health answer for the process a connection reached."""

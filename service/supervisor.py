@@ -5,7 +5,8 @@ answers a couple of thousand short calls a second (docs/GPU.md: about 2 000 on a
 four processes), so a GPU or a many-core machine needs several. The parent process starts the workers
 (each a whole server: event loop, batcher, engine instances, model loaded), passes SIGTERM and SIGINT on
 to them so each drains its own calls, and stops them all, exiting 1, if any of them exits on its own: an
-orchestrator then restarts the whole. It serves no calls itself. With a metrics port, it serves the
+orchestrator then restarts the whole. Each worker runs on its own share of the cores. It serves no
+calls itself. With a metrics port, it serves the
 workers' metrics merged, each sample labelled with its `worker`.
 """
 
@@ -15,6 +16,7 @@ import asyncio
 import ctypes
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -22,7 +24,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -50,11 +52,27 @@ def free_port(host: str) -> int:
         return int(probe.getsockname()[1])
 
 
-def die_with_parent() -> None:
-    """In a worker, before it runs: SIGTERM when the supervisor dies, even by SIGKILL (Linux), so that no
-    worker is left serving on the port without it."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def core_shares(cores: Sequence[int], workers: int) -> list[set[int]]:
+    """The cores each worker may run on: consecutive equal shares of `cores`, or all of them for every
+    worker when there are fewer cores than workers. Each worker then sizes its CPU engine (one instance
+    per core by default) to its share instead of all of them times `workers`."""
+    ordered = sorted(cores)
+    if len(ordered) < workers:
+        return [set(ordered) for _ in range(workers)]
+    return [set(ordered[i * len(ordered) // workers:(i + 1) * len(ordered) // workers]) for i in range(workers)]
+
+
+def worker_preparation(cores: set[int] | None) -> Callable[[], None]:
+    """What runs in a worker before it starts (Linux): SIGTERM when the supervisor dies, even by SIGKILL,
+    so that no worker is left serving on the port without it; and its share of the cores."""
+
+    def prepare() -> None:
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if cores:
+            os.sched_setaffinity(0, cores)
+
+    return prepare
 
 
 def bracketed(host: str) -> str:
@@ -145,6 +163,9 @@ def supervise(settings: Settings) -> int:
     port = settings.port or free_port(host)
     shared = settings.model_copy(update={"port": port})
     metrics_ports = [free_port(host) if settings.metrics_port else 0 for _ in range(settings.workers)]
+    shares: list[set[int] | None] = [None] * settings.workers
+    if hasattr(os, "sched_getaffinity"):
+        shares = list(core_shares(sorted(os.sched_getaffinity(0)), settings.workers))
     workers: list[subprocess.Popen[bytes]] = []
     metrics: ThreadingHTTPServer | None = None
     stopping = threading.Event()
@@ -161,12 +182,13 @@ def supervise(settings: Settings) -> int:
             # Its own session: a terminal's Ctrl-C or a signal to this process group reaches the
             # supervisor alone, which passes it on once (a second signal makes a worker skip its drain).
             process = subprocess.Popen([sys.executable, "-m", "millibatch.service.supervisor"], stdin=subprocess.PIPE,
-                                       preexec_fn=die_with_parent, start_new_session=True)
+                                       preexec_fn=worker_preparation(shares[index]), start_new_session=True)
             assert process.stdin is not None
             process.stdin.write(json.dumps(worker_settings(shared, metrics_ports[index])).encode())
             process.stdin.close()
             workers.append(process)
-        log.info("started %d workers on port %d: pids %s", len(workers), port, [w.pid for w in workers])
+        log.info("started %d workers on port %d: pids %s, cores %s", len(workers), port, [w.pid for w in workers],
+                 [sorted(share) if share else "all" for share in shares])
         if settings.metrics_port:
             urls = [f"http://{bracketed(local_host(host))}:{p}/metrics" for p in metrics_ports]
             metrics = serve_merged_metrics(host, settings.metrics_port, urls)

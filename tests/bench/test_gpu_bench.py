@@ -16,7 +16,7 @@ def test_harness_writes_json_and_markdown(tiny_embed_dir: Path, stsb_path: Path,
     checkpoint = tiny_embed_dir.parent / "checkpoint"  # where conftest's converted_tiny made it
     gpu.main(["--model", str(tiny_embed_dir), "--checkpoint", str(checkpoint), "--stsb", str(stsb_path),
               "--variants", "cpu,ort-plain,ort-iobind,torch-cpu,ort-cuda-fp32,tensorrt", "--served", "cpu", "--quick",
-              "--serve-also", "cpu-w2=cpu:--workers 2 --instances 1", "--scale-out", "cpu:2", "--rows", "1,4", "--tokens", "16",
+              "--serve-also", "cpu-w2=cpu:--workers 2", "--scale-out", "cpu:2", "--rows", "1,4", "--tokens", "16",
               "--out", str(tmp_path)])
     (report_path,) = tmp_path.glob("gpu-*.json")
     report = json.loads(report_path.read_text())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import re
 import signal
 import time
@@ -18,7 +19,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
-from millibatch.service.supervisor import merge_metrics
+from millibatch.service.supervisor import core_shares, merge_metrics
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import inference_pb2_grpc
 from tests.helpers import free_port
@@ -52,6 +53,13 @@ def test_merged_metrics_label_every_sample_with_its_worker() -> None:
     assert merged[("millibatch_worker_up", (("worker", "0"),))] == 1.0
     assert merged[("millibatch_worker_up", (("worker", "1"),))] == 0.0  # could not be read: no samples
     assert not [key for key in merged if ("worker", "1") in key[1] and key[0] != "millibatch_worker_up"]
+
+
+def test_each_worker_gets_an_equal_share_of_the_cores() -> None:
+    assert core_shares([0, 1, 2, 3], 2) == [{0, 1}, {2, 3}]
+    assert core_shares([3, 1, 2, 0, 5, 4, 7], 3) == [{0, 1}, {2, 3}, {4, 5, 7}]
+    assert core_shares([0, 1, 2], 2) == [{0}, {1, 2}]
+    assert core_shares([0], 2) == [{0}, {0}]  # fewer cores than workers: they share them all
 
 
 def answered_by_worker(metrics_port: int) -> dict[str, float]:
@@ -90,6 +98,7 @@ async def test_workers_share_the_port_and_drain_together_on_sigterm(tiny_embed_d
     with serve_process(tiny_embed_dir, *flags, log_sink=logs) as (process, port):
         workers = psutil.Process(process.pid).children()
         assert len(workers) == WORKERS
+        assert [set(w.cpu_affinity()) for w in workers] == core_shares(sorted(os.sched_getaffinity(0)), WORKERS)
         # The first "serving" line came from one worker; calls on fresh connections reach both once the
         # other is up too (the kernel spreads connections over the sockets sharing the port).
         ends = time.monotonic() + 60
