@@ -83,26 +83,16 @@ class PlainOrtRunner:
         del self._session
 
 
-class OrtIoBindingRunner:
+class OrtIoBindingRunner(PlainOrtRunner):
     """IO binding as ONNX Runtime's own docs write it: `bind_cpu_input` (ORT copies to the device),
     outputs bound to the device and `copy_outputs_to_cpu`, on ORT's default stream, no cuda-python.
     Between `ort-plain` and millibatch's engine: if the engine trails this, its own streams and
     synchronisation are the cost; if this trails `ort-plain` too, IO binding itself is."""
 
     def __init__(self, onnx_path: Path, provider: str) -> None:
-        import onnxruntime as ort
-
-        self._session = ort.InferenceSession(str(onnx_path), providers=[provider])
-        used = self._session.get_providers()[0]
-        if used != provider:
-            raise RuntimeError(f"onnxruntime fell back to {used} instead of {provider}")
+        super().__init__(onnx_path, provider)
         self._device = "cuda" if provider == "CUDAExecutionProvider" else "cpu"
-        self._names = [i.name for i in self._session.get_inputs()]
-        self._output = self._session.get_outputs()[0].name
-        self.description = f"onnxruntime session on {used}, default options, ORT's own IO binding (bind_cpu_input)"
-
-    def padded_length(self, length: int) -> int:
-        return length
+        self.description = f"onnxruntime session on {provider}, default options, ORT's own IO binding (bind_cpu_input)"
 
     def run(self, batch: EngineInputs) -> FloatArray:
         binding = self._session.io_binding()
@@ -111,9 +101,6 @@ class OrtIoBindingRunner:
         binding.bind_output(self._output, self._device)
         self._session.run_with_iobinding(binding)
         return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
-
-    def close(self) -> None:
-        del self._session
 
 
 class TorchRunner:
