@@ -69,8 +69,8 @@ class CostModel:
         c0, c1, c2, c3 = self._coef
         per_row = c1 + c2 * length + c3 * length * length
         if per_row <= 0:
-            # Extra rows cost nothing (a GPU whose batch time is all launch overhead, or CUDA graphs
-            # that always run max_rows): no batch size reaches the target, so every row is worth adding.
+            # Extra rows cost nothing (a GPU whose batch time is all kernel launches): no batch size
+            # reaches the target, so every row is worth adding.
             return UNBOUNDED_ROWS
         return max(1, min(UNBOUNDED_ROWS, math.ceil(c0 * efficiency / ((1.0 - efficiency) * per_row) - 1e-9)))
 

@@ -49,7 +49,11 @@ class EngineInfo:
 
 
 class Engine(Protocol):
-    """Runs padded batches. `run` is blocking and thread-safe across distinct `instance` values."""
+    """Runs padded batches. `run` is blocking and thread-safe across distinct `instance` values.
+
+    An engine with per-thread state may also have `prepare_thread(instance)`: the batcher calls it on
+    the thread that will run `instance`, one thread at a time, before any batch (ONNX Runtime's CUDA
+    graphs; batching/workers.py)."""
 
     @property
     def info(self) -> EngineInfo: ...
