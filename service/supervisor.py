@@ -5,9 +5,9 @@ answers a couple of thousand short calls a second (docs/GPU.md: about 2 000 on a
 four processes), so a GPU or a many-core machine needs several. The parent process starts the workers
 (each a whole server: event loop, batcher, engine instances, model loaded), passes SIGTERM and SIGINT on
 to them so each drains its own calls, and stops them all, exiting 1, if any of them exits on its own: an
-orchestrator then restarts the whole. Each worker runs on its own share of the cores. It serves no
-calls itself. With a metrics port, it serves the
-workers' metrics merged, each sample labelled with its `worker`.
+orchestrator then restarts the whole. Each worker runs on its own share of the cores. The parent serves
+no calls itself; with a metrics port, it serves the workers' metrics merged, each sample labelled with
+its `worker`.
 """
 
 from __future__ import annotations
