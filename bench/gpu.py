@@ -319,12 +319,24 @@ def text_with_tokens(tokenizer_path: Path, tokens: int) -> str:
     return text
 
 
+def workers_of(server: Server) -> int:
+    """Server processes behind `server`'s port (`serve --workers N`)."""
+    command = server.launch.command
+    return int(command[command.index("--workers") + 1]) if "--workers" in command else 1
+
+
+def all_workers_ready(server: Server, texts: Path, out: Path, tries: int = 30) -> None:
+    """`serve --workers N` answers once one worker is up: call over every connection until none fails."""
+    for _ in range(tries if workers_of(server) > 1 else 0):
+        if closed_loop(server, texts, 4 * workers_of(server), 1.0, out)["errors"] == 0:
+            return
+
+
 def closed_loop(server: Server, texts: Path, concurrency: int, seconds: float, out: Path) -> dict[str, Any]:
     """The load generator's closed loop against `server` (30 s call timeout, up to 1 s of warm-up first),
     over one connection, or four per process of `serve --workers N` (which spreads connections, not calls;
     the Models service's figures, mean rows and engine busy, are then one worker's)."""
-    command = server.launch.command
-    workers = int(command[command.index("--workers") + 1]) if "--workers" in command else 1
+    workers = workers_of(server)
     channels = 4 * workers if workers > 1 else 1
     flags = ["--mode", "closed", "--concurrency", str(concurrency), "--duration", str(seconds),
              "--warmup", str(min(1.0, seconds)), "--timeout", "30", "--channels", str(channels)]
@@ -389,6 +401,7 @@ def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int
     spec = serve_launch(variant.model_dir, ["--max-batch-rows", str(max_rows), *variant.serve_flags],
                         name=f"gpu-{variant.name}", metrics=True)
     with running_server(spec, texts[lengths[0]], logs=raw, wait=300.0) as server:
+        all_workers_ready(server, texts[lengths[0]], raw / f"gpu-{variant.name}-ready.json")
         result: dict[str, Any] = {"variant": variant.name, "latency": []}
         for tokens in lengths:
             phase = closed_loop(server, texts[tokens], 1, seconds, raw / f"gpu-{variant.name}-latency-{tokens}.json")

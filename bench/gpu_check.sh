@@ -6,8 +6,9 @@
 #   bash bench/gpu_check.sh [OUT [BENCH ARGS...]]   # on a CUDA machine with onnxruntime-gpu, cuda-python, torch
 #   bash bench/gpu_check.sh --quick [OUT]           # the same steps on CPU with a tiny model: tests the harness
 #
-# BENCH ARGS replace the GPU run's extra bench.gpu arguments (by default the fp16 model is also served
-# with two instances, to see whether overlapping host work with the GPU's raises saturation).
+# BENCH ARGS replace the GPU run's extra bench.gpu arguments. By default the fp16 model with CUDA graphs is
+# also served by `serve --workers 4`, beside four separate servers (--scale-out): one event loop caps
+# saturation (docs/GPU.md), and these say how far more processes behind one port lift it.
 #
 # PYTHON picks the interpreter (default: .venv/bin/python if there is one, else python3); BENCH_LIMIT the
 # benchmark step's seconds (330). The STS-B test
@@ -19,7 +20,9 @@ QUICK=0
 if [ "${1:-}" = "--quick" ]; then QUICK=1; shift; fi
 OUT=${1:-bench/results/gpu-check}
 shift || true
-if [ $# -gt 0 ]; then EXTRA=("$@"); else EXTRA=(--serve-also "ort-cuda-fp16-x2=ort-cuda-fp16:--instances 2"); fi
+if [ $# -gt 0 ]; then EXTRA=("$@"); else
+    EXTRA=(--serve-also "ort-cuda-fp16-graphs-w4=ort-cuda-fp16-graphs:--workers 4" --scale-out ort-cuda-fp16-graphs:4)
+fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 if [ -z "${PYTHON:-}" ]; then
