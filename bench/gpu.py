@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from bench.gpu_runners import EngineRunner, OrtIoBindingRunner, PlainOrtRunner, Runner, TorchRunner, min_cosine
-from bench.processes import Server, process_cpu, run_loadgen, running_server, serve_launch
+from bench.processes import Launch, Server, process_cpu, run_loadgen, running_server, serve_launch
 from bench.stats import median, percentile
 from bench.texts import DEFAULT_STSB, stsb_sentences
 from millibatch.engines.base import EngineInputs, FloatArray
@@ -73,6 +73,8 @@ class Variant:
     options: dict[str, Any] = field(default_factory=dict)
     #: `millibatch serve` flags, or None when the server cannot run this variant.
     serve_flags: list[str] | None = None
+    #: The variant this one serves again with extra flags (`--serve-also`), whose engine run stands for it.
+    base: str = ""
 
 
 def resolve_model(spec: str, precision: str = "fp32", device: str = "cpu", folder: Path = RESULTS / "raw") -> Path:
@@ -327,8 +329,9 @@ def workers_of(server: Server) -> int:
 
 def all_workers_ready(server: Server, texts: Path, out: Path, tries: int = 30) -> None:
     """`serve --workers N` answers once one worker is up: call over every connection until none fails."""
-    for _ in range(tries if workers_of(server) > 1 else 0):
-        if closed_loop(server, texts, 4 * workers_of(server), 1.0, out)["errors"] == 0:
+    workers = workers_of(server)
+    for _ in range(tries if workers > 1 else 0):
+        if closed_loop(server, texts, 4 * workers, 1.0, out)["errors"] == 0:
             return
 
 
@@ -383,6 +386,20 @@ def chosen_rows(cost_model: dict[str, float], lengths: list[int], max_rows: int)
     return {length: min(max_rows, model.efficient_rows(length, GROWTH_EFFICIENCY)) for length in lengths}
 
 
+def mixed_texts(variant: Variant, stsb: Path, raw: Path) -> Path:
+    """The saturation texts, written to `raw`: STS-B sentences, or a few fixed ones without the set."""
+    mixed = raw / "gpu-stsb-sentences.json"
+    mixed.write_text(json.dumps(stsb_sentences(stsb) if stsb.is_file() else
+                                [text_with_tokens(variant.model_dir / "tokenizer.json", t) for t in (8, 16, 24, 40)]))
+    return mixed
+
+
+def variant_server(variant: Variant, max_rows: int, name: str, metrics: bool = False) -> Launch:
+    """`millibatch serve` running `variant`."""
+    return serve_launch(variant.model_dir, ["--max-batch-rows", str(max_rows), *(variant.serve_flags or [])],
+                        name=name, metrics=metrics)
+
+
 def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int, stsb: Path,
                raw: Path) -> dict[str, Any]:
     """Serve the variant; measure one call in flight at 16 and 128 tokens, then saturation on mixed STS-B
@@ -395,11 +412,8 @@ def bench_grpc(variant: Variant, seconds: float, concurrency: int, max_rows: int
     for tokens in lengths:
         texts[tokens] = raw / f"gpu-{variant.name}-text-{tokens}.json"
         texts[tokens].write_text(json.dumps([text_with_tokens(variant.model_dir / "tokenizer.json", tokens)]))
-    mixed = raw / "gpu-stsb-sentences.json"
-    mixed.write_text(json.dumps(stsb_sentences(stsb) if stsb.is_file() else
-                                [text_with_tokens(variant.model_dir / "tokenizer.json", t) for t in (8, 16, 24, 40)]))
-    spec = serve_launch(variant.model_dir, ["--max-batch-rows", str(max_rows), *variant.serve_flags],
-                        name=f"gpu-{variant.name}", metrics=True)
+    mixed = mixed_texts(variant, stsb, raw)
+    spec = variant_server(variant, max_rows, f"gpu-{variant.name}", metrics=True)
     with running_server(spec, texts[lengths[0]], logs=raw, wait=300.0) as server:
         all_workers_ready(server, texts[lengths[0]], raw / f"gpu-{variant.name}-ready.json")
         result: dict[str, Any] = {"variant": variant.name, "latency": []}
@@ -440,14 +454,11 @@ def bench_scale_out(variant: Variant, processes: int, seconds: float, concurrenc
     between them (one load generator each): whether more processes lift the ceiling of one event loop."""
     from concurrent.futures import ThreadPoolExecutor
 
-    mixed = raw / "gpu-stsb-sentences.json"
-    mixed.write_text(json.dumps(stsb_sentences(stsb) if stsb.is_file() else
-                                [text_with_tokens(variant.model_dir / "tokenizer.json", t) for t in (8, 16, 24, 40)]))
+    mixed = mixed_texts(variant, stsb, raw)
     name = f"{variant.name}-x{processes}p"
     with contextlib.ExitStack() as stack:
-        servers = [stack.enter_context(running_server(
-            serve_launch(variant.model_dir, ["--max-batch-rows", str(max_rows), *(variant.serve_flags or [])],
-                         name=f"gpu-{name}-{i}"), mixed, logs=raw, wait=300.0)) for i in range(processes)]
+        servers = [stack.enter_context(running_server(variant_server(variant, max_rows, f"gpu-{name}-{i}"), mixed,
+                                                      logs=raw, wait=300.0)) for i in range(processes)]
         cpu_before, started = [process_cpu(s.process.pid) for s in servers], time.perf_counter()
         with ThreadPoolExecutor(processes) as pool:
             phases = list(pool.map(lambda i: closed_loop(servers[i], mixed, concurrency // processes, seconds,
@@ -475,8 +486,8 @@ def extra_served(specs: list[str], served: list[Variant]) -> tuple[list[Variant]
             skipped[name] = f"{base} is not served in this run"
             continue
         variant = by_name[base]
-        extra.append(Variant(name, variant.kind, variant.model_dir, {**variant.options, "base": base},
-                             [*(variant.serve_flags or []), *flags.split()]))
+        extra.append(Variant(name, variant.kind, variant.model_dir, variant.options,
+                             [*(variant.serve_flags or []), *flags.split()], base=base))
     return extra, skipped
 
 
@@ -632,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         raw.mkdir(parents=True, exist_ok=True)
         runnable = {e["variant"] for e in report["engine"] if "skipped" not in e}
         for variant in to_serve:
-            if variant.options.get("base", variant.name) not in runnable:
+            if (variant.base or variant.name) not in runnable:
                 report["grpc"].append({"variant": variant.name, "skipped": "engine unavailable (see above)"})
                 continue
             print(f"grpc {variant.name} ...", file=sys.stderr, flush=True)

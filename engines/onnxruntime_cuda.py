@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from millibatch.engines import cuda_runtime as cuda
-from millibatch.engines.base import EngineInfo, EngineInputs, FloatArray
+from millibatch.engines.base import EngineInfo, EngineInputs, FloatArray, synthetic_inputs
 from millibatch.engines.buckets import BucketPlan, TensorSpec, largest_buffer_bytes, output_shape
 from millibatch.engines.select import EngineUnavailable
 
@@ -200,9 +200,7 @@ class OnnxRuntimeCudaEngine:
         load time, not under traffic (without graphs: those are captured by `prepare_thread`)."""
         for index in range(len(self._instances)):
             for bucket in self._plan.buckets:
-                shape = (self._plan.max_rows, bucket.length)
-                ones = np.ones(shape, dtype=np.int64)
-                self.run(EngineInputs(input_ids=ones, attention_mask=ones, token_type_ids=np.zeros_like(ones)), index)
+                self.run(synthetic_inputs(self._plan.max_rows, bucket.length), index)
 
     def _make_instance(self, onnx_path: Path, provider: OrtProvider, fp16: bool, cache_dir: Path | None) -> _Instance:
         ort = self._ort
@@ -246,8 +244,7 @@ class OnnxRuntimeCudaEngine:
         self._instances[instance].graph_thread = threading.get_ident()
         for bucket in self._plan.buckets:
             for rows in self._plan.graph_rows:
-                ones = np.ones((rows, bucket.length), dtype=np.int64)
-                batch = EngineInputs(input_ids=ones, attention_mask=ones, token_type_ids=np.zeros_like(ones))
+                batch = synthetic_inputs(rows, bucket.length)
                 for _ in range(GRAPH_CAPTURE_RUNS):
                     self.run(batch, instance)
 
