@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from millibatch.batching.cost_model import CostModel
 from millibatch.batching.work import Row, WorkItem
-from millibatch.errors import DeadlineUnmeetable, Overloaded, QueueFull
+from millibatch.errors import DeadlineUnmeetable, Overloaded, QueueFull, Refusal
 
 #: Weight kept by the wait-correction sums per admitted request (about the last 50 requests count).
 CORRECTION_DECAY = 0.98
@@ -77,13 +77,21 @@ class Admission:
         return price
 
     def check(self, now: float, deadline: float, wait: float, margin: float, compute: float = 0.0) -> None:
-        """Refuse a request that cannot be answered before `deadline`: DeadlineUnmeetable when its own
-        `compute` seconds and the answer's trip back (`margin`) do not fit even with no queue, Overloaded
-        when the predicted `wait` for the queue ahead makes it miss. With `compute` unknown (0) this is
-        the check made before any work is spent on a request."""
+        """Raise the `refusal` of a request, if it has one."""
+        refusal = self.refusal(now, deadline, wait, margin, compute)
+        if refusal is not None:
+            raise refusal
+
+    def refusal(self, now: float, deadline: float, wait: float, margin: float,
+                compute: float = 0.0) -> Refusal | None:
+        """Why a request cannot be answered before `deadline`, or None if it can: DeadlineUnmeetable when
+        its own `compute` seconds and the answer's trip back (`margin`) do not fit even with no queue,
+        Overloaded when the predicted `wait` for the queue ahead makes it miss. With `compute` unknown (0)
+        this is the check made before any work is spent on a request. Returned, not raised: under overload
+        most calls end here, and a raise through the callers' frames is a visible part of a refusal's cost."""
         remaining = deadline - now
         if compute + margin > remaining:
-            raise DeadlineUnmeetable(
+            return DeadlineUnmeetable(
                 f"deadline too short: this request needs about {compute * 1e3:.1f} ms of compute and "
                 f"{margin * 1e3:.1f} ms for its answer to reach it, and {max(0.0, remaining) * 1e3:.1f} ms remained"
             )
@@ -91,11 +99,12 @@ class Admission:
         excess = expected + compute + margin - remaining * self.slack
         if excess > 0:
             # The queue ahead drains in real time: after `excess` a call like this one would fit.
-            raise Overloaded(
+            return Overloaded(
                 f"server busy: about {expected * 1e3:.0f} ms of queued work is ahead of this call and "
                 f"{remaining * 1e3:.0f} ms remain before its deadline; retry later or elsewhere",
                 retry_after=min(excess, MAX_RETRY_AFTER),
             )
+        return None
 
     def admit(self, rows: list[Row], deadline: float, now: float, wait: float, margin: float) -> float:
         """Reserve a request's `rows` or raise QueueFull, Overloaded (the queue ahead is too long for its

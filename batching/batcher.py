@@ -29,7 +29,7 @@ from millibatch.batching.work import Row, RowResult, WorkItem
 from millibatch.batching.workers import EngineWorkers
 from millibatch.engines.base import Engine, synthetic_inputs
 from millibatch.engines.thread_priority import EnginePriority, shorten_time_slice
-from millibatch.errors import DeadlineUnmeetable, InvalidInput, MillibatchError, NotServing
+from millibatch.errors import DeadlineUnmeetable, InvalidInput, MillibatchError, NotServing, Refusal
 
 
 class Batcher:
@@ -159,19 +159,18 @@ class Batcher:
             ahead += job.predicted if job.started is None else max(0.0, job.predicted - (now - job.started))
         return ahead / max(1, self._instances - self.dispatcher.hung_instances)
 
-    def precheck(self, deadline: float, rows: int, tokens_per_row: int = 1) -> None:
-        """Refuse a request of `rows` inputs at once when the queue ahead and the least time its own rows
-        need (at `tokens_per_row`, a lower estimate made before tokenizing) would outlast its deadline
-        (Overloaded), or the deadline is too short for any answer (DeadlineUnmeetable): before the caller
-        spends anything on it (decoding aside). The closer the estimate, the fewer requests are refused
-        only after tokenizing, by `submit`."""
+    def refusal(self, deadline: float, rows: int, tokens_per_row: int = 1) -> Refusal | None:
+        """Why a request of `rows` inputs is refused at once, or None: the queue ahead and the least time
+        its own rows need (at `tokens_per_row`, a lower estimate made before tokenizing) would outlast its
+        deadline (Overloaded), or the deadline is too short for any answer (DeadlineUnmeetable); counted
+        as rejected. Asked before the caller spends anything on the request (decoding aside); the closer
+        the estimate, the fewer requests are refused only after tokenizing, by `submit`."""
         now = self._now()
-        try:
-            own = self.admission.least_seconds(rows, tokens_per_row)
-            self.admission.check(now, deadline, self.predicted_wait(now), self.margin, own)
-        except MillibatchError as error:
-            self._observer.rejected(rows, error.reason)
-            raise
+        own = self.admission.least_seconds(rows, tokens_per_row)
+        refusal = self.admission.refusal(now, deadline, self.predicted_wait(now), self.margin, own)
+        if refusal is not None:
+            self._observer.rejected(rows, refusal.reason)
+        return refusal
 
     def submit(self, rows: list[Row], deadline: float) -> WorkItem:
         """Admit `rows` as one request or raise at once (QueueFull, Overloaded, NotServing,

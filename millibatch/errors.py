@@ -85,6 +85,10 @@ class DeadlineUnmeetable(MillibatchError):
     reason = "deadline"
 
 
+#: Admission's answer to a request it refuses at the door (returned, not raised: `Admission.refusal`).
+Refusal = Overloaded | DeadlineUnmeetable
+
+
 class NotServing(MillibatchError):
     """The model or server is not accepting work (warming up, draining, or unhealthy)."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from tokenizers import Encoding
 
 from millibatch.batching.work import Row, RowResult, WorkItem
-from millibatch.errors import InvalidInput
+from millibatch.errors import InvalidInput, Refusal
 from millibatch.service.ledger import CallLedger
 from millibatch.service.metrics import Metrics
 from millibatch.service.registry import ModelRegistry, ServedModel
@@ -75,12 +75,14 @@ class DataPlane:
         if count > limit:
             raise InvalidInput(f"{count} inputs in one request; the limit is {limit} (send between 1 and {limit})")
 
-    def precheck(self, model: ServedModel, texts: Sequence[str], deadline: float) -> None:
-        """Refuse a request of `texts` at once when the queue ahead outlasts its deadline (Overloaded), or
-        it has no or too many inputs. The cheapest refusal: a handler that calls this before reading the
-        rest of its request spends next to nothing on the calls it refuses under overload."""
+    def refusal(self, model: ServedModel, texts: Sequence[str], deadline: float) -> Refusal | None:
+        """Why a request of `texts` is refused at once (Overloaded: the queue ahead outlasts its deadline;
+        DeadlineUnmeetable), or None; InvalidInput is raised for no or too many inputs. The cheapest
+        refusal: a handler that asks this before reading the rest of its request spends next to nothing
+        on the calls it refuses under overload, and ends them itself (`status.refuse`) rather than
+        raising through its frames."""
         self.check_count(len(texts))
-        model.batcher.precheck(deadline, len(texts), self._least_tokens(texts, model))
+        return model.batcher.refusal(deadline, len(texts), self._least_tokens(texts, model))
 
     def sole_model(self, task: str) -> ServedModel | None:
         """The served model, when exactly one is served, it does `task` and it takes work now: the only
@@ -91,20 +93,22 @@ class DataPlane:
         model = next(iter(models.values()))
         return model if model.ready and model.manifest.task == task else None
 
-    def precheck_unread(self, model: ServedModel, deadline: float) -> None:
-        """`precheck` for a request not yet read: refuse it (Overloaded, DeadlineUnmeetable) when even the
-        least request, one input of LEAST_TOKENS, would not fit, which `precheck` would then refuse too.
-        Counted as one row refused."""
-        model.batcher.precheck(deadline, 1, LEAST_TOKENS)
+    def refusal_unread(self, model: ServedModel, deadline: float) -> Refusal | None:
+        """`refusal` for a request not yet read: Overloaded or DeadlineUnmeetable when even the least
+        request, one input of LEAST_TOKENS, would not fit, which `refusal` would then give too. Counted as
+        one row refused."""
+        return model.batcher.refusal(deadline, 1, LEAST_TOKENS)
 
     async def compute_texts(self, model: ServedModel, texts: Sequence[str], pairs: Sequence[str] = (), *,
                             truncate: bool, deadline: float, direction: Direction = "right",
                             prompt: str = "", prechecked: bool = False) -> Computed:
         """Tokenize texts (and second texts of pairs) and run them through the model's batcher; `prompt` is
         prepended to every text (its tokens count in the usage), `direction` is the end truncation cuts.
-        Unless the caller has (`prechecked`), `precheck` first: nothing is spent on tokenizing a refusal."""
+        Unless the caller has (`prechecked`), `refusal` first: nothing is spent on tokenizing a refusal."""
         if not prechecked:
-            self.precheck(model, texts, deadline)
+            refused = self.refusal(model, texts, deadline)
+            if refused is not None:
+                raise refused
         started = time.perf_counter()
         encodings = await model.encoder.encode_async(texts, pairs, truncate=truncate, direction=direction,
                                                      prompt=prompt)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import grpc
 import numpy as np
 
-from millibatch.errors import InvalidInput, MillibatchError, QueueFull
+from millibatch.errors import InvalidInput, QueueFull
 from millibatch.service.dataplane import Computed, DataPlane
 from millibatch.service.edge import Gate
 from millibatch.service.embeddings import EmbedOptions, embed_texts
@@ -102,12 +102,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         model = plane.sole_model(task)
         if model is None:
             return None
-        try:
-            plane.precheck_unread(model, plane.deadline(context.time_remaining()))
-        except MillibatchError as error:
-            refuse(context, error)
-            return model.name
-        return None
+        refused = plane.refusal_unread(model, plane.deadline(context.time_remaining()))
+        if refused is None:
+            return None
+        refuse(context, refused)
+        return model.name
 
     async def _run(self, model: ServedModel, inputs: Sequence[str], pairs: Sequence[str], truncate: bool,
                    context: grpc.aio.ServicerContext) -> Computed:
@@ -122,9 +121,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         plane = self.plane
         deadline = plane.deadline(context.time_remaining())
         # Under overload most calls end here: refused before anything else of the request is read.
-        try:
-            plane.precheck(model, request.inputs, deadline)
-        except QueueFull as busy:
+        busy = plane.refusal(model, request.inputs, deadline)
+        if busy is not None:
+            if not isinstance(busy, QueueFull):
+                raise busy  # a deadline too short for any answer: logged and counted by the edge
             refuse(context, busy)
             return None
         packed = encoding(request.encoding)
