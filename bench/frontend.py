@@ -310,10 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     texts.write_text(json.dumps(stsb_sentences(DEFAULT_STSB)), encoding="utf-8")
     plain = [m.strip() for m in args.modes.split(",") if m.strip()]
     builds = {ref: worktree(ref, Path(tempfile.mkdtemp(prefix="frontend-"))) for ref in args.baseline}
-    # (label, mode, checkout): each real-server mode of a baseline runs right after this build's.
+    # (label, mode, checkout): each real-server mode of a baseline runs right after this build's (its
+    # suffixes need a baseline whose bench.frontend knows them: `+busy` since cfabfca).
     plan = [(mode, mode, ROOT) for mode in plain]
     for ref, path in builds.items():
-        plan += [(f"{mode}@{ref}", mode, path) for mode in plain if mode in ("ok", "refused")]
+        plan += [(f"{mode}@{ref}", mode, path) for mode in plain if mode.partition("+")[0] in ("ok", "refused")]
     plan.sort(key=lambda entry: plain.index(entry[1]))
     modes = [label for label, _, _ in plan]
     runs = []
