@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from millibatch.batching.work import PendingRow
 from millibatch.engines.base import EngineInputs, FloatArray
+from millibatch.engines.thread_names import name_os_thread
 from millibatch.engines.thread_priority import EnginePriority, lower_thread_priority
 
 
@@ -147,6 +148,7 @@ class EngineWorkers:
             return self._ready.popleft()
 
     def _work(self, instance: int) -> None:
+        name_os_thread(f"engine-{instance}")
         self._prepare_thread(instance)  # at full priority: start-up waits for it
         lower_thread_priority(self._priority)
         while (job := self._take()) is not None:

@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable
 from typing import Literal, TypeVar
 
+from millibatch.engines.thread_names import name_os_thread
+
 #: `nice`: Linux nice +5, with a short time slice for the loop (`shorten_time_slice`). `idle`:
 #: SCHED_IDLE, which anything of normal priority preempts at once.
 EnginePriority = Literal["nice", "idle"]
@@ -47,6 +49,7 @@ def made_below_loop(priority: EnginePriority | None, make: Callable[[], T]) -> T
 
     def run() -> None:
         lower_thread_priority(priority)
+        name_os_thread("engine-pool")  # what ONNX Runtime's intra-op threads started here are called
         try:
             made.append(make())
         except BaseException as error:  # re-raised on the caller's thread

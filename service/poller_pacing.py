@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from millibatch.engines.thread_names import name_os_thread
 from millibatch.engines.thread_priority import shorten_time_slice
 from millibatch.service.grpc_poller import PollerPolicy, schedule_poller
 
@@ -49,6 +50,7 @@ class Pacer:
     def _pace(self, stop: threading.Event) -> None:
         # A short slice: its wake-up preempts the engine thread at once, as the event loop's does.
         shorten_time_slice()
+        name_os_thread("poller-pacer")
         while not stop.wait(self._seconds):
             pass
 

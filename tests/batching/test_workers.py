@@ -20,13 +20,14 @@ from tests.batching.fakes import SyntheticEngine, exact_cost_model, make_row
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread scheduling is Linux's")
 
 
-async def engine_thread_scheduling(priority: EnginePriority) -> tuple[int, int]:
-    """(scheduling policy, nice) of the thread that runs a batch, under `priority`."""
-    seen: list[tuple[int, int]] = []
+async def engine_thread(priority: EnginePriority) -> tuple[int, int, str]:
+    """(scheduling policy, nice, name for the OS) of the thread that runs a batch, under `priority`."""
+    seen: list[tuple[int, int, str]] = []
 
     def run(inputs: EngineInputs, instance: int) -> dict[str, FloatArray]:
         tid = threading.get_native_id()
-        seen.append((os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid)))
+        with open(f"/proc/self/task/{tid}/comm", encoding="ascii") as comm:
+            seen.append((os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid), comm.read().strip()))
         return {}
 
     loop = asyncio.get_running_loop()
@@ -42,16 +43,22 @@ async def engine_thread_scheduling(priority: EnginePriority) -> tuple[int, int]:
 
 
 async def test_nice_engine_threads_run_below_the_loop() -> None:
-    policy, nice = await engine_thread_scheduling("nice")
+    policy, nice, _ = await engine_thread("nice")
     assert policy == os.SCHED_OTHER
     assert nice == os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + ENGINE_NICE or nice == 19
 
 
 async def test_idle_engine_threads_yield_to_the_loop_at_once() -> None:
-    policy, _ = await engine_thread_scheduling("idle")
+    policy, _, _ = await engine_thread("idle")
     assert policy == os.SCHED_IDLE
     # The loop's own thread is untouched.
     assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER
+
+
+async def test_engine_threads_are_named_for_the_os() -> None:
+    # `top -H` and bench/threads.py tell the instances from the event loop and gRPC's poller by it.
+    _, _, name = await engine_thread("nice")
+    assert name == "engine-0"
 
 
 class PolicyRecordingEngine(SyntheticEngine):

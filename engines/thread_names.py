@@ -1,0 +1,25 @@
+"""The server's own threads, named for the OS (`top -H`, `ps -L`, /proc/PID/task/*/comm).
+
+Python 3.11 keeps a thread's name to itself: the kernel shows every thread as the interpreter, so an
+operator (or bench/threads.py) cannot tell an engine instance from gRPC's poller when one of them takes
+the core. The event loop is the process's main thread (its thread id is the process id).
+"""
+
+from __future__ import annotations
+
+import threading
+
+#: Linux keeps 15 bytes of a thread's name.
+OS_NAME_BYTES = 15
+
+
+def name_os_thread(name: str, native_id: int | None = None) -> bool:
+    """Name the thread `native_id` of this process (default: the calling thread) `name` for the OS, cut to
+    OS_NAME_BYTES; False where the OS has no such name (not Linux) or the thread is gone."""
+    tid = threading.get_native_id() if native_id is None else native_id
+    try:
+        with open(f"/proc/self/task/{tid}/comm", "w", encoding="ascii", errors="replace") as comm:
+            comm.write(name[:OS_NAME_BYTES])
+    except OSError:
+        return False
+    return True
