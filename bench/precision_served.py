@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.precision_served                  # long texts (~100 tokens), 32 in flight
 
-Each model directory is served in turn (`millibatch serve`, one core; the load generator on the other)
+Each model directory is served in turn (`millibatch serve`, one core; the load generator on the other;
+fp32 first in odd rounds, int8 first in even ones)
 under a closed loop of `--concurrency` calls; the server's metrics give its throughput and the mean
 shape of the batches it formed. Then the engines alone run batches of those shapes in this process,
 on the same core, interleaved call by call. If serving costs nothing per call, served int8 / fp32 equals
@@ -106,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     models = {"fp32": args.fp32.resolve(), "int8": args.int8.resolve()}
     rounds = []
     for round_ in range(1, args.rounds + 1):
-        measured = {name: served(path, texts, args.concurrency, args.duration, raw) for name, path in models.items()}
+        # fp32 first in odd rounds, int8 first in even ones: this machine's drift within a round then
+        # favours each model in turn instead of always the same one.
+        order = list(models.items()) if round_ % 2 else list(reversed(models.items()))
+        measured = {name: served(path, texts, args.concurrency, args.duration, raw) for name, path in order}
         rows = round(statistics.mean(m["mean_rows"] for m in measured.values()))
         length = round(statistics.mean(m["mean_length"] for m in measured.values()))
         engines = engine_rows_per_s(models, max(1, rows), length, 10.0)
