@@ -7,7 +7,9 @@ the core. The event loop is the process's main thread (its thread id is the proc
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 #: Linux keeps 15 bytes of a thread's name.
 OS_NAME_BYTES = 15
@@ -23,3 +25,27 @@ def name_os_thread(name: str, native_id: int | None = None) -> bool:
     except OSError:
         return False
     return True
+
+
+def os_thread_name(native_id: int | None = None) -> str | None:
+    """The OS's name of the thread `native_id` of this process (default: the calling thread); None where
+    unknown."""
+    tid = threading.get_native_id() if native_id is None else native_id
+    try:
+        with open(f"/proc/self/task/{tid}/comm", encoding="ascii", errors="replace") as comm:
+            return comm.read().rstrip("\n")
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def os_thread_named(name: str) -> Iterator[None]:
+    """The calling thread named `name` for the OS while the block runs: threads it starts meanwhile keep
+    that name (Linux copies it to a new thread), as ONNX Runtime's intra-op threads do."""
+    before = os_thread_name()
+    name_os_thread(name)
+    try:
+        yield
+    finally:
+        if before is not None:
+            name_os_thread(before)

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import Literal, TypeVar
 
-from millibatch.engines.thread_names import name_os_thread
+from millibatch.engines.thread_names import name_os_thread, os_thread_named
 
 #: `nice`: Linux nice +5, with a short time slice for the loop (`shorten_time_slice`). `idle`:
 #: SCHED_IDLE, which anything of normal priority preempts at once.
@@ -28,6 +28,8 @@ EnginePriority = Literal["nice", "idle"]
 ENGINE_NICE = 5
 
 T = TypeVar("T")
+#: The OS's name for the threads `made_below_loop` starts (ONNX Runtime's intra-op threads).
+POOL_NAME = "engine-pool"
 
 
 def lower_thread_priority(priority: EnginePriority) -> None:
@@ -41,15 +43,16 @@ def lower_thread_priority(priority: EnginePriority) -> None:
 
 def made_below_loop(priority: EnginePriority | None, make: Callable[[], T]) -> T:
     """`make()`, called on a thread at `priority` so that any thread it starts inherits that priority
-    (None: called here, as it is)."""
+    (None: called here, as it is); threads it starts are named POOL_NAME for the OS either way."""
     if priority is None:
-        return make()
+        with os_thread_named(POOL_NAME):
+            return make()
     made: list[T] = []
     failed: list[BaseException] = []
 
     def run() -> None:
         lower_thread_priority(priority)
-        name_os_thread("engine-pool")  # what ONNX Runtime's intra-op threads started here are called
+        name_os_thread(POOL_NAME)
         try:
             made.append(make())
         except BaseException as error:  # re-raised on the caller's thread
