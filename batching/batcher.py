@@ -2,7 +2,7 @@
 
 Callers `submit` rows and await the item's future. Admission decides at once, in O(1), whether the
 request can still finish before its deadline behind the work already queued (`batching.admission`),
-and `precheck` makes the same decision before the caller spends anything on tokenizing. Admitted
+and `refusal` makes the same decision before the caller spends anything on tokenizing. Admitted
 requests go to the dispatcher (`batching.dispatcher`), the one task that owns the scheduler's queue;
 engine calls run on the instances' own threads (`batching.workers`), whose results are answered on the
 loop (`batching.delivery`) as soon as they arrive. A watchdog marks the model unhealthy when an engine

@@ -1,7 +1,7 @@
 """The data plane: what every door does with a request, written once.
 
 The millibatch.v1 and KServe V2 servicers only convert between their wire format and these calls. The
-plane owns the request limits, the refusal before any work is spent (admission's precheck, ahead of
+plane owns the request limits, the refusal before any work is spent (admission's `refusal`, ahead of
 tokenizing), tokenizing, the trip through the model's batcher, the rule that no answer leaves after
 its deadline, and the accounting of every call: the call ledger and the request metrics.
 """

@@ -67,7 +67,7 @@ def normalizes(model: ServedModel, options: EmbedOptions) -> bool:
 async def embed_texts(plane: DataPlane, model: ServedModel, texts: Sequence[str], options: EmbedOptions,
                       deadline: float, prechecked: bool = False) -> Embedded:
     """One vector per text, each text after the request's prompt (whose tokens count in the usage);
-    `prechecked`: the caller has already run `plane.precheck`."""
+    `prechecked`: the caller has already asked `plane.refusal`."""
     dimensions = dimensions_for(model, options.dimensions)
     prompt = model.manifest.prompt_text(options.prompt_name, options.prompt)
     done = await plane.compute_texts(model, texts, truncate=options.truncate, deadline=deadline,

@@ -32,3 +32,11 @@ def test_the_hint_is_capped_and_only_overload_gives_one() -> None:
         gate.check(now=0.0, deadline=0.001, wait=0.0, margin=0.002)
     assert getattr(unmeetable.value, "retry_after", None) is None
     gate.check(now=0.0, deadline=0.1, wait=0.05, margin=0.001)  # fits: no refusal
+
+
+def test_refusal_returns_what_check_raises() -> None:
+    gate = admission()
+    assert gate.refusal(now=0.0, deadline=0.1, wait=0.05, margin=0.001) is None
+    refused = gate.refusal(now=10.0, deadline=10.1, wait=0.25, margin=0.001)
+    assert isinstance(refused, Overloaded) and refused.retry_after == pytest.approx(0.151)
+    assert isinstance(gate.refusal(now=0.0, deadline=0.001, wait=0.0, margin=0.002), DeadlineUnmeetable)

@@ -16,7 +16,7 @@ from millibatch.batching.batcher import Batcher
 from millibatch.batching.scheduler import BatchLimits
 from millibatch.batching.work import RowResult, WorkItem
 from millibatch.engines.base import EngineInputs, FloatArray
-from millibatch.errors import DeadlineUnmeetable, EngineFailure, MillibatchError, QueueFull
+from millibatch.errors import DeadlineUnmeetable, EngineFailure, MillibatchError, Overloaded, QueueFull
 from tests.batching.fakes import SyntheticEngine, exact_cost_model, expected_checksum, make_row, true_cost
 
 LIMITS = BatchLimits(max_rows=8, max_tokens=384, max_delay=0.002)
@@ -116,6 +116,23 @@ async def test_queue_full_is_refused_at_once() -> None:
     with pytest.raises(QueueFull, match="queue full"):
         batcher.submit([make_row(8)], loop.time() + 5)
     await first.future
+    await batcher.stop(grace=1)
+
+
+async def test_a_refusal_before_tokenizing_is_returned_and_counted() -> None:
+    # Returned, not raised: under overload most calls end here, and the caller ends them itself.
+    batcher = new_batcher(SyntheticEngine(), max_queue_rows=256)
+    await batcher.start()
+    loop = asyncio.get_running_loop()
+    assert batcher.refusal(loop.time() + 5, 1, 8) is None  # an idle model: it fits
+    queued = [batcher.submit([make_row(64)] * 6, loop.time() + 5) for _ in range(8)]
+    wait = batcher.predicted_wait(loop.time())
+    assert wait > 0.01
+    overloaded = batcher.refusal(loop.time() + wait / 2, 1, 8)
+    assert isinstance(overloaded, Overloaded) and overloaded.retry_after is not None and overloaded.retry_after > 0
+    assert isinstance(batcher.refusal(loop.time() + 1e-6, 1, 8), DeadlineUnmeetable)
+    assert batcher.counters.requests_rejected == 2
+    await asyncio.gather(*(item.future for item in queued))
     await batcher.stop(grace=1)
 
 
