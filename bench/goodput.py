@@ -16,7 +16,8 @@ For each peer:
    slow) stays within the deadline, MLPerf's server-scenario measure; two bisection steps refine it.
 2. **overload**: `--multiples` of that peak (1x to 5x by default): goodput, p99 of the OKs, shed
    (DEADLINE_EXCEEDED), refused (RESOURCE_EXHAUSTED), how soon refusals arrive, mean rows per batch
-   (from the server's own metrics), client and server CPU.
+   (from the server's own metrics), client and server CPU, and millibatch's event loop and engine threads
+   apart (bench/threads.py splits the rest).
 
 Writes results.json, results.md and goodput.png to `--out`.
 """
@@ -50,6 +51,7 @@ from bench.processes import (
 from bench.run import ensure_model, triton_env
 from bench.stats import stamp
 from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
+from bench.threads import loop_cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "goodput"
@@ -97,7 +99,9 @@ class Peer:
         """One open-loop phase at `rate` calls/s; the load generator's summary plus server-side figures."""
         raw_file = self.raw / f"{self.name}-{tag}-{rate:.0f}.json"
         before = scrape(self.server.launch.metrics_url, self.counters)
-        cpu_before, wall_before = process_cpu(self.server.process.pid), time.perf_counter()
+        pid, millibatch = self.server.process.pid, self.server.launch.protocol == "millibatch"
+        loop_before = loop_cpu_seconds(pid) if millibatch else 0.0
+        cpu_before, wall_before = process_cpu(pid), time.perf_counter()
         flags = ["--mode", "open", "--rate", f"{rate:.3f}", "--duration", str(self.duration), "--warmup", "0",
                  "--timeout", str(self.deadline), "--max-outstanding", "100000"]
         result = run_loadgen(self.server.launch, self.cores, self.texts, flags, raw_file, self.duration + 120)
@@ -107,7 +111,9 @@ class Peer:
         delta = {key: after[key] - before.get(key, 0.0) for key in after}
         result.pop("latencies_ms", None)
         result.update(peer=self.name, tag=tag, raw=raw_file.name,
-                      server_cpu_cores=(process_cpu(self.server.process.pid) - cpu_before) / wall,
+                      server_cpu_cores=(process_cpu(pid) - cpu_before) / wall,
+                      # The event loop's share (millibatch's main thread): admission, refusals, answers.
+                      loop_cpu_cores=(loop_cpu_seconds(pid) - loop_before) / wall if millibatch else None,
                       server_counters=delta,
                       rows_per_batch=delta["rows"] / delta["batches"] if delta.get("batches") else None,
                       # CPU the engine threads got (millibatch only): what goodput is made of.
@@ -183,8 +189,8 @@ def report(summary: dict[str, Any], out: Path) -> None:
         lines.append(f"| {run['peer']} | {run['round']} | {run['peak_goodput']:.1f} | {run['bound_rate']:.1f} | "
                      f"{worst / run['peak_goodput']:.2f} | {worst / best:.2f} |")
     lines += ["", "## Overload", "", "| peer | round | × peak | offered/s | goodput/s | goodput / peak | p99 OK ms | "
-              "shed | refused | other errors | late OK | refusal p99 ms | rows/batch | server CPU | engine CPU | "
-              "client CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "shed | refused | other errors | late OK | refusal p99 ms | rows/batch | server CPU | loop CPU | "
+              "engine CPU | client CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in summary["runs"]:
         for p in run["overload"]:
             refusal = p["error_p99_ms"].get("RESOURCE_EXHAUSTED")
@@ -193,7 +199,8 @@ def report(summary: dict[str, Any], out: Path) -> None:
                 f"| {p['goodput_rps']:.1f} | {p['goodput_rps'] / run['peak_goodput']:.2f} | {p['p99_ms']:.1f} "
                 f"| {p['shed']} | {p['refused']} "
                 f"| {p['other_errors']} | {p['late_ok']} | {fmt(refusal)} | {fmt(p['rows_per_batch'])} "
-                f"| {p['server_cpu_cores']:.2f} | {fmt(p.get('engine_cpu_cores'), 2)} | {p['client_cpu_cores']:.2f} |")
+                f"| {p['server_cpu_cores']:.2f} | {fmt(p.get('loop_cpu_cores'), 2)} "
+                f"| {fmt(p.get('engine_cpu_cores'), 2)} | {p['client_cpu_cores']:.2f} |")
     lines += ["", "## Sweep", "", "| peer | round | offered/s | goodput/s | p99 OK ms | p99 all ms | errors | "
               "rows/batch |", "|---|---|---|---|---|---|---|---|"]
     for run in summary["runs"]:

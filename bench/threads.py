@@ -65,6 +65,13 @@ def thread_times(pid: int) -> dict[int, tuple[str, float, int, int]]:
     return threads
 
 
+def loop_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the process's main thread: millibatch's event loop."""
+    with open(f"/proc/{pid}/task/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def by_group(before: dict[int, tuple[str, float, int, int]], after: dict[int, tuple[str, float, int, int]],
              wall: float) -> dict[str, dict[str, float]]:
     """Each group's share of a core and switches per second between two `thread_times` readings."""

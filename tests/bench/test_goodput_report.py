@@ -1,0 +1,42 @@
+"""bench.goodput's report: the overload table, with the event loop's share of the core beside the engine's."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.goodput import report
+from bench.threads import loop_cpu_seconds
+
+pytest.importorskip("matplotlib", reason="the bench extra (matplotlib) is not installed")
+
+
+def phase(offered: float, goodput: float, **extra: Any) -> dict[str, Any]:
+    return {"offered_rps": offered, "goodput_rps": goodput, "p99_ms": 50.0, "p99_all_ms": None, "errors": 0,
+            "rows_per_batch": 4.0, "shed": 1, "refused": 2, "other_errors": 0, "late_ok": 0,
+            "error_p99_ms": {"RESOURCE_EXHAUSTED": 3.0}, "server_cpu_cores": 0.95, "client_cpu_cores": 0.2, **extra}
+
+
+def test_the_overload_table_shows_the_loops_share_where_the_server_has_one(tmp_path: Path) -> None:
+    def run(peer: str, **cpu: Any) -> dict[str, Any]:
+        return {"peer": peer, "round": 1, "peak_goodput": 200.0, "bound_rate": 150.0,
+                "sweep": [phase(100, 100)], "overload": [{**phase(1000, 190, **cpu), "multiple": 5.0}]}
+
+    summary = {"machine": {"date_utc": "2026-11-28 01:00", "commit": "abc", "cpu": "x", "cores": 2},
+               "argv": [], "texts": "sts", "deadline_ms": 100.0, "triton_max_queue": 128, "server_cores": [0],
+               "client_cores": [1], "runs": [run("millibatch", loop_cpu_cores=0.35, engine_cpu_cores=0.58),
+                                             run("triton-text")]}  # Triton: neither share is known
+    report(summary, tmp_path)
+    table = (tmp_path / "results.md").read_text()
+    assert "| server CPU | loop CPU | engine CPU | client CPU |" in table
+    assert "| 0.95 | 0.35 | 0.58 | 0.20 |" in table
+    assert "| 0.95 | - | - | 0.20 |" in table
+
+
+def test_the_loop_is_the_main_thread_of_the_process() -> None:
+    spent = loop_cpu_seconds(os.getpid())
+    sum(range(10_000_000))  # this test runs on the main thread; /proc counts in ticks of 10 ms
+    assert loop_cpu_seconds(os.getpid()) > spent
