@@ -148,7 +148,7 @@ class EngineWorkers:
             return self._ready.popleft()
 
     def _work(self, instance: int) -> None:
-        name_os_thread(f"engine-{instance}")
+        name_os_thread()  # engine-N, as the OS sees it too
         self._prepare_thread(instance)  # at full priority: start-up waits for it
         lower_thread_priority(self._priority)
         while (job := self._take()) is not None:

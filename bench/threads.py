@@ -28,11 +28,13 @@ from bench.processes import ROOT, cores_for, run_loadgen, serve_launch, start_se
 from bench.run import ensure_model
 from bench.stats import median, stamp
 from bench.texts import DEFAULT_STSB, stsb_sentences, text_set
+from millibatch.engines.thread_names import GRPC_POLLER_NAME, POOL_NAME
+from millibatch.service.poller_pacing import PACER_NAME
 
 DEFAULT_MODEL = ROOT / "models" / "all-MiniLM-L6-v2"
 DEFAULT_OUT = ROOT / "bench" / "results" / "threads"
 #: Group order in the report.
-GROUPS = ("event loop", "grpc-poller", "poller-pacer", "engine", "engine-pool", "other")
+GROUPS = ("event loop", GRPC_POLLER_NAME, PACER_NAME, "engine", POOL_NAME, "other")
 TICKS = os.sysconf("SC_CLK_TCK")
 #: Seconds from launching the load generator to the first reading (its start-up, then warm-up load).
 LEAD_SECONDS = 1.5
@@ -54,22 +56,26 @@ def thread_times(pid: int) -> dict[int, tuple[str, float, int, int]]:
         try:
             with open(f"/proc/{pid}/task/{tid}/comm", encoding="ascii", errors="replace") as comm:
                 name = comm.read().strip()
-            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
+            cpu = thread_cpu_seconds(pid, tid)
             with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii") as status:
                 counts = dict(line.split(":\t", 1) for line in status if "ctxt_switches" in line)
         except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
             continue
-        threads[tid] = (thread_group(pid, tid, name), (int(fields[11]) + int(fields[12])) / TICKS,
+        threads[tid] = (thread_group(pid, tid, name), cpu,
                         int(counts["voluntary_ctxt_switches"]), int(counts["nonvoluntary_ctxt_switches"]))
     return threads
 
 
-def loop_cpu_seconds(pid: int) -> float:
-    """CPU seconds of the process's main thread: millibatch's event loop."""
-    with open(f"/proc/{pid}/task/{pid}/stat", encoding="ascii") as stat:
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """CPU seconds (user and system) of thread `tid` of process `pid`."""
+    with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def loop_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the process's main thread: millibatch's event loop."""
+    return thread_cpu_seconds(pid, pid)
 
 
 def by_group(before: dict[int, tuple[str, float, int, int]], after: dict[int, tuple[str, float, int, int]],

@@ -13,12 +13,19 @@ from collections.abc import Iterator
 
 #: Linux keeps 15 bytes of a thread's name.
 OS_NAME_BYTES = 15
+#: Threads whose Python name says nothing to an operator, named for the OS instead: those ONNX Runtime
+#: starts for an instance, and gRPC's completion-queue poller. The server's own threads (`engine-N`,
+#: `poller-pacer`) go by their Python names.
+POOL_NAME = "engine-pool"
+GRPC_POLLER_NAME = "grpc-poller"
 
 
-def name_os_thread(name: str, native_id: int | None = None) -> bool:
-    """Name the thread `native_id` of this process (default: the calling thread) `name` for the OS, cut to
-    OS_NAME_BYTES; False where the OS has no such name (not Linux) or the thread is gone."""
+def name_os_thread(name: str | None = None, native_id: int | None = None) -> bool:
+    """Name the thread `native_id` of this process (default: the calling thread) `name` for the OS (default:
+    the calling thread's Python name), cut to OS_NAME_BYTES; False where the OS has no such name (not
+    Linux) or the thread is gone."""
     tid = threading.get_native_id() if native_id is None else native_id
+    name = threading.current_thread().name if name is None else name
     try:
         with open(f"/proc/self/task/{tid}/comm", "w", encoding="ascii", errors="replace") as comm:
             comm.write(name[:OS_NAME_BYTES])

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import Literal, TypeVar
 
-from millibatch.engines.thread_names import name_os_thread, os_thread_named
+from millibatch.engines.thread_names import POOL_NAME, name_os_thread, os_thread_named
 
 #: `nice`: Linux nice +5, with a short time slice for the loop (`shorten_time_slice`). `idle`:
 #: SCHED_IDLE, which anything of normal priority preempts at once.
@@ -28,8 +28,6 @@ EnginePriority = Literal["nice", "idle"]
 ENGINE_NICE = 5
 
 T = TypeVar("T")
-#: The OS's name for the threads `made_below_loop` starts (ONNX Runtime's intra-op threads).
-POOL_NAME = "engine-pool"
 
 
 def lower_thread_priority(priority: EnginePriority) -> None:

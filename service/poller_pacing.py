@@ -22,6 +22,8 @@ from millibatch.service.grpc_poller import PollerPolicy, schedule_poller
 
 #: How often the pacer wakes while the poller is batched: the longest the poller waits behind the engine.
 PACE_SECONDS = 0.0025
+#: The pacer thread's name, for Python and the OS.
+PACER_NAME = "poller-pacer"
 
 
 class Pacer:
@@ -40,7 +42,7 @@ class Pacer:
         if self.running:
             return
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._pace, args=(self._stop,), name="poller-pacer", daemon=True)
+        self._thread = threading.Thread(target=self._pace, args=(self._stop,), name=PACER_NAME, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -50,7 +52,7 @@ class Pacer:
     def _pace(self, stop: threading.Event) -> None:
         # A short slice: its wake-up preempts the engine thread at once, as the event loop's does.
         shorten_time_slice()
-        name_os_thread("poller-pacer")
+        name_os_thread()
         while not stop.wait(self._seconds):
             pass
 

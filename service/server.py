@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from millibatch.engines.thread_names import name_os_thread
+from millibatch.engines.thread_names import GRPC_POLLER_NAME, name_os_thread
 from millibatch.kserve import grpc_service_pb2, grpc_service_pb2_grpc
 from millibatch.service.auth import ApiKeyAuth
 from millibatch.service.dataplane import DataPlane
@@ -140,7 +140,7 @@ class InferenceServer:
         await server.start()
         for thread in poller_threads():
             if thread.native_id is not None:
-                name_os_thread("grpc-poller", thread.native_id)
+                name_os_thread(GRPC_POLLER_NAME, thread.native_id)
         policy = self.settings.grpc_poller_policy
         # `overload` starts as `normal` and is applied by a watch on the refusals, once the models are up.
         if not schedule_poller("normal" if policy == "overload" else policy) and policy == "batch":

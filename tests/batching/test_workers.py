@@ -14,6 +14,7 @@ from millibatch.batching.batcher import Batcher
 from millibatch.batching.scheduler import BatchLimits
 from millibatch.batching.workers import EngineWorkers, Job
 from millibatch.engines.base import EngineInputs, FloatArray, synthetic_inputs
+from millibatch.engines.thread_names import os_thread_name
 from millibatch.engines.thread_priority import ENGINE_NICE, EnginePriority
 from tests.batching.fakes import SyntheticEngine, exact_cost_model, make_row
 
@@ -26,8 +27,7 @@ async def engine_thread(priority: EnginePriority) -> tuple[int, int, str]:
 
     def run(inputs: EngineInputs, instance: int) -> dict[str, FloatArray]:
         tid = threading.get_native_id()
-        with open(f"/proc/self/task/{tid}/comm", encoding="ascii") as comm:
-            seen.append((os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid), comm.read().strip()))
+        seen.append((os.sched_getscheduler(tid), os.getpriority(os.PRIO_PROCESS, tid), os_thread_name(tid) or ""))
         return {}
 
     loop = asyncio.get_running_loop()
