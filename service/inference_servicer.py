@@ -20,6 +20,7 @@ from millibatch.service.rerank import rerank
 from millibatch.service.sparse_embed import embed_sparse
 from millibatch.service.status import refuse
 from millibatch.service.tokenization import Direction
+from millibatch.service.vector_wire import embeddings_field
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import inference_pb2_grpc
 from millibatch.vectors import ENCODINGS, Encoding, pack
@@ -137,18 +138,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             direction=direction(request.truncation_direction),
         )
         embedded = await embed_texts(plane, model, request.inputs, options, deadline, prechecked=True)
-        if packed is None:
-            embeddings = [pb.Embedding(values=v) for v in embedded.vectors.tolist()]
-        else:
-            embeddings = [pb.Embedding(packed=data, scale=scale) for data, scale in pack(embedded.vectors, packed)]
         done = embedded.done
-        return pb.EmbedResponse(
-            embeddings=embeddings,
+        response = pb.EmbedResponse(
+            embeddings=None if packed is None else [
+                pb.Embedding(packed=data, scale=scale) for data, scale in pack(embedded.vectors, packed)],
             model=model.name,
             usage=usage(done.tokens),
             timing=timing(done, started),
             dimensions=embedded.dimensions,
         )
+        if packed is None:  # float values: written as wire bytes, not float by float
+            response.MergeFromString(embeddings_field(embedded.vectors))
+        return response
 
     async def Rerank(self, request: pb.RerankRequest, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
         started = time.perf_counter()
