@@ -2,9 +2,9 @@
 
 An EmbedResponse's vectors go out as `repeated float values` (packed), whose bytes on the wire are the
 vector's little-endian float32 bytes after a short key. Building the messages field by field turns every
-float into a Python float and back (`tolist`, then protobuf's setter): about 9 µs for one 384-float
-vector and 0.6 ms for 64 of them. Writing the bytes with numpy and letting protobuf parse them is a copy:
-2 µs and 0.07 ms (`bench/response_build.py`).
+float into a Python float and back (`tolist`, then protobuf's setter), which grows with the floats: about
+0.6 ms for 64 vectors of 384. Here they are one conversion to bytes and one parse by protobuf, a copy.
+`bench/response_build.py` times both ways, warm and with cold caches (docs/CALL_COST.md).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import numpy.typing as npt
 _LEN = 2
 #: EmbedResponse.embeddings and Embedding.values are both field 1.
 _EMBEDDINGS = _VALUES = 1
+#: Per vector size in bytes: the keys and lengths in front of each vector.
+_HEADS: dict[int, bytes] = {}
 
 
 def _varint(value: int) -> bytes:
@@ -33,14 +35,22 @@ def _key_and_length(number: int, length: int) -> bytes:
     return _varint(number << 3 | _LEN) + _varint(length)
 
 
+def _head(size: int) -> bytes:
+    """The keys and lengths in front of each vector of `size` bytes (made once per size)."""
+    head = _HEADS.get(size)
+    if head is None:
+        values_key = _key_and_length(_VALUES, size)
+        head = _HEADS[size] = _key_and_length(_EMBEDDINGS, len(values_key) + size) + values_key
+    return head
+
+
 def embeddings_field(vectors: npt.NDArray[Any]) -> bytes:
     """EmbedResponse's `embeddings` field in wire format: one Embedding per row of `vectors` [rows, dims],
     its `values` the row as float32. Merge it into a response with `MergeFromString`."""
     rows, dims = vectors.shape
     size = 4 * dims
-    values_key = _key_and_length(_VALUES, size)
-    head = np.frombuffer(_key_and_length(_EMBEDDINGS, len(values_key) + size) + values_key, dtype=np.uint8)
-    wire = np.empty((rows, head.size + size), dtype=np.uint8)
-    wire[:, : head.size] = head
-    wire[:, head.size :] = np.ascontiguousarray(vectors, dtype="<f4").view(np.uint8).reshape(rows, size)
-    return wire.tobytes()
+    head = _head(size)
+    # One conversion, then plain bytes: fewer numpy calls is what keeps a one-row answer cheap when the
+    # caches are cold, as they are beside a busy engine.
+    data = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+    return b"".join([head + data[start : start + size] for start in range(0, rows * size, size)])

@@ -22,3 +22,11 @@ def test_every_shape_is_timed_both_ways_and_written_out(tmp_path: Path) -> None:
     assert [(s["rows"], s["dims"]) for s in record["shapes"]] == [(1, 8), (3, 16)]
     assert all(s["floats_us"] > 0 and s["wire_us"] > 0 for s in record["shapes"])
     assert "| 3 × 16 |" in (out / "results.md").read_text()
+
+
+def test_cold_builds_are_timed_one_by_one(tmp_path: Path) -> None:
+    out = tmp_path / "cold"
+    assert main(["--cold", "--rounds", "1", "--shapes", "2x8", "--number", "3", "--out", str(out)]) == 0
+    record = json.loads((out / "results.json").read_text())
+    assert record["cold"] is True and record["shapes"][0]["wire_us"] > 0
+    assert "8 MB were written" in (out / "results.md").read_text()
