@@ -22,7 +22,8 @@ _EMBEDDINGS = _VALUES = 1
 _HEADS: dict[int, bytes] = {}
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """Base-128 varint encoding of a non-negative int, as protobuf writes keys and lengths."""
     out = bytearray()
     while True:
         byte, value = value & 0x7F, value >> 7
@@ -32,7 +33,7 @@ def _varint(value: int) -> bytes:
 
 
 def _key_and_length(number: int, length: int) -> bytes:
-    return _varint(number << 3 | _LEN) + _varint(length)
+    return varint(number << 3 | _LEN) + varint(length)
 
 
 def _head(size: int) -> bytes:

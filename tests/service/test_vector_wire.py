@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from millibatch.service.vector_wire import embeddings_field
+from millibatch.service.vector_wire import embeddings_field, varint
 from millibatch.v1 import inference_pb2 as pb
 
 
@@ -48,3 +48,8 @@ def test_long_vectors_take_multi_byte_lengths() -> None:
     # 4 x 40 000 bytes: both lengths need three varint bytes.
     vectors = np.random.default_rng(1).random((2, 40_000), dtype=np.float32)
     assert embeddings_field(vectors) == built(vectors).SerializeToString()
+
+
+def test_varints_as_protobuf_writes_them() -> None:
+    assert [varint(n) for n in (0, 1, 127, 128, 300, 16_384)] == [
+        b"\x00", b"\x01", b"\x7f", b"\x80\x01", b"\xac\x02", b"\x80\x80\x01"]

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
+from millibatch.service.vector_wire import varint
+
 VARINT, LEN = 0, 2
-
-
-def varint(value: int) -> bytes:
-    """Base-128 varint encoding of a non-negative int."""
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def field(number: int, wire_type: int, payload: bytes | int) -> bytes:
