@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import grpc
 import numpy as np
 
-from millibatch.errors import InvalidInput, QueueFull
+from millibatch.errors import DeadlineUnmeetable, InvalidInput
 from millibatch.service.dataplane import Computed, DataPlane
 from millibatch.service.edge import Gate
 from millibatch.service.embeddings import EmbedOptions, embed_texts
@@ -124,7 +124,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         # Under overload most calls end here: refused before anything else of the request is read.
         busy = plane.refusal(model, request.inputs, deadline)
         if busy is not None:
-            if not isinstance(busy, QueueFull):
+            if isinstance(busy, DeadlineUnmeetable):
                 raise busy  # a deadline too short for any answer: logged and counted by the edge
             refuse(context, busy)
             return None
@@ -139,16 +139,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         )
         embedded = await embed_texts(plane, model, request.inputs, options, deadline, prechecked=True)
         done = embedded.done
-        response = pb.EmbedResponse(
-            embeddings=None if packed is None else [
-                pb.Embedding(packed=data, scale=scale) for data, scale in pack(embedded.vectors, packed)],
-            model=model.name,
-            usage=usage(done.tokens),
-            timing=timing(done, started),
-            dimensions=embedded.dimensions,
-        )
+        response = pb.EmbedResponse(model=model.name, usage=usage(done.tokens), timing=timing(done, started),
+                                    dimensions=embedded.dimensions)
         if packed is None:  # float values: written as wire bytes, not float by float
             response.MergeFromString(embeddings_field(embedded.vectors))
+        else:
+            response.embeddings.extend(
+                pb.Embedding(packed=data, scale=scale) for data, scale in pack(embedded.vectors, packed))
         return response
 
     async def Rerank(self, request: pb.RerankRequest, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
