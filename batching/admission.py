@@ -122,10 +122,12 @@ class Admission:
     def least_seconds(self, rows: int, tokens_per_row: int) -> float:
         """Least time `rows` rows of `tokens_per_row` tokens take once they reach the instances (priced
         once per shape and cost-model fit: this runs for every request, refused ones included)."""
+        if self._cost.fits == self._fitted_at:  # the prices are current: one lookup (no call) for most
+            least = self._least.get((rows, tokens_per_row))
+            if least is not None:
+                return least
         price = self.row_seconds(tokens_per_row)  # first: clears the prices if the cost model was refitted
-        least = self._least.get((rows, tokens_per_row))
-        if least is None:
-            least = self._least[(rows, tokens_per_row)] = self._own_seconds(rows, tokens_per_row, price)
+        least = self._least[(rows, tokens_per_row)] = self._own_seconds(rows, tokens_per_row, price)
         return least
 
     def _own_seconds(self, rows: int, longest: int, per_row: float) -> float:

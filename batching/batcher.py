@@ -169,7 +169,7 @@ class Batcher:
         own = self.admission.least_seconds(rows, tokens_per_row)
         refusal = self.admission.refusal(now, deadline, self.predicted_wait(now), self.margin, own)
         if refusal is not None:
-            self._observer.rejected(rows, refusal.reason)
+            self.counters.rejected(rows, refusal.reason)
         return refusal
 
     def submit(self, rows: list[Row], deadline: float) -> WorkItem:
@@ -189,7 +189,7 @@ class Batcher:
             wait = self.predicted_wait(now)
             per_row = self.admission.admit(rows, deadline, now, wait, self.margin)
         except MillibatchError as error:
-            self._observer.rejected(count, error.reason)
+            self.counters.rejected(count, error.reason)
             raise
         assert self._loop is not None
         item = WorkItem(rows=rows, deadline=deadline, future=self._loop.create_future(), enqueued_at=now,

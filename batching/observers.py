@@ -1,12 +1,15 @@
 """What the batcher tells the outside world: one record per engine call, and each shed or refused request.
 
 Observers run on the event loop and must not block; metrics (service/metrics.py) is one, the batcher's
-own running totals (`BatchCounters`, shown by DescribeModel) another.
+own running totals (`BatchCounters`, shown by DescribeModel) another. Refused requests are only counted
+in `BatchCounters`, as plain numbers that metrics read at scrape time: under overload a refusal comes
+with nearly every call, and each function it passes through costs it microseconds beside a busy engine
+(docs/CALL_COST.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from millibatch.batching.work import WorkItem
 
@@ -35,8 +38,6 @@ class BatchObserver:
 
     def shed(self, item: WorkItem, reason: str) -> None: ...
 
-    def rejected(self, rows: int, reason: str) -> None: ...
-
 
 @dataclass
 class BatchCounters(BatchObserver):
@@ -46,9 +47,10 @@ class BatchCounters(BatchObserver):
     rows: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
-    #: Requests dropped because their deadline could not be met, and refused at admission.
+    #: Requests dropped because their deadline could not be met.
     requests_shed: int = 0
-    requests_rejected: int = 0
+    #: Requests refused at admission and their rows, by reason (the refusal's `reason`).
+    rejections: dict[str, list[int]] = field(default_factory=dict)
     #: Time spent inside engine calls, summed over instances (utilization = this / (wall x instances)),
     #: and the CPU time the calling threads got meanwhile.
     engine_seconds: float = 0.0
@@ -66,7 +68,17 @@ class BatchCounters(BatchObserver):
         self.requests_shed += 1
 
     def rejected(self, rows: int, reason: str) -> None:
-        self.requests_rejected += 1
+        """Count a request of `rows` rows refused at admission for `reason` (the event loop's thread only)."""
+        counts = self.rejections.get(reason)
+        if counts is None:
+            counts = self.rejections[reason] = [0, 0]
+        counts[0] += 1
+        counts[1] += rows
+
+    @property
+    def requests_rejected(self) -> int:
+        """Requests refused at admission, for every reason."""
+        return sum(requests for requests, _rows in list(self.rejections.values()))
 
 
 class Observers(BatchObserver):
@@ -82,7 +94,3 @@ class Observers(BatchObserver):
     def shed(self, item: WorkItem, reason: str) -> None:
         for observer in self._observers:
             observer.shed(item, reason)
-
-    def rejected(self, rows: int, reason: str) -> None:
-        for observer in self._observers:
-            observer.rejected(rows, reason)

@@ -48,6 +48,8 @@ class DataPlane:
         self.settings = settings
         self.metrics = metrics
         self.ledger = ledger or CallLedger()
+        # Every call is counted here, refusals included: the tally itself, not through Metrics.
+        self._tally = metrics.tally if metrics is not None else None
         self._default_timeout = settings.default_deadline_ms / 1000.0
         self._max_inputs = settings.max_inputs_per_request
         self._max_tokens = settings.max_tokens_per_request
@@ -175,5 +177,5 @@ class DataPlane:
 
     def count(self, rpc: str, model: str, code: str, seconds: float) -> None:
         """Count one request (a unary call, or one message of a stream) in the metrics."""
-        if self.metrics is not None:
-            self.metrics.request_done(self.registry.metric_label(model), rpc, code, seconds)
+        if self._tally is not None:
+            self._tally.request_done(self.registry.metric_label(model), rpc, code, seconds)

@@ -203,7 +203,9 @@ async def _read_request(context: grpc.aio.ServicerContext) -> Any:
 
 def _code_name(context: grpc.aio.ServicerContext) -> str:
     code = context.code()
-    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    # `_name_` is what Enum's `name` property returns, read without the property's Python frame (this
+    # runs for every refusal).
+    return str(code._name_) if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
 def _stream(rpc: str, behaviour: Callable[..., Any], decode: Callable[[Any], Any] | None, plane: DataPlane,

@@ -15,7 +15,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from millibatch.batching.batcher import Batcher, BatchObserver, BatchRecord
@@ -36,7 +36,8 @@ PADDING_BUCKETS = (1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
 
 
 class QueueCollector(Collector):
-    """Queue depth and in-flight rows per model, read from `Batcher.stats()` at scrape time."""
+    """Queue depth, in-flight rows, admission's state and the requests it refused, per model, read from
+    the batchers at scrape time (refusals are counted by the batcher itself, `BatchCounters.rejected`)."""
 
     def __init__(self, batchers: Callable[[], Iterable[tuple[str, Batcher]]]) -> None:
         self._batchers = batchers
@@ -54,6 +55,10 @@ class QueueCollector(Collector):
             "millibatch_admission_slack",
             "Share of a request's remaining time its predicted finish may use to be admitted; shrinks when "
             "admitted requests miss their deadline, regrows while they do not.", labels=["model"])
+        rejected = CounterMetricFamily("millibatch_rejected_requests", "Requests refused at admission.",
+                                       labels=["model", "reason"])
+        rejected_rows = CounterMetricFamily("millibatch_rejected_rows", "Rows of refused requests.",
+                                            labels=["model", "reason"])
         for name, batcher in list(self._batchers()):
             stats = batcher.stats()
             queued.add_metric([name], stats["queued_rows"])
@@ -61,7 +66,11 @@ class QueueCollector(Collector):
             rate.add_metric([name], stats["arrival_rate"])
             correction.add_metric([name], stats["wait_correction"])
             slack.add_metric([name], stats["admission_slack"])
-        yield from (queued, in_flight, rate, correction, slack)
+            # Written on the event loop, read here: a copy is one step under the GIL.
+            for reason, (requests, rows) in dict(batcher.counters.rejections).items():
+                rejected.add_metric([name, reason], requests)
+                rejected_rows.add_metric([name, reason], rows)
+        yield from (queued, in_flight, rate, correction, slack, rejected, rejected_rows)
 
 
 class GpuCollector(Collector):
@@ -94,7 +103,8 @@ class GpuCollector(Collector):
 
 class ModelObserver(BatchObserver):
     """The batcher's metric hooks for one model. Labelled series are looked up once: `labels()` costs
-    more than the increment itself, and these run for every batch and every refused request."""
+    more than the increment itself, and these run for every batch. (Refused requests are read from the
+    batcher at scrape time, QueueCollector.)"""
 
     def __init__(self, metrics: Metrics, model: str) -> None:
         m = self._m = metrics
@@ -107,8 +117,6 @@ class ModelObserver(BatchObserver):
         self._failures = m.batch_failures.labels(model)
         self._per_instance: dict[int, tuple[Any, Any]] = {}
         self._per_reason: dict[str, tuple[Any, Any]] = {}
-        # Refusals are counted like requests: on the event loop, without a lock (service/tally.py).
-        self._tally = metrics.tally
 
     def batch_done(self, record: BatchRecord) -> None:
         padded = record.rows * record.padded_length
@@ -129,9 +137,6 @@ class ModelObserver(BatchObserver):
         requests, rows = self._shed(reason)
         requests.inc()
         rows.inc(len(item.rows))
-
-    def rejected(self, rows: int, reason: str) -> None:
-        self._tally.rejected(self._model, reason, rows)
 
     def _instance(self, instance: int) -> tuple[Any, Any]:
         series = self._per_instance.get(instance)
@@ -207,10 +212,6 @@ class Metrics:
     def observer(self, model: str) -> ModelObserver:
         """Batcher hooks that record into these metrics under `model`."""
         return ModelObserver(self, model)
-
-    def request_done(self, model: str, rpc: str, code: str, seconds: float) -> None:
-        """Count one finished RPC and its latency (on the event loop's thread)."""
-        self.tally.request_done(model, rpc, code, seconds)
 
     def work_done(self, model: str, item: WorkItem, tokenize_seconds: float) -> None:
         """Per-request stage timings of a request that went through the batcher."""

@@ -53,7 +53,7 @@ class ModelRegistry:
 
     def get(self, name: str, task: str | None = None) -> ServedModel:
         """The model for a request, or NOT_FOUND / FAILED_PRECONDITION / UNAVAILABLE."""
-        model = self.known(name)
+        model = self.models.get(name or self.default) or self.known(name)
         if task is not None and model.manifest.task != task:
             raise WrongTask(f"model {model.name!r} does {model.manifest.task}, not {task}")
         if not self.accepting:

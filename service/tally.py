@@ -29,14 +29,12 @@ class Histogram:
 
 
 class RequestTally(Collector):
-    """millibatch_requests_total, millibatch_request_duration_seconds, millibatch_rejected_requests_total
-    and millibatch_rejected_rows_total."""
+    """millibatch_requests_total and millibatch_request_duration_seconds."""
 
     def __init__(self, buckets: Sequence[float]) -> None:
         self._bounds = tuple(buckets)
         self._requests: dict[tuple[str, str, str], int] = {}
         self._durations: dict[tuple[str, str], Histogram] = {}
-        self._rejected: dict[tuple[str, str], list[int]] = {}  # (model, reason) -> [requests, rows]
 
     def request_done(self, model: str, rpc: str, code: str, seconds: float) -> None:
         """Count one finished call and its latency (the event loop's thread only)."""
@@ -48,14 +46,6 @@ class RequestTally(Collector):
         # Prometheus buckets are "less than or equal": bisect_left puts a value equal to a bound in it.
         histogram.counts[bisect_left(self._bounds, seconds)] += 1
         histogram.total += seconds
-
-    def rejected(self, model: str, reason: str, rows: int) -> None:
-        """Count one request refused at admission (the event loop's thread only)."""
-        counts = self._rejected.get((model, reason))
-        if counts is None:
-            counts = self._rejected[(model, reason)] = [0, 0]
-        counts[0] += 1
-        counts[1] += rows
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily("millibatch_requests", "Finished RPCs by model, method and gRPC status.",
@@ -71,11 +61,4 @@ class RequestTally(Collector):
                 running += count
                 buckets.append((floatToGoString(bound), running))
             durations.add_metric([model, rpc], buckets, total)
-        rejected = CounterMetricFamily("millibatch_rejected_requests", "Requests refused at admission.",
-                                       labels=["model", "reason"])
-        rejected_rows = CounterMetricFamily("millibatch_rejected_rows", "Rows of refused requests.",
-                                            labels=["model", "reason"])
-        for (model, reason), (count, rows) in dict(self._rejected).items():
-            rejected.add_metric([model, reason], count)
-            rejected_rows.add_metric([model, reason], rows)
-        yield from (requests, durations, rejected, rejected_rows)
+        yield from (requests, durations)

@@ -132,6 +132,10 @@ async def test_a_refusal_before_tokenizing_is_returned_and_counted() -> None:
     assert isinstance(overloaded, Overloaded) and overloaded.retry_after is not None and overloaded.retry_after > 0
     assert isinstance(batcher.refusal(loop.time() + 1e-6, 1, 8), DeadlineUnmeetable)
     assert batcher.counters.requests_rejected == 2
+    assert batcher.counters.rejections == {"overloaded": [1, 1], "deadline": [1, 1]}
+    with pytest.raises(DeadlineUnmeetable):
+        batcher.submit([make_row(8)] * 3, loop.time() + 1e-6)
+    assert batcher.counters.rejections["deadline"] == [2, 4]  # requests, rows
     await asyncio.gather(*(item.future for item in queued))
     await batcher.stop(grace=1)
 

@@ -21,8 +21,6 @@ def test_counts_and_cumulative_buckets_with_bounds_inclusive() -> None:
     for seconds in (0.0005, 0.001, 0.005, 0.01, 3.0):  # a value equal to a bound falls in that bucket
         tally.request_done("m", "Embed", "OK", seconds)
     tally.request_done("m", "Embed", "RESOURCE_EXHAUSTED", 0.0002)
-    tally.rejected("m", "overloaded", 4)
-    tally.rejected("m", "overloaded", 1)
     seen = samples(tally)
     key = (("model", "m"), ("rpc", "Embed"))
     assert seen[("millibatch_requests_total", (("code", "OK"), *key))] == 5
@@ -32,9 +30,6 @@ def test_counts_and_cumulative_buckets_with_bounds_inclusive() -> None:
     assert bucket == {"0.001": 3, "0.01": 5, "+Inf": 6}
     assert seen[("millibatch_request_duration_seconds_count", key)] == 6
     assert abs(seen[("millibatch_request_duration_seconds_sum", key)] - 3.0167) < 1e-9
-    reason = (("model", "m"), ("reason", "overloaded"))
-    assert seen[("millibatch_rejected_requests_total", reason)] == 2
-    assert seen[("millibatch_rejected_rows_total", reason)] == 5
 
 
 def test_an_empty_tally_exports_no_series() -> None:
