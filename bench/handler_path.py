@@ -1,6 +1,7 @@
-"""What millibatch's own request path costs per call, without gRPC: Embed called through the edge with the
-request's bytes and a stand-in context, on a real server whose engine does nothing, on this build and on
-baselines, alternating build by build.
+"""What millibatch's own request path costs per call, without gRPC.
+
+Embed is called through the edge with the request's bytes and a stand-in context, on a real server whose
+engine does nothing, on this build and on baselines, alternating build by build.
 
     .venv/bin/python -m bench.handler_path                          # this build
     .venv/bin/python -m bench.handler_path --baseline f9792af       # beside another build
@@ -204,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     texts = args.texts
     if texts is None:
-        texts = args.out / "texts.json"
+        (args.out / "raw").mkdir(exist_ok=True)
+        texts = args.out / "raw" / "texts.json"
         texts.write_text(json.dumps(stsb_sentences(DEFAULT_STSB)), encoding="utf-8")
     checkouts = {"this build": ROOT}
     scratch = Path(tempfile.mkdtemp(prefix="handler-path-"))
