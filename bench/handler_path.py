@@ -15,7 +15,8 @@ awaited one by one on the measuring task (a refusal never waits), so the figure 
 alone. The CPU is the process's (the event loop and the no-op engine's thread), per call, median of
 the rounds. `--cold` writes 8 MB before each group, untimed, as a call meets the caches beside a busy
 engine. gRPC's own share is what bench.frontend measures; this measures what millibatch adds to it,
-without the noise of sockets and threads that gRPC brings.
+without the noise of sockets and threads that gRPC brings. Last, one scheduling decision is timed with
+8 and 32 sentences waiting: what the dispatcher asks on every arrival while every instance is busy.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "handler_path"
 DEFAULT_MODEL = ROOT / "models" / "all-MiniLM-L6-v2"
 GROUPS = (1, 4, 8)
+#: Rows waiting when the dispatcher asks the scheduler for a full batch (as on every arrival while every
+#: instance is busy: about 8 at five times the peak, docs/OVERLOAD.md).
+BACKLOGS = (8, 32)
+#: Decisions timed per backlog, each on a freshly filled queue.
+DECISIONS = 300
 #: Written before each group with --cold: more than this machine's L2 and much of its L3.
 FLUSH_BYTES = 8 << 20
 #: The deadline every call carries, as in the goodput benchmark.
@@ -93,6 +99,9 @@ async def measure(model: Path, texts: list[str], calls: int, cold: bool) -> dict
     server = InferenceServer(settings)
     await server.start()
     try:
+        # The real engine's fitted costs, before the no-op engine's batches refit them towards zero.
+        c0, c1, c2, c3 = next(iter(server.registry.models.values())).batcher.cost_model.coefficients.values()
+        coefficients = (c0, c1, c2, c3)
         for served in server.registry.models.values():
             served.batcher.engine = NullEngine(served.engine, served.manifest.dimensions)
         registered = Registered()
@@ -132,9 +141,38 @@ async def measure(model: Path, texts: list[str], calls: int, cold: bool) -> dict
         refused, codes = await run(0)
         if {getattr(code, "name", code) for code in codes} != {"RESOURCE_EXHAUSTED"}:
             raise RuntimeError(f"refused calls ended {set(codes)}")
-        return {"answered_us": answered, "refused_us": refused}
+        served = next(iter(server.registry.models.values()))
+        decision = {str(backlog): decision_us(served, coefficients, texts, backlog) for backlog in BACKLOGS}
+        return {"answered_us": answered, "refused_us": refused, "decision_us": decision}
     finally:
         await server.stop()
+
+
+def decision_us(served: Any, coefficients: tuple[float, float, float, float], texts: list[str],
+                backlog: int) -> float:
+    """µs of CPU of one scheduling decision for a full batch (`Scheduler.next(only_full=True)`) with
+    `backlog` sentences waiting, each decision on a queue filled afresh; the cost model as the real
+    engine's profile fitted it."""
+    from millibatch.batching.cost_model import CostModel
+    from millibatch.batching.scheduler import Scheduler
+    from millibatch.batching.work import WorkItem
+    from millibatch.service.tokenization import to_rows
+
+    batcher = served.batcher
+    rows = to_rows(served.encoder.encode(texts[:backlog], truncate=True))
+    loop = asyncio.get_running_loop()
+    cpu = 0.0
+    for _ in range(DECISIONS):
+        scheduler = Scheduler(batcher.limits, CostModel(coefficients), batcher.engine.padded_length)
+        now = time.monotonic()
+        for index, row in enumerate(rows):
+            item = WorkItem(rows=[row], deadline=now + DEADLINE_SECONDS - index * 1e-4, future=loop.create_future(),
+                            enqueued_at=now)
+            scheduler.add(item, now)
+        began = time.process_time()
+        scheduler.next(now, only_full=True)
+        cpu += time.process_time() - began
+    return cpu / DECISIONS * 1e6
 
 
 def child(checkout: Path, model: Path, texts: Path, calls: int, cold: bool) -> dict[str, Any]:
@@ -154,11 +192,19 @@ def report(builds: list[str], rounds: list[dict[str, dict[str, Any]]], cold: boo
     from bench.stats import median
 
     def figure(build: str, key: str) -> float:
-        values = [r[build]["refused_us"] if key == "refused" else r[build]["answered_us"][key] for r in rounds]
-        return median(values)
+        def one(result: dict[str, Any]) -> float:
+            if key == "refused":
+                return float(result["refused_us"])
+            if key.startswith("decision "):
+                # Baselines measured before decisions were: NaN, shown as such.
+                return float(result.get("decision_us", {}).get(key.split()[1], float("nan")))
+            return float(result["answered_us"][key])
 
-    keys = [str(g) for g in GROUPS] + ["refused"]
-    header = [f"answered, {g} at once" for g in GROUPS] + ["refused"]
+        return median([one(r[build]) for r in rounds])
+
+    keys = [str(g) for g in GROUPS] + ["refused"] + [f"decision {b}" for b in BACKLOGS]
+    header = [f"answered, {g} at once" for g in GROUPS] + ["refused"] + [
+        f"a decision, {b} waiting" for b in BACKLOGS]
     lines = [
         f"µs of process CPU per call{' (8 MB written before each group)' if cold else ''}, median of "
         f"{len(rounds)} rounds of {calls} calls each; STS-B sentences, all-MiniLM-L6-v2's tokenizer, a no-op engine.",
@@ -176,7 +222,8 @@ def report(builds: list[str], rounds: list[dict[str, dict[str, Any]]], cold: boo
         for build in builds:
             r = by_build[build]
             parts = ", ".join(f"{g} at once {r['answered_us'][str(g)]:.1f}" for g in GROUPS)
-            lines.append(f"- round {index}, {build}: {parts}; refused {r['refused_us']:.1f}")
+            decisions = ", ".join(f"{b} waiting {us:.1f}" for b, us in r.get("decision_us", {}).items())
+            lines.append(f"- round {index}, {build}: {parts}; refused {r['refused_us']:.1f}; decision: {decisions}")
     return lines
 
 

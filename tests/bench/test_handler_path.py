@@ -1,11 +1,12 @@
-"""bench.handler_path: the request path's own CPU per call, answered and refused, beside another build."""
+"""bench.handler_path: the request path's own CPU per call, answered and refused, and a scheduling decision,
+beside another build."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from bench.handler_path import GROUPS, main
+from bench.handler_path import BACKLOGS, GROUPS, main
 
 
 def test_answered_and_refused_calls_are_measured_on_this_build_and_a_baseline(tiny_embed_dir: Path,
@@ -23,6 +24,10 @@ def test_answered_and_refused_calls_are_measured_on_this_build_and_a_baseline(ti
             # both and fails otherwise); a refusal costs less than an answer.
             assert sorted(result["answered_us"]) == sorted(str(g) for g in GROUPS)
             assert 0 < result["refused_us"] < min(result["answered_us"].values())
+            # A scheduling decision over more waiting rows takes longer.
+            decisions = result["decision_us"]
+            assert sorted(decisions) == sorted(str(b) for b in BACKLOGS)
+            assert 0 < decisions[str(BACKLOGS[0])] < decisions[str(BACKLOGS[-1])]
     table = (out / "results.md").read_text()
     assert "| this build / HEAD |" in table and "round 2, HEAD" in table
 
