@@ -47,6 +47,9 @@ class CostModel:
         self._since_fit = 0
         #: Number of refits so far: callers caching predictions know when to drop them.
         self.fits = 0
+        # efficient_rows by (length, efficiency) for the current fit: the scheduler asks it for every
+        # waiting row at every decision, and the answer changes only with a refit.
+        self._efficient: dict[tuple[int, float], int] = {}
 
     @property
     def coefficients(self) -> dict[str, float]:
@@ -66,6 +69,12 @@ class CostModel:
     def efficient_rows(self, length: int, efficiency: float) -> int:
         """Fewest rows for which the per-call overhead is at most (1 - efficiency) of a batch's cost,
         i.e. per-row throughput within `efficiency` of the best this length allows."""
+        rows = self._efficient.get((length, efficiency))
+        if rows is None:
+            rows = self._efficient[(length, efficiency)] = self._efficient_rows(length, efficiency)
+        return rows
+
+    def _efficient_rows(self, length: int, efficiency: float) -> int:
         c0, c1, c2, c3 = self._coef
         per_row = c1 + c2 * length + c3 * length * length
         if per_row <= 0:
@@ -100,6 +109,7 @@ class CostModel:
         # Recent batches count double: the machine's load changes and the profile ages.
         weight[len(self._profile_rows):] *= 2.0
         self._coef = _nonnegative_least_squares(x * weight[:, None], y * weight)
+        self._efficient.clear()
         self.fits += 1
 
 

@@ -81,6 +81,8 @@ class Scheduler:
         self._dead = 0  # rows of finished items still physically queued
         self._rate = 0.0
         self._rate_at = 0.0
+        self._capacities: dict[int, int] = {}
+        self._fitted_at = -1
         #: Seconds kept between predicted finish and deadline: `limits.safety` plus, set by the batcher,
         #: how long a computed row takes to reach its caller (longer when the event loop is busy).
         self.margin = limits.safety
@@ -100,7 +102,7 @@ class Scheduler:
         fifo = self.limits.policy == "fifo"
         for index, row in enumerate(item.rows):
             self._sequence += 1
-            pending = PendingRow(item, index, row.length, item.deadline, self._sequence)
+            pending = PendingRow(item, index, row.length, item.deadline, self._sequence, self._pad(row.length))
             if fifo:
                 self._pending.append(pending)
             else:
@@ -135,7 +137,7 @@ class Scheduler:
         removed: set[int] = set()
         deadline_aware = limits.policy == "deadline"
         # Padded lengths of the waiting rows: how many could share a batch with a given row.
-        backlog = sorted(self._pad(row.length) for row in window if row.item.live) if deadline_aware else []
+        backlog = sorted(row.padded for row in window if row.item.live) if deadline_aware else []
         for row in window:
             item = row.item
             if not item.live or id(item) in shed_ids:
@@ -176,21 +178,21 @@ class Scheduler:
 
     def _meetable(self, row: PendingRow, backlog: list[int], now: float) -> bool:
         """Can `row` still finish in time, in the batch it would ride in?"""
-        length = self._pad(row.length)
+        length = row.padded
         rows = self._own_batch_rows(length, backlog)
         return now + self.cost.predict(rows, length) + self.margin <= row.deadline
 
     def _choose(self, live: list[PendingRow], now: float, decision: Decision, backlog: list[int]) -> None:
-        limits, pad, predict = self.limits, self._pad, self.cost.predict
+        limits, predict = self.limits, self.cost.predict
         head = live[0]
-        length = pad(head.length)
+        length = head.padded
         chosen = [head]
         ideal_tokens = length  # tokens if each row were padded on its own
         earliest = head.deadline
         for row in live[1:]:
             if len(chosen) >= limits.max_rows:
                 break
-            own = pad(row.length)
+            own = row.padded
             new_length = max(length, own)
             if len(chosen) >= self._worthwhile_rows(new_length):
                 continue
@@ -212,11 +214,11 @@ class Scheduler:
 
     def _choose_fifo(self, live: list[PendingRow], now: float, decision: Decision) -> None:
         """Oldest rows first, as many as fit the budgets; no grouping, no deadline checks."""
-        limits, pad = self.limits, self._pad
+        limits = self.limits
         chosen: list[PendingRow] = []
         length = 0
         for row in live:
-            new_length = max(length, pad(row.length))
+            new_length = max(length, row.padded)
             if len(chosen) >= limits.max_rows or (len(chosen) + 1) * new_length > limits.max_tokens:
                 break
             chosen.append(row)
@@ -231,8 +233,17 @@ class Scheduler:
         return self.cost.efficient_rows(length, self.limits.growth_efficiency)
 
     def capacity(self, length: int) -> int:
-        """Rows at which a batch of `length` counts as full (sent without waiting for more)."""
-        return max(1, min(self.limits.max_rows, self.limits.max_tokens // length, self._worthwhile_rows(length)))
+        """Rows at which a batch of `length` counts as full (sent without waiting for more). Asked for
+        every waiting row at every decision (and by admission for every request), so it is worked out
+        once per length and cost-model fit."""
+        if self.cost.fits != self._fitted_at:
+            self._capacities.clear()
+            self._fitted_at = self.cost.fits
+        rows = self._capacities.get(length)
+        if rows is None:
+            rows = self._capacities[length] = max(
+                1, min(self.limits.max_rows, self.limits.max_tokens // length, self._worthwhile_rows(length)))
+        return rows
 
     def _send_by(self, decision: Decision, now: float) -> float:
         """Latest clock value to send: the oldest row's max delay, and the earliest deadline still met

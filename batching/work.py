@@ -103,6 +103,8 @@ class PendingRow:
     length: int
     deadline: float
     sequence: int
+    #: The engine's padded length for `length`, worked out once on arrival.
+    padded: int = 0
 
     @property
     def key(self) -> tuple[float, int]:
