@@ -151,8 +151,9 @@ async def measure(model: Path, texts: list[str], calls: int, cold: bool) -> dict
 def decision_us(served: Any, coefficients: tuple[float, float, float, float], texts: list[str],
                 backlog: int) -> float:
     """µs of CPU of one scheduling decision for a full batch (`Scheduler.next(only_full=True)`) with
-    `backlog` sentences waiting, each decision on a queue filled afresh; the cost model as the real
-    engine's profile fitted it."""
+    `backlog` sentences waiting, each decision on the same scheduler with its queue filled afresh (what
+    it keeps between decisions is kept, as in a server); the cost model as the real engine's profile
+    fitted it."""
     from millibatch.batching.cost_model import CostModel
     from millibatch.batching.scheduler import Scheduler
     from millibatch.batching.work import WorkItem
@@ -161,9 +162,9 @@ def decision_us(served: Any, coefficients: tuple[float, float, float, float], te
     batcher = served.batcher
     rows = to_rows(served.encoder.encode(texts[:backlog], truncate=True))
     loop = asyncio.get_running_loop()
+    scheduler = Scheduler(batcher.limits, CostModel(coefficients), batcher.engine.padded_length)
     cpu = 0.0
     for _ in range(DECISIONS):
-        scheduler = Scheduler(batcher.limits, CostModel(coefficients), batcher.engine.padded_length)
         now = time.monotonic()
         for index, row in enumerate(rows):
             item = WorkItem(rows=[row], deadline=now + DEADLINE_SECONDS - index * 1e-4, future=loop.create_future(),
@@ -172,6 +173,7 @@ def decision_us(served: Any, coefficients: tuple[float, float, float, float], te
         began = time.process_time()
         scheduler.next(now, only_full=True)
         cpu += time.process_time() - began
+        scheduler.take_all()
     return cpu / DECISIONS * 1e6
 
 
