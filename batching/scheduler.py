@@ -138,11 +138,14 @@ class Scheduler:
         deadline_aware = limits.policy == "deadline"
         # Padded lengths of the waiting rows: how many could share a batch with a given row.
         backlog = sorted(row.padded for row in window if row.item.live) if deadline_aware else []
+        # Engine seconds a row of each padded length needs in the batch it would ride in: the same for
+        # every row of that length in this decision, so worked out once per length.
+        needs: dict[int, float] = {}
         for row in window:
             item = row.item
             if not item.live or id(item) in shed_ids:
                 removed.add(id(row))
-            elif deadline_aware and not self._meetable(row, backlog, now):
+            elif deadline_aware and not self._meetable(row, backlog, now, needs):
                 shed_ids.add(id(item))
                 decision.shed.append(item)
                 removed.add(id(row))
@@ -176,11 +179,14 @@ class Scheduler:
         efficient = self.cost.efficient_rows(length, self.limits.overload_efficiency)
         return max(1, min(efficient, similar, self.capacity(length)))
 
-    def _meetable(self, row: PendingRow, backlog: list[int], now: float) -> bool:
-        """Can `row` still finish in time, in the batch it would ride in?"""
+    def _meetable(self, row: PendingRow, backlog: list[int], now: float, needs: dict[int, float]) -> bool:
+        """Can `row` still finish in time, in the batch it would ride in? (`needs`: that batch's engine
+        seconds by padded length, filled as lengths come up.)"""
         length = row.padded
-        rows = self._own_batch_rows(length, backlog)
-        return now + self.cost.predict(rows, length) + self.margin <= row.deadline
+        seconds = needs.get(length)
+        if seconds is None:
+            seconds = needs[length] = self.cost.predict(self._own_batch_rows(length, backlog), length)
+        return now + seconds + self.margin <= row.deadline
 
     def _choose(self, live: list[PendingRow], now: float, decision: Decision, backlog: list[int]) -> None:
         limits, predict = self.limits, self.cost.predict
