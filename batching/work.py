@@ -104,7 +104,7 @@ class PendingRow:
     deadline: float
     sequence: int
     #: The engine's padded length for `length`, worked out once on arrival.
-    padded: int = 0
+    padded: int
 
     @property
     def key(self) -> tuple[float, int]:
