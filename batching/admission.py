@@ -58,17 +58,13 @@ class Admission:
         self.slack = SLACK_BOUNDS[1]
         self._actual = 0.0
         self._predicted = 0.0
-        self._row_seconds: dict[int, float] = {}
-        self._least: dict[tuple[int, int], float] = {}
-        self._fitted_at = -1
+        # Prices by padded length and least compute by request shape, for the cost model's current fit.
+        self._row_seconds: dict[int, float] = cost.per_fit()
+        self._least: dict[tuple[int, int], float] = cost.per_fit()
 
     def row_seconds(self, length: int) -> float:
         """Engine seconds one row of `length` tokens takes as its share of a full batch of its length
         (what a backlog of such rows costs per row)."""
-        if self._cost.fits != self._fitted_at:  # the cost model was refitted: its prices changed
-            self._row_seconds.clear()
-            self._least.clear()
-            self._fitted_at = self._cost.fits
         padded = self._pad(length)
         price = self._row_seconds.get(padded)
         if price is None:
@@ -122,12 +118,10 @@ class Admission:
     def least_seconds(self, rows: int, tokens_per_row: int) -> float:
         """Least time `rows` rows of `tokens_per_row` tokens take once they reach the instances (priced
         once per shape and cost-model fit: this runs for every request, refused ones included)."""
-        if self._cost.fits == self._fitted_at:  # the prices are current: one lookup (no call) for most
-            least = self._least.get((rows, tokens_per_row))
-            if least is not None:
-                return least
-        price = self.row_seconds(tokens_per_row)  # first: clears the prices if the cost model was refitted
-        least = self._least[(rows, tokens_per_row)] = self._own_seconds(rows, tokens_per_row, price)
+        least = self._least.get((rows, tokens_per_row))
+        if least is None:
+            least = self._least[(rows, tokens_per_row)] = self._own_seconds(
+                rows, tokens_per_row, self.row_seconds(tokens_per_row))
         return least
 
     def _own_seconds(self, rows: int, longest: int, per_row: float) -> float:

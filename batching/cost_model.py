@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -45,11 +46,18 @@ class CostModel:
         self._seen = 0
         self._refit_every = refit_every
         self._since_fit = 0
-        #: Number of refits so far: callers caching predictions know when to drop them.
-        self.fits = 0
-        # efficient_rows by (length, efficiency) for the current fit: the scheduler asks it for every
-        # waiting row at every decision, and the answer changes only with a refit.
-        self._efficient: dict[tuple[int, float], int] = {}
+        # Caches of what follows from the coefficients, emptied by every refit (`per_fit`).
+        self._per_fit: list[dict[Any, Any]] = []
+        # efficient_rows by (length, efficiency): the scheduler asks it for every waiting row at every
+        # decision, and the answer changes only with a refit.
+        self._efficient: dict[tuple[int, float], int] = self.per_fit()
+
+    def per_fit(self) -> dict[Any, Any]:
+        """An empty cache for values derived from this model's predictions, which it empties whenever it
+        is refitted: callers price a shape once per fit instead of on every request or decision."""
+        cache: dict[Any, Any] = {}
+        self._per_fit.append(cache)
+        return cache
 
     @property
     def coefficients(self) -> dict[str, float]:
@@ -109,8 +117,8 @@ class CostModel:
         # Recent batches count double: the machine's load changes and the profile ages.
         weight[len(self._profile_rows):] *= 2.0
         self._coef = _nonnegative_least_squares(x * weight[:, None], y * weight)
-        self._efficient.clear()
-        self.fits += 1
+        for cache in self._per_fit:
+            cache.clear()
 
 
 def _nonnegative_least_squares(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:

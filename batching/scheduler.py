@@ -81,8 +81,7 @@ class Scheduler:
         self._dead = 0  # rows of finished items still physically queued
         self._rate = 0.0
         self._rate_at = 0.0
-        self._capacities: dict[int, int] = {}
-        self._fitted_at = -1
+        self._capacities: dict[int, int] = cost.per_fit()
         #: Seconds kept between predicted finish and deadline: `limits.safety` plus, set by the batcher,
         #: how long a computed row takes to reach its caller (longer when the event loop is busy).
         self.margin = limits.safety
@@ -242,9 +241,6 @@ class Scheduler:
         """Rows at which a batch of `length` counts as full (sent without waiting for more). Asked for
         every waiting row at every decision (and by admission for every request), so it is worked out
         once per length and cost-model fit."""
-        if self.cost.fits != self._fitted_at:
-            self._capacities.clear()
-            self._fitted_at = self.cost.fits
         rows = self._capacities.get(length)
         if rows is None:
             rows = self._capacities[length] = max(

@@ -51,3 +51,17 @@ def test_rows_that_cost_nothing_are_always_worth_adding() -> None:
     model.fit_profile([Observation(r, n, 0.0019) for r in (1, 8, 32, 64) for n in (16, 128)])
     assert model.coefficients["per_row"] < 1e-12 and model.coefficients["per_token"] < 1e-12
     assert model.efficient_rows(16, 0.9) == model.efficient_rows(128, 0.8) == UNBOUNDED_ROWS
+
+
+def test_what_follows_from_one_fit_is_forgotten_at_the_next() -> None:
+    model = CostModel(refit_every=4)
+    model.fit_profile([Observation(r, n, truth(r, n)) for r in (1, 8, 32) for n in (16, 128)])
+    cache = model.per_fit()
+    cache[64] = model.predict(8, 64)
+    for _ in range(3):  # not yet a refit
+        model.observe(8, 64, 3 * truth(8, 64))
+    assert cache == {64: model.predict(8, 64)}
+    for rows, length in ((1, 16), (8, 128), (32, 128), (4, 64)) * 8:  # the machine got three times slower
+        model.observe(rows, length, 3 * truth(rows, length))
+    assert cache == {}
+    assert model.predict(8, 64) == pytest.approx(3 * truth(8, 64), rel=0.3)
