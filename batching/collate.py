@@ -9,9 +9,25 @@ import numpy as np
 from millibatch.batching.work import Row
 from millibatch.engines.base import EngineInputs
 
+#: Up to this many rows, one slice assignment per row beats the boolean scatter: fewer numpy calls
+#: (2.2 against 5.5 µs for one row warm, and about 20 µs less per batch with the caches a call meets
+#: in the server); the two are level at 8 rows, and past that the scatter's single pass wins (at 32 rows,
+#: 17 against 25 µs).
+ROW_BY_ROW = 8
+
 
 def collate(rows: Sequence[Row], padded_length: int) -> EngineInputs:
     """Right-pad `rows` with zeros to `padded_length`; the attention mask marks real tokens."""
+    if len(rows) <= ROW_BY_ROW:
+        ids = np.zeros((len(rows), padded_length), dtype=np.int64)
+        types = np.zeros((len(rows), padded_length), dtype=np.int64)
+        mask = np.zeros((len(rows), padded_length), dtype=np.int64)
+        for index, row in enumerate(rows):
+            length = len(row.ids)
+            ids[index, :length] = row.ids
+            types[index, :length] = row.type_ids
+            mask[index, :length] = 1
+        return EngineInputs(input_ids=ids, attention_mask=mask, token_type_ids=types)
     lengths = np.fromiter((row.length for row in rows), dtype=np.int64, count=len(rows))
     # One boolean scatter per array instead of a Python loop over rows (5x faster at 32 rows).
     real = np.arange(padded_length) < lengths[:, None]
