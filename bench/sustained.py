@@ -1,0 +1,175 @@
+"""Sustained overload: minutes at a multiple of the peak, to see that what holds for a phase holds for long.
+
+    .venv/bin/python -m bench.sustained                              # 5x the peak for 10 minutes, STS-B
+    .venv/bin/python -m bench.sustained --multiple 3 --minutes 30 --interval 60
+    .venv/bin/python -m bench.sustained --peak 280 --minutes 5       # skip the sweep
+
+bench.goodput offers each multiple for 8 s; a leak, a counter that grows with every refusal, or a queue that
+drifts shows only over minutes. This serves the model as bench.goodput does (server on one core, the load
+generator, its own process, on the other; Poisson arrivals, a 100 ms deadline on every call), finds the
+peak goodput with bench.goodput's sweep (or takes `--peak`), then offers `--multiple` times it for
+`--minutes`, one load-generator run per `--interval`. Each interval reports goodput over the peak, refusals
+and how soon they arrive, the p99 of the answers, any other status, OKs that arrived late, the server's
+resident memory and its CPU by part. At the end the server's own count of finished Embed calls
+(`millibatch_requests_total`) is set against the calls the client made: a call the server never finished
+shows as a difference (so would one gRPC ended before any handler ran, such as a call whose deadline
+passed on the way). Writes results.json and results.md to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.goodput import DEFAULT_MODEL, Peer, sweep
+from bench.peers.catalog import PeerContext, launch
+from bench.processes import cores_for, run_loadgen, start_server, wait_ready
+from bench.run import ensure_model
+from bench.stats import publish, stamp
+from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results" / "sustained"
+#: Statuses a call may end with under overload (issue 15): an answer, a refusal, or its deadline.
+EXPECTED = {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def finished_calls(metrics_url: str, rpc: str = "Embed") -> dict[str, float]:
+    """The server's count of finished `rpc` calls by status (millibatch_requests_total), summed over models."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:
+        text = response.read().decode("utf-8")
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("millibatch_requests_total{"):
+            continue
+        labels, value = line.rsplit(" ", 1)
+        fields = dict(part.split("=", 1) for part in labels.split("{", 1)[1].rstrip("}").split(","))
+        if fields.get("rpc", "").strip('"') == rpc:
+            code = fields.get("code", "").strip('"')
+            counts[code] = counts.get(code, 0.0) + float(value)
+    return counts
+
+
+def interval_row(result: dict[str, Any], peak: float, rss: float, elapsed: float) -> dict[str, Any]:
+    """The figures of one interval, as the report shows them."""
+    kinds = result["error_kinds"]
+    return {"t_s": elapsed, "offered_rps": result["offered_rps"], "goodput_rps": result["goodput_rps"],
+            "held": result["goodput_rps"] / peak if peak else 0.0, "calls": result["requests"],
+            "refused": kinds.get("RESOURCE_EXHAUSTED", 0), "shed": kinds.get("DEADLINE_EXCEEDED", 0),
+            "other": {k: v for k, v in kinds.items() if k not in EXPECTED},
+            "refusal_p99_ms": result["error_p99_ms"].get("RESOURCE_EXHAUSTED"), "p99_ok_ms": result["p99_ms"],
+            "late_ok": result["late_ok"], "rss_mib": rss, "server_cpu": result["server_cpu_cores"],
+            "loop_cpu": result["loop_cpu_cores"], "engine_cpu": result["engine_cpu_cores"],
+            "client_cpu": result["client_cpu_cores"], "rows_per_batch": result["rows_per_batch"]}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Serve, find the peak, hold the overload, and account for every call."""
+    raw = args.out / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    texts = raw / f"texts-{args.texts}.json"
+    texts.write_text(json.dumps(text_set(args.texts, stsb_sentences(args.stsb))), encoding="utf-8")
+    cores = cores_for("split")
+    ctx = PeerContext(ensure_model(args.model_dir.resolve()), len(cores.server), None, None)
+    spec = launch("millibatch", ctx.model_dir, ctx, args.server_args.split())
+    assert spec.metrics_url is not None
+    server = start_server(spec, cores, raw)
+    try:
+        wait_ready(server, cores, texts, 120)
+        run_loadgen(spec, cores, texts, ["--mode", "closed", "--concurrency", "16", "--duration", "3", "--warmup", "0",
+                                         "--timeout", "5"], None, 120)
+        peer = Peer("millibatch", server, cores, texts, args.deadline_ms / 1000, 8.0, raw)
+        peak = args.peak or sweep(peer, args.start_rate, 1.25, args.deadline_ms)[0]
+        print(f"peak goodput {peak:.1f}/s; offering {args.multiple:g}x = {peak * args.multiple:.1f}/s for "
+              f"{args.minutes:g} min", flush=True)
+        peer.duration = args.interval
+        before = finished_calls(spec.metrics_url)
+        rss_start = rss_mib(server.process.pid)
+        rows, sent, client_codes = [], 0, {"OK": 0}
+        begin = time.perf_counter()
+        for index in range(max(1, round(args.minutes * 60 / args.interval))):
+            result = peer.phase(peak * args.multiple, f"sustained{index}")
+            rows.append(interval_row(result, peak, rss_mib(server.process.pid), time.perf_counter() - begin))
+            sent += result["requests"]
+            client_codes["OK"] += result["ok"]
+            for kind, count in result["error_kinds"].items():
+                client_codes[kind] = client_codes.get(kind, 0) + count
+        time.sleep(1.0)  # the last calls' handlers finish and count themselves
+        after = finished_calls(spec.metrics_url)
+    finally:
+        server.stop()
+    server_codes = {code: count for code in after if (count := after[code] - before.get(code, 0.0))}
+    return {"peak_goodput": peak, "multiple": args.multiple, "interval_s": args.interval, "rss_start_mib": rss_start,
+            "intervals": rows, "client_calls": sent, "client_codes": client_codes,
+            "server_finished": sum(server_codes.values()), "server_codes": server_codes}
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def report(summary: dict[str, Any], command: str, when: Any) -> list[str]:
+    """results.md: one line per interval, then the accounting."""
+    rows = summary["intervals"]
+    held = [r["held"] for r in rows]
+    lines = [f"# Sustained overload ({when})", "", f"`{command}`: server on one core, load generator on the other, "
+             f"Poisson arrivals, one text per Embed call. Peak goodput {summary['peak_goodput']:.1f}/s; offered "
+             f"{summary['multiple']:g}x for {len(rows)} intervals of {summary['interval_s']:g} s.", "",
+             "| t s | offered/s | goodput/s | / peak | refused | shed | other | refusal p99 ms | p99 OK ms | late OK "
+             "| rows/batch | RSS MiB | server CPU | loop | engine | client CPU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        other = sum(r["other"].values())
+        lines.append(f"| {r['t_s']:.0f} | {r['offered_rps']:.0f} | {r['goodput_rps']:.1f} | {r['held']:.2f} | "
+                     f"{r['refused']} | {r['shed']} | {other} | {fmt(r['refusal_p99_ms'])} | {fmt(r['p99_ok_ms'])} | "
+                     f"{r['late_ok']} | {fmt(r['rows_per_batch'])} | {r['rss_mib']:.1f} | {r['server_cpu']:.2f} | "
+                     f"{fmt(r['loop_cpu'], 2)} | {fmt(r['engine_cpu'], 2)} | {r['client_cpu']:.2f} |")
+    lost = summary["client_calls"] - summary["server_finished"]
+    lines += ["", f"- Goodput over the peak: lowest interval {min(held):.2f}, median "
+              f"{sorted(held)[len(held) // 2]:.2f}, highest {max(held):.2f}.",
+              f"- Resident memory: {summary['rss_start_mib']:.1f} MiB before the overload, "
+              f"{rows[0]['rss_mib']:.1f} after the first interval, {rows[-1]['rss_mib']:.1f} after the last.",
+              f"- Calls made by the client: {summary['client_calls']}; finished by the server (its own count): "
+              f"{summary['server_finished']:.0f}; difference {lost:.0f}.",
+              f"- Statuses, client: {json.dumps(summary['client_codes'], sort_keys=True)}; "
+              f"server: {json.dumps({k: int(v) for k, v in summary['server_codes'].items()}, sort_keys=True)}."]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.sustained", description=__doc__.splitlines()[0])
+    parser.add_argument("--multiple", type=float, default=5.0, help="offered load as a multiple of the peak")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--interval", type=float, default=30.0, help="seconds per load-generator run and line")
+    parser.add_argument("--peak", type=float, default=0.0, help="peak goodput/s to use instead of sweeping")
+    parser.add_argument("--start-rate", type=float, default=40.0, help="first rate of the sweep, calls/s")
+    parser.add_argument("--texts", choices=TEXT_SETS, default="sts")
+    parser.add_argument("--deadline-ms", type=float, default=100.0)
+    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL, help="fp32 model dir (converted if absent)")
+    parser.add_argument("--stsb", type=Path, default=DEFAULT_STSB)
+    parser.add_argument("--server-args", default="", help="extra flags for millibatch serve (one string)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    when = stamp()
+    summary = run(args)
+    command = "python -m bench.sustained " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = report(summary, command.strip(), when)
+    publish(args.out, summary, lines, when)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

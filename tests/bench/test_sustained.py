@@ -1,0 +1,42 @@
+"""The sustained-overload benchmark end to end on the tiny model: every call the client made is one the
+server finished, and the report says so."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytest.importorskip("psutil", reason="the bench extra (psutil) is not installed")
+
+
+@pytest.mark.timeout(120)
+def test_every_call_is_accounted_for_through_answers_and_refusals(tiny_embed_dir: Path, stsb_path: Path,
+                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "sustained"
+    # 200 calls/s into a queue of two rows that always waits 20 ms for company: most calls are refused.
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.sustained", "--peak", "100", "--multiple", "2", "--minutes", "0.1",
+         "--interval", "3", "--server-args", "--batch-policy fifo --max-delay-ms 20 --max-queue-rows 2",
+         "--model-dir", str(tiny_embed_dir), "--stsb", str(stsb_path), "--out", str(out)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, capture_output=True,
+        text=True, timeout=110, check=False)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["intervals"]) == 2
+    assert data["client_calls"] > 500
+    assert data["server_finished"] == data["client_calls"]
+    assert data["client_codes"]["OK"] > 0
+    assert data["client_codes"].get("RESOURCE_EXHAUSTED", 0) > data["client_calls"] / 4, data["client_codes"]
+    assert data["server_codes"] == {code: float(count) for code, count in data["client_codes"].items() if count}
+    for row in data["intervals"]:
+        assert row["other"] == {}
+        assert row["rss_mib"] > 0
+    table = (out / "results.md").read_text()
+    assert "difference 0." in table
