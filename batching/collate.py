@@ -10,9 +10,9 @@ from millibatch.batching.work import Row
 from millibatch.engines.base import EngineInputs
 
 #: Up to this many rows, one slice assignment per row beats the boolean scatter: fewer numpy calls
-#: (2.2 against 5.5 µs for one row warm, and about 20 µs less per batch with the caches a call meets
-#: in the server); the two are level at 8 rows, and past that the scatter's single pass wins (at 32 rows,
-#: 17 against 25 µs).
+#: (2.2 against 5.5 µs for one row, warm); the two are level at 8 rows, and past that the scatter's single
+#: pass wins (at 32 rows, 17 against 25 µs). Through the whole handler path a one-row batch cost 327.5
+#: against 334.0 µs per call (bench.handler_path, 2026-11-28 06:47), within that benchmark's noise.
 ROW_BY_ROW = 8
 
 
