@@ -1,8 +1,8 @@
 """Kubernetes manifests: render with kustomize, validate against the API schemas, lint and policy-check.
 
-ServiceMonitor (Prometheus Operator) and InferenceService (KServe) are custom resources: the Kubernetes
-schemas that kubernetes-validate ships do not include them, so it warns and passes them; their
-structure is checked here by hand instead.
+ServiceMonitor and PrometheusRule (Prometheus Operator) and InferenceService (KServe) are custom resources:
+the Kubernetes schemas that kubernetes-validate ships do not include them, so it warns and passes them;
+their structure is checked here by hand instead (the alerts' logic: test_alert_rules.py).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def test_schemas_strict(rendered: tuple[str, Path]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     # Only the custom resources may go unchecked.
     unchecked = [line for line in result.stdout.splitlines() if "Couldn't find schema" in line]
-    assert all("ServiceMonitor" in line for line in unchecked), unchecked
+    assert all("ServiceMonitor" in line or "PrometheusRule" in line for line in unchecked), unchecked
 
 
 def test_checkov_policies(rendered: tuple[str, Path]) -> None:
@@ -114,6 +114,14 @@ def test_deployment_is_probed_drained_and_locked_down(rendered: tuple[str, Path]
     monitor = docs["ServiceMonitor/millibatch"]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    rule = docs["PrometheusRule/millibatch"]
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["namespace"] == "millibatch"
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert set(alerts) >= {"MillibatchRefusingCalls", "MillibatchShedding", "MillibatchEngineFailures",
+                           "MillibatchDown"}
+    assert all(r["labels"]["severity"] in ("warning", "critical") and r["annotations"]["summary"]
+               for r in alerts.values())
     service_ports = {p["name"] for p in docs["Service/millibatch"]["spec"]["ports"]}
     assert service_ports == {"grpc", "http", "metrics"}
 
@@ -131,15 +139,17 @@ def test_dashboard_and_kserve_example_are_well_formed(rendered: tuple[str, Path]
 
 
 def test_dashboard_metrics_exist_in_the_server() -> None:
-    """Every metric the dashboard and HPA use is one the server defines."""
+    """Every metric the dashboard, the HPA and the alerts use is one the server defines."""
     from millibatch.service.metrics import Metrics
 
     families = list(Metrics(batchers=lambda: []).registry.collect())
     names = {f"{f.name}{suffix}" for f in families for suffix in ("", "_total", "_bucket", "_sum", "_count")}
     names |= {"millibatch_gpu_utilization_ratio", "millibatch_gpu_memory_used_bytes",
               "millibatch_gpu_memory_total_bytes"}  # only collected where NVML finds a GPU
-    text = (KUBE / "base" / "dashboard.json").read_text() + (KUBE / "prometheus-adapter" / "rules.yaml").read_text()
-    used = set(re.findall(r"millibatch_[a-z0-9_]+", text)) - {"millibatch_queue_seconds_p90"}  # adapter's name
+    text = "".join((KUBE / path).read_text() for path in ("base/dashboard.json", "base/prometheusrule.yaml",
+                                                          "prometheus-adapter/rules.yaml"))
+    adapters = {"millibatch_queue_seconds_p90", "millibatch_refused_ratio"}  # names the adapter gives
+    used = set(re.findall(r"millibatch_[a-z0-9_]+", text)) - adapters
     assert used <= names, used - names
 
 
