@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.sustained                              # 5x the peak for 10 minutes, STS-B
     .venv/bin/python -m bench.sustained --multiple 3 --minutes 30 --interval 60
     .venv/bin/python -m bench.sustained --peak 280 --minutes 5       # skip the sweep
+    .venv/bin/python -m bench.sustained --variant "unread=--refuse-unread"   # two servers, interval by interval
 
 bench.goodput offers each multiple for 8 s; a leak, a counter that grows with every refusal, or a queue that
 drifts shows only over minutes. This serves the model as bench.goodput does (server on one core, the load
@@ -13,7 +14,10 @@ and how soon they arrive, the p99 of the answers, any other status, OKs that arr
 resident memory and its CPU by part. At the end the server's own count of finished Embed calls
 (`millibatch_requests_total`) is set against the calls the client made: a call the server never finished
 shows as a difference (so would one gRPC ended before any handler ran, such as a call whose deadline
-passed on the way). Writes results.json and results.md to `--out`.
+passed on the way). With `--variant`, each variant is a server of its own on the same core, held in
+overload interval by interval beside the plain one (A B, B A, ...), so that the machine's drift, which
+swamps a few percent between 8-second phases, falls on both alike. Writes results.json and results.md
+to `--out`.
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ from typing import Any
 
 from bench.goodput import DEFAULT_MODEL, Peer, sweep
 from bench.peers.catalog import PeerContext, launch
-from bench.processes import cores_for, run_loadgen, start_server, wait_ready
+from bench.processes import Server, cores_for, run_loadgen, start_server, wait_ready
 from bench.run import ensure_model
-from bench.stats import publish, stamp
+from bench.stats import median, publish, stamp
 from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,45 +80,75 @@ def interval_row(result: dict[str, Any], peak: float, rss: float, elapsed: float
             "client_cpu": result["client_cpu_cores"], "rows_per_batch": result["rows_per_batch"]}
 
 
+class Held:
+    """One server held in overload: its interval rows and the calls the client made to it."""
+
+    def __init__(self, peer: Peer, metrics_url: str, peak: float) -> None:
+        self.peer, self.metrics_url, self.peak = peer, metrics_url, peak
+        self.before = finished_calls(metrics_url)
+        self.rss_start = rss_mib(peer.server.process.pid)
+        self.rows: list[dict[str, Any]] = []
+        self.sent = 0
+        self.client_codes: dict[str, int] = {"OK": 0}
+
+    def interval(self, rate: float, index: int, elapsed: float) -> None:
+        result = self.peer.phase(rate, f"sustained{index}")
+        self.rows.append(interval_row(result, self.peak, rss_mib(self.peer.server.process.pid), elapsed))
+        self.sent += result["requests"]
+        self.client_codes["OK"] += result["ok"]
+        for kind, count in result["error_kinds"].items():
+            self.client_codes[kind] = self.client_codes.get(kind, 0) + count
+
+    def summary(self) -> dict[str, Any]:
+        after = finished_calls(self.metrics_url)
+        server_codes = {code: count for code in after if (count := after[code] - self.before.get(code, 0.0))}
+        return {"command": self.peer.server.launch.command, "rss_start_mib": self.rss_start, "intervals": self.rows,
+                "client_calls": self.sent, "client_codes": self.client_codes,
+                "server_finished": sum(server_codes.values()), "server_codes": server_codes}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Serve, find the peak, hold the overload, and account for every call."""
+    """Serve this build (and its variants), find the peak, hold the overload, and account for every call."""
     raw = args.out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     texts = raw / f"texts-{args.texts}.json"
     texts.write_text(json.dumps(text_set(args.texts, stsb_sentences(args.stsb))), encoding="utf-8")
     cores = cores_for("split")
     ctx = PeerContext(ensure_model(args.model_dir.resolve()), len(cores.server), None, None)
-    spec = launch("millibatch", ctx.model_dir, ctx, args.server_args.split())
-    assert spec.metrics_url is not None
-    server = start_server(spec, cores, raw)
+    flags = {"millibatch": args.server_args.split()}
+    flags.update({f"millibatch+{label}": [*args.server_args.split(), *extra.split()]
+                  for label, _, extra in (variant.partition("=") for variant in args.variant)})
+    servers: list[Server] = []
+    held: dict[str, Held] = {}
     try:
-        wait_ready(server, cores, texts, 120)
-        run_loadgen(spec, cores, texts, ["--mode", "closed", "--concurrency", "16", "--duration", "3", "--warmup", "0",
-                                         "--timeout", "5"], None, 120)
-        peer = Peer("millibatch", server, cores, texts, args.deadline_ms / 1000, 8.0, raw)
-        peak = args.peak or sweep(peer, args.start_rate, 1.25, args.deadline_ms)[0]
+        # Every server waits on the same core while another is loaded: an idle one takes next to no CPU.
+        for name, extra in flags.items():
+            spec = launch(name, ctx.model_dir, ctx, extra)
+            assert spec.metrics_url is not None
+            servers.append(server := start_server(spec, cores, raw))
+            wait_ready(server, cores, texts, 120)
+            run_loadgen(spec, cores, texts, ["--mode", "closed", "--concurrency", "16", "--duration", "3",
+                                             "--warmup", "0", "--timeout", "5"], None, 120)
+        peers = [Peer(name, server, cores, texts, args.deadline_ms / 1000, 8.0, raw)
+                 for name, server in zip(flags, servers, strict=True)]
+        peak = args.peak or sweep(peers[0], args.start_rate, 1.25, args.deadline_ms)[0]
         print(f"peak goodput {peak:.1f}/s; offering {args.multiple:g}x = {peak * args.multiple:.1f}/s for "
-              f"{args.minutes:g} min", flush=True)
-        peer.duration = args.interval
-        before = finished_calls(spec.metrics_url)
-        rss_start = rss_mib(server.process.pid)
-        rows, sent, client_codes = [], 0, {"OK": 0}
+              f"{args.minutes:g} min to each of {', '.join(flags)}", flush=True)
+        for peer in peers:
+            peer.duration = args.interval
+            assert peer.server.launch.metrics_url is not None
+            held[peer.name] = Held(peer, peer.server.launch.metrics_url, peak)
         begin = time.perf_counter()
         for index in range(max(1, round(args.minutes * 60 / args.interval))):
-            result = peer.phase(peak * args.multiple, f"sustained{index}")
-            rows.append(interval_row(result, peak, rss_mib(server.process.pid), time.perf_counter() - begin))
-            sent += result["requests"]
-            client_codes["OK"] += result["ok"]
-            for kind, count in result["error_kinds"].items():
-                client_codes[kind] = client_codes.get(kind, 0) + count
+            # A B, B A, A B, ...: a drift of the machine's speed falls on each in turn.
+            for peer in peers if index % 2 == 0 else peers[::-1]:
+                held[peer.name].interval(peak * args.multiple, index, time.perf_counter() - begin)
         time.sleep(1.0)  # the last calls' handlers finish and count themselves
-        after = finished_calls(spec.metrics_url)
+        results = {name: one.summary() for name, one in held.items()}
     finally:
-        server.stop()
-    server_codes = {code: count for code in after if (count := after[code] - before.get(code, 0.0))}
-    return {"peak_goodput": peak, "multiple": args.multiple, "interval_s": args.interval, "rss_start_mib": rss_start,
-            "intervals": rows, "client_calls": sent, "client_codes": client_codes,
-            "server_finished": sum(server_codes.values()), "server_codes": server_codes}
+        for server in servers:
+            server.stop()
+    return {"peak_goodput": peak, "multiple": args.multiple, "interval_s": args.interval, "peers": results}
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -122,30 +156,47 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 
 def report(summary: dict[str, Any], command: str, when: Any) -> list[str]:
-    """results.md: one line per interval, then the accounting."""
-    rows = summary["intervals"]
-    held = [r["held"] for r in rows]
+    """results.md: per server, one line per interval, then the accounting; with variants, interval by
+    interval against the first server."""
+    peers = summary["peers"]
+    count = len(next(iter(peers.values()))["intervals"])
     lines = [f"# Sustained overload ({when})", "", f"`{command}`: server on one core, load generator on the other, "
              f"Poisson arrivals, one text per Embed call. Peak goodput {summary['peak_goodput']:.1f}/s; offered "
-             f"{summary['multiple']:g}x for {len(rows)} intervals of {summary['interval_s']:g} s.", "",
-             "| t s | offered/s | goodput/s | / peak | refused | shed | other | refusal p99 ms | p99 OK ms | late OK "
-             "| rows/batch | RSS MiB | server CPU | loop | engine | client CPU |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        other = sum(r["other"].values())
-        lines.append(f"| {r['t_s']:.0f} | {r['offered_rps']:.0f} | {r['goodput_rps']:.1f} | {r['held']:.2f} | "
-                     f"{r['refused']} | {r['shed']} | {other} | {fmt(r['refusal_p99_ms'])} | {fmt(r['p99_ok_ms'])} | "
-                     f"{r['late_ok']} | {fmt(r['rows_per_batch'])} | {r['rss_mib']:.1f} | {r['server_cpu']:.2f} | "
-                     f"{fmt(r['loop_cpu'], 2)} | {fmt(r['engine_cpu'], 2)} | {r['client_cpu']:.2f} |")
-    lost = summary["client_calls"] - summary["server_finished"]
-    lines += ["", f"- Goodput over the peak: lowest interval {min(held):.2f}, median "
-              f"{sorted(held)[len(held) // 2]:.2f}, highest {max(held):.2f}.",
-              f"- Resident memory: {summary['rss_start_mib']:.1f} MiB before the overload, "
-              f"{rows[0]['rss_mib']:.1f} after the first interval, {rows[-1]['rss_mib']:.1f} after the last.",
-              f"- Calls made by the client: {summary['client_calls']}; finished by the server (its own count): "
-              f"{summary['server_finished']:.0f}; difference {lost:.0f}.",
-              f"- Statuses, client: {json.dumps(summary['client_codes'], sort_keys=True)}; "
-              f"server: {json.dumps({k: int(v) for k, v in summary['server_codes'].items()}, sort_keys=True)}."]
+             f"{summary['multiple']:g}x for {count} intervals of {summary['interval_s']:g} s"
+             + (f" to each server in turn ({', '.join(peers)}; A B, B A, ...)." if len(peers) > 1 else ".")]
+    for name, peer in peers.items():
+        rows = peer["intervals"]
+        held = sorted(r["held"] for r in rows)
+        lines += ["", f"## {name}", "",
+                  "| t s | offered/s | goodput/s | / peak | refused | shed | other | refusal p99 ms | p99 OK ms "
+                  "| late OK | rows/batch | RSS MiB | server CPU | loop | engine | client CPU |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['t_s']:.0f} | {r['offered_rps']:.0f} | {r['goodput_rps']:.1f} | {r['held']:.2f} | "
+                         f"{r['refused']} | {r['shed']} | {sum(r['other'].values())} | {fmt(r['refusal_p99_ms'])} | "
+                         f"{fmt(r['p99_ok_ms'])} | {r['late_ok']} | {fmt(r['rows_per_batch'])} | {r['rss_mib']:.1f} | "
+                         f"{r['server_cpu']:.2f} | {fmt(r['loop_cpu'], 2)} | {fmt(r['engine_cpu'], 2)} | "
+                         f"{r['client_cpu']:.2f} |")
+        lost = peer["client_calls"] - peer["server_finished"]
+        lines += ["", f"- Goodput over the peak: lowest interval {held[0]:.2f}, median {median(held):.2f}, "
+                  f"highest {held[-1]:.2f}.",
+                  f"- Resident memory: {peer['rss_start_mib']:.1f} MiB before the overload, "
+                  f"{rows[0]['rss_mib']:.1f} after the first interval, {rows[-1]['rss_mib']:.1f} after the last.",
+                  f"- Calls made by the client: {peer['client_calls']}; finished by the server (its own count): "
+                  f"{peer['server_finished']:.0f}; difference {lost:.0f}.",
+                  f"- Statuses, client: {json.dumps(peer['client_codes'], sort_keys=True)}; "
+                  f"server: {json.dumps({k: int(v) for k, v in peer['server_codes'].items()}, sort_keys=True)}."]
+    first, *others = peers
+    for name in others:
+        ratios = [b["goodput_rps"] / a["goodput_rps"] for a, b in
+                  zip(peers[first]["intervals"], peers[name]["intervals"], strict=True) if a["goodput_rps"]]
+        loop = [b["loop_cpu"] - a["loop_cpu"] for a, b in
+                zip(peers[first]["intervals"], peers[name]["intervals"], strict=True)
+                if a["loop_cpu"] is not None and b["loop_cpu"] is not None]
+        lines += ["", f"**{name} against {first}, interval by interval:** goodput ratio median "
+                  f"{median(ratios):.3f} (range {min(ratios):.3f}–{max(ratios):.3f}), higher in "
+                  f"{sum(r > 1 for r in ratios)} of {len(ratios)} intervals"
+                  + (f"; event loop's share {median(loop):+.3f} of the core (median difference)." if loop else ".")]
     return lines
 
 
@@ -161,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL, help="fp32 model dir (converted if absent)")
     parser.add_argument("--stsb", type=Path, default=DEFAULT_STSB)
     parser.add_argument("--server-args", default="", help="extra flags for millibatch serve (one string)")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
+                        help="also hold this build with extra serve flags (peer millibatch+LABEL) in overload, "
+                             "interval by interval beside the plain one, e.g. 'unread=--refuse-unread'")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     when = stamp()

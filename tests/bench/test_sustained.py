@@ -28,7 +28,7 @@ def test_every_call_is_accounted_for_through_answers_and_refusals(tiny_embed_dir
         text=True, timeout=110, check=False)
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
-    data = json.loads((out / "results.json").read_text())
+    data = json.loads((out / "results.json").read_text())["peers"]["millibatch"]
     assert len(data["intervals"]) == 2
     assert data["client_calls"] > 500
     assert data["server_finished"] == data["client_calls"]
