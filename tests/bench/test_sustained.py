@@ -1,5 +1,5 @@
 """The sustained-overload benchmark end to end on the tiny model: every call the client made is one the
-server finished, and the report says so."""
+server finished, and the report says so; a variant runs as a server of its own, interval by interval."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("psutil", reason="the bench extra (psutil) is not installed")
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(150)
 def test_every_call_is_accounted_for_through_answers_and_refusals(tiny_embed_dir: Path, stsb_path: Path,
                                                                    tmp_path: Path) -> None:
     out = tmp_path / "sustained"
@@ -23,12 +23,20 @@ def test_every_call_is_accounted_for_through_answers_and_refusals(tiny_embed_dir
     completed = subprocess.run(
         [sys.executable, "-m", "bench.sustained", "--peak", "100", "--multiple", "2", "--minutes", "0.1",
          "--interval", "3", "--server-args", "--batch-policy fifo --max-delay-ms 20 --max-queue-rows 2",
+         "--variant", "roomier=--max-queue-rows 6",
          "--model-dir", str(tiny_embed_dir), "--stsb", str(stsb_path), "--out", str(out)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, capture_output=True,
-        text=True, timeout=110, check=False)
+        text=True, timeout=140, check=False)
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
-    data = json.loads((out / "results.json").read_text())["peers"]["millibatch"]
+    peers = json.loads((out / "results.json").read_text())["peers"]
+    assert list(peers) == ["millibatch", "millibatch+roomier"]
+    assert "--max-queue-rows 6" in " ".join(peers["millibatch+roomier"]["command"])
+    # The roomier queue admits more of each moment's arrivals: fewer refusals, on its own server.
+    assert (peers["millibatch+roomier"]["client_codes"].get("RESOURCE_EXHAUSTED", 0)
+            < peers["millibatch"]["client_codes"]["RESOURCE_EXHAUSTED"])
+    assert peers["millibatch+roomier"]["server_finished"] == peers["millibatch+roomier"]["client_calls"]
+    data = peers["millibatch"]
     assert len(data["intervals"]) == 2
     assert data["client_calls"] > 500
     assert data["server_finished"] == data["client_calls"]
@@ -39,4 +47,5 @@ def test_every_call_is_accounted_for_through_answers_and_refusals(tiny_embed_dir
         assert row["other"] == {}
         assert row["rss_mib"] > 0
     table = (out / "results.md").read_text()
-    assert "difference 0." in table
+    assert table.count("difference 0.") == 2
+    assert "**millibatch+roomier against millibatch, interval by interval:** goodput ratio median" in table
