@@ -24,12 +24,14 @@ def rules() -> dict[str, dict[str, Any]]:
     return {rule["alert"]: rule for group in spec["groups"] for rule in group["rules"]}
 
 
-def calls(namespace: str, ok_per_min: int, refused_per_min: int = 0, shed_per_min: int = 0) -> list[dict[str, str]]:
-    """Counters of one pod's Embed calls: every refused or shed call is also one of millibatch_requests_total."""
+def calls(namespace: str, ok_per_min: int, refused_per_min: int = 0, shed_per_min: int = 0,
+          refused_for: str = "overloaded") -> list[dict[str, str]]:
+    """Counters of one pod's Embed calls: every refused or shed call is also one of millibatch_requests_total.
+    Refusals are for `refused_for` (admission's reason label)."""
     labels = f'namespace="{namespace}",pod="{namespace}-0",model="m"'
     series = [(f'millibatch_requests_total{{{labels},rpc="Embed",code="OK"}}', ok_per_min),
               (f'millibatch_requests_total{{{labels},rpc="Embed",code="RESOURCE_EXHAUSTED"}}', refused_per_min),
-              (f'millibatch_rejected_requests_total{{{labels},reason="deadline"}}', refused_per_min),
+              (f'millibatch_rejected_requests_total{{{labels},reason="{refused_for}"}}', refused_per_min),
               (f'millibatch_requests_total{{{labels},rpc="Embed",code="DEADLINE_EXCEEDED"}}', shed_per_min),
               (f'millibatch_shed_requests_total{{{labels},reason="deadline"}}', shed_per_min)]
     return [{"series": name, "values": f"0+{per_min}x40"} for name, per_min in series]
@@ -52,6 +54,7 @@ def test_the_rules_are_valid_and_each_alert_fires_only_when_it_should(tmp_path: 
 
     series = [*calls("busy", 540, refused_per_min=60),  # 10% refused
               *calls("calm", 588, refused_per_min=12),  # 2% refused
+              *calls("hasty", 540, refused_per_min=60, refused_for="deadline"),  # 10%, deadlines too short
               *calls("late", 576, shed_per_min=24),  # 4% shed after admission
               *calls("ontime", 597, shed_per_min=3),  # 0.5% shed
               {"series": 'millibatch_batch_failures_total{namespace="busy",pod="busy-0",model="m"}',
