@@ -17,18 +17,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.processes import run_loadgen, running_server, serve_launch
+from bench.processes import rss_mib, run_loadgen, running_server, serve_launch
 
 #: Distinct texts the calls cycle through (at random), so no two neighbouring calls need be alike.
 TEXTS = 1000
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def soak(model: Path, duration: float, rate: float, interval: float) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 
 from bench.goodput import DEFAULT_MODEL, Peer, sweep
 from bench.peers.catalog import PeerContext, launch
-from bench.processes import Server, cores_for, run_loadgen, start_server, wait_ready
+from bench.processes import Server, cores_for, rss_mib, run_loadgen, start_server, wait_ready
 from bench.run import ensure_model
 from bench.stats import median, publish, stamp
 from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
@@ -43,27 +43,18 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "sustained"
 EXPECTED = {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def finished_calls(metrics_url: str, rpc: str = "Embed") -> dict[str, float]:
     """The server's count of finished `rpc` calls by status (millibatch_requests_total), summed over models."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(metrics_url, timeout=5) as response:
         text = response.read().decode("utf-8")
     counts: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line.startswith("millibatch_requests_total{"):
-            continue
-        labels, value = line.rsplit(" ", 1)
-        fields = dict(part.split("=", 1) for part in labels.split("{", 1)[1].rstrip("}").split(","))
-        if fields.get("rpc", "").strip('"') == rpc:
-            code = fields.get("code", "").strip('"')
-            counts[code] = counts.get(code, 0.0) + float(value)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "millibatch_requests_total" and sample.labels.get("rpc") == rpc:
+                code = sample.labels["code"]
+                counts[code] = counts.get(code, 0.0) + sample.value
     return counts
 
 
@@ -83,9 +74,10 @@ def interval_row(result: dict[str, Any], peak: float, rss: float, elapsed: float
 class Held:
     """One server held in overload: its interval rows and the calls the client made to it."""
 
-    def __init__(self, peer: Peer, metrics_url: str, peak: float) -> None:
-        self.peer, self.metrics_url, self.peak = peer, metrics_url, peak
-        self.before = finished_calls(metrics_url)
+    def __init__(self, peer: Peer, peak: float) -> None:
+        assert peer.server.launch.metrics_url is not None
+        self.peer, self.metrics_url, self.peak = peer, peer.server.launch.metrics_url, peak
+        self.before = finished_calls(self.metrics_url)
         self.rss_start = rss_mib(peer.server.process.pid)
         self.rows: list[dict[str, Any]] = []
         self.sent = 0
@@ -124,7 +116,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Every server waits on the same core while another is loaded: an idle one takes next to no CPU.
         for name, extra in flags.items():
             spec = launch(name, ctx.model_dir, ctx, extra)
-            assert spec.metrics_url is not None
             servers.append(server := start_server(spec, cores, raw))
             wait_ready(server, cores, texts, 120)
             run_loadgen(spec, cores, texts, ["--mode", "closed", "--concurrency", "16", "--duration", "3",
@@ -136,8 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"{args.minutes:g} min to each of {', '.join(flags)}", flush=True)
         for peer in peers:
             peer.duration = args.interval
-            assert peer.server.launch.metrics_url is not None
-            held[peer.name] = Held(peer, peer.server.launch.metrics_url, peak)
+            held[peer.name] = Held(peer, peak)
         begin = time.perf_counter()
         for index in range(max(1, round(args.minutes * 60 / args.interval))):
             # A B, B A, A B, ...: a drift of the machine's speed falls on each in turn.
