@@ -159,20 +159,15 @@ class Batcher:
             ahead += job.predicted if job.started is None else max(0.0, job.predicted - (now - job.started))
         return ahead / max(1, self._instances - self.dispatcher.hung_instances)
 
-    def refusal(self, deadline: float, rows: int, tokens_per_row: int = 1, ahead: int = 0) -> Refusal | None:
+    def refusal(self, deadline: float, rows: int, tokens_per_row: int = 1) -> Refusal | None:
         """Why a request of `rows` inputs is refused at once, or None: the queue ahead and the least time
         its own rows need (at `tokens_per_row`, a lower estimate made before tokenizing) would outlast its
         deadline (Overloaded), or the deadline is too short for any answer (DeadlineUnmeetable); counted
         as rejected. Asked before the caller spends anything on the request (decoding aside); the closer
-        the estimate, the fewer requests are refused only after tokenizing, by `submit`. `ahead`: rows
-        of calls let through but not yet queued, which wait in front of this request: what they add to
-        one batch with its own rows counts as queue."""
+        the estimate, the fewer requests are refused only after tokenizing, by `submit`."""
         now = self._now()
         own = self.admission.least_seconds(rows, tokens_per_row)
-        wait = self.predicted_wait(now)
-        if ahead:
-            wait += self.admission.least_seconds(rows + ahead, tokens_per_row) - own
-        refusal = self.admission.refusal(now, deadline, wait, self.margin, own)
+        refusal = self.admission.refusal(now, deadline, self.predicted_wait(now), self.margin, own)
         if refusal is not None:
             self.counters.rejected(rows, refusal.reason)
         return refusal

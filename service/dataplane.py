@@ -56,12 +56,6 @@ class DataPlane:
         #: True while the server is refusing calls (service.refusal_watch): the gRPC door then refuses calls
         #: to a compute method before reading their request when even the least request would not fit.
         self.refusing = False
-        #: Calls the gate let through whose request is still being read: gRPC hands over the completions
-        #: of several calls at once, so their gates all run before any of them reaches admission.
-        self.reading = 0
-        #: The token estimate of the last request asked about before tokenizing (`refusal`): what the gate
-        #: prices a request it has not read at, since the check after reading will price it so too.
-        self._recent_tokens = LEAST_TOKENS
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -90,8 +84,7 @@ class DataPlane:
         on the calls it refuses under overload, and ends them itself (`status.refuse`) rather than
         raising through its frames."""
         self.check_count(len(texts))
-        tokens = self._recent_tokens = self._least_tokens(texts, model)
-        return model.batcher.refusal(deadline, len(texts), tokens)
+        return model.batcher.refusal(deadline, len(texts), self._least_tokens(texts, model))
 
     def sole_model(self, task: str) -> ServedModel | None:
         """The served model, when exactly one is served, it does `task` and it takes work now: the only
@@ -103,11 +96,10 @@ class DataPlane:
         return model if model.ready and model.manifest.task == task else None
 
     def refusal_unread(self, model: ServedModel, deadline: float) -> Refusal | None:
-        """`refusal` for a request not yet read: Overloaded or DeadlineUnmeetable when one input as long
-        as the last request's estimate would not fit behind the calls let through and still being read
-        (`reading`). Priced any lower, most calls it lets through under overload are refused after all,
-        once read: admission holds the queue where the next request just fits. Counted as one row."""
-        return model.batcher.refusal(deadline, 1, self._recent_tokens, ahead=self.reading)
+        """`refusal` for a request not yet read: Overloaded or DeadlineUnmeetable when even the least
+        request, one input of LEAST_TOKENS, would not fit, which `refusal` would then give too. Counted as
+        one row refused."""
+        return model.batcher.refusal(deadline, 1, LEAST_TOKENS)
 
     async def compute_texts(self, model: ServedModel, texts: Sequence[str], pairs: Sequence[str] = (), *,
                             truncate: bool, deadline: float, direction: Direction = "right",

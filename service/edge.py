@@ -163,11 +163,7 @@ def _unary(rpc: str, behaviour: Callable[..., Awaitable[Any]], decode: Callable[
                 if refused_for is not None:
                     code = _code_name(context)
                     return None
-                plane.reading += 1
-                try:
-                    raw = await _read_request(context)
-                finally:
-                    plane.reading -= 1
+                raw = await _read_request(context)
             request = raw if decode is None else decode(raw)
             response = await behaviour(request, context)
             if response is None:  # the handler set a status itself (status.refuse)
