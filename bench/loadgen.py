@@ -77,6 +77,9 @@ class Result:
     error_p99_ms: dict[str, float] = field(default_factory=dict)
     #: p99 of how late the client sent a call after its scheduled arrival (a saturated client shows here).
     send_lag_p99_ms: float = 0.0
+    #: Mean characters per text sent, and per text answered OK in time (0 without any).
+    mean_chars_sent: float = 0.0
+    mean_chars_ok: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
 
 
@@ -245,11 +248,16 @@ class Recorder:
         #: Every call sent: (status, seconds from sending to the answer or the error).
         self.calls: list[tuple[str, float]] = []
         self.send_lags: list[float] = []
+        #: Characters of the texts sent, and of those answered OK in time: a server that refuses long
+        #: texts first under overload answers shorter texts than it is sent.
+        self.chars_sent = 0
+        self.chars_ok = 0
 
     async def timed(self, driver: Driver, text: str, started: float) -> None:
         """Run one call; latency counts from `started` (the scheduled send time), lateness from sending."""
         sent = time.perf_counter()
         self.send_lags.append(sent - started)
+        self.chars_sent += len(text)
         try:
             await driver.call(text)
         except Exception as error:  # every failure is counted by kind, none stops the run
@@ -260,6 +268,8 @@ class Recorder:
         done = time.perf_counter()
         if done - sent > self.deadline:
             self.late += 1
+        else:
+            self.chars_ok += len(text)
         self.latencies.append(done - started)
         self.calls.append(("OK", done - sent))
 
@@ -330,6 +340,9 @@ def summarize(result: Result, recorder: Recorder, elapsed: float, cpu: float) ->
         result.mean_ms = summary.mean
     result.client_cpu_cores = cpu / elapsed if elapsed > 0 else 0.0
     result.late_ok = recorder.late
+    sent_calls, in_time = len(recorder.calls), len(recorder.latencies) - recorder.late
+    result.mean_chars_sent = recorder.chars_sent / sent_calls if sent_calls else 0.0
+    result.mean_chars_ok = recorder.chars_ok / in_time if in_time else 0.0
     result.goodput_rps = (result.ok - recorder.late) / elapsed if elapsed > 0 else 0.0
     result.p99_all_ms = stats.p99_with_failures(latencies, result.errors)
     result.error_p99_ms = {kind: stats.percentile(np.array(times) * 1000.0, 99)

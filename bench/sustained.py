@@ -68,7 +68,9 @@ def interval_row(result: dict[str, Any], peak: float, rss: float, elapsed: float
             "refusal_p99_ms": result["error_p99_ms"].get("RESOURCE_EXHAUSTED"), "p99_ok_ms": result["p99_ms"],
             "late_ok": result["late_ok"], "rss_mib": rss, "server_cpu": result["server_cpu_cores"],
             "loop_cpu": result["loop_cpu_cores"], "engine_cpu": result["engine_cpu_cores"],
-            "client_cpu": result["client_cpu_cores"], "rows_per_batch": result["rows_per_batch"]}
+            "client_cpu": result["client_cpu_cores"], "rows_per_batch": result["rows_per_batch"],
+            # Below 1: the calls answered in time were shorter than those sent (long ones refused first).
+            "ok_length": result["mean_chars_ok"] / result["mean_chars_sent"] if result["mean_chars_sent"] else None}
 
 
 class Held:
@@ -159,12 +161,13 @@ def report(summary: dict[str, Any], command: str, when: Any) -> list[str]:
         held = sorted(r["held"] for r in rows)
         lines += ["", f"## {name}", "",
                   "| t s | offered/s | goodput/s | / peak | refused | shed | other | refusal p99 ms | p99 OK ms "
-                  "| late OK | rows/batch | RSS MiB | server CPU | loop | engine | client CPU |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| late OK | rows/batch | OK length / sent | RSS MiB | server CPU | loop | engine | client CPU |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['t_s']:.0f} | {r['offered_rps']:.0f} | {r['goodput_rps']:.1f} | {r['held']:.2f} | "
                          f"{r['refused']} | {r['shed']} | {sum(r['other'].values())} | {fmt(r['refusal_p99_ms'])} | "
-                         f"{fmt(r['p99_ok_ms'])} | {r['late_ok']} | {fmt(r['rows_per_batch'])} | {r['rss_mib']:.1f} | "
+                         f"{fmt(r['p99_ok_ms'])} | {r['late_ok']} | {fmt(r['rows_per_batch'])} | "
+                         f"{fmt(r.get('ok_length'), 2)} | {r['rss_mib']:.1f} | "
                          f"{r['server_cpu']:.2f} | {fmt(r['loop_cpu'], 2)} | {fmt(r['engine_cpu'], 2)} | "
                          f"{r['client_cpu']:.2f} |")
         lost = peer["client_calls"] - peer["server_finished"]

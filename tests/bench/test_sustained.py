@@ -46,6 +46,8 @@ def test_every_call_is_accounted_for_through_answers_and_refusals(tiny_embed_dir
     for row in data["intervals"]:
         assert row["other"] == {}
         assert row["rss_mib"] > 0
+        # A queue that refuses by count, not by cost: the texts answered are as long as those sent.
+        assert 0.7 < row["ok_length"] < 1.3
     table = (out / "results.md").read_text()
     assert table.count("difference 0.") == 2
     assert "**millibatch+roomier against millibatch, interval by interval:** goodput ratio median" in table
