@@ -160,7 +160,7 @@ def report(summary: dict[str, Any], command: str, when: Any) -> list[str]:
         rows = peer["intervals"]
         held = sorted(r["held"] for r in rows)
         lines += ["", f"## {name}", "",
-                  "| t s | offered/s | goodput/s | / peak | refused | shed | other | refusal p99 ms | p99 OK ms "
+                  "| start s | offered/s | goodput/s | / peak | refused | shed | other | refusal p99 ms | p99 OK ms "
                   "| late OK | rows/batch | OK length / sent | RSS MiB | server CPU | loop | engine | client CPU |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
