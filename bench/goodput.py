@@ -189,17 +189,21 @@ def report(summary: dict[str, Any], out: Path) -> None:
         lines.append(f"| {run['peer']} | {run['round']} | {run['peak_goodput']:.1f} | {run['bound_rate']:.1f} | "
                      f"{worst / run['peak_goodput']:.2f} | {worst / best:.2f} |")
     lines += ["", "## Overload", "", "| peer | round | × peak | offered/s | goodput/s | goodput / peak | p99 OK ms | "
-              "shed | refused | other errors | late OK | refusal p99 ms | rows/batch | server CPU | loop CPU | "
-              "engine CPU | client CPU |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "shed | refused | other errors | late OK | refusal p99 ms | rows/batch | OK length / sent | server CPU | "
+              "loop CPU | engine CPU | client CPU |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in summary["runs"]:
         for p in run["overload"]:
             refusal = p["error_p99_ms"].get("RESOURCE_EXHAUSTED")
+            # Mean length of the texts answered in time over those sent (older runs lack it): below 1, the
+            # server answered the shorter ones.
+            length = p["mean_chars_ok"] / p["mean_chars_sent"] if p.get("mean_chars_sent") else None
             lines.append(
                 f"| {run['peer']} | {run['round']} | {p['multiple']:.1f} | {p['offered_rps']:.0f} "
                 f"| {p['goodput_rps']:.1f} | {p['goodput_rps'] / run['peak_goodput']:.2f} | {p['p99_ms']:.1f} "
                 f"| {p['shed']} | {p['refused']} "
                 f"| {p['other_errors']} | {p['late_ok']} | {fmt(refusal)} | {fmt(p['rows_per_batch'])} "
-                f"| {p['server_cpu_cores']:.2f} | {fmt(p.get('loop_cpu_cores'), 2)} "
+                f"| {fmt(length, 2)} | {p['server_cpu_cores']:.2f} | {fmt(p.get('loop_cpu_cores'), 2)} "
                 f"| {fmt(p.get('engine_cpu_cores'), 2)} | {p['client_cpu_cores']:.2f} |")
     lines += ["", "## Sweep", "", "| peer | round | offered/s | goodput/s | p99 OK ms | p99 all ms | errors | "
               "rows/batch |", "|---|---|---|---|---|---|---|---|"]
