@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.goodput import DEFAULT_MODEL, Peer, sweep
+from bench.goodput import DEFAULT_MODEL, Peer, fmt, sweep
 from bench.peers.catalog import PeerContext, launch
 from bench.processes import Server, cores_for, rss_mib, run_loadgen, start_server, wait_ready
 from bench.run import ensure_model
@@ -141,10 +141,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for server in servers:
             server.stop()
     return {"peak_goodput": peak, "multiple": args.multiple, "interval_s": args.interval, "peers": results}
-
-
-def fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def report(summary: dict[str, Any], command: str, when: Any) -> list[str]:
