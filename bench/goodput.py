@@ -93,13 +93,14 @@ class Peer:
                  raw: Path) -> None:
         self.name, self.server, self.cores, self.texts = name, server, cores, texts
         self.deadline, self.duration, self.raw = deadline, duration, raw
-        self.counters = MILLIBATCH_COUNTERS if server.launch.protocol == "millibatch" else TRITON_COUNTERS
+        self.millibatch = server.launch.name.startswith("millibatch")  # through any of its doors
+        self.counters = MILLIBATCH_COUNTERS if self.millibatch else TRITON_COUNTERS
 
     def phase(self, rate: float, tag: str) -> dict[str, Any]:
         """One open-loop phase at `rate` calls/s; the load generator's summary plus server-side figures."""
         raw_file = self.raw / f"{self.name}-{tag}-{rate:.0f}.json"
         before = scrape(self.server.launch.metrics_url, self.counters)
-        pid, millibatch = self.server.process.pid, self.server.launch.protocol == "millibatch"
+        pid, millibatch = self.server.process.pid, self.millibatch
         loop_before = loop_cpu_seconds(pid) if millibatch else 0.0
         cpu_before, wall_before = process_cpu(pid), time.perf_counter()
         flags = ["--mode", "open", "--rate", f"{rate:.3f}", "--duration", str(self.duration), "--warmup", "0",
@@ -282,7 +283,8 @@ def run_peer(name: str, round_: int, args: argparse.Namespace, ctx: PeerContext,
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench.goodput", description=__doc__.splitlines()[0])
     parser.add_argument("--peers", default="millibatch,triton-text", help="comma-separated: millibatch, "
-                        "triton-text, triton-ids, millibatch-LABEL (with --model LABEL=DIR)")
+                        "triton-text, triton-ids, millibatch-v2 / millibatch-http (millibatch through its KServe V2 "
+                        "door with tritonclient / its OpenAI HTTP door), millibatch-LABEL (with --model LABEL=DIR)")
     parser.add_argument("--model", action="append", default=[], metavar="LABEL=DIR",
                         help="serve DIR as peer millibatch-LABEL (e.g. int8=models/minilm-int8)")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL, help="fp32 model dir (converted if absent)")

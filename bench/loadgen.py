@@ -35,7 +35,7 @@ import numpy as np
 
 from bench import stats
 
-PROTOCOLS = ("http", "millibatch", "triton-ids", "triton-text")
+PROTOCOLS = ("http", "millibatch", "openai", "triton-ids", "triton-text")
 
 
 class Driver(Protocol):
@@ -99,6 +99,32 @@ class HttpDriver:
             if response.status != 200:
                 raise RuntimeError(f"http-{response.status}")
             if not body:
+                raise RuntimeError("empty-body")
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+class OpenAIDriver:
+    """millibatch's HTTP door: POST an OpenAI embeddings request for one text to <target>/v1/embeddings,
+    the deadline in X-Request-Timeout (as the official client's `timeout` does not tell the server)."""
+
+    def __init__(self, target: str, timeout: float, model: str) -> None:
+        import aiohttp
+
+        self._url = f"http://{target}/v1/embeddings"
+        self._model = model
+        self._headers = {"X-Request-Timeout": f"{timeout:.6f}"}
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                              timeout=aiohttp.ClientTimeout(total=timeout))
+
+    async def call(self, text: str) -> None:
+        body = {"model": self._model, "input": [text]}
+        async with self._session.post(self._url, json=body, headers=self._headers) as response:
+            answer = await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"http-{response.status}")
+            if not answer:
                 raise RuntimeError("empty-body")
 
     async def close(self) -> None:
@@ -200,6 +226,8 @@ def make_driver(args: argparse.Namespace) -> Driver:
         return HttpDriver(args.target, args.timeout)
     if args.protocol == "millibatch":
         return MillibatchDriver(args.target, args.timeout, args.channels)
+    if args.protocol == "openai":
+        return OpenAIDriver(args.target, args.timeout, args.model)
     tokenizer = args.tokenizer if args.protocol == "triton-ids" else None
     if args.protocol == "triton-ids" and tokenizer is None:
         raise SystemExit("--tokenizer is needed for triton-ids")
@@ -400,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench.loadgen", description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", choices=PROTOCOLS, required=True)
     parser.add_argument("--target", required=True, help="host:port of the peer")
-    parser.add_argument("--model", default="minilm", help="Triton model name")
+    parser.add_argument("--model", default="minilm", help="model name (Triton, openai)")
     parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer.json (triton-ids tokenizes here)")
     parser.add_argument("--max-length", type=int, default=256, help="truncate client-side tokens to this")
     parser.add_argument("--texts", type=Path, required=True, help="JSON list of texts")

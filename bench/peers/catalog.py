@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.processes import Launch, free_port, serve_launch
+from millibatch.engines.model_dir import Manifest
 
 BASELINE = "fastapi-torch"
 TRITON_PEERS = ("triton-ids", "triton-text")
 ALL_PEERS = (BASELINE, "fastapi-onnx", *TRITON_PEERS, "millibatch")
+#: millibatch called through its other doors, each by the client its users would bring: KServe V2 through
+#: NVIDIA's tritonclient (text tokenized on the server), and the OpenAI-compatible HTTP door.
+DOOR_PEERS = {"millibatch-v2": "triton-text", "millibatch-http": "openai"}
 
 
 @dataclass
@@ -51,5 +55,19 @@ def launch(name: str, model_dir: Path, ctx: PeerContext, extra_args: list[str] |
                       metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
     if name.startswith("millibatch"):
         flags = ["--threads-per-instance", threads, "--log-level", "warning", *(extra_args or [])]
+        if name in DOOR_PEERS:
+            return door_launch(name, model_dir, flags)
         return serve_launch(model_dir, flags, name=name, port=port, metrics=True)
     raise ValueError(f"unknown peer {name!r}; choose from {ALL_PEERS} or millibatch-<label>")
+
+
+def door_launch(name: str, model_dir: Path, flags: list[str]) -> Launch:
+    """millibatch serving `model_dir`, called through the door of DOOR_PEERS[name]."""
+    protocol = DOOR_PEERS[name]
+    model = Manifest.load(model_dir).name
+    if protocol == "openai":
+        http_port = free_port()
+        spec = serve_launch(model_dir, flags, name=name, metrics=True, env={"MILLIBATCH_HTTP_PORT": str(http_port)})
+        return replace(spec, protocol=protocol, target=f"127.0.0.1:{http_port}", loadgen_flags=["--model", model])
+    spec = serve_launch(model_dir, flags, name=name, metrics=True)
+    return replace(spec, protocol=protocol, loadgen_flags=["--model", model])
