@@ -120,8 +120,33 @@ def same_shape(name: str, array: npt.NDArray[np.int64], shape: tuple[int, ...]) 
     return array
 
 
+def lone_text(request: v2.ModelInferRequest) -> str | None:
+    """The text of a request in the layout tritonclient sends for one text (a single BYTES input `text`
+    of shape [1] or [1, 1] in `raw_input_contents`), or None for any other request. Read in a few steps
+    rather than through the general checks: under overload most such calls are refused right after
+    this, and every function a refusal passes through is paid per call (docs/OVERLOAD.md)."""
+    inputs, raws = request.inputs, request.raw_input_contents
+    if len(inputs) != 1 or len(raws) != 1:
+        return None
+    tensor, raw = inputs[0], raws[0]
+    if tensor.name != TEXT or tensor.datatype != "BYTES" or len(raw) < 4:
+        return None
+    shape = tensor.shape
+    if not (len(shape) in (1, 2) and shape[0] == 1 and shape[-1] == 1):
+        return None
+    if int.from_bytes(raw[:4], "little") != len(raw) - 4:
+        return None
+    try:
+        return raw[4:].decode("utf-8")
+    except UnicodeDecodeError:  # the general path says why
+        return None
+
+
 def request_inputs(request: v2.ModelInferRequest, encoder: TextEncoder) -> TextInputs | list[Row]:
     """The request's texts to tokenize, or its rows of token ids, from whichever input layout it uses."""
+    text = lone_text(request)
+    if text is not None:
+        return TextInputs([text], (), truncate_parameter(request))
     named = named_inputs(request)
     if any(n in named for n in TEXT_INPUTS):
         return text_inputs(named, truncate_parameter(request))

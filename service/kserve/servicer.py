@@ -15,7 +15,7 @@ import numpy as np
 import millibatch
 from millibatch.batching.work import RowResult, WorkItem
 from millibatch.engines.base import FloatArray
-from millibatch.errors import InvalidInput, MillibatchError, ModelNotFound, Unsupported
+from millibatch.errors import DeadlineUnmeetable, InvalidInput, MillibatchError, ModelNotFound, Unsupported
 from millibatch.kserve import grpc_service_pb2 as v2
 from millibatch.kserve import grpc_service_pb2_grpc
 from millibatch.service.dataplane import DataPlane
@@ -24,7 +24,7 @@ from millibatch.service.kserve.metadata import DEFAULT_OUTPUTS, VERSION, model_c
 from millibatch.service.kserve.statistics import ModelCounters
 from millibatch.service.kserve.tensors import output_tensor
 from millibatch.service.registry import ServedModel
-from millibatch.service.status import failure
+from millibatch.service.status import failure, refuse
 
 log = logging.getLogger("millibatch.requests")
 Context: TypeAlias = grpc.aio.ServicerContext
@@ -133,8 +133,8 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     ) -> v2.RepositoryModelUnloadResponse:
         raise Unsupported(f"cannot unload model {request.model_name!r}: {FIXED_MODELS}")
 
-    async def ModelInfer(self, request: v2.ModelInferRequest, context: Context) -> v2.ModelInferResponse:
-        return await self._infer(request, context)
+    async def ModelInfer(self, request: v2.ModelInferRequest, context: Context) -> v2.ModelInferResponse | None:
+        return await self._infer(request, context, context)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[v2.ModelInferRequest], context: Context
@@ -172,7 +172,8 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         """One streamed request's answer or its error message; the stream itself stays open."""
         started = time.perf_counter()
         try:
-            response = v2.ModelStreamInferResponse(infer_response=await self._infer(request, context))
+            answered = await self._infer(request, context)  # raises, never ends the stream's call
+            response = v2.ModelStreamInferResponse(infer_response=answered)
             code = "OK"
         except Exception as error:
             code, _status, details = failure(STREAM_RPC, error, context)
@@ -211,30 +212,47 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             names.append(output.name)
         return names
 
-    async def _infer(self, request: v2.ModelInferRequest, context: Context) -> v2.ModelInferResponse:
+    async def _infer(self, request: v2.ModelInferRequest, context: Context,
+                     refuse_in: Context | None = None) -> v2.ModelInferResponse | None:
+        """One request's answer. With `refuse_in` (a unary call's own context), a text request that
+        admission refuses for overload is ended there and None returned, as Embed does: under overload
+        most calls end this way, and raising through the frames to the edge costs a visible share of the
+        refusal (docs/OVERLOAD.md). Other errors, and every error of a streamed request, are raised."""
         started = time.perf_counter()
         model = self._known_model(request.model_name, request.model_version)
         model = self._registry.get(model.name)  # readiness and draining → UNAVAILABLE
         counters = self._counters[model.name]
         try:
-            response, item = await self._compute(model, request, context)
+            done = await self._compute(model, request, context, refuse_in)
         except MillibatchError:
             counters.failed(time.perf_counter() - started)
             raise
+        if done is None:
+            counters.failed(time.perf_counter() - started)
+            return None
+        response, item = done
         counters.succeeded(item, time.perf_counter() - started)
         return response
 
     async def _compute(
-        self, model: ServedModel, request: v2.ModelInferRequest, context: Context
-    ) -> tuple[v2.ModelInferResponse, WorkItem]:
+        self, model: ServedModel, request: v2.ModelInferRequest, context: Context, refuse_in: Context | None
+    ) -> tuple[v2.ModelInferResponse, WorkItem] | None:
+        plane = self.plane
         deadline = self._deadline(request, context)
-        names = self._requested_outputs(request, model)
         inputs = request_inputs(request, model.encoder)
         if isinstance(inputs, TextInputs):
-            done = await self.plane.compute_texts(model, inputs.texts, inputs.pairs, truncate=inputs.truncate,
-                                                  deadline=deadline)
+            busy = plane.refusal(model, inputs.texts, deadline)  # before tokenizing
+            if busy is not None:
+                if refuse_in is None or isinstance(busy, DeadlineUnmeetable):
+                    raise busy  # in-band on a stream; a deadline too short for any answer is logged
+                refuse(refuse_in, busy)
+                return None
+        names = self._requested_outputs(request, model)
+        if isinstance(inputs, TextInputs):
+            done = await plane.compute_texts(model, inputs.texts, inputs.pairs, truncate=inputs.truncate,
+                                             deadline=deadline, prechecked=True)
         else:
-            done = await self.plane.compute_rows(model, inputs, deadline)
+            done = await plane.compute_rows(model, inputs, deadline)
         results, item = done.results, done.item
         response = v2.ModelInferResponse(model_name=model.name, model_version=VERSION, id=request.id)
         per_token = model.manifest.task == "token-classify"

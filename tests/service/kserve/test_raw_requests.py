@@ -137,3 +137,30 @@ async def test_repository_index_says_why_a_model_is_unavailable(server: Any, stu
     assert not only_ready.models
     assert [m.state for m in (await stub.RepositoryIndex(v2.RepositoryIndexRequest(ready=True), timeout=10)).models] \
         == ["READY"]
+
+
+async def test_overload_refuses_model_infer_with_a_reason_and_counts_it(server: Any, stub: Any) -> None:
+    admission = server.registry.models["tiny-embed"].batcher.admission
+    statistics = v2.ModelStatisticsRequest(name="tiny-embed")
+    before = (await stub.ModelStatistics(statistics, timeout=10)).model_stats[0].inference_stats.fail.count
+    saved, admission.queued_seconds = admission.queued_seconds, 1e9  # the queue ahead outlasts every deadline
+    try:
+        refused = [await status_of(stub, text_request(texts)) for texts in (["one text"], ["two", "texts"])]
+        streamed = [answer async for answer in stub.ModelStreamInfer(iter([text_request(["in a stream"])]),
+                                                                       timeout=10)]
+    finally:
+        admission.queued_seconds = saved
+    for code, details in refused:
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "server busy" in details, details
+    [answer] = streamed  # a streamed request's refusal comes in-band; the stream goes on
+    assert answer.error_message.startswith("[RESOURCE_EXHAUSTED] server busy"), answer.error_message
+    after = (await stub.ModelStatistics(statistics, timeout=10)).model_stats[0].inference_stats.fail.count
+    assert after == before + 3
+    assert (await stub.ModelInfer(text_request(["one text"]), timeout=10)).outputs[0].name == "embeddings"
+
+
+async def test_one_text_that_is_not_utf8_gets_invalid_argument(stub: Any) -> None:
+    request = v2.ModelInferRequest(model_name="tiny-embed", inputs=[Tensor(name="text", datatype="BYTES", shape=[1])],
+                                   raw_input_contents=[encode_bytes_elements([b"\xff\xfe"])])
+    code, details = await status_of(stub, request)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "not valid UTF-8" in details, details
