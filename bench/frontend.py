@@ -42,6 +42,7 @@ from bench.processes import (
 )
 from bench.stats import publish, stamp
 from bench.texts import DEFAULT_STSB, stsb_sentences
+from millibatch.engines.model_dir import Manifest
 from millibatch.engines.thread_priority import EnginePriority
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,8 +63,12 @@ ECHO_WAIT_SECONDS = 0.003
 #: time slice wakes every PACE_SECONDS ($FRONTEND_PACE_MS, default 1 ms), so that a SCHED_BATCH poller waits
 #: at most that long behind the engine;
 #: `+overload` / `+normal`, the real server under that `grpc_poller_policy` (without either, its default);
-#: `+unread` / `+read`, the real server with `refuse_unread` on / off (without either, its default).
-SUFFIXES = ("ee", "batch", "busy", "idle", "pace", "overload", "normal", "unread", "read")
+#: `+unread` / `+read`, the real server with `refuse_unread` on / off (without either, its default);
+#: `+v2` / `+http`, the real server called through another door by the client its users would bring:
+#: KServe V2 with tritonclient (the load generator's `triton-text`), or the OpenAI HTTP door (`openai`).
+SUFFIXES = ("ee", "batch", "busy", "idle", "pace", "overload", "normal", "unread", "read", "v2", "http")
+#: The load generator's protocol for each door suffix, and the status its client reports for a refusal.
+DOORS = {"v2": ("triton-text", "RESOURCE_EXHAUSTED"), "http": ("openai", "http-429")}
 PACE_SECONDS = float(os.environ.get("FRONTEND_PACE_MS", "1")) / 1000
 #: The rows and tokens of the busy engine's batches: about what the batcher forms at 5x the peak.
 BUSY_BATCH = (8, 24)
@@ -184,9 +189,9 @@ async def serve_floor(port: int, mode: str, flags: Collection[str]) -> None:
     await server.wait_for_termination()
 
 
-async def serve(model: Path, port: int, mode: str, flags: Collection[str] = ()) -> None:
-    """The real server on `port`, its engine replaced (ok) or its queue made endless (refused); or
-    gRPC's floor (grpc-echo, grpc-refuse); with `flags` (SUFFIXES)."""
+async def serve(model: Path, port: int, mode: str, flags: Collection[str] = (), http_port: int = 0) -> None:
+    """The real server on `port` (and its HTTP door on `http_port`, if not 0), its engine replaced (ok) or
+    its queue made endless (refused); or gRPC's floor (grpc-echo, grpc-refuse); with `flags` (SUFFIXES)."""
     if "busy" in flags:
         start_busy_engine(model, "idle" if "idle" in flags else "nice")
     if "pace" in flags:
@@ -197,7 +202,7 @@ async def serve(model: Path, port: int, mode: str, flags: Collection[str] = ()) 
     from millibatch.settings import load_settings
 
     settings = load_settings({"models": [str(model)], "host": "127.0.0.1", "port": port, "metrics_port": 0,
-                              "http_port": 0, "profile_on_start": False, "log_level": "warning",
+                              "http_port": http_port, "profile_on_start": False, "log_level": "warning",
                               **({"refuse_unread": "unread" in flags} if {"unread", "read"} & set(flags) else {}),
                               **({"grpc_poller_policy": policy} if (policy := poller_policy(flags)) else {})})
     server = InferenceServer(settings)
@@ -235,9 +240,19 @@ def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: flo
     at `rate` calls/s), and read its CPU over the measured phase."""
     cores = cores_for("split")
     port = free_port()
-    spec = Launch(f"frontend-{mode}", [sys.executable, "-m", "bench.frontend", "serve", "--mode", mode,
-                                       "--model", str(model), "--port", str(port)], "millibatch",
-                  f"127.0.0.1:{port}", cwd=repo)
+    door = next((DOORS[flag] for flag in suffixes(mode) if flag in DOORS), None)
+    # The server runs the mode without its door (a baseline's bench.frontend need not know the doors);
+    # the HTTP door is asked for by port.
+    served = "+".join(part for part in mode.split("+") if part not in DOORS)
+    command = [sys.executable, "-m", "bench.frontend", "serve", "--mode", served, "--model", str(model),
+               "--port", str(port)]
+    target = f"127.0.0.1:{port}"
+    if "http" in suffixes(mode):
+        http_port = free_port()
+        command += ["--http-port", str(http_port)]
+        target = f"127.0.0.1:{http_port}"
+    spec = Launch(f"frontend-{mode}", command, door[0] if door else "millibatch", target, cwd=repo,
+                  loadgen_flags=["--model", Manifest.load(model).name] if door else [])
     server = start_server(spec, cores, raw)
     try:
         wait_ready(server, cores, texts, 120) if base_mode(mode) in ("ok", "grpc-echo") else time.sleep(8)
@@ -259,7 +274,8 @@ def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: flo
     assert result is not None
     calls = result["requests"] / result["duration_s"]
     answers = base_mode(mode) in ("ok", "grpc-echo")
-    wrong = result["requests"] - (result["ok"] if answers else result["error_kinds"].get("RESOURCE_EXHAUSTED", 0))
+    refused_kind = door[1] if door else "RESOURCE_EXHAUSTED"
+    wrong = result["requests"] - (result["ok"] if answers else result["error_kinds"].get(refused_kind, 0))
     return {"mode": mode, "calls_per_s": calls, "server_cpu_cores": server_cpu,
             "calls_per_server_core": calls / server_cpu if server_cpu else 0.0,
             "server_us_per_call": server_cpu / calls * 1e6 if calls else 0.0,
@@ -277,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="ok", help=f"serve: which server to run: one of {', '.join(MODES)}, "
                                                      f"each optionally with +{' +'.join(SUFFIXES)}")
     parser.add_argument("--port", type=int, default=0, help="serve: port")
+    parser.add_argument("--http-port", type=int, default=0, help="serve: the real server's HTTP door (0: off)")
     parser.add_argument("--modes", default=",".join(MODES), help="run: modes to measure, alternating")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -300,21 +317,26 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import uvloop
         except ImportError:
-            asyncio.run(serve(args.model, args.port, mode, flags))
+            asyncio.run(serve(args.model, args.port, mode, flags, args.http_port))
         else:
-            uvloop.run(serve(args.model, args.port, mode, flags))
+            uvloop.run(serve(args.model, args.port, mode, flags, args.http_port))
         return 0
+    plain = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for mode in plain:
+        if suffixes(mode) & set(DOORS) and base_mode(mode) not in ("ok", "refused"):
+            parser.error(f"{mode}: the doors (+{' +'.join(DOORS)}) are the real server's (ok, refused)")
     raw = args.out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     texts = raw / "texts-sts.json"
     texts.write_text(json.dumps(stsb_sentences(DEFAULT_STSB)), encoding="utf-8")
-    plain = [m.strip() for m in args.modes.split(",") if m.strip()]
     builds = {ref: worktree(ref, Path(tempfile.mkdtemp(prefix="frontend-"))) for ref in args.baseline}
     # (label, mode, checkout): each real-server mode of a baseline runs right after this build's (its
     # suffixes need a baseline whose bench.frontend knows them: `+busy` since cfabfca).
     plan = [(mode, mode, ROOT) for mode in plain]
     for ref, path in builds.items():
-        plan += [(f"{mode}@{ref}", mode, path) for mode in plain if mode.partition("+")[0] in ("ok", "refused")]
+        # The HTTP door needs the baseline's bench.frontend to open it (`--http-port`, since this one).
+        plan += [(f"{mode}@{ref}", mode, path) for mode in plain
+                 if mode.partition("+")[0] in ("ok", "refused") and "http" not in suffixes(mode)]
     plan.sort(key=lambda entry: plain.index(entry[1]))
     modes = [label for label, _, _ in plan]
     runs = []
@@ -340,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Front-end ceiling ({when})", "",
              f"`.venv/bin/python -m bench.frontend {' '.join(argv if argv is not None else sys.argv[1:])}`: "
              f"server on one core, {load_words} on the other, one STS-B "
-             f"sentence per Embed call, {args.duration:g} s per round; medians over {args.rounds} rounds.", "",
+             f"sentence per call (Embed; `+v2` ModelInfer with tritonclient, `+http` the OpenAI HTTP door), "
+             f"{args.duration:g} s per round; medians over {args.rounds} rounds.", "",
              "| mode | calls/s per server core | server µs per call | busy engine (cores) | refusal p99 ms "
              "| client CPU (cores) |", "|---|---|---|---|---|---|"]
     summary = {}

@@ -40,3 +40,20 @@ def test_the_waiting_echo_reports_its_own_time_so_the_floor_is_what_lies_outside
     outside = transport_floor(30, texts, mode="grpc-echo-wait")
     # The handler's own wait (3 ms) is taken out: what is left is gRPC around it, well under the wait.
     assert 0 < outside < ECHO_WAIT_SECONDS * 1e3
+
+
+@pytest.mark.timeout(120)
+def test_refusals_are_measured_through_each_door(tiny_embed_dir: Path, tmp_path: Path) -> None:
+    main(["--modes", "refused,refused+v2,refused+http", "--rounds", "1", "--duration", "1", "--model",
+          str(tiny_embed_dir), "--out", str(tmp_path)])
+    runs = {run["mode"]: run for run in json.loads((tmp_path / "results.json").read_text())["runs"]}
+    assert runs["refused+v2"]["error_kinds"].keys() == {"RESOURCE_EXHAUSTED"}
+    assert runs["refused+http"]["error_kinds"].keys() == {"http-429"}
+    for run in runs.values():
+        assert run["calls_per_s"] > 50 and run["server_us_per_call"] > 0 and run["unexpected_statuses"] == 0
+
+
+def test_the_doors_are_for_the_real_server_only() -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--modes", "grpc-refuse+v2", "--rounds", "1"])
+    assert exited.value.code == 2
