@@ -53,7 +53,9 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "frontend"
 #: grpc-limit: the same bare server refusing through gRPC's own concurrent-call limit, before any handler.
 #: grpc-echo-wait: the echo after waiting ECHO_WAIT_SECONDS for a worker thread, as a handler waits for an
 #: engine; it reports its own time in the response's timing.total_us (bench.call_path's floors).
-MODES = ("ok", "refused", "grpc-echo", "grpc-refuse", "grpc-limit", "grpc-echo-wait")
+#: grpc-abort: grpc-refuse through `context.abort`, which sends the status alone (one HTTP/2 frame: a
+#: returning handler's status follows an empty response message, three frames) but raises through grpc.aio.
+MODES = ("ok", "refused", "grpc-echo", "grpc-refuse", "grpc-limit", "grpc-echo-wait", "grpc-abort")
 ECHO_WAIT_SECONDS = 0.003
 #: Suffixes a mode may carry, e.g. `refused+busy+batch`: `+ee`, gRPC's EventEngine carries the connections
 #: (`grpc_event_engine`); `+batch`, gRPC's poller thread runs SCHED_BATCH (`grpc_poller_policy: batch`);
@@ -166,6 +168,8 @@ async def serve_floor(port: int, mode: str, flags: Collection[str]) -> None:
                 waited.CopyFrom(answer)
                 waited.timing.total_us = round((time.perf_counter() - started) * 1e6)
                 return waited
+            if mode == "grpc-abort":
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server busy")
             if mode == "grpc-refuse":
                 context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
                 context.set_details("server busy")
@@ -281,7 +285,7 @@ def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: flo
             "server_us_per_call": server_cpu / calls * 1e6 if calls else 0.0,
             "engine_cpu_cores": engine_cpu,
             # How soon a refused caller hears it (0 where nothing was refused).
-            "refusal_p99_ms": result["error_p99_ms"].get("RESOURCE_EXHAUSTED", 0.0),
+            "refusal_p99_ms": result["error_p99_ms"].get(refused_kind, 0.0),
             "client_cpu_cores": result["client_cpu_cores"], "p50_ms": result["p50_ms"],
             "unexpected_statuses": wrong, "error_kinds": result["error_kinds"]}
 
