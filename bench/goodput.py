@@ -15,9 +15,9 @@ For each peer:
    *p99-bound rate* is the highest rate at which p99 over every call (failures count as infinitely
    slow) stays within the deadline, MLPerf's server-scenario measure; two bisection steps refine it.
 2. **overload**: `--multiples` of that peak (1x to 5x by default): goodput, p99 of the OKs, shed
-   (DEADLINE_EXCEEDED), refused (RESOURCE_EXHAUSTED), how soon refusals arrive, mean rows per batch
-   (from the server's own metrics), client and server CPU, and millibatch's event loop and engine threads
-   apart (bench/threads.py splits the rest).
+   (DEADLINE_EXCEEDED; through the HTTP door 504 or the client's timeout), refused (RESOURCE_EXHAUSTED;
+   429), how soon refusals arrive, mean rows per batch (from the server's own metrics), client and server
+   CPU, and millibatch's event loop and engine threads apart (bench/threads.py splits the rest).
 
 Writes results.json, results.md and goodput.png to `--out`.
 """
@@ -62,8 +62,21 @@ READY_SECONDS = 240.0
 MILLIBATCH_COUNTERS = {"batches": "millibatch_batch_rows_count", "rows": "millibatch_batch_rows_sum",
                        "shed": "millibatch_shed_requests_total", "refused": "millibatch_rejected_requests_total",
                        "engine_cpu": "millibatch_engine_cpu_seconds_total"}
+#: The load generator's failure kinds for a call refused at once (gRPC's status; the HTTP door's 429), and
+#: for one that ran out of time (gRPC's status, either side's; the HTTP door's 504; the HTTP client's own
+#: timeout at the deadline).
+REFUSED = ("RESOURCE_EXHAUSTED", "http-429")
+EXPIRED = ("DEADLINE_EXCEEDED", "http-504", "timeout")
 TRITON_COUNTERS = {"batches": "nv_inference_exec_count", "rows": "nv_inference_count",
                    "failed": "nv_inference_request_failure"}
+
+
+def outcomes(phase: dict[str, Any]) -> tuple[int, int, int]:
+    """A phase's failed calls as (shed, refused, other), from the load generator's failure kinds."""
+    kinds = phase["error_kinds"]
+    shed = sum(kinds.get(kind, 0) for kind in EXPIRED)
+    refused = sum(kinds.get(kind, 0) for kind in REFUSED)
+    return shed, refused, phase["errors"] - shed - refused
 
 
 def scrape(url: str | None, names: dict[str, str]) -> dict[str, float]:
@@ -119,10 +132,7 @@ class Peer:
                       rows_per_batch=delta["rows"] / delta["batches"] if delta.get("batches") else None,
                       # CPU the engine threads got (millibatch only): what goodput is made of.
                       engine_cpu_cores=delta["engine_cpu"] / wall if "engine_cpu" in delta else None)
-        kinds = result["error_kinds"]
-        result["shed"] = kinds.get("DEADLINE_EXCEEDED", 0)
-        result["refused"] = kinds.get("RESOURCE_EXHAUSTED", 0)
-        result["other_errors"] = result["errors"] - result["shed"] - result["refused"]
+        result["shed"], result["refused"], result["other_errors"] = outcomes(result)
         p99_all = result["p99_all_ms"]
         print(f"  {self.name:>12} {tag:>9} offered {rate:7.1f}/s  goodput {result['goodput_rps']:7.1f}/s  "
               f"p99(ok) {result['p99_ms']:6.1f} ms  p99(all) {'-' if p99_all is None else f'{p99_all:.1f}':>6}  "
@@ -195,15 +205,16 @@ def report(summary: dict[str, Any], out: Path) -> None:
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in summary["runs"]:
         for p in run["overload"]:
-            refusal = p["error_p99_ms"].get("RESOURCE_EXHAUSTED")
+            refusal = max((p["error_p99_ms"][kind] for kind in REFUSED if kind in p["error_p99_ms"]), default=None)
+            shed, refused, other = outcomes(p)
             # Mean length of the texts answered in time over those sent (older runs lack it): below 1, the
             # server answered the shorter ones.
             length = p["mean_chars_ok"] / p["mean_chars_sent"] if p.get("mean_chars_sent") else None
             lines.append(
                 f"| {run['peer']} | {run['round']} | {p['multiple']:.1f} | {p['offered_rps']:.0f} "
                 f"| {p['goodput_rps']:.1f} | {p['goodput_rps'] / run['peak_goodput']:.2f} | {p['p99_ms']:.1f} "
-                f"| {p['shed']} | {p['refused']} "
-                f"| {p['other_errors']} | {p['late_ok']} | {fmt(refusal)} | {fmt(p['rows_per_batch'])} "
+                f"| {shed} | {refused} "
+                f"| {other} | {p['late_ok']} | {fmt(refusal)} | {fmt(p['rows_per_batch'])} "
                 f"| {fmt(length, 2)} | {p['server_cpu_cores']:.2f} | {fmt(p.get('loop_cpu_cores'), 2)} "
                 f"| {fmt(p.get('engine_cpu_cores'), 2)} | {p['client_cpu_cores']:.2f} |")
     lines += ["", "## Sweep", "", "| peer | round | offered/s | goodput/s | p99 OK ms | p99 all ms | errors | "

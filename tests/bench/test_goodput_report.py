@@ -15,8 +15,8 @@ pytest.importorskip("matplotlib", reason="the bench extra (matplotlib) is not in
 
 
 def phase(offered: float, goodput: float, **extra: Any) -> dict[str, Any]:
-    return {"offered_rps": offered, "goodput_rps": goodput, "p99_ms": 50.0, "p99_all_ms": None, "errors": 0,
-            "rows_per_batch": 4.0, "shed": 1, "refused": 2, "other_errors": 0, "late_ok": 0,
+    return {"offered_rps": offered, "goodput_rps": goodput, "p99_ms": 50.0, "p99_all_ms": None, "errors": 3,
+            "rows_per_batch": 4.0, "error_kinds": {"DEADLINE_EXCEEDED": 1, "RESOURCE_EXHAUSTED": 2}, "late_ok": 0,
             "error_p99_ms": {"RESOURCE_EXHAUSTED": 3.0}, "server_cpu_cores": 0.95, "client_cpu_cores": 0.2, **extra}
 
 
@@ -35,6 +35,19 @@ def test_the_overload_table_shows_the_loops_share_where_the_server_has_one(tmp_p
     assert "| OK length / sent | server CPU | loop CPU | engine CPU | client CPU |" in table
     assert "| 0.75 | 0.95 | 0.35 | 0.58 | 0.20 |" in table
     assert "| - | 0.95 | - | - | 0.20 |" in table  # a run from before the load generator measured lengths
+
+
+def test_the_http_doors_refusals_and_timeouts_count_as_grpcs_do(tmp_path: Path) -> None:
+    http = phase(1000, 190, errors=9, error_kinds={"http-429": 5, "http-504": 1, "timeout": 2, "http-500": 1},
+                 error_p99_ms={"http-429": 2.5, "http-504": 99.0})
+    summary = {"machine": {"date_utc": "2026-11-28 01:00", "commit": "abc", "cpu": "x", "cores": 2},
+               "argv": [], "texts": "sts", "deadline_ms": 100.0, "triton_max_queue": 128, "server_cores": [0],
+               "client_cores": [1], "runs": [{"peer": "millibatch-http", "round": 1, "peak_goodput": 200.0,
+                                              "bound_rate": 150.0, "sweep": [phase(100, 100)],
+                                              "overload": [{**http, "multiple": 5.0}]}]}
+    report(summary, tmp_path)
+    # shed: the 504 and the client's own timeouts; refused: the 429s, whose p99 is the refusal p99.
+    assert "| 50.0 | 3 | 5 | 1 | 0 | 2.5 |" in (tmp_path / "results.md").read_text()
 
 
 def test_the_loop_is_the_main_thread_of_the_process() -> None:
