@@ -72,23 +72,50 @@ class BareEngine:
         self.session.run(self.outputs, {name: feeds[name] for name in self.inputs})
 
 
+class HttpEmbed:
+    """One text's embedding through the OpenAI HTTP door, on one kept-alive connection (a plain HTTP/1.1
+    client, so that the client's own cost stays small, as grpc's synchronous stub's does)."""
+
+    def __init__(self, port: int, model: str) -> None:
+        import http.client
+
+        self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        self._body = json.dumps({"model": model, "input": [TEXT]})
+        self._headers = {"Content-Type": "application/json", "X-Request-Timeout": "5"}
+
+    def __call__(self) -> None:
+        self._connection.request("POST", "/v1/embeddings", self._body, self._headers)
+        response = self._connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {body[:200]!r}")
+
+    def close(self) -> None:
+        self._connection.close()
+
+
 def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: int, texts: Path,
-            gap: float, block: int = 1) -> dict[str, Any]:
-    """Served and bare calls against one server started with `flags`, interleaved in blocks of `block`."""
+            gap: float, block: int = 1, door: str = "grpc") -> dict[str, Any]:
+    """Served and bare calls against one server started with `flags`, interleaved in blocks of `block`,
+    the served ones through `door` (grpc: Embed; http: the OpenAI HTTP door, which reports no stages)."""
     import grpc
 
+    from millibatch.engines.model_dir import Manifest
     from millibatch.v1 import inference_pb2 as pb
     from millibatch.v1 import inference_pb2_grpc
 
-    spec = serve_launch(model, [*BASE_FLAGS, *flags], name=name)
+    http_port = free_port()
+    spec = serve_launch(model, [*BASE_FLAGS, *flags], name=name,
+                        env={"MILLIBATCH_HTTP_PORT": str(http_port)} if door == "http" else None)
     served: list[float] = []
     plain: list[float] = []
     stages: dict[str, list[float]] = {k: [] for k in ("tokenize", "hop", "engine", "handler_rest", "grpc")}
     with running_server(spec, texts), grpc.insecure_channel(spec.target) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
         request = pb.EmbedRequest(inputs=[TEXT], truncate=True)
+        http = HttpEmbed(http_port, Manifest.load(model).name) if door == "http" else None
         for _ in range(50):  # warm both paths up
-            stub.Embed(request, timeout=5)
+            stub.Embed(request, timeout=5) if http is None else http()
             bare(TEXT)
         for i in range(0, calls, block):
             # Blocks of `block` calls each, served first in every other block (block 1: call by call).
@@ -106,6 +133,10 @@ def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: i
                     bare(TEXT)
                     plain.append(time.perf_counter() - started)
                     continue
+                if http is not None:
+                    http()
+                    served.append(time.perf_counter() - started)
+                    continue
                 response = stub.Embed(request, timeout=5)
                 elapsed = time.perf_counter() - started
                 served.append(elapsed)
@@ -116,12 +147,14 @@ def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: i
                 stages["engine"].append(t.inference_us / 1e6)
                 stages["handler_rest"].append(max(0.0, handler - (t.tokenize_us + t.queue_us + t.inference_us) / 1e6))
                 stages["grpc"].append(max(0.0, elapsed - handler))
+        if http is not None:
+            http.close()
     ms = 1e3
     served_p50, bare_p50 = percentile(served, 50) * ms, percentile(plain, 50) * ms
-    return {"variant": name, "flags": flags, "calls": calls,
+    return {"variant": name, "door": door, "flags": flags, "calls": calls,
             "served_p50_ms": served_p50, "served_p99_ms": percentile(served, 99) * ms,
             "bare_p50_ms": bare_p50, "bare_p99_ms": percentile(plain, 99) * ms, "added_p50_ms": served_p50 - bare_p50,
-            "stages_p50_ms": {k: statistics.median(v) * ms for k, v in stages.items()}}
+            "stages_p50_ms": {k: statistics.median(v) * ms if v else None for k, v in stages.items()}}
 
 
 def transport_floor(calls: int, texts: Path, bare: BareEngine | None = None, mode: str = "grpc-echo") -> float:
@@ -162,8 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap-ms", type=float, default=0.0, help="idle time before each call")
     parser.add_argument("--block", type=int, default=BLOCK,
                         help="served and bare calls alternate in blocks of this many (1: call by call)")
+    parser.add_argument("--doors", default="grpc",
+                        help="comma-separated: grpc (Embed), http (the OpenAI HTTP door); each variant through "
+                             "each door, alternating, as VARIANT@DOOR beyond the first")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
+    doors = [d.strip() for d in args.doors.split(",") if d.strip()]
+    if not doors or set(doors) - {"grpc", "http"}:
+        parser.error(f"--doors {args.doors!r}: choose from grpc, http")
     model = args.model.resolve()
     bare = BareEngine(model, threads=2)
     if bare.tokens(TEXT) != TOKENS:
@@ -171,19 +210,21 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     texts = args.out / "probe-texts.json"
     texts.write_text(json.dumps([TEXT]), encoding="utf-8")
-    variants = [(v.partition("=")[0], v.partition("=")[2].split()) for v in args.variants]
+    variants = [(f"{v.partition('=')[0]}{'' if door == doors[0] else '@' + door}", v.partition("=")[2].split(), door)
+                for v in args.variants for door in doors]
     runs = []
     for round_ in range(1, args.rounds + 1):
-        for name, flags in variants:
-            run = measure(name, flags, model, bare, args.calls, texts, args.gap_ms / 1000, args.block)
+        for name, flags, door in variants:
+            run = measure(name, flags, model, bare, args.calls, texts, args.gap_ms / 1000, args.block, door)
             run["round"] = round_
             runs.append(run)
             s = run["stages_p50_ms"]
+            split = (f"gRPC {s['grpc']:.2f}, tokenize {s['tokenize']:.3f}, hop {s['hop']:.3f}, "
+                     f"engine {s['engine']:.2f}, rest of handler {s['handler_rest']:.3f}" if door == "grpc"
+                     else "the HTTP door reports no stages")
             print(f"round {round_} {name:>12}: served p50 {run['served_p50_ms']:.2f} ms "
                   f"(p99 {run['served_p99_ms']:.2f}), bare p50 {run['bare_p50_ms']:.2f} ms -> "
-                  f"added {run['added_p50_ms']:+.2f} ms | gRPC "
-                  f"{s['grpc']:.2f}, tokenize {s['tokenize']:.3f}, hop {s['hop']:.3f}, engine {s['engine']:.2f}, "
-                  f"rest of handler {s['handler_rest']:.3f}", flush=True)
+                  f"added {run['added_p50_ms']:+.2f} ms | {split}", flush=True)
     floor = transport_floor(args.calls, texts)
     floor_after_bare = transport_floor(args.calls, texts, bare)
     floor_waiting = transport_floor(args.calls, texts, mode="grpc-echo-wait")
@@ -199,18 +240,20 @@ def main(argv: list[str] | None = None) -> int:
              f"before each; medians of the rounds' p50s, in ms.", "",
              "| variant | served p50 | bare p50 | added | gRPC | tokenize | hop to engine | engine | rest of handler |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for name, _flags in variants:
+    for name, _flags, door in variants:
         mine = [r for r in runs if r["variant"] == name]
 
         def med(key: str, runs: list[dict[str, Any]] = mine) -> float:
             return statistics.median(r[key] for r in runs)
 
-        def stage(key: str, runs: list[dict[str, Any]] = mine) -> float:
-            return statistics.median(r["stages_p50_ms"][key] for r in runs)
+        def stage(key: str, digits: int, runs: list[dict[str, Any]] = mine, door: str = door) -> str:
+            if door != "grpc":
+                return "-"
+            return f"{statistics.median(r['stages_p50_ms'][key] for r in runs):.{digits}f}"
 
         lines.append(f"| {name} | {med('served_p50_ms'):.2f} | {med('bare_p50_ms'):.2f} | "
-                     f"{med('added_p50_ms'):+.2f} | {stage('grpc'):.2f} | {stage('tokenize'):.3f} | "
-                     f"{stage('hop'):.3f} | {stage('engine'):.2f} | {stage('handler_rest'):.3f} |")
+                     f"{med('added_p50_ms'):+.2f} | {stage('grpc', 2)} | {stage('tokenize', 3)} | "
+                     f"{stage('hop', 3)} | {stage('engine', 2)} | {stage('handler_rest', 3)} |")
     lines += ["", f"gRPC alone: the same call to a bare grpc.aio server that answers a fixed 384-float vector "
                   f"(`bench/frontend.py`'s grpc-echo) took p50 {floor:.2f} ms, and {floor_after_bare:.2f} ms right "
                   f"after a bare-engine run (whose threads go on spinning for a while, ONNX Runtime's default). "

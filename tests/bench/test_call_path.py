@@ -1,0 +1,29 @@
+"""bench.call_path on the tiny model: served calls through gRPC's Embed, split into stages, and through
+the OpenAI HTTP door, each interleaved with the bare engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.call_path import TEXT, BareEngine, measure
+
+pytest.importorskip("psutil", reason="the bench extra (psutil) is not installed")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("door", ["grpc", "http"])
+def test_served_calls_through_each_door_beside_the_bare_engine(door: str, tiny_embed_dir: Path,
+                                                               tmp_path: Path) -> None:
+    texts = tmp_path / "texts.json"
+    texts.write_text(json.dumps([TEXT]), encoding="utf-8")
+    run = measure("default", [], tiny_embed_dir, BareEngine(tiny_embed_dir, threads=1), 40, texts, 0.0, 10, door)
+    assert run["door"] == door
+    assert 0 < run["bare_p50_ms"] and 0 < run["served_p50_ms"] <= run["served_p99_ms"]
+    stages = run["stages_p50_ms"]
+    if door == "grpc":
+        assert all(value is not None and value >= 0 for value in stages.values()) and stages["engine"] > 0
+    else:  # the HTTP door's answer carries no timing fields
+        assert set(stages.values()) == {None}
