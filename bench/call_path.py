@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.call_path                         # the default engine set-up, 400 pairs
     .venv/bin/python -m bench.call_path --variants "spin-off=--cpu-spinning off" "default="
     .venv/bin/python -m bench.call_path --block 1                # served and bare alternate call by call
+    .venv/bin/python -m bench.call_path --doors grpc,http       # Embed and the OpenAI HTTP door
 
 Sequential Embed calls carry one 15-token text to `millibatch serve --instances 1
 --threads-per-instance 2` (plus each variant's flags), a separate process on the same machine. They are
@@ -12,7 +13,9 @@ this process: the bare engine. Served p50 minus bare p50 is what serving adds to
 fields split the served call into: gRPC (client, HTTP/2 and the server's gRPC machinery: the round
 trip minus the handler's time), tokenize, the hop to an engine thread (admission, dispatcher, collate,
 thread wake-up: submit to engine start), the engine, and the rest of the handler (decoding, the return
-to the event loop, building the response).
+to the event loop, building the response). Each p50 is also given *settled*, without the first SETTLE
+calls of every block: the bare session's threads go on spinning after its block and slow the server's
+next calls on the same cores, which a server's own callers would not meet.
 """
 
 from __future__ import annotations
@@ -42,6 +45,12 @@ BASE_FLAGS = ["--instances", "1", "--threads-per-instance", "2", "--log-level", 
 #: it (its default), and the call right after it pays for that: a bare gRPC round trip took 0.74-0.78 ms
 #: just after a bare run against 0.41-0.46 ms alone. Blocks keep that off all but a block's first call.
 BLOCK = 20
+#: Calls at the start of each block left out of the settled figures. ONNX Runtime's default threads in
+#: this process go on spinning after a block of bare runs, and slow the server's next calls on the same
+#: cores (2026-11-28, by hand: the first served call after a bare block took 12.8 ms at p50, the fourth
+#: 5.4 ms, against 3.8 ms after served calls); a server's own callers do not run a spinning session
+#: beside it.
+SETTLE = 5
 
 
 class BareEngine:
@@ -95,9 +104,10 @@ class HttpEmbed:
 
 
 def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: int, texts: Path,
-            gap: float, block: int = 1, door: str = "grpc") -> dict[str, Any]:
+            gap: float, block: int = 1, door: str = "grpc", settle: int = SETTLE) -> dict[str, Any]:
     """Served and bare calls against one server started with `flags`, interleaved in blocks of `block`,
-    the served ones through `door` (grpc: Embed; http: the OpenAI HTTP door, which reports no stages)."""
+    the served ones through `door` (grpc: Embed; http: the OpenAI HTTP door, which reports no stages).
+    The p50s are over every call and, `settled`, over all but the first `settle` calls of each block."""
     import grpc
 
     from millibatch.engines.model_dir import Manifest
@@ -109,6 +119,9 @@ def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: i
                         env={"MILLIBATCH_HTTP_PORT": str(http_port)} if door == "http" else None)
     served: list[float] = []
     plain: list[float] = []
+    # The same, less the first `settle` calls of each block: each path past the other's wake.
+    served_settled: list[float] = []
+    plain_settled: list[float] = []
     stages: dict[str, list[float]] = {k: [] for k in ("tokenize", "hop", "engine", "handler_rest", "grpc")}
     with running_server(spec, texts), grpc.insecure_channel(spec.target) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
@@ -123,23 +136,34 @@ def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: i
             order = ["served"] * count + ["bare"] * count
             if (i // block) % 2:
                 order.reverse()
+            position = {"served": 0, "bare": 0}
             for which in order:
                 # Back to back by default: on this VM an idle gap lets the cores fall asleep, and every
                 # thread hand-off of the served path then pays the wake-up (both sides slow down).
                 if gap:
                     time.sleep(gap)
+                settled = position[which] >= settle
+                position[which] += 1
                 started = time.perf_counter()
                 if which == "bare":
                     bare(TEXT)
                     plain.append(time.perf_counter() - started)
+                    if settled:
+                        plain_settled.append(plain[-1])
                     continue
                 if http is not None:
                     http()
                     served.append(time.perf_counter() - started)
+                    if settled:
+                        served_settled.append(served[-1])
                     continue
                 response = stub.Embed(request, timeout=5)
                 elapsed = time.perf_counter() - started
                 served.append(elapsed)
+                if settled:
+                    served_settled.append(elapsed)
+                elif block > settle:  # the stages are of the settled calls, where there are any
+                    continue
                 t = response.timing
                 handler = t.total_us / 1e6
                 stages["tokenize"].append(t.tokenize_us / 1e6)
@@ -151,7 +175,11 @@ def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: i
             http.close()
     ms = 1e3
     served_p50, bare_p50 = percentile(served, 50) * ms, percentile(plain, 50) * ms
-    return {"variant": name, "door": door, "flags": flags, "calls": calls,
+    settled_served_p50 = percentile(served_settled, 50) * ms if served_settled else float("nan")
+    settled_bare_p50 = percentile(plain_settled, 50) * ms if plain_settled else float("nan")
+    return {"variant": name, "door": door, "flags": flags, "calls": calls, "settle": settle,
+            "settled_served_p50_ms": settled_served_p50, "settled_bare_p50_ms": settled_bare_p50,
+            "settled_added_p50_ms": settled_served_p50 - settled_bare_p50,
             "served_p50_ms": served_p50, "served_p99_ms": percentile(served, 99) * ms,
             "bare_p50_ms": bare_p50, "bare_p99_ms": percentile(plain, 99) * ms, "added_p50_ms": served_p50 - bare_p50,
             "stages_p50_ms": {k: statistics.median(v) * ms if v else None for k, v in stages.items()}}
@@ -195,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap-ms", type=float, default=0.0, help="idle time before each call")
     parser.add_argument("--block", type=int, default=BLOCK,
                         help="served and bare calls alternate in blocks of this many (1: call by call)")
+    parser.add_argument("--settle", type=int, default=SETTLE,
+                        help="calls at the start of each block left out of the settled p50s and the stages")
     parser.add_argument("--doors", default="grpc",
                         help="comma-separated: grpc (Embed), http (the OpenAI HTTP door); each variant through "
                              "each door, alternating, as VARIANT@DOOR beyond the first")
@@ -215,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for round_ in range(1, args.rounds + 1):
         for name, flags, door in variants:
-            run = measure(name, flags, model, bare, args.calls, texts, args.gap_ms / 1000, args.block, door)
+            run = measure(name, flags, model, bare, args.calls, texts, args.gap_ms / 1000, args.block, door,
+                          args.settle)
             run["round"] = round_
             runs.append(run)
             s = run["stages_p50_ms"]
@@ -224,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                      else "the HTTP door reports no stages")
             print(f"round {round_} {name:>12}: served p50 {run['served_p50_ms']:.2f} ms "
                   f"(p99 {run['served_p99_ms']:.2f}), bare p50 {run['bare_p50_ms']:.2f} ms -> "
-                  f"added {run['added_p50_ms']:+.2f} ms | {split}", flush=True)
+                  f"added {run['added_p50_ms']:+.2f} ms; settled: served {run['settled_served_p50_ms']:.2f}, bare "
+                  f"{run['settled_bare_p50_ms']:.2f} -> added {run['settled_added_p50_ms']:+.2f} ms | {split}",
+                  flush=True)
     floor = transport_floor(args.calls, texts)
     floor_after_bare = transport_floor(args.calls, texts, bare)
     floor_waiting = transport_floor(args.calls, texts, mode="grpc-echo-wait")
@@ -237,9 +270,12 @@ def main(argv: list[str] | None = None) -> int:
              f"one {TOKENS}-token text, `millibatch serve {' '.join(BASE_FLAGS[:4])}` plus the variant's flags, "
              f"{args.calls} served calls interleaved with {args.calls} bare-engine runs (tokenizers + ONNX "
              f"Runtime, 2 threads, default options) per round in blocks of {args.block}, {args.gap_ms:g} ms idle "
-             f"before each; medians of the rounds' p50s, in ms.", "",
-             "| variant | served p50 | bare p50 | added | gRPC | tokenize | hop to engine | engine | rest of handler |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"before each; medians of the rounds' p50s, in ms. *Settled*: without the first {args.settle} calls "
+             f"of each block, which run in the other path's wake (ONNX Runtime's default threads of the bare "
+             f"session go on spinning after its block); the stages are of the settled served calls.", "",
+             "| variant | served p50 | bare p50 | added | settled: served p50 | bare p50 | added | gRPC | tokenize "
+             "| hop to engine | engine | rest of handler |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, _flags, door in variants:
         mine = [r for r in runs if r["variant"] == name]
 
@@ -252,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
             return f"{statistics.median(r['stages_p50_ms'][key] for r in runs):.{digits}f}"
 
         lines.append(f"| {name} | {med('served_p50_ms'):.2f} | {med('bare_p50_ms'):.2f} | "
-                     f"{med('added_p50_ms'):+.2f} | {stage('grpc', 2)} | {stage('tokenize', 3)} | "
+                     f"{med('added_p50_ms'):+.2f} | {med('settled_served_p50_ms'):.2f} | "
+                     f"{med('settled_bare_p50_ms'):.2f} | {med('settled_added_p50_ms'):+.2f} | "
+                     f"{stage('grpc', 2)} | {stage('tokenize', 3)} | "
                      f"{stage('hop', 3)} | {stage('engine', 2)} | {stage('handler_rest', 3)} |")
     lines += ["", f"gRPC alone: the same call to a bare grpc.aio server that answers a fixed 384-float vector "
                   f"(`bench/frontend.py`'s grpc-echo) took p50 {floor:.2f} ms, and {floor_after_bare:.2f} ms right "
@@ -261,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"call waits for the engine (grpc-echo-wait), the round trip outside the handler took p50 "
                   f"{floor_waiting:.2f} ms."]
     publish(args.out, {"runs": runs, "grpc_echo_p50_ms": floor, "grpc_echo_after_bare_p50_ms": floor_after_bare,
-                       "grpc_echo_wait_outside_p50_ms": floor_waiting, "block": args.block}, lines, when)
+                       "grpc_echo_wait_outside_p50_ms": floor_waiting, "block": args.block, "settle": args.settle},
+            lines, when)
     return 0
 
 

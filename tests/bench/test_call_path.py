@@ -22,6 +22,8 @@ def test_served_calls_through_each_door_beside_the_bare_engine(door: str, tiny_e
     run = measure("default", [], tiny_embed_dir, BareEngine(tiny_embed_dir, threads=1), 40, texts, 0.0, 10, door)
     assert run["door"] == door
     assert 0 < run["bare_p50_ms"] and 0 < run["served_p50_ms"] <= run["served_p99_ms"]
+    # Settled: the last 5 of each block of 10, served and bare.
+    assert run["settle"] == 5 and run["settled_served_p50_ms"] > 0 and run["settled_bare_p50_ms"] > 0
     stages = run["stages_p50_ms"]
     if door == "grpc":
         assert all(value is not None and value >= 0 for value in stages.values()) and stages["engine"] > 0
