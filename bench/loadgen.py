@@ -84,47 +84,26 @@ class Result:
 
 
 class HttpDriver:
-    """POST {"inputs": [text]} to <target>/embed (the FastAPI peers)."""
+    """POST {"inputs": [text]} to <target>/embed (the FastAPI peers); with `model`, an OpenAI embeddings
+    request to <target>/v1/embeddings instead (millibatch's HTTP door), the deadline in X-Request-Timeout,
+    as the official client's `timeout` does not tell the server."""
 
-    def __init__(self, target: str, timeout: float) -> None:
+    def __init__(self, target: str, timeout: float, model: str | None = None) -> None:
         import aiohttp
 
-        self._url = f"http://{target}/embed"
+        self._model = model
+        self._url = f"http://{target}/embed" if model is None else f"http://{target}/v1/embeddings"
+        self._headers = {} if model is None else {"X-Request-Timeout": f"{timeout:.6f}"}
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                               timeout=aiohttp.ClientTimeout(total=timeout))
 
     async def call(self, text: str) -> None:
-        async with self._session.post(self._url, json={"inputs": [text]}) as response:
+        request = {"inputs": [text]} if self._model is None else {"model": self._model, "input": [text]}
+        async with self._session.post(self._url, json=request, headers=self._headers) as response:
             body = await response.read()
             if response.status != 200:
                 raise RuntimeError(f"http-{response.status}")
             if not body:
-                raise RuntimeError("empty-body")
-
-    async def close(self) -> None:
-        await self._session.close()
-
-
-class OpenAIDriver:
-    """millibatch's HTTP door: POST an OpenAI embeddings request for one text to <target>/v1/embeddings,
-    the deadline in X-Request-Timeout (as the official client's `timeout` does not tell the server)."""
-
-    def __init__(self, target: str, timeout: float, model: str) -> None:
-        import aiohttp
-
-        self._url = f"http://{target}/v1/embeddings"
-        self._model = model
-        self._headers = {"X-Request-Timeout": f"{timeout:.6f}"}
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                              timeout=aiohttp.ClientTimeout(total=timeout))
-
-    async def call(self, text: str) -> None:
-        body = {"model": self._model, "input": [text]}
-        async with self._session.post(self._url, json=body, headers=self._headers) as response:
-            answer = await response.read()
-            if response.status != 200:
-                raise RuntimeError(f"http-{response.status}")
-            if not answer:
                 raise RuntimeError("empty-body")
 
     async def close(self) -> None:
@@ -227,7 +206,7 @@ def make_driver(args: argparse.Namespace) -> Driver:
     if args.protocol == "millibatch":
         return MillibatchDriver(args.target, args.timeout, args.channels)
     if args.protocol == "openai":
-        return OpenAIDriver(args.target, args.timeout, args.model)
+        return HttpDriver(args.target, args.timeout, args.model)
     tokenizer = args.tokenizer if args.protocol == "triton-ids" else None
     if args.protocol == "triton-ids" and tokenizer is None:
         raise SystemExit("--tokenizer is needed for triton-ids")
