@@ -29,6 +29,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from bench.peers.catalog import DOORS
 from bench.processes import (
     Launch,
     cores_for,
@@ -68,9 +69,7 @@ ECHO_WAIT_SECONDS = 0.003
 #: `+unread` / `+read`, the real server with `refuse_unread` on / off (without either, its default);
 #: `+v2` / `+http`, the real server called through another door by the client its users would bring:
 #: KServe V2 with tritonclient (the load generator's `triton-text`), or the OpenAI HTTP door (`openai`).
-SUFFIXES = ("ee", "batch", "busy", "idle", "pace", "overload", "normal", "unread", "read", "v2", "http")
-#: The load generator's protocol for each door suffix, and the status its client reports for a refusal.
-DOORS = {"v2": ("triton-text", "RESOURCE_EXHAUSTED"), "http": ("openai", "http-429")}
+SUFFIXES = ("ee", "batch", "busy", "idle", "pace", "overload", "normal", "unread", "read", *DOORS)
 PACE_SECONDS = float(os.environ.get("FRONTEND_PACE_MS", "1")) / 1000
 #: The rows and tokens of the busy engine's batches: about what the batcher forms at 5x the peak.
 BUSY_BATCH = (8, 24)
@@ -255,7 +254,7 @@ def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: flo
         http_port = free_port()
         command += ["--http-port", str(http_port)]
         target = f"127.0.0.1:{http_port}"
-    spec = Launch(f"frontend-{mode}", command, door[0] if door else "millibatch", target, cwd=repo,
+    spec = Launch(f"frontend-{mode}", command, door.protocol if door else "millibatch", target, cwd=repo,
                   loadgen_flags=["--model", Manifest.load(model).name] if door else [])
     server = start_server(spec, cores, raw)
     try:
@@ -278,7 +277,7 @@ def measure(mode: str, model: Path, texts: Path, concurrency: int, duration: flo
     assert result is not None
     calls = result["requests"] / result["duration_s"]
     answers = base_mode(mode) in ("ok", "grpc-echo")
-    refused_kind = door[1] if door else "RESOURCE_EXHAUSTED"
+    refused_kind = door.refused if door else "RESOURCE_EXHAUSTED"
     wrong = result["requests"] - (result["ok"] if answers else result["error_kinds"].get(refused_kind, 0))
     return {"mode": mode, "calls_per_s": calls, "server_cpu_cores": server_cpu,
             "calls_per_server_core": calls / server_cpu if server_cpu else 0.0,

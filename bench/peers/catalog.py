@@ -12,9 +12,22 @@ from millibatch.engines.model_dir import Manifest
 BASELINE = "fastapi-torch"
 TRITON_PEERS = ("triton-ids", "triton-text")
 ALL_PEERS = (BASELINE, "fastapi-onnx", *TRITON_PEERS, "millibatch")
+
+
+@dataclass(frozen=True)
+class Door:
+    """One of millibatch's other doors: the load generator's protocol for it, and the failure kind its
+    client reports for a call refused under overload."""
+
+    protocol: str
+    refused: str
+
+
 #: millibatch called through its other doors, each by the client its users would bring: KServe V2 through
 #: NVIDIA's tritonclient (text tokenized on the server), and the OpenAI-compatible HTTP door.
-DOOR_PEERS = {"millibatch-v2": "triton-text", "millibatch-http": "openai"}
+DOORS = {"v2": Door("triton-text", "RESOURCE_EXHAUSTED"), "http": Door("openai", "http-429")}
+#: The peers that call millibatch through them.
+DOOR_PEERS = {f"millibatch-{name}": door.protocol for name, door in DOORS.items()}
 
 
 @dataclass
