@@ -32,10 +32,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.peers.catalog import PeerContext, launch
+from bench.peers.catalog import DOOR_PEERS, PeerContext, launch
 from bench.processes import (
     Cores,
     Server,
@@ -43,7 +44,6 @@ from bench.processes import (
     process_cpu,
     remove_worktree,
     run_loadgen,
-    serve_launch,
     start_server,
     wait_ready,
     worktree,
@@ -265,9 +265,9 @@ def run_peer(name: str, round_: int, args: argparse.Namespace, ctx: PeerContext,
                  "--max-queue-size", str(args.triton_max_queue)]
     else:
         extra = [*args.server_args, *args.variants.get(name, [])]
-    if name in args.builds:  # millibatch@REF: another build, from its own worktree
-        spec = serve_launch(ctx.model_dir, ["--threads-per-instance", str(ctx.threads), "--log-level", "warning",
-                                            *extra], name=name, metrics=True, repo=args.builds[name])
+    if name in args.builds:  # millibatch@REF (or a door, millibatch-v2@REF): another build, from its worktree
+        base = name.partition("@")[0]
+        spec = replace(launch(base, ctx.model_dir, ctx, extra, repo=args.builds[name]), name=name)
     else:
         spec = launch(name, args.models.get(name, ctx.model_dir), ctx, extra)
     print(f"{name} round {round_} (server cores {sorted(cores.server)}, client cores {sorted(cores.client)}): "
@@ -320,9 +320,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also run this build with extra serve flags as peer millibatch+LABEL, e.g. "
                              "'limit=--max-concurrent-calls 48'")
     parser.add_argument("--baseline", action="append", default=[], metavar="REF",
-                        help="also run the server as built at git REF (peer millibatch@REF), e.g. the commit "
+                        help="also run each millibatch peer as built at git REF (peer millibatch@REF, "
+                             "millibatch-v2@REF, ...), e.g. the commit "
                              "before a change, so both are measured in the same run")
     return parser
+
+
+def baseline_peers(peers: list[str], refs: list[str]) -> dict[str, str]:
+    """The peers that run other builds, each with its git ref: every millibatch peer asked for (Embed, or
+    a door such as millibatch-v2) as built at each ref, or millibatch@REF where none is asked for."""
+    served = [p for p in peers if p == "millibatch" or p in DOOR_PEERS] or ["millibatch"]
+    return {f"{peer}@{ref}": ref for ref in refs for peer in served}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     args.variants = {f"millibatch+{label}": flags.split()
                      for label, _, flags in (item.partition("=") for item in args.variant)}
     peers += list(args.variants)
-    args.builds = {f"millibatch@{ref}": worktree(ref, Path(tempfile.mkdtemp(prefix="goodput-")))
-                   for ref in args.baseline}
+    trees = {ref: worktree(ref, Path(tempfile.mkdtemp(prefix="goodput-"))) for ref in args.baseline}
+    args.builds = {name: trees[ref] for name, ref in baseline_peers(peers, args.baseline).items()}
     peers += list(args.builds)
     runs = []
     try:
@@ -360,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 runs.append(run_peer(name, round_, args, ctx, cores, texts, raw))
     finally:
-        for path in args.builds.values():
+        for path in trees.values():
             remove_worktree(path)
     summary = {"machine": info, "argv": argv if argv is not None else sys.argv[1:], "texts": args.texts,
                "deadline_ms": args.deadline_ms, "triton_max_queue": args.triton_max_queue,

@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.processes import Launch, free_port, serve_launch
+from bench.processes import ROOT, Launch, free_port, serve_launch
 from millibatch.engines.model_dir import Manifest
 
 BASELINE = "fastapi-torch"
@@ -40,9 +40,10 @@ class PeerContext:
     triton_libdir: str | None
 
 
-def launch(name: str, model_dir: Path, ctx: PeerContext, extra_args: list[str] | None = None) -> Launch:
-    """The launch of peer `name`; a `millibatch*` name serves `model_dir` (fp32, int8, ... any model dir).
-    `extra_args` go on the server's command line."""
+def launch(name: str, model_dir: Path, ctx: PeerContext, extra_args: list[str] | None = None,
+           repo: Path = ROOT) -> Launch:
+    """The launch of peer `name`; a `millibatch*` name serves `model_dir` (fp32, int8, ... any model dir),
+    from the checkout `repo` (another build). `extra_args` go on the server's command line."""
     port = free_port()
     target = f"127.0.0.1:{port}"
     threads = str(ctx.threads)
@@ -69,18 +70,19 @@ def launch(name: str, model_dir: Path, ctx: PeerContext, extra_args: list[str] |
     if name.startswith("millibatch"):
         flags = ["--threads-per-instance", threads, "--log-level", "warning", *(extra_args or [])]
         if name in DOOR_PEERS:
-            return door_launch(name, model_dir, flags)
-        return serve_launch(model_dir, flags, name=name, port=port, metrics=True)
+            return door_launch(name, model_dir, flags, repo)
+        return serve_launch(model_dir, flags, name=name, port=port, metrics=True, repo=repo)
     raise ValueError(f"unknown peer {name!r}; choose from {ALL_PEERS} or millibatch-<label>")
 
 
-def door_launch(name: str, model_dir: Path, flags: list[str]) -> Launch:
-    """millibatch serving `model_dir`, called through the door of DOOR_PEERS[name]."""
+def door_launch(name: str, model_dir: Path, flags: list[str], repo: Path = ROOT) -> Launch:
+    """millibatch serving `model_dir` from the checkout `repo`, called through the door of DOOR_PEERS[name]."""
     protocol = DOOR_PEERS[name]
     model = Manifest.load(model_dir).name
     if protocol == "openai":
         http_port = free_port()
-        spec = serve_launch(model_dir, flags, name=name, metrics=True, env={"MILLIBATCH_HTTP_PORT": str(http_port)})
+        spec = serve_launch(model_dir, flags, name=name, metrics=True, repo=repo,
+                            env={"MILLIBATCH_HTTP_PORT": str(http_port)})
         return replace(spec, protocol=protocol, target=f"127.0.0.1:{http_port}", loadgen_flags=["--model", model])
-    spec = serve_launch(model_dir, flags, name=name, metrics=True)
+    spec = serve_launch(model_dir, flags, name=name, metrics=True, repo=repo)
     return replace(spec, protocol=protocol, loadgen_flags=["--model", model])

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench.goodput import report
+from bench.goodput import baseline_peers, report
 from bench.threads import loop_cpu_seconds
 
 pytest.importorskip("matplotlib", reason="the bench extra (matplotlib) is not installed")
@@ -54,3 +54,10 @@ def test_the_loop_is_the_main_thread_of_the_process() -> None:
     spent = loop_cpu_seconds(os.getpid())
     sum(range(10_000_000))  # this test runs on the main thread; /proc counts in ticks of 10 ms
     assert loop_cpu_seconds(os.getpid()) > spent
+
+
+def test_baselines_run_each_millibatch_peer_asked_for() -> None:
+    assert baseline_peers(["millibatch", "triton-text"], ["abc"]) == {"millibatch@abc": "abc"}
+    assert baseline_peers(["triton-text"], ["abc"]) == {"millibatch@abc": "abc"}
+    assert baseline_peers(["millibatch-v2", "millibatch-http"], ["a", "b"]) == {
+        "millibatch-v2@a": "a", "millibatch-http@a": "a", "millibatch-v2@b": "b", "millibatch-http@b": "b"}
