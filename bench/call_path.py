@@ -117,11 +117,8 @@ def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: i
     http_port = free_port()
     spec = serve_launch(model, [*BASE_FLAGS, *flags], name=name,
                         env={"MILLIBATCH_HTTP_PORT": str(http_port)} if door == "http" else None)
-    served: list[float] = []
-    plain: list[float] = []
-    # The same, less the first `settle` calls of each block: each path past the other's wake.
-    served_settled: list[float] = []
-    plain_settled: list[float] = []
+    # Seconds per call, and whether it came after the first `settle` of its block (past the other path's wake).
+    timed: dict[str, list[tuple[float, bool]]] = {"served": [], "bare": []}
     stages: dict[str, list[float]] = {k: [] for k in ("tokenize", "hop", "engine", "handler_rest", "grpc")}
     with running_server(spec, texts), grpc.insecure_channel(spec.target) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
@@ -145,24 +142,17 @@ def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: i
                 settled = position[which] >= settle
                 position[which] += 1
                 started = time.perf_counter()
+                response = None
                 if which == "bare":
                     bare(TEXT)
-                    plain.append(time.perf_counter() - started)
-                    if settled:
-                        plain_settled.append(plain[-1])
-                    continue
-                if http is not None:
+                elif http is not None:
                     http()
-                    served.append(time.perf_counter() - started)
-                    if settled:
-                        served_settled.append(served[-1])
-                    continue
-                response = stub.Embed(request, timeout=5)
+                else:
+                    response = stub.Embed(request, timeout=5)
                 elapsed = time.perf_counter() - started
-                served.append(elapsed)
-                if settled:
-                    served_settled.append(elapsed)
-                elif block > settle:  # the stages are of the settled calls, where there are any
+                timed[which].append((elapsed, settled))
+                # The stages: of Embed's settled calls, where there are any.
+                if response is None or (not settled and block > settle):
                     continue
                 t = response.timing
                 handler = t.total_us / 1e6
@@ -174,9 +164,15 @@ def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: i
         if http is not None:
             http.close()
     ms = 1e3
-    served_p50, bare_p50 = percentile(served, 50) * ms, percentile(plain, 50) * ms
-    settled_served_p50 = percentile(served_settled, 50) * ms if served_settled else float("nan")
-    settled_bare_p50 = percentile(plain_settled, 50) * ms if plain_settled else float("nan")
+
+    def p50(which: str, settled_only: bool = False) -> float:
+        chosen = [seconds for seconds, settled in timed[which] if settled or not settled_only]
+        return percentile(chosen, 50) * ms if chosen else float("nan")
+
+    served = [seconds for seconds, _ in timed["served"]]
+    plain = [seconds for seconds, _ in timed["bare"]]
+    served_p50, bare_p50 = p50("served"), p50("bare")
+    settled_served_p50, settled_bare_p50 = p50("served", True), p50("bare", True)
     return {"variant": name, "door": door, "flags": flags, "calls": calls, "settle": settle,
             "settled_served_p50_ms": settled_served_p50, "settled_bare_p50_ms": settled_bare_p50,
             "settled_added_p50_ms": settled_served_p50 - settled_bare_p50,

@@ -78,11 +78,8 @@ def launch(name: str, model_dir: Path, ctx: PeerContext, extra_args: list[str] |
 def door_launch(name: str, model_dir: Path, flags: list[str], repo: Path = ROOT) -> Launch:
     """millibatch serving `model_dir` from the checkout `repo`, called through the door of DOOR_PEERS[name]."""
     protocol = DOOR_PEERS[name]
-    model = Manifest.load(model_dir).name
-    if protocol == "openai":
-        http_port = free_port()
-        spec = serve_launch(model_dir, flags, name=name, metrics=True, repo=repo,
-                            env={"MILLIBATCH_HTTP_PORT": str(http_port)})
-        return replace(spec, protocol=protocol, target=f"127.0.0.1:{http_port}", loadgen_flags=["--model", model])
-    spec = serve_launch(model_dir, flags, name=name, metrics=True, repo=repo)
-    return replace(spec, protocol=protocol, loadgen_flags=["--model", model])
+    http_port = free_port() if protocol == "openai" else 0  # the HTTP door, off unless it is the one called
+    spec = serve_launch(model_dir, flags, name=name, metrics=True, repo=repo,
+                        env={"MILLIBATCH_HTTP_PORT": str(http_port)} if http_port else None)
+    return replace(spec, protocol=protocol, target=f"127.0.0.1:{http_port}" if http_port else spec.target,
+                   loadgen_flags=["--model", Manifest.load(model_dir).name])
