@@ -34,9 +34,10 @@ import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from bench.peers.catalog import DOOR_PEERS, PeerContext, launch
+from bench.loadgen import THROTTLED
+from bench.peers.catalog import CLIENT_PEERS, DOOR_PEERS, PeerContext, launch
 from bench.processes import (
     Cores,
     Server,
@@ -71,12 +72,23 @@ TRITON_COUNTERS = {"batches": "nv_inference_exec_count", "rows": "nv_inference_c
                    "failed": "nv_inference_request_failure"}
 
 
-def outcomes(phase: dict[str, Any]) -> tuple[int, int, int]:
-    """A phase's failed calls as (shed, refused, other), from the load generator's failure kinds."""
+class Outcomes(NamedTuple):
+    """A phase's failed calls by what became of them."""
+
+    shed: int
+    refused: int
+    #: Refused by the client's own throttle (peer millibatch-throttled), never sent.
+    throttled: int
+    other: int
+
+
+def outcomes(phase: dict[str, Any]) -> Outcomes:
+    """A phase's failed calls, from the load generator's failure kinds."""
     kinds = phase["error_kinds"]
     shed = sum(kinds.get(kind, 0) for kind in EXPIRED)
     refused = sum(kinds.get(kind, 0) for kind in REFUSED)
-    return shed, refused, phase["errors"] - shed - refused
+    throttled = kinds.get(THROTTLED, 0)
+    return Outcomes(shed, refused, throttled, phase["errors"] - shed - refused - throttled)
 
 
 def scrape(url: str | None, names: dict[str, str]) -> dict[str, float]:
@@ -132,11 +144,13 @@ class Peer:
                       rows_per_batch=delta["rows"] / delta["batches"] if delta.get("batches") else None,
                       # CPU the engine threads got (millibatch only): what goodput is made of.
                       engine_cpu_cores=delta["engine_cpu"] / wall if "engine_cpu" in delta else None)
-        result["shed"], result["refused"], result["other_errors"] = outcomes(result)
+        found = outcomes(result)
+        result.update(shed=found.shed, refused=found.refused, throttled=found.throttled, other_errors=found.other)
         p99_all = result["p99_all_ms"]
         print(f"  {self.name:>12} {tag:>9} offered {rate:7.1f}/s  goodput {result['goodput_rps']:7.1f}/s  "
               f"p99(ok) {result['p99_ms']:6.1f} ms  p99(all) {'-' if p99_all is None else f'{p99_all:.1f}':>6}  "
-              f"shed {result['shed']:5d}  refused {result['refused']:5d}  other {result['other_errors']:4d}  "
+              f"shed {result['shed']:5d}  refused {result['refused']:5d}  throttled {result['throttled']:5d}  "
+              f"other {result['other_errors']:4d}  "
               f"late-ok {result['late_ok']}  rows/batch {fmt(result['rows_per_batch'])}  "
               f"cpu server {result['server_cpu_cores']:.2f} client {result['client_cpu_cores']:.2f}", flush=True)
         return result
@@ -200,20 +214,20 @@ def report(summary: dict[str, Any], out: Path) -> None:
         lines.append(f"| {run['peer']} | {run['round']} | {run['peak_goodput']:.1f} | {run['bound_rate']:.1f} | "
                      f"{worst / run['peak_goodput']:.2f} | {worst / best:.2f} |")
     lines += ["", "## Overload", "", "| peer | round | × peak | offered/s | goodput/s | goodput / peak | p99 OK ms | "
-              "shed | refused | other errors | late OK | refusal p99 ms | rows/batch | OK length / sent | server CPU | "
-              "loop CPU | engine CPU | client CPU |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "shed | refused | throttled | other errors | late OK | refusal p99 ms | rows/batch | OK length / sent | "
+              "server CPU | loop CPU | engine CPU | client CPU |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in summary["runs"]:
         for p in run["overload"]:
             refusal = max((p["error_p99_ms"][kind] for kind in REFUSED if kind in p["error_p99_ms"]), default=None)
-            shed, refused, other = outcomes(p)
+            shed, refused, throttled, other = outcomes(p)
             # Mean length of the texts answered in time over those sent (older runs lack it): below 1, the
             # server answered the shorter ones.
             length = p["mean_chars_ok"] / p["mean_chars_sent"] if p.get("mean_chars_sent") else None
             lines.append(
                 f"| {run['peer']} | {run['round']} | {p['multiple']:.1f} | {p['offered_rps']:.0f} "
                 f"| {p['goodput_rps']:.1f} | {p['goodput_rps'] / run['peak_goodput']:.2f} | {p['p99_ms']:.1f} "
-                f"| {shed} | {refused} "
+                f"| {shed} | {refused} | {throttled} "
                 f"| {other} | {p['late_ok']} | {fmt(refusal)} | {fmt(p['rows_per_batch'])} "
                 f"| {fmt(length, 2)} | {p['server_cpu_cores']:.2f} | {fmt(p.get('loop_cpu_cores'), 2)} "
                 f"| {fmt(p.get('engine_cpu_cores'), 2)} | {p['client_cpu_cores']:.2f} |")
@@ -295,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench.goodput", description=__doc__.splitlines()[0])
     parser.add_argument("--peers", default="millibatch,triton-text", help="comma-separated: millibatch, "
                         "triton-text, triton-ids, millibatch-v2 / millibatch-http (millibatch through its KServe V2 "
-                        "door with tritonclient / its OpenAI HTTP door), millibatch-LABEL (with --model LABEL=DIR)")
+                        "door with tritonclient / its OpenAI HTTP door), millibatch-throttled (Embed from a client "
+                        "that throttles itself, millibatch.throttle), millibatch-LABEL (with --model LABEL=DIR)")
     parser.add_argument("--model", action="append", default=[], metavar="LABEL=DIR",
                         help="serve DIR as peer millibatch-LABEL (e.g. int8=models/minilm-int8)")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL, help="fp32 model dir (converted if absent)")
@@ -329,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 def baseline_peers(peers: list[str], refs: list[str]) -> dict[str, str]:
     """The peers that run other builds, each with its git ref: every millibatch peer asked for (Embed, or
     a door such as millibatch-v2) as built at each ref, or millibatch@REF where none is asked for."""
-    served = [p for p in peers if p == "millibatch" or p in DOOR_PEERS] or ["millibatch"]
+    served = [p for p in peers if p == "millibatch" or p in DOOR_PEERS or p in CLIENT_PEERS] or ["millibatch"]
     return {f"{peer}@{ref}": ref for ref in refs for peer in served}
 
 

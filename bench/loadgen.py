@@ -36,6 +36,8 @@ import numpy as np
 from bench import stats
 
 PROTOCOLS = ("http", "millibatch", "openai", "triton-ids", "triton-text")
+#: The failure kind of a call refused by the client's own throttle (--throttle), never sent.
+THROTTLED = "throttled"
 
 
 class Driver(Protocol):
@@ -114,14 +116,20 @@ class MillibatchDriver:
     """millibatch's gRPC Embed over one channel (or `channels`, taken in turn: one connection each, which
     `serve --workers` needs to spread calls), the call's deadline set to the timeout."""
 
-    def __init__(self, target: str, timeout: float, channels: int = 1) -> None:
+    def __init__(self, target: str, timeout: float, channels: int = 1, throttle: float | None = None) -> None:
         import grpc
 
         from millibatch.v1 import inference_pb2, inference_pb2_grpc
 
         self._pb = inference_pb2
+        interceptors = []
+        if throttle is not None:  # one client-side throttle over every channel, as one client process keeps
+            from millibatch.throttle import AdaptiveThrottle, AioThrottlingInterceptor
+
+            interceptors.append(AioThrottlingInterceptor(AdaptiveThrottle(throttle)))
         # A distinct option per channel keeps gRPC from sharing one connection between them.
-        self._channels = [grpc.aio.insecure_channel(target, options=[("millibatch.loadgen.channel", i)])
+        self._channels = [grpc.aio.insecure_channel(target, options=[("millibatch.loadgen.channel", i)],
+                                                    interceptors=interceptors or None)
                           for i in range(max(1, channels))]
         self._stubs = [inference_pb2_grpc.InferenceStub(channel) for channel in self._channels]
         self._next = 0
@@ -204,7 +212,7 @@ def make_driver(args: argparse.Namespace) -> Driver:
     if args.protocol == "http":
         return HttpDriver(args.target, args.timeout)
     if args.protocol == "millibatch":
-        return MillibatchDriver(args.target, args.timeout, args.channels)
+        return MillibatchDriver(args.target, args.timeout, args.channels, args.throttle)
     if args.protocol == "openai":
         return HttpDriver(args.target, args.timeout, args.model)
     tokenizer = args.tokenizer if args.protocol == "triton-ids" else None
@@ -214,7 +222,10 @@ def make_driver(args: argparse.Namespace) -> Driver:
 
 
 def error_kind(error: BaseException) -> str:
-    """A short label for an error: the gRPC status name where there is one, else the message or class."""
+    """A short label for an error: the gRPC status name where there is one, else the message or class; a call
+    the client's own throttle refused (millibatch.throttle) is "throttled"."""
+    if getattr(error, "throttled_by_client", False):
+        return THROTTLED
     code = getattr(error, "code", None)
     if callable(code):
         try:
@@ -415,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=1, help="closed loop: requests in flight")
     parser.add_argument("--channels", type=int, default=1,
                         help="millibatch: gRPC channels (connections) the calls take in turn")
+    parser.add_argument("--throttle", type=float, default=None, metavar="MULTIPLIER",
+                        help="millibatch: throttle calls in the client (millibatch.throttle) with this multiplier")
     parser.add_argument("--rate", type=float, default=10.0, help="open loop: mean arrivals per second")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (probe: seconds to wait)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")

@@ -5,6 +5,9 @@
         vectors = client.embed(["hello", "world"])
         packed = client.embed(["hello"], encoding="int8")  # a numpy array, decoded from int8 bytes
 
+`throttle=AdaptiveThrottle()` refuses calls in the client while the server refuses most of them
+(millibatch.throttle), so that an overloaded server spends its core on answers.
+
 Only grpcio and protobuf are needed, except for packed encodings: they decode with numpy, imported then.
 """
 
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import grpc
 
+from millibatch.throttle import AdaptiveThrottle, AioThrottlingInterceptor, ThrottlingInterceptor
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import inference_pb2_grpc, models_pb2, models_pb2_grpc
 
@@ -127,8 +131,11 @@ class Client:
     """Blocking client. `timeout` (seconds) becomes each call's gRPC deadline."""
 
     def __init__(self, target: str = "localhost:50051", *, timeout: float | None = 10.0,
-                 channel: grpc.Channel | None = None, metadata: Sequence[tuple[str, str]] = ()) -> None:
+                 channel: grpc.Channel | None = None, metadata: Sequence[tuple[str, str]] = (),
+                 throttle: AdaptiveThrottle | None = None) -> None:
         self.channel = channel or grpc.insecure_channel(target)
+        if throttle is not None:  # refuse calls here while the server refuses most (millibatch.throttle)
+            self.channel = grpc.intercept_channel(self.channel, ThrottlingInterceptor(throttle))
         self.timeout = timeout
         self.metadata = tuple(metadata)
         self.inference = inference_pb2_grpc.InferenceStub(self.channel)
@@ -212,8 +219,13 @@ class AsyncClient:
     """asyncio client (grpc.aio); same methods as Client, awaited."""
 
     def __init__(self, target: str = "localhost:50051", *, timeout: float | None = 10.0,
-                 channel: grpc.aio.Channel | None = None, metadata: Sequence[tuple[str, str]] = ()) -> None:
-        self.channel = channel or grpc.aio.insecure_channel(target)
+                 channel: grpc.aio.Channel | None = None, metadata: Sequence[tuple[str, str]] = (),
+                 throttle: AdaptiveThrottle | None = None) -> None:
+        if channel is not None and throttle is not None:
+            raise ValueError("a grpc.aio channel takes interceptors only when made: pass throttle or channel, "
+                             "or make the channel with AioThrottlingInterceptor(throttle)")
+        interceptors = None if throttle is None else [AioThrottlingInterceptor(throttle)]
+        self.channel = channel or grpc.aio.insecure_channel(target, interceptors=interceptors)
         self.timeout = timeout
         self.metadata = tuple(metadata)
         self.inference = inference_pb2_grpc.InferenceStub(self.channel)

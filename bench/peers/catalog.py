@@ -28,6 +28,10 @@ class Door:
 DOORS = {"v2": Door("triton-text", "RESOURCE_EXHAUSTED"), "http": Door("openai", "http-429")}
 #: The peers that call millibatch through them.
 DOOR_PEERS = {f"millibatch-{name}": door.protocol for name, door in DOORS.items()}
+#: millibatch's Embed called by clients that do more than send: the load generator's extra flags for each.
+#: `throttled` refuses calls in the client as the server's refusals mount (millibatch.throttle, with the SRE
+#: book's multiplier of 2).
+CLIENT_PEERS = {"millibatch-throttled": ["--throttle", "2"]}
 
 
 @dataclass
@@ -71,7 +75,8 @@ def launch(name: str, model_dir: Path, ctx: PeerContext, extra_args: list[str] |
         flags = ["--threads-per-instance", threads, "--log-level", "warning", *(extra_args or [])]
         if name in DOOR_PEERS:
             return door_launch(name, model_dir, flags, repo)
-        return serve_launch(model_dir, flags, name=name, port=port, metrics=True, repo=repo)
+        spec = serve_launch(model_dir, flags, name=name, port=port, metrics=True, repo=repo)
+        return replace(spec, loadgen_flags=[*spec.loadgen_flags, *CLIENT_PEERS.get(name, [])])
     raise ValueError(f"unknown peer {name!r}; choose from {ALL_PEERS} or millibatch-<label>")
 
 

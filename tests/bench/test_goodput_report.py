@@ -47,7 +47,22 @@ def test_the_http_doors_refusals_and_timeouts_count_as_grpcs_do(tmp_path: Path) 
                                               "overload": [{**http, "multiple": 5.0}]}]}
     report(summary, tmp_path)
     # shed: the 504 and the client's own timeouts; refused: the 429s, whose p99 is the refusal p99.
-    assert "| 50.0 | 3 | 5 | 1 | 0 | 2.5 |" in (tmp_path / "results.md").read_text()
+    assert "| 50.0 | 3 | 5 | 0 | 1 | 0 | 2.5 |" in (tmp_path / "results.md").read_text()
+
+
+def test_calls_the_client_throttled_are_counted_apart_from_the_servers_refusals(tmp_path: Path) -> None:
+    kinds = {"RESOURCE_EXHAUSTED": 2, "throttled": 6, "DEADLINE_EXCEEDED": 1}
+    throttled = phase(1000, 190, errors=9, error_kinds=kinds,
+                      error_p99_ms={"RESOURCE_EXHAUSTED": 4.0, "throttled": 0.1})
+    summary = {"machine": {"date_utc": "2026-11-28 01:00", "commit": "abc", "cpu": "x", "cores": 2},
+               "argv": [], "texts": "sts", "deadline_ms": 100.0, "triton_max_queue": 128, "server_cores": [0],
+               "client_cores": [1], "runs": [{"peer": "millibatch-throttled", "round": 1, "peak_goodput": 200.0,
+                                              "bound_rate": 150.0, "sweep": [phase(100, 100)],
+                                              "overload": [{**throttled, "multiple": 5.0}]}]}
+    report(summary, tmp_path)
+    # shed 1, refused 2 (the server's, whose p99 is the refusal p99), throttled 6, no other errors.
+    assert "| shed | refused | throttled | other errors |" in (tmp_path / "results.md").read_text()
+    assert "| 50.0 | 1 | 2 | 6 | 0 | 0 | 4.0 |" in (tmp_path / "results.md").read_text()
 
 
 def test_the_loop_is_the_main_thread_of_the_process() -> None:
@@ -59,5 +74,6 @@ def test_the_loop_is_the_main_thread_of_the_process() -> None:
 def test_baselines_run_each_millibatch_peer_asked_for() -> None:
     assert baseline_peers(["millibatch", "triton-text"], ["abc"]) == {"millibatch@abc": "abc"}
     assert baseline_peers(["triton-text"], ["abc"]) == {"millibatch@abc": "abc"}
+    assert baseline_peers(["millibatch-throttled"], ["a"]) == {"millibatch-throttled@a": "a"}
     assert baseline_peers(["millibatch-v2", "millibatch-http"], ["a", "b"]) == {
         "millibatch-v2@a": "a", "millibatch-http@a": "a", "millibatch-v2@b": "b", "millibatch-http@b": "b"}
