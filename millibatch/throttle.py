@@ -11,8 +11,9 @@ locally with probability
 
 So while the server accepts nearly everything nothing is throttled, and under overload the server sees
 about `multiplier` times what it accepts: enough to notice at once when it has room again. A call refused
-locally counts as a request, never an accept; it fails with RESOURCE_EXHAUSTED as a server refusal
-would, so callers handle one code.
+locally counts as a request, never an accept, and fails with RESOURCE_EXHAUSTED as a server refusal
+would, so callers handle one code. A call sent counts once it ends, so that calls in flight never read
+as refused.
 
     from millibatch.throttle import AioThrottlingInterceptor
     channel = grpc.aio.insecure_channel(target, interceptors=[AioThrottlingInterceptor()])
@@ -71,15 +72,20 @@ class AdaptiveThrottle:
         return max(0.0, (self._requests - self.multiplier * self._accepts) / (self._requests + 1.0))
 
     def admit(self) -> bool:
-        """Count one attempted call; False: refuse it here, without sending it."""
+        """Whether to send the next call; False: refuse it here, and count it. A call sent is counted when
+        its outcome is recorded, so that calls still in flight (a client starting with many at once) do not
+        read as refused."""
         chance = self.rejection_probability
+        if chance <= 0.0 or self._draw() >= chance:
+            return True
         self._requests += 1.0
-        return chance <= 0.0 or self._draw() >= chance
+        return False
 
     def record(self, code: grpc.StatusCode | None) -> None:
         """The outcome of a call that was sent: None or any code but RESOURCE_EXHAUSTED is an accept."""
+        self._decay()
+        self._requests += 1.0
         if code is not grpc.StatusCode.RESOURCE_EXHAUSTED:
-            self._decay()
             self._accepts += 1.0
 
 

@@ -52,6 +52,15 @@ def test_nothing_is_throttled_while_the_server_accepts() -> None:
     assert throttle.rejection_probability == 0.0
 
 
+def test_calls_in_flight_do_not_read_as_refused() -> None:
+    clock = FakeClock()
+    throttle = AdaptiveThrottle(clock=clock, draw=random.Random(0).random)
+    assert all(throttle.admit() for _ in range(1000))  # a client starting with a thousand calls at once
+    for _ in range(1000):
+        throttle.record(None)
+    assert throttle.rejection_probability == 0.0
+
+
 def test_under_overload_the_server_is_sent_about_multiplier_times_what_it_accepts() -> None:
     clock = FakeClock()
     throttle = AdaptiveThrottle(2.0, clock=clock, draw=random.Random(1).random)
