@@ -37,15 +37,18 @@ def test_the_overload_table_shows_the_loops_share_where_the_server_has_one(tmp_p
     assert "| - | 0.95 | - | - | 0.20 |" in table  # a run from before the load generator measured lengths
 
 
+def one_phase_at_5x(peer: str, overload: dict[str, Any]) -> dict[str, Any]:
+    """A run's summary with one overload phase, at 5x the peak, for `peer`."""
+    return {"machine": {"date_utc": "2026-11-28 01:00", "commit": "abc", "cpu": "x", "cores": 2},
+            "argv": [], "texts": "sts", "deadline_ms": 100.0, "triton_max_queue": 128, "server_cores": [0],
+            "client_cores": [1], "runs": [{"peer": peer, "round": 1, "peak_goodput": 200.0, "bound_rate": 150.0,
+                                           "sweep": [phase(100, 100)], "overload": [{**overload, "multiple": 5.0}]}]}
+
+
 def test_the_http_doors_refusals_and_timeouts_count_as_grpcs_do(tmp_path: Path) -> None:
     http = phase(1000, 190, errors=9, error_kinds={"http-429": 5, "http-504": 1, "timeout": 2, "http-500": 1},
                  error_p99_ms={"http-429": 2.5, "http-504": 99.0})
-    summary = {"machine": {"date_utc": "2026-11-28 01:00", "commit": "abc", "cpu": "x", "cores": 2},
-               "argv": [], "texts": "sts", "deadline_ms": 100.0, "triton_max_queue": 128, "server_cores": [0],
-               "client_cores": [1], "runs": [{"peer": "millibatch-http", "round": 1, "peak_goodput": 200.0,
-                                              "bound_rate": 150.0, "sweep": [phase(100, 100)],
-                                              "overload": [{**http, "multiple": 5.0}]}]}
-    report(summary, tmp_path)
+    report(one_phase_at_5x("millibatch-http", http), tmp_path)
     # shed: the 504 and the client's own timeouts; refused: the 429s, whose p99 is the refusal p99.
     assert "| 50.0 | 3 | 5 | 0 | 1 | 0 | 2.5 |" in (tmp_path / "results.md").read_text()
 
@@ -54,12 +57,7 @@ def test_calls_the_client_throttled_are_counted_apart_from_the_servers_refusals(
     kinds = {"RESOURCE_EXHAUSTED": 2, "throttled": 6, "DEADLINE_EXCEEDED": 1}
     throttled = phase(1000, 190, errors=9, error_kinds=kinds,
                       error_p99_ms={"RESOURCE_EXHAUSTED": 4.0, "throttled": 0.1})
-    summary = {"machine": {"date_utc": "2026-11-28 01:00", "commit": "abc", "cpu": "x", "cores": 2},
-               "argv": [], "texts": "sts", "deadline_ms": 100.0, "triton_max_queue": 128, "server_cores": [0],
-               "client_cores": [1], "runs": [{"peer": "millibatch-throttled", "round": 1, "peak_goodput": 200.0,
-                                              "bound_rate": 150.0, "sweep": [phase(100, 100)],
-                                              "overload": [{**throttled, "multiple": 5.0}]}]}
-    report(summary, tmp_path)
+    report(one_phase_at_5x("millibatch-throttled", throttled), tmp_path)
     # shed 1, refused 2 (the server's, whose p99 is the refusal p99), throttled 6, no other errors.
     assert "| shed | refused | throttled | other errors |" in (tmp_path / "results.md").read_text()
     assert "| 50.0 | 1 | 2 | 6 | 0 | 0 | 4.0 |" in (tmp_path / "results.md").read_text()
