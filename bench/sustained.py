@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.sustained --multiple 3 --minutes 30 --interval 60
     .venv/bin/python -m bench.sustained --peak 280 --minutes 5       # skip the sweep
     .venv/bin/python -m bench.sustained --variant "unread=--refuse-unread"   # two servers, interval by interval
+    .venv/bin/python -m bench.sustained --throttled   # beside it, the same from a client that throttles itself
 
 bench.goodput offers each multiple for 8 s; a leak, a counter that grows with every refusal, or a queue that
 drifts shows only over minutes. This serves the model as bench.goodput does (server on one core, the load
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.goodput import DEFAULT_MODEL, Peer, fmt, sweep
+from bench.loadgen import THROTTLED
 from bench.peers.catalog import PeerContext, launch
 from bench.processes import Server, cores_for, rss_mib, run_loadgen, start_server, wait_ready
 from bench.run import ensure_model
@@ -39,8 +41,9 @@ from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "sustained"
-#: Statuses a call may end with under overload (issue 15): an answer, a refusal, or its deadline.
-EXPECTED = {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"}
+#: Statuses a call may end with under overload (issue 15): an answer, a refusal, or its deadline (and, from
+#: a throttling client, a refusal in the client, never sent).
+EXPECTED = {"RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", THROTTLED}
 
 
 def finished_calls(metrics_url: str, rpc: str = "Embed") -> dict[str, float]:
@@ -63,7 +66,8 @@ def interval_row(result: dict[str, Any], peak: float, rss: float, elapsed: float
     kinds = result["error_kinds"]
     return {"t_s": elapsed, "offered_rps": result["offered_rps"], "goodput_rps": result["goodput_rps"],
             "held": result["goodput_rps"] / peak if peak else 0.0, "calls": result["requests"],
-            "refused": kinds.get("RESOURCE_EXHAUSTED", 0), "shed": kinds.get("DEADLINE_EXCEEDED", 0),
+            "refused": kinds.get("RESOURCE_EXHAUSTED", 0), "throttled": kinds.get(THROTTLED, 0),
+            "shed": kinds.get("DEADLINE_EXCEEDED", 0),
             "other": {k: v for k, v in kinds.items() if k not in EXPECTED},
             "refusal_p99_ms": result["error_p99_ms"].get("RESOURCE_EXHAUSTED"), "p99_ok_ms": result["p99_ms"],
             "late_ok": result["late_ok"], "rss_mib": rss, "server_cpu": result["server_cpu_cores"],
@@ -88,7 +92,7 @@ class Held:
     def interval(self, rate: float, index: int, elapsed: float) -> None:
         result = self.peer.phase(rate, f"sustained{index}")
         self.rows.append(interval_row(result, self.peak, rss_mib(self.peer.server.process.pid), elapsed))
-        self.sent += result["requests"]
+        self.sent += result["requests"] - result["error_kinds"].get(THROTTLED, 0)  # calls that left the client
         self.client_codes["OK"] += result["ok"]
         for kind, count in result["error_kinds"].items():
             self.client_codes[kind] = self.client_codes.get(kind, 0) + count
@@ -112,6 +116,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     flags = {"millibatch": args.server_args.split()}
     flags.update({f"millibatch+{label}": [*args.server_args.split(), *extra.split()]
                   for label, _, extra in (variant.partition("=") for variant in args.variant)})
+    if args.throttled:  # the same server, called by a client that throttles itself (bench.peers.catalog)
+        flags["millibatch-throttled"] = args.server_args.split()
     servers: list[Server] = []
     held: dict[str, Held] = {}
     try:
@@ -156,12 +162,14 @@ def report(summary: dict[str, Any], command: str, when: Any) -> list[str]:
         rows = peer["intervals"]
         held = sorted(r["held"] for r in rows)
         lines += ["", f"## {name}", "",
-                  "| start s | offered/s | goodput/s | / peak | refused | shed | other | refusal p99 ms | p99 OK ms "
-                  "| late OK | rows/batch | OK length / sent | RSS MiB | server CPU | loop | engine | client CPU |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| start s | offered/s | goodput/s | / peak | refused | throttled | shed | other | refusal p99 ms "
+                  "| p99 OK ms | late OK | rows/batch | OK length / sent | RSS MiB | server CPU | loop | engine "
+                  "| client CPU |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['t_s']:.0f} | {r['offered_rps']:.0f} | {r['goodput_rps']:.1f} | {r['held']:.2f} | "
-                         f"{r['refused']} | {r['shed']} | {sum(r['other'].values())} | {fmt(r['refusal_p99_ms'])} | "
+                         f"{r['refused']} | {r.get('throttled', 0)} | {r['shed']} | {sum(r['other'].values())} | "
+                         f"{fmt(r['refusal_p99_ms'])} | "
                          f"{fmt(r['p99_ok_ms'])} | {r['late_ok']} | {fmt(r['rows_per_batch'])} | "
                          f"{fmt(r.get('ok_length'), 2)} | {r['rss_mib']:.1f} | "
                          f"{r['server_cpu']:.2f} | {fmt(r['loop_cpu'], 2)} | {fmt(r['engine_cpu'], 2)} | "
@@ -171,7 +179,7 @@ def report(summary: dict[str, Any], command: str, when: Any) -> list[str]:
                   f"highest {held[-1]:.2f}.",
                   f"- Resident memory: {peer['rss_start_mib']:.1f} MiB before the overload, "
                   f"{rows[0]['rss_mib']:.1f} after the first interval, {rows[-1]['rss_mib']:.1f} after the last.",
-                  f"- Calls made by the client: {peer['client_calls']}; finished by the server (its own count): "
+                  f"- Calls sent by the client: {peer['client_calls']}; finished by the server (its own count): "
                   f"{peer['server_finished']:.0f}; difference {lost:.0f}.",
                   f"- Statuses, client: {json.dumps(peer['client_codes'], sort_keys=True)}; "
                   f"server: {json.dumps({k: int(v) for k, v in peer['server_codes'].items()}, sort_keys=True)}."]
@@ -204,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
                         help="also hold this build with extra serve flags (peer millibatch+LABEL) in overload, "
                              "interval by interval beside the plain one, e.g. 'unread=--refuse-unread'")
+    parser.add_argument("--throttled", action="store_true",
+                        help="also hold the same overload from a client that throttles itself (millibatch.throttle; "
+                             "peer millibatch-throttled), against a server of its own")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     when = stamp()
