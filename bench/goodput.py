@@ -333,12 +333,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write results.md and goodput.png again from an earlier run's results.json, then stop")
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
                         help="also run this build with extra serve flags as peer millibatch+LABEL, e.g. "
-                             "'limit=--max-concurrent-calls 48'")
+                             "'limit=--max-concurrent-calls 48'; PEER+LABEL=FLAGS runs it as that millibatch peer "
+                             "(e.g. 'millibatch-throttled+normal=--grpc-poller-policy normal')")
     parser.add_argument("--baseline", action="append", default=[], metavar="REF",
                         help="also run each millibatch peer as built at git REF (peer millibatch@REF, "
                              "millibatch-v2@REF, ...), e.g. the commit "
                              "before a change, so both are measured in the same run")
     return parser
+
+
+def variant_peers(variants: list[str]) -> dict[str, list[str]]:
+    """--variant's peers and their serve flags: LABEL=FLAGS is millibatch+LABEL; PEER+LABEL=FLAGS runs the
+    variant as that millibatch peer is run (millibatch-throttled+LABEL: called by a throttling client)."""
+    found = {}
+    for item in variants:
+        label, _, flags = item.partition("=")
+        found[label if "+" in label else f"millibatch+{label}"] = flags.split()
+    return found
 
 
 def baseline_peers(peers: list[str], refs: list[str]) -> dict[str, str]:
@@ -368,8 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {"date_utc": when.date_utc, "cpu": when.cpu, "cores": when.cores, "commit": when.commit,
             "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]}
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    args.variants = {f"millibatch+{label}": flags.split()
-                     for label, _, flags in (item.partition("=") for item in args.variant)}
+    args.variants = variant_peers(args.variant)
     peers += list(args.variants)
     trees = {ref: worktree(ref, Path(tempfile.mkdtemp(prefix="goodput-"))) for ref in args.baseline}
     args.builds = {name: trees[ref] for name, ref in baseline_peers(peers, args.baseline).items()}

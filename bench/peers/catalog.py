@@ -76,7 +76,8 @@ def launch(name: str, model_dir: Path, ctx: PeerContext, extra_args: list[str] |
         if name in DOOR_PEERS:
             return door_launch(name, model_dir, flags, repo)
         spec = serve_launch(model_dir, flags, name=name, port=port, metrics=True, repo=repo)
-        return replace(spec, loadgen_flags=[*spec.loadgen_flags, *CLIENT_PEERS.get(name, [])])
+        client = CLIENT_PEERS.get(name.partition("+")[0], [])  # millibatch-throttled+LABEL: a variant of it
+        return replace(spec, loadgen_flags=[*spec.loadgen_flags, *client])
     raise ValueError(f"unknown peer {name!r}; choose from {ALL_PEERS} or millibatch-<label>")
 
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from bench.goodput import baseline_peers, report
+from bench.goodput import baseline_peers, report, variant_peers
+from bench.peers.catalog import PeerContext, launch
 from bench.threads import loop_cpu_seconds
 
 pytest.importorskip("matplotlib", reason="the bench extra (matplotlib) is not installed")
@@ -75,3 +76,15 @@ def test_baselines_run_each_millibatch_peer_asked_for() -> None:
     assert baseline_peers(["millibatch-throttled"], ["a"]) == {"millibatch-throttled@a": "a"}
     assert baseline_peers(["millibatch-v2", "millibatch-http"], ["a", "b"]) == {
         "millibatch-v2@a": "a", "millibatch-http@a": "a", "millibatch-v2@b": "b", "millibatch-http@b": "b"}
+
+
+def test_a_variant_runs_as_the_peer_it_names(tmp_path: Path) -> None:
+    variants = variant_peers(["limit=--max-concurrent-calls 48",
+                              "millibatch-throttled+normal=--grpc-poller-policy normal"])
+    assert variants == {"millibatch+limit": ["--max-concurrent-calls", "48"],
+                        "millibatch-throttled+normal": ["--grpc-poller-policy", "normal"]}
+    ctx = PeerContext(tmp_path, 1, None, None)
+    # The throttling client's variant is loaded by a throttling client too; a plain variant is not.
+    for name in ("millibatch-throttled", "millibatch-throttled+normal"):
+        assert launch(name, tmp_path, ctx, variants.get(name)).loadgen_flags[-2:] == ["--throttle", "2"]
+    assert "--throttle" not in launch("millibatch+limit", tmp_path, ctx, variants["millibatch+limit"]).loadgen_flags
