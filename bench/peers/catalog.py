@@ -73,11 +73,11 @@ def launch(name: str, model_dir: Path, ctx: PeerContext, extra_args: list[str] |
                       metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
     if name.startswith("millibatch"):
         flags = ["--threads-per-instance", threads, "--log-level", "warning", *(extra_args or [])]
-        if name in DOOR_PEERS:
-            return door_launch(name, model_dir, flags, repo)
+        base = name.partition("+")[0]  # millibatch-v2+LABEL, millibatch-throttled+LABEL: variants run as their peer
+        if base in DOOR_PEERS:
+            return replace(door_launch(base, model_dir, flags, repo), name=name)
         spec = serve_launch(model_dir, flags, name=name, port=port, metrics=True, repo=repo)
-        client = CLIENT_PEERS.get(name.partition("+")[0], [])  # millibatch-throttled+LABEL: a variant of it
-        return replace(spec, loadgen_flags=[*spec.loadgen_flags, *client])
+        return replace(spec, loadgen_flags=[*spec.loadgen_flags, *CLIENT_PEERS.get(base, [])])
     raise ValueError(f"unknown peer {name!r}; choose from {ALL_PEERS} or millibatch-<label>")
 
 

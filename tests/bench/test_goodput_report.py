@@ -78,7 +78,7 @@ def test_baselines_run_each_millibatch_peer_asked_for() -> None:
         "millibatch-v2@a": "a", "millibatch-http@a": "a", "millibatch-v2@b": "b", "millibatch-http@b": "b"}
 
 
-def test_a_variant_runs_as_the_peer_it_names(tmp_path: Path) -> None:
+def test_a_variant_runs_as_the_peer_it_names(tmp_path: Path, tiny_embed_dir: Path) -> None:
     variants = variant_peers(["limit=--max-concurrent-calls 48",
                               "millibatch-throttled+normal=--grpc-poller-policy normal"])
     assert variants == {"millibatch+limit": ["--max-concurrent-calls", "48"],
@@ -88,3 +88,7 @@ def test_a_variant_runs_as_the_peer_it_names(tmp_path: Path) -> None:
     for name in ("millibatch-throttled", "millibatch-throttled+normal"):
         assert launch(name, tmp_path, ctx, variants.get(name)).loadgen_flags[-2:] == ["--throttle", "2"]
     assert "--throttle" not in launch("millibatch+limit", tmp_path, ctx, variants["millibatch+limit"]).loadgen_flags
+    # A door's variant is called through that door.
+    door = launch("millibatch-http+x", tiny_embed_dir, ctx, ["--max-queue-rows", "4"])
+    assert (door.name, door.protocol, door.loadgen_flags[0]) == ("millibatch-http+x", "openai", "--model")
+    assert "--max-queue-rows" in door.command
