@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from bench.loadgen import THROTTLED
-from bench.peers.catalog import CLIENT_PEERS, DOOR_PEERS, PeerContext, launch
+from bench.peers.catalog import CLIENT_PEERS, DOOR_PEERS, DOORS, PeerContext, launch
 from bench.processes import (
     Cores,
     Server,
@@ -63,10 +63,10 @@ READY_SECONDS = 240.0
 MILLIBATCH_COUNTERS = {"batches": "millibatch_batch_rows_count", "rows": "millibatch_batch_rows_sum",
                        "shed": "millibatch_shed_requests_total", "refused": "millibatch_rejected_requests_total",
                        "engine_cpu": "millibatch_engine_cpu_seconds_total"}
-#: The load generator's failure kinds for a call refused at once (gRPC's status; the HTTP door's 429), and
-#: for one that ran out of time (gRPC's status, either side's; the HTTP door's 504; the HTTP client's own
-#: timeout at the deadline).
-REFUSED = ("RESOURCE_EXHAUSTED", "http-429")
+#: The load generator's failure kinds for a call refused at once (gRPC's status, and each door's own, as
+#: DOORS names it), and for one that ran out of time (gRPC's status, either side's; the HTTP door's 504;
+#: the HTTP client's own timeout at the deadline).
+REFUSED = tuple(dict.fromkeys(["RESOURCE_EXHAUSTED", *(door.refused for door in DOORS.values())]))
 EXPIRED = ("DEADLINE_EXCEEDED", "http-504", "timeout")
 TRITON_COUNTERS = {"batches": "nv_inference_exec_count", "rows": "nv_inference_count",
                    "failed": "nv_inference_request_failure"}

@@ -168,7 +168,7 @@ def report(summary: dict[str, Any], command: str, when: Any) -> list[str]:
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['t_s']:.0f} | {r['offered_rps']:.0f} | {r['goodput_rps']:.1f} | {r['held']:.2f} | "
-                         f"{r['refused']} | {r.get('throttled', 0)} | {r['shed']} | {sum(r['other'].values())} | "
+                         f"{r['refused']} | {r['throttled']} | {r['shed']} | {sum(r['other'].values())} | "
                          f"{fmt(r['refusal_p99_ms'])} | "
                          f"{fmt(r['p99_ok_ms'])} | {r['late_ok']} | {fmt(r['rows_per_batch'])} | "
                          f"{fmt(r.get('ok_length'), 2)} | {r['rss_mib']:.1f} | "

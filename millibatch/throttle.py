@@ -111,8 +111,8 @@ class ThrottledRpcError(grpc.RpcError, grpc.Call):  # type: ignore[misc]  # grpc
     throttled_by_client = True
 
     def __init__(self, chance: float) -> None:
-        super().__init__(_message(chance))
         self._details = _message(chance)
+        super().__init__(self._details)
 
     def code(self) -> grpc.StatusCode:
         return grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -172,10 +172,8 @@ class ThrottlingInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[m
 
     def intercept_unary_unary(self, continuation: Callable[..., Any], client_call_details: Any, request: Any) -> Any:
         with self._lock:
-            admitted = self.throttle.admit()
-            chance = self.throttle.rejection_probability
-        if not admitted:
-            raise ThrottledRpcError(chance)
+            if not self.throttle.admit():
+                raise ThrottledRpcError(self.throttle.rejection_probability)
         outcome = continuation(client_call_details, request)
         outcome.add_done_callback(self._record)
         return outcome
