@@ -5,8 +5,9 @@
         vectors = client.embed(["hello", "world"])
         packed = client.embed(["hello"], encoding="int8")  # a numpy array, decoded from int8 bytes
 
-`throttle=AdaptiveThrottle()` refuses calls in the client while the server refuses most of them
-(millibatch.throttle), so that an overloaded server spends its core on answers.
+Both clients throttle themselves by default: while the server refuses most of their calls with
+RESOURCE_EXHAUSTED, they refuse some locally (millibatch.throttle), so that an overloaded server spends its
+core on answers. `throttle=False` turns that off; `throttle=AdaptiveThrottle(...)` sets its parameters.
 
 Only grpcio and protobuf are needed, except for packed encodings: they decode with numpy, imported then.
 """
@@ -34,6 +35,13 @@ Direction = Literal["right", "left"]
 
 #: One reranked document: (its index in the request, its score, its text or None).
 Ranked = tuple[int, float, str | None]
+
+
+def _throttle(throttle: AdaptiveThrottle | bool | None) -> AdaptiveThrottle | None:
+    """The client's throttle: True is the default one (millibatch.throttle), False or None none."""
+    if throttle is True:
+        return AdaptiveThrottle()
+    return throttle or None
 
 
 def _direction(direction: Direction | None) -> str:
@@ -128,14 +136,14 @@ def _entities_request(inputs: Sequence[str], model: str, aggregation: Aggregatio
 
 
 class Client:
-    """Blocking client. `timeout` (seconds) becomes each call's gRPC deadline."""
+    """Blocking client. `timeout` (seconds) becomes each call's gRPC deadline. `throttle`: see the module."""
 
     def __init__(self, target: str = "localhost:50051", *, timeout: float | None = 10.0,
                  channel: grpc.Channel | None = None, metadata: Sequence[tuple[str, str]] = (),
-                 throttle: AdaptiveThrottle | None = None) -> None:
+                 throttle: AdaptiveThrottle | bool | None = True) -> None:
         self.channel = channel or grpc.insecure_channel(target)
-        if throttle is not None:  # refuse calls here while the server refuses most (millibatch.throttle)
-            self.channel = grpc.intercept_channel(self.channel, ThrottlingInterceptor(throttle))
+        if (chosen := _throttle(throttle)) is not None:  # refuse calls here while the server refuses most
+            self.channel = grpc.intercept_channel(self.channel, ThrottlingInterceptor(chosen))
         self.timeout = timeout
         self.metadata = tuple(metadata)
         self.inference = inference_pb2_grpc.InferenceStub(self.channel)
@@ -216,15 +224,18 @@ class Client:
 
 
 class AsyncClient:
-    """asyncio client (grpc.aio); same methods as Client, awaited."""
+    """asyncio client (grpc.aio); same methods as Client, awaited. A grpc.aio channel takes interceptors only
+    when made, so a given `channel` is used as it is: it throttles only if made with
+    AioThrottlingInterceptor."""
 
     def __init__(self, target: str = "localhost:50051", *, timeout: float | None = 10.0,
                  channel: grpc.aio.Channel | None = None, metadata: Sequence[tuple[str, str]] = (),
-                 throttle: AdaptiveThrottle | None = None) -> None:
-        if channel is not None and throttle is not None:
+                 throttle: AdaptiveThrottle | bool | None = True) -> None:
+        if channel is not None and isinstance(throttle, AdaptiveThrottle):
             raise ValueError("a grpc.aio channel takes interceptors only when made: pass throttle or channel, "
                              "or make the channel with AioThrottlingInterceptor(throttle)")
-        interceptors = None if throttle is None else [AioThrottlingInterceptor(throttle)]
+        chosen = None if channel is not None else _throttle(throttle)
+        interceptors = None if chosen is None else [AioThrottlingInterceptor(chosen)]
         self.channel = channel or grpc.aio.insecure_channel(target, interceptors=interceptors)
         self.timeout = timeout
         self.metadata = tuple(metadata)

@@ -187,3 +187,40 @@ async def test_an_async_channel_given_with_a_throttle_is_refused() -> None:
     with pytest.raises(ValueError, match="interceptors"):
         AsyncClient(channel=channel, throttle=AdaptiveThrottle())
     await channel.close()
+
+
+def test_the_blocking_client_throttles_by_default_and_not_when_told(server: tuple[str, Rationing]) -> None:
+    target, servicer = server
+    for by_default in (True, False):
+        servicer.room, servicer.received = 10, 0
+        calls: list[Any] = []
+        with Client(target) if by_default else Client(target, throttle=False) as client:
+            for _ in range(200):
+                try:
+                    calls.append(client.embed(["a"]))
+                except grpc.RpcError as error:
+                    calls.append(error)
+        counts = outcomes(calls)
+        assert (counts["client"] > 50) is by_default, (by_default, counts)
+        assert servicer.received == 200 - counts["client"]
+
+
+async def test_the_async_client_throttles_by_default_but_not_on_a_channel_it_was_given(
+        server: tuple[str, Rationing]) -> None:
+    target, servicer = server
+    for given_channel in (False, True):
+        servicer.room, servicer.received = 10, 0
+        channel = grpc.aio.insecure_channel(target) if given_channel else None
+        client = AsyncClient(target, channel=channel)
+        calls: list[Any] = []
+        try:
+            for _ in range(200):
+                try:
+                    calls.append(await client.embed(["a"]))
+                except grpc.RpcError as error:
+                    calls.append(error)
+        finally:
+            await client.channel.close()
+        counts = outcomes(calls)
+        assert (counts["client"] > 50) is not given_channel, (given_channel, counts)
+        assert counts["ok"] == 10 and servicer.received == 200 - counts["client"]
