@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench.goodput import baseline_peers, report, variant_peers
+from bench.goodput import baseline_peers, report, split_client_flags, variant_peers
 from bench.peers.catalog import PeerContext, launch
 from bench.threads import loop_cpu_seconds
 
@@ -92,3 +92,9 @@ def test_a_variant_runs_as_the_peer_it_names(tmp_path: Path, tiny_embed_dir: Pat
     door = launch("millibatch-http+x", tiny_embed_dir, ctx, ["--max-queue-rows", "4"])
     assert (door.name, door.protocol, door.loadgen_flags[0]) == ("millibatch-http+x", "openai", "--model")
     assert "--max-queue-rows" in door.command
+
+
+def test_a_variants_flags_after_a_double_dash_go_to_the_load_generator() -> None:
+    (flags,) = variant_peers(["millibatch-throttled+k1.5=--max-queue-rows 4 -- --throttle 1.5"]).values()
+    assert split_client_flags(flags) == (["--max-queue-rows", "4"], ["--throttle", "1.5"])
+    assert split_client_flags(["--max-queue-rows", "4"]) == (["--max-queue-rows", "4"], [])
