@@ -5,6 +5,7 @@
     .venv/bin/python -m bench.sustained --peak 280 --minutes 5       # skip the sweep
     .venv/bin/python -m bench.sustained --variant "unread=--refuse-unread"   # two servers, interval by interval
     .venv/bin/python -m bench.sustained --throttled   # beside it, the same from a client that throttles itself
+    .venv/bin/python -m bench.sustained --throttled --variant "millibatch-throttled+k1.5=-- --throttle 1.5"
 
 bench.goodput offers each multiple for 8 s; a leak, a counter that grows with every refusal, or a queue that
 drifts shows only over minutes. This serves the model as bench.goodput does (server on one core, the load
@@ -28,10 +29,11 @@ import json
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.goodput import DEFAULT_MODEL, Peer, fmt, sweep
+from bench.goodput import DEFAULT_MODEL, Peer, fmt, split_client_flags, sweep, variant_peers
 from bench.loadgen import THROTTLED
 from bench.peers.catalog import PeerContext, launch
 from bench.processes import Server, cores_for, rss_mib, run_loadgen, start_server, wait_ready
@@ -114,8 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cores = cores_for("split")
     ctx = PeerContext(ensure_model(args.model_dir.resolve()), len(cores.server), None, None)
     flags = {"millibatch": args.server_args.split()}
-    flags.update({f"millibatch+{label}": [*args.server_args.split(), *extra.split()]
-                  for label, _, extra in (variant.partition("=") for variant in args.variant)})
+    flags.update({name: [*args.server_args.split(), *extra] for name, extra in variant_peers(args.variant).items()})
     if args.throttled:  # the same server, called by a client that throttles itself (bench.peers.catalog)
         flags["millibatch-throttled"] = args.server_args.split()
     servers: list[Server] = []
@@ -123,7 +124,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         # Every server waits on the same core while another is loaded: an idle one takes next to no CPU.
         for name, extra in flags.items():
-            spec = launch(name, ctx.model_dir, ctx, extra)
+            server_flags, client_flags = split_client_flags(extra)
+            spec = launch(name, ctx.model_dir, ctx, server_flags)
+            spec = replace(spec, loadgen_flags=[*spec.loadgen_flags, *client_flags])
             servers.append(server := start_server(spec, cores, raw))
             wait_ready(server, cores, texts, 120)
             run_loadgen(spec, cores, texts, ["--mode", "closed", "--concurrency", "16", "--duration", "3",
@@ -211,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-args", default="", help="extra flags for millibatch serve (one string)")
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
                         help="also hold this build with extra serve flags (peer millibatch+LABEL) in overload, "
-                             "interval by interval beside the plain one, e.g. 'unread=--refuse-unread'")
+                             "interval by interval beside the plain one, e.g. 'unread=--refuse-unread'; as "
+                             "bench.goodput's --variant, PEER+LABEL=FLAGS runs it as that peer and flags after `--` "
+                             "go to the load generator")
     parser.add_argument("--throttled", action="store_true",
                         help="also hold the same overload from a client that throttles itself (millibatch.throttle; "
                              "peer millibatch-throttled), against a server of its own")
