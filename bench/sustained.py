@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import urllib.request
@@ -38,7 +39,7 @@ from bench.loadgen import THROTTLED
 from bench.peers.catalog import PeerContext, launch
 from bench.processes import Server, cores_for, rss_mib, run_loadgen, start_server, wait_ready
 from bench.run import ensure_model
-from bench.stats import median, publish, stamp
+from bench.stats import Stamp, median, publish, stamp
 from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,8 +154,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(summary: dict[str, Any], command: str, when: Any) -> list[str]:
-    """results.md: per server, one line per interval, then the accounting; with variants, interval by
-    interval against the first server."""
+    """results.md: per server, one line per interval, then the accounting; with variants, every server
+    interval by interval against each listed before it."""
     peers = summary["peers"]
     count = len(next(iter(peers.values()))["intervals"])
     lines = [f"# Sustained overload ({when})", "", f"`{command}`: server on one core, load generator on the other, "
@@ -186,8 +187,8 @@ def report(summary: dict[str, Any], command: str, when: Any) -> list[str]:
                   f"{peer['server_finished']:.0f}; difference {lost:.0f}.",
                   f"- Statuses, client: {json.dumps(peer['client_codes'], sort_keys=True)}; "
                   f"server: {json.dumps({k: int(v) for k, v in peer['server_codes'].items()}, sort_keys=True)}."]
-    first, *others = peers
-    for name in others:
+    names = list(peers)
+    for first, name in ((a, b) for index, a in enumerate(names) for b in names[index + 1:]):
         ratios = [b["goodput_rps"] / a["goodput_rps"] for a, b in
                   zip(peers[first]["intervals"], peers[name]["intervals"], strict=True) if a["goodput_rps"]]
         loop = [b["loop_cpu"] - a["loop_cpu"] for a, b in
@@ -198,6 +199,13 @@ def report(summary: dict[str, Any], command: str, when: Any) -> list[str]:
                   f"{sum(r > 1 for r in ratios)} of {len(ratios)} intervals"
                   + (f"; event loop's share {median(loop):+.3f} of the core (median difference)." if loop else ".")]
     return lines
+
+
+def recorded_command(results_md: Path) -> str:
+    """The command an earlier results.md names (runs before results.json kept it)."""
+    text = results_md.read_text(encoding="utf-8") if results_md.exists() else ""
+    found = re.search(r"^`([^`]+)`", text, re.MULTILINE)
+    return found.group(1) if found else "(command not recorded)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,10 +229,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="also hold the same overload from a client that throttles itself (millibatch.throttle; "
                              "peer millibatch-throttled), against a server of its own")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--report", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="only write results.md again from an earlier run's results.json")
     args = parser.parse_args(argv)
+    if args.report is not None:
+        summary = json.loads(args.report.read_text(encoding="utf-8"))
+        when = Stamp(*(summary.pop(key) for key in ("date_utc", "commit", "cpu", "cores")))
+        lines = report(summary, summary.get("command") or recorded_command(args.report.parent / "results.md"), when)
+        (args.report.parent / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return 0
     when = stamp()
     summary = run(args)
     command = "python -m bench.sustained " + " ".join(argv if argv is not None else sys.argv[1:])
+    summary["command"] = command.strip()
     lines = report(summary, command.strip(), when)
     publish(args.out, summary, lines, when)
     return 0

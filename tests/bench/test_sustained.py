@@ -63,3 +63,10 @@ def test_every_call_is_accounted_for_through_answers_and_refusals(tiny_embed_dir
     table = (out / "results.md").read_text()
     assert table.count("difference 0.") == 3
     assert "**millibatch+roomier against millibatch, interval by interval:** goodput ratio median" in table
+    # Every server against each listed before it; and --report writes the same page again from results.json.
+    assert "**millibatch-throttled against millibatch+roomier, interval by interval:**" in table
+    (out / "results.md").unlink()
+    rendered = subprocess.run([sys.executable, "-m", "bench.sustained", "--report", str(out / "results.json")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert rendered.returncode == 0, rendered.stderr
+    assert (out / "results.md").read_text() == table
