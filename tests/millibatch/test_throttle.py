@@ -136,18 +136,37 @@ def outcomes(calls: list[Any]) -> dict[str, int]:
     return counts
 
 
+def embed_many(client: Client, calls: int = 200) -> dict[str, int]:
+    """`calls` one-text Embed calls in a row through a blocking client, counted by outcome."""
+    ended: list[Any] = []
+    with client:
+        for _ in range(calls):
+            try:
+                ended.append(client.embed(["a"]))
+            except grpc.RpcError as error:
+                ended.append(error)
+    return outcomes(ended)
+
+
+async def embed_many_async(client: AsyncClient, calls: int = 200) -> dict[str, int]:
+    """The same through an asyncio client, whose channel it closes."""
+    ended: list[Any] = []
+    try:
+        for _ in range(calls):
+            try:
+                ended.append(await client.embed(["a"]))
+            except grpc.RpcError as error:
+                ended.append(error)
+    finally:
+        await client.channel.close()
+    return outcomes(ended)
+
+
 def test_the_blocking_client_refuses_calls_itself_once_the_server_refuses_most(
         server: tuple[str, Rationing]) -> None:
     target, servicer = server
     servicer.room, servicer.received = 10, 0
-    calls: list[Any] = []
-    with Client(target, throttle=AdaptiveThrottle(2.0, draw=random.Random(3).random)) as client:
-        for _ in range(200):
-            try:
-                calls.append(client.embed(["a"]))
-            except grpc.RpcError as error:
-                calls.append(error)
-    counts = outcomes(calls)
+    counts = embed_many(Client(target, throttle=AdaptiveThrottle(2.0, draw=random.Random(3).random)))
     assert counts["ok"] == 10 and counts["client"] > 100, counts
     assert servicer.received == 200 - counts["client"]  # a throttled call never reached the server
 
@@ -156,17 +175,7 @@ async def test_the_async_client_refuses_calls_itself_once_the_server_refuses_mos
         server: tuple[str, Rationing]) -> None:
     target, servicer = server
     servicer.room, servicer.received = 10, 0
-    calls: list[Any] = []
-    client = AsyncClient(target, throttle=AdaptiveThrottle(2.0, draw=random.Random(4).random))
-    try:
-        for _ in range(200):
-            try:
-                calls.append(await client.embed(["a"]))
-            except grpc.RpcError as error:
-                calls.append(error)
-    finally:
-        await client.channel.close()
-    counts = outcomes(calls)
+    counts = await embed_many_async(AsyncClient(target, throttle=AdaptiveThrottle(2.0, draw=random.Random(4).random)))
     assert counts["ok"] == 10 and counts["client"] > 100, counts
     assert servicer.received == 200 - counts["client"]
 
@@ -193,14 +202,7 @@ def test_the_blocking_client_throttles_by_default_and_not_when_told(server: tupl
     target, servicer = server
     for by_default in (True, False):
         servicer.room, servicer.received = 10, 0
-        calls: list[Any] = []
-        with Client(target) if by_default else Client(target, throttle=False) as client:
-            for _ in range(200):
-                try:
-                    calls.append(client.embed(["a"]))
-                except grpc.RpcError as error:
-                    calls.append(error)
-        counts = outcomes(calls)
+        counts = embed_many(Client(target) if by_default else Client(target, throttle=False))
         assert (counts["client"] > 50) is by_default, (by_default, counts)
         assert servicer.received == 200 - counts["client"]
 
@@ -211,16 +213,6 @@ async def test_the_async_client_throttles_by_default_but_not_on_a_channel_it_was
     for given_channel in (False, True):
         servicer.room, servicer.received = 10, 0
         channel = grpc.aio.insecure_channel(target) if given_channel else None
-        client = AsyncClient(target, channel=channel)
-        calls: list[Any] = []
-        try:
-            for _ in range(200):
-                try:
-                    calls.append(await client.embed(["a"]))
-                except grpc.RpcError as error:
-                    calls.append(error)
-        finally:
-            await client.channel.close()
-        counts = outcomes(calls)
+        counts = await embed_many_async(AsyncClient(target, channel=channel))
         assert (counts["client"] > 50) is not given_channel, (given_channel, counts)
         assert counts["ok"] == 10 and servicer.received == 200 - counts["client"]
