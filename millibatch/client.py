@@ -5,9 +5,10 @@
         vectors = client.embed(["hello", "world"])
         packed = client.embed(["hello"], encoding="int8")  # a numpy array, decoded from int8 bytes
 
-Both clients throttle themselves by default: while the server refuses most of their calls with
+Both clients' methods throttle themselves by default: while the server refuses most of their calls with
 RESOURCE_EXHAUSTED, they refuse some locally (millibatch.throttle), so that an overloaded server spends its
-core on answers. `throttle=False` turns that off; `throttle=AdaptiveThrottle(...)` sets its parameters.
+core on answers. `throttle=False` turns that off; `throttle=AdaptiveThrottle(...)` sets its parameters. The
+generated stubs underneath (`client.inference`, `client.models`) are plain gRPC and never throttle.
 
 Only grpcio and protobuf are needed, except for packed encodings: they decode with numpy, imported then.
 """
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import grpc
 
-from millibatch.throttle import AdaptiveThrottle, AioThrottlingInterceptor, ThrottlingInterceptor
+from millibatch.throttle import AdaptiveThrottle, LockedThrottle, throttled_call
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import inference_pb2_grpc, models_pb2, models_pb2_grpc
 
@@ -37,7 +38,7 @@ Direction = Literal["right", "left"]
 Ranked = tuple[int, float, str | None]
 
 
-def _throttle(throttle: AdaptiveThrottle | bool | None) -> AdaptiveThrottle | None:
+def _chosen_throttle(throttle: AdaptiveThrottle | bool | None) -> AdaptiveThrottle | None:
     """The client's throttle: True is the default one (millibatch.throttle), False or None none."""
     if throttle is True:
         return AdaptiveThrottle()
@@ -142,12 +143,18 @@ class Client:
                  channel: grpc.Channel | None = None, metadata: Sequence[tuple[str, str]] = (),
                  throttle: AdaptiveThrottle | bool | None = True) -> None:
         self.channel = channel or grpc.insecure_channel(target)
-        if (chosen := _throttle(throttle)) is not None:  # refuse calls here while the server refuses most
-            self.channel = grpc.intercept_channel(self.channel, ThrottlingInterceptor(chosen))
+        chosen = _chosen_throttle(throttle)  # refuse calls here while the server refuses most (millibatch.throttle)
+        self._throttle = None if chosen is None else LockedThrottle(chosen)
         self.timeout = timeout
         self.metadata = tuple(metadata)
         self.inference = inference_pb2_grpc.InferenceStub(self.channel)
         self.models = models_pb2_grpc.ModelsStub(self.channel)
+
+    def _call(self, method: Any, request: Any) -> Any:
+        """One unary call with this client's deadline and metadata, through its throttle if it has one."""
+        if self._throttle is None:
+            return method(request, timeout=self.timeout, metadata=self.metadata)
+        return self._throttle.call(method, request, timeout=self.timeout, metadata=self.metadata)
 
     @overload
     def embed(self, inputs: Sequence[str], *, model: str = ..., truncate: bool = ..., normalize: bool | None = ...,
@@ -169,7 +176,7 @@ class Client:
         request = embed_request(inputs, model=model, truncate=truncate, normalize=normalize, dimensions=dimensions,
                                 prompt_name=prompt_name, prompt=prompt, truncation_direction=truncation_direction,
                                 encoding=encoding)
-        response = self.inference.Embed(request, timeout=self.timeout, metadata=self.metadata)
+        response = self._call(self.inference.Embed, request)
         return embeddings_from(response, encoding)
 
     def rerank(self, query: str, documents: Sequence[str], *, top_n: int = 0, return_documents: bool = False,
@@ -178,7 +185,7 @@ class Client:
         """(index, score, document or None) per document, best first; `top_n` 0 = all of them."""
         request = rerank_request(query, documents, model=model, top_n=top_n, return_documents=return_documents,
                                  truncate=truncate, truncation_direction=truncation_direction)
-        response = self.inference.Rerank(request, timeout=self.timeout, metadata=self.metadata)
+        response = self._call(self.inference.Rerank, request)
         return ranked_from(response, return_documents)
 
     def embed_sparse(self, inputs: Sequence[str], *, threshold: float = 0.0, model: str = "", truncate: bool = False,
@@ -186,32 +193,29 @@ class Client:
         """One {token id: weight} dict per input (SPLADE); weights at or below `threshold` are left out."""
         request = sparse_request(inputs, model=model, threshold=threshold, truncate=truncate,
                                  truncation_direction=truncation_direction)
-        response = self.inference.EmbedSparse(request, timeout=self.timeout, metadata=self.metadata)
+        response = self._call(self.inference.EmbedSparse, request)
         return sparse_from(response)
 
     def classify(self, inputs: Sequence[str], *, model: str = "", text_pairs: Sequence[str] | None = None,
                  top_k: int = 0, raw_scores: bool = False, truncate: bool = False) -> list[list[tuple[str, float]]]:
         """(label, score) lists per input, best first."""
-        response = self.inference.Classify(
-            _classify_request(inputs, model, text_pairs, top_k, raw_scores, truncate),
-            timeout=self.timeout, metadata=self.metadata)
+        response = self._call(self.inference.Classify,
+                              _classify_request(inputs, model, text_pairs, top_k, raw_scores, truncate))
         return _labels(response)
 
     def extract_entities(self, inputs: Sequence[str], *, model: str = "", aggregation: Aggregation | None = None,
                          ignore_labels: Sequence[str] | None = None, truncate: bool = False) -> list[list[pb.Entity]]:
         """Entities per input (label, score, start, end, text); `aggregation` None = the server's (simple),
         `ignore_labels` None = ["O"]."""
-        response = self.inference.ExtractEntities(
-            _entities_request(inputs, model, aggregation, ignore_labels, truncate),
-            timeout=self.timeout, metadata=self.metadata)
+        response = self._call(self.inference.ExtractEntities,
+                              _entities_request(inputs, model, aggregation, ignore_labels, truncate))
         return [list(r.entities) for r in response.results]
 
     def tokenize(self, inputs: Sequence[str], *, model: str = "") -> pb.TokenizeResponse:
-        return self.inference.Tokenize(pb.TokenizeRequest(model=model, inputs=list(inputs)),
-                                       timeout=self.timeout, metadata=self.metadata)
+        return self._call(self.inference.Tokenize, pb.TokenizeRequest(model=model, inputs=list(inputs)))
 
     def list_models(self) -> models_pb2.ListModelsResponse:
-        return self.models.ListModels(models_pb2.ListModelsRequest(), timeout=self.timeout, metadata=self.metadata)
+        return self._call(self.models.ListModels, models_pb2.ListModelsRequest())
 
     def close(self) -> None:
         self.channel.close()
@@ -224,23 +228,23 @@ class Client:
 
 
 class AsyncClient:
-    """asyncio client (grpc.aio); same methods as Client, awaited. A grpc.aio channel takes interceptors only
-    when made, so a given `channel` is used as it is: it throttles only if made with
-    AioThrottlingInterceptor."""
+    """asyncio client (grpc.aio); same methods as Client, awaited."""
 
     def __init__(self, target: str = "localhost:50051", *, timeout: float | None = 10.0,
                  channel: grpc.aio.Channel | None = None, metadata: Sequence[tuple[str, str]] = (),
                  throttle: AdaptiveThrottle | bool | None = True) -> None:
-        if channel is not None and isinstance(throttle, AdaptiveThrottle):
-            raise ValueError("a grpc.aio channel takes interceptors only when made: pass throttle or channel, "
-                             "or make the channel with AioThrottlingInterceptor(throttle)")
-        chosen = None if channel is not None else _throttle(throttle)
-        interceptors = None if chosen is None else [AioThrottlingInterceptor(chosen)]
-        self.channel = channel or grpc.aio.insecure_channel(target, interceptors=interceptors)
+        self.channel = channel or grpc.aio.insecure_channel(target)
+        self._throttle = _chosen_throttle(throttle)
         self.timeout = timeout
         self.metadata = tuple(metadata)
         self.inference = inference_pb2_grpc.InferenceStub(self.channel)
         self.models = models_pb2_grpc.ModelsStub(self.channel)
+
+    async def _call(self, method: Any, request: Any) -> Any:
+        """Client._call, awaited."""
+        if self._throttle is None:
+            return await method(request, timeout=self.timeout, metadata=self.metadata)
+        return await throttled_call(self._throttle, method, request, timeout=self.timeout, metadata=self.metadata)
 
     @overload
     async def embed(self, inputs: Sequence[str], *, model: str = ..., truncate: bool = ...,
@@ -262,7 +266,7 @@ class AsyncClient:
         request = embed_request(inputs, model=model, truncate=truncate, normalize=normalize, dimensions=dimensions,
                                 prompt_name=prompt_name, prompt=prompt, truncation_direction=truncation_direction,
                                 encoding=encoding)
-        response = await self.inference.Embed(request, timeout=self.timeout, metadata=self.metadata)
+        response = await self._call(self.inference.Embed, request)
         return embeddings_from(response, encoding)
 
     async def rerank(self, query: str, documents: Sequence[str], *, top_n: int = 0, return_documents: bool = False,
@@ -271,7 +275,7 @@ class AsyncClient:
         """Client.rerank, awaited."""
         request = rerank_request(query, documents, model=model, top_n=top_n, return_documents=return_documents,
                                  truncate=truncate, truncation_direction=truncation_direction)
-        response = await self.inference.Rerank(request, timeout=self.timeout, metadata=self.metadata)
+        response = await self._call(self.inference.Rerank, request)
         return ranked_from(response, return_documents)
 
     async def embed_sparse(self, inputs: Sequence[str], *, threshold: float = 0.0, model: str = "",
@@ -280,32 +284,28 @@ class AsyncClient:
         """Client.embed_sparse, awaited."""
         request = sparse_request(inputs, model=model, threshold=threshold, truncate=truncate,
                                  truncation_direction=truncation_direction)
-        response = await self.inference.EmbedSparse(request, timeout=self.timeout, metadata=self.metadata)
+        response = await self._call(self.inference.EmbedSparse, request)
         return sparse_from(response)
 
     async def classify(self, inputs: Sequence[str], *, model: str = "", text_pairs: Sequence[str] | None = None,
                        top_k: int = 0, raw_scores: bool = False,
                        truncate: bool = False) -> list[list[tuple[str, float]]]:
-        response = await self.inference.Classify(
-            _classify_request(inputs, model, text_pairs, top_k, raw_scores, truncate),
-            timeout=self.timeout, metadata=self.metadata)
+        response = await self._call(self.inference.Classify,
+                                    _classify_request(inputs, model, text_pairs, top_k, raw_scores, truncate))
         return _labels(response)
 
     async def extract_entities(self, inputs: Sequence[str], *, model: str = "",
                                aggregation: Aggregation | None = None, ignore_labels: Sequence[str] | None = None,
                                truncate: bool = False) -> list[list[pb.Entity]]:
-        response = await self.inference.ExtractEntities(
-            _entities_request(inputs, model, aggregation, ignore_labels, truncate),
-            timeout=self.timeout, metadata=self.metadata)
+        response = await self._call(self.inference.ExtractEntities,
+                                    _entities_request(inputs, model, aggregation, ignore_labels, truncate))
         return [list(r.entities) for r in response.results]
 
     async def tokenize(self, inputs: Sequence[str], *, model: str = "") -> pb.TokenizeResponse:
-        return await self.inference.Tokenize(pb.TokenizeRequest(model=model, inputs=list(inputs)),
-                                             timeout=self.timeout, metadata=self.metadata)
+        return await self._call(self.inference.Tokenize, pb.TokenizeRequest(model=model, inputs=list(inputs)))
 
     async def list_models(self) -> models_pb2.ListModelsResponse:
-        return await self.models.ListModels(models_pb2.ListModelsRequest(), timeout=self.timeout,
-                                            metadata=self.metadata)
+        return await self._call(self.models.ListModels, models_pb2.ListModelsRequest())
 
     async def close(self) -> None:
         await self.channel.close()

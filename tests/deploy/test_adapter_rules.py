@@ -70,8 +70,7 @@ async def test_the_refused_ratio_reads_zero_before_any_call_then_the_share_refus
     async with running_server([tiny_embed_dir], metrics_port=metrics_port, batch_policy="fifo", max_delay_ms=50,
                               max_queue_rows=2) as server:
         assert await settled(web_port, promql, lambda v: v is not None) == 0.0
-        # throttle=False: the share the server refused is the share the client saw refused
-        async with AsyncClient(f"127.0.0.1:{server.port}", timeout=10, throttle=False) as client:
+        async with AsyncClient(f"127.0.0.1:{server.port}", timeout=10) as client:
             answered, refused = await burst(client)  # every series exists from here on
             await asyncio.sleep(2.5)  # two scrapes
             for _ in range(BURSTS):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -14,7 +14,13 @@ import pytest
 
 from bench.loadgen import THROTTLED, error_kind
 from millibatch.client import AsyncClient, Client
-from millibatch.throttle import AdaptiveThrottle, ThrottledError, ThrottledRpcError
+from millibatch.throttle import (
+    AdaptiveThrottle,
+    AioThrottlingInterceptor,
+    ThrottledError,
+    ThrottledRpcError,
+    ThrottlingInterceptor,
+)
 from millibatch.v1 import inference_pb2 as pb
 from millibatch.v1 import inference_pb2_grpc
 
@@ -136,37 +142,45 @@ def outcomes(calls: list[Any]) -> dict[str, int]:
     return counts
 
 
-def embed_many(client: Client, calls: int = 200) -> dict[str, int]:
-    """`calls` one-text Embed calls in a row through a blocking client, counted by outcome."""
+def embed_many(call: Callable[[], Any], calls: int = 200) -> dict[str, int]:
+    """`calls` blocking calls in a row, counted by outcome."""
     ended: list[Any] = []
-    with client:
-        for _ in range(calls):
-            try:
-                ended.append(client.embed(["a"]))
-            except grpc.RpcError as error:
-                ended.append(error)
+    for _ in range(calls):
+        try:
+            ended.append(call())
+        except grpc.RpcError as error:
+            ended.append(error)
     return outcomes(ended)
 
 
-async def embed_many_async(client: AsyncClient, calls: int = 200) -> dict[str, int]:
-    """The same through an asyncio client, whose channel it closes."""
+async def embed_many_async(call: Callable[[], Awaitable[Any]], calls: int = 200) -> dict[str, int]:
+    """The same, awaited."""
     ended: list[Any] = []
+    for _ in range(calls):
+        try:
+            ended.append(await call())
+        except grpc.RpcError as error:
+            ended.append(error)
+    return outcomes(ended)
+
+
+def client_counts(client: Client) -> dict[str, int]:
+    with client:
+        return embed_many(lambda: client.embed(["a"]))
+
+
+async def async_client_counts(client: AsyncClient) -> dict[str, int]:
     try:
-        for _ in range(calls):
-            try:
-                ended.append(await client.embed(["a"]))
-            except grpc.RpcError as error:
-                ended.append(error)
+        return await embed_many_async(lambda: client.embed(["a"]))
     finally:
         await client.channel.close()
-    return outcomes(ended)
 
 
 def test_the_blocking_client_refuses_calls_itself_once_the_server_refuses_most(
         server: tuple[str, Rationing]) -> None:
     target, servicer = server
     servicer.room, servicer.received = 10, 0
-    counts = embed_many(Client(target, throttle=AdaptiveThrottle(2.0, draw=random.Random(3).random)))
+    counts = client_counts(Client(target, throttle=AdaptiveThrottle(2.0, draw=random.Random(3).random)))
     assert counts["ok"] == 10 and counts["client"] > 100, counts
     assert servicer.received == 200 - counts["client"]  # a throttled call never reached the server
 
@@ -175,7 +189,8 @@ async def test_the_async_client_refuses_calls_itself_once_the_server_refuses_mos
         server: tuple[str, Rationing]) -> None:
     target, servicer = server
     servicer.room, servicer.received = 10, 0
-    counts = await embed_many_async(AsyncClient(target, throttle=AdaptiveThrottle(2.0, draw=random.Random(4).random)))
+    counts = await async_client_counts(
+        AsyncClient(target, throttle=AdaptiveThrottle(2.0, draw=random.Random(4).random)))
     assert counts["ok"] == 10 and counts["client"] > 100, counts
     assert servicer.received == 200 - counts["client"]
 
@@ -191,28 +206,66 @@ async def test_a_server_with_room_sees_every_call(server: tuple[str, Rationing])
     assert len(answers) == 100 and servicer.received == 100
 
 
-async def test_an_async_channel_given_with_a_throttle_is_refused() -> None:
-    channel = grpc.aio.insecure_channel("127.0.0.1:1")
-    with pytest.raises(ValueError, match="interceptors"):
-        AsyncClient(channel=channel, throttle=AdaptiveThrottle())
-    await channel.close()
-
-
 def test_the_blocking_client_throttles_by_default_and_not_when_told(server: tuple[str, Rationing]) -> None:
     target, servicer = server
     for by_default in (True, False):
         servicer.room, servicer.received = 10, 0
-        counts = embed_many(Client(target) if by_default else Client(target, throttle=False))
+        counts = client_counts(Client(target) if by_default else Client(target, throttle=False))
         assert (counts["client"] > 50) is by_default, (by_default, counts)
         assert servicer.received == 200 - counts["client"]
 
 
-async def test_the_async_client_throttles_by_default_but_not_on_a_channel_it_was_given(
+async def test_the_async_client_throttles_by_default_on_any_channel_and_not_when_told(
         server: tuple[str, Rationing]) -> None:
     target, servicer = server
-    for given_channel in (False, True):
+    for given_channel, by_default in ((False, True), (True, True), (False, False)):
         servicer.room, servicer.received = 10, 0
         channel = grpc.aio.insecure_channel(target) if given_channel else None
-        counts = await embed_many_async(AsyncClient(target, channel=channel))
-        assert (counts["client"] > 50) is not given_channel, (given_channel, counts)
+        client = AsyncClient(target, channel=channel) if by_default else AsyncClient(target, throttle=False)
+        counts = await async_client_counts(client)
+        assert (counts["client"] > 50) is by_default, (given_channel, by_default, counts)
         assert counts["ok"] == 10 and servicer.received == 200 - counts["client"]
+
+
+async def test_the_stubs_under_a_client_are_plain_grpc(server: tuple[str, Rationing]) -> None:
+    target, servicer = server
+    servicer.room, servicer.received = 10, 0
+    client = AsyncClient(target)
+    try:
+        throttled = 0
+        for _ in range(200):  # the server refuses all but 10: the client's methods come to throttle
+            try:
+                await client.embed(["a"])
+            except grpc.aio.AioRpcError as error:
+                throttled += getattr(error, "throttled_by_client", False)
+        assert throttled > 50
+        received = servicer.received
+        for _ in range(50):  # while the generated stub beneath sends every call
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await client.inference.Embed(pb.EmbedRequest(inputs=["a"]), timeout=10)
+            assert not getattr(refused.value, "throttled_by_client", False)
+        assert servicer.received == received + 50
+    finally:
+        await client.channel.close()
+
+
+def test_the_blocking_interceptor_throttles_any_channel(server: tuple[str, Rationing]) -> None:
+    target, servicer = server
+    servicer.room, servicer.received = 10, 0
+    throttle = AdaptiveThrottle(draw=random.Random(6).random)
+    with grpc.insecure_channel(target) as channel:
+        stub = inference_pb2_grpc.InferenceStub(grpc.intercept_channel(channel, ThrottlingInterceptor(throttle)))
+        counts = embed_many(lambda: stub.Embed(pb.EmbedRequest(inputs=["a"]), timeout=10))
+    assert counts["ok"] == 10 and counts["client"] > 100, counts
+    assert servicer.received == 200 - counts["client"]
+
+
+async def test_the_aio_interceptor_throttles_any_channel(server: tuple[str, Rationing]) -> None:
+    target, servicer = server
+    servicer.room, servicer.received = 10, 0
+    throttle = AdaptiveThrottle(draw=random.Random(7).random)
+    async with grpc.aio.insecure_channel(target, interceptors=[AioThrottlingInterceptor(throttle)]) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        counts = await embed_many_async(lambda: stub.Embed(pb.EmbedRequest(inputs=["a"]), timeout=10))
+    assert counts["ok"] == 10 and counts["client"] > 100, counts
+    assert servicer.received == 200 - counts["client"]

@@ -74,8 +74,7 @@ async def test_overload_batches_the_poller_while_calls_are_refused_and_restores_
             assert policies() == {os.SCHED_OTHER}
             (model,) = server.registry.models.values()
             model.batcher.admission.queued_seconds = 1e9  # every call's wait outlasts its deadline
-            # throttle=False: every one of the calls must reach the server to be refused there
-            async with AsyncClient(f"127.0.0.1:{server.port}", timeout=10, throttle=False) as client:
+            async with AsyncClient(f"127.0.0.1:{server.port}", timeout=10) as client:
                 for _ in range(40):
                     with pytest.raises(grpc.aio.AioRpcError) as refused:
                         await client.inference.Embed(pb.EmbedRequest(inputs=["too late"]), timeout=1)
