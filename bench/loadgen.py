@@ -122,14 +122,13 @@ class MillibatchDriver:
         from millibatch.v1 import inference_pb2, inference_pb2_grpc
 
         self._pb = inference_pb2
-        interceptors = []
+        self._throttle = None
         if throttle is not None:  # one client-side throttle over every channel, as one client process keeps
-            from millibatch.throttle import AdaptiveThrottle, AioThrottlingInterceptor
+            from millibatch.throttle import AdaptiveThrottle, throttled_call
 
-            interceptors.append(AioThrottlingInterceptor(AdaptiveThrottle(throttle)))
+            self._throttle, self._throttled_call = AdaptiveThrottle(throttle), throttled_call
         # A distinct option per channel keeps gRPC from sharing one connection between them.
-        self._channels = [grpc.aio.insecure_channel(target, options=[("millibatch.loadgen.channel", i)],
-                                                    interceptors=interceptors or None)
+        self._channels = [grpc.aio.insecure_channel(target, options=[("millibatch.loadgen.channel", i)])
                           for i in range(max(1, channels))]
         self._stubs = [inference_pb2_grpc.InferenceStub(channel) for channel in self._channels]
         self._next = 0
@@ -140,7 +139,10 @@ class MillibatchDriver:
         request = self._pb.EmbedRequest(inputs=[text], truncate=True)
         stub = self._stubs[self._next]
         self._next = (self._next + 1) % len(self._stubs)
-        response = await stub.Embed(request, timeout=self._timeout)
+        if self._throttle is None:
+            response = await stub.Embed(request, timeout=self._timeout)
+        else:  # as millibatch's AsyncClient asks its throttle (no interceptor)
+            response = await self._throttled_call(self._throttle, stub.Embed, request, timeout=self._timeout)
         if len(response.embeddings) != 1:
             raise RuntimeError("wrong-count")
 
