@@ -15,6 +15,9 @@ locally counts as a request, never an accept, and fails with RESOURCE_EXHAUSTED 
 would, so callers handle one code. A call sent counts once it ends, so that calls in flight never read
 as refused.
 
+millibatch's Client and AsyncClient do this by default, asking the throttle in each call
+(`LockedThrottle.call`, `throttled_call`). For a channel made elsewhere, the same as a gRPC interceptor:
+
     from millibatch.throttle import AioThrottlingInterceptor
     channel = grpc.aio.insecure_channel(target, interceptors=[AioThrottlingInterceptor()])
 
