@@ -279,16 +279,13 @@ def run_peer(name: str, round_: int, args: argparse.Namespace, ctx: PeerContext,
                  "--max-queue-size", str(args.triton_max_queue)]
     else:
         extra = [*args.server_args, *args.variants.get(name, [])]
-    extra, client_flags = split_client_flags(extra)
     if name in args.builds:  # millibatch@REF (or a door, millibatch-v2@REF): another build, from its worktree
         base = name.partition("@")[0]
         spec = replace(launch(base, ctx.model_dir, ctx, extra, repo=args.builds[name]), name=name)
     else:
         spec = launch(name, args.models.get(name, ctx.model_dir), ctx, extra)
-    spec = replace(spec, loadgen_flags=[*spec.loadgen_flags, *client_flags])  # after the peer's: they win
     print(f"{name} round {round_} (server cores {sorted(cores.server)}, client cores {sorted(cores.client)}): "
-          f"{' '.join(spec.command[-len(extra):]) if extra else 'default settings'}"
-          f"{'; load generator ' + ' '.join(client_flags) if client_flags else ''}", flush=True)
+          f"{' '.join(extra) or 'default settings'}", flush=True)
     server = start_server(spec, cores, raw)
     try:
         wait_ready(server, cores, texts, READY_SECONDS)
@@ -354,14 +351,6 @@ def variant_peers(variants: list[str]) -> dict[str, list[str]]:
         label, _, flags = item.partition("=")
         found[label if "+" in label else f"millibatch+{label}"] = flags.split()
     return found
-
-
-def split_client_flags(flags: list[str]) -> tuple[list[str], list[str]]:
-    """A variant's flags: the server's, then after `--` the load generator's ('-- --throttle 1.5')."""
-    if "--" not in flags:
-        return flags, []
-    at = flags.index("--")
-    return flags[:at], flags[at + 1:]
 
 
 def baseline_peers(peers: list[str], refs: list[str]) -> dict[str, str]:

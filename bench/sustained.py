@@ -30,11 +30,10 @@ import re
 import sys
 import time
 import urllib.request
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.goodput import DEFAULT_MODEL, Peer, fmt, split_client_flags, sweep, variant_peers
+from bench.goodput import DEFAULT_MODEL, Peer, fmt, sweep, variant_peers
 from bench.loadgen import THROTTLED
 from bench.peers.catalog import PeerContext, launch
 from bench.processes import Server, cores_for, rss_mib, run_loadgen, start_server, wait_ready
@@ -125,9 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         # Every server waits on the same core while another is loaded: an idle one takes next to no CPU.
         for name, extra in flags.items():
-            server_flags, client_flags = split_client_flags(extra)
-            spec = launch(name, ctx.model_dir, ctx, server_flags)
-            spec = replace(spec, loadgen_flags=[*spec.loadgen_flags, *client_flags])
+            spec = launch(name, ctx.model_dir, ctx, extra)
             servers.append(server := start_server(spec, cores, raw))
             wait_ready(server, cores, texts, 120)
             run_loadgen(spec, cores, texts, ["--mode", "closed", "--concurrency", "16", "--duration", "3",

@@ -47,7 +47,8 @@ class PeerContext:
 def launch(name: str, model_dir: Path, ctx: PeerContext, extra_args: list[str] | None = None,
            repo: Path = ROOT) -> Launch:
     """The launch of peer `name`; a `millibatch*` name serves `model_dir` (fp32, int8, ... any model dir),
-    from the checkout `repo` (another build). `extra_args` go on the server's command line."""
+    from the checkout `repo` (another build). `extra_args` go on the server's command line, those after a
+    `--` (millibatch peers) on the load generator's."""
     port = free_port()
     target = f"127.0.0.1:{port}"
     threads = str(ctx.threads)
@@ -72,13 +73,24 @@ def launch(name: str, model_dir: Path, ctx: PeerContext, extra_args: list[str] |
         return Launch(name, command, f"triton-{mode}", target, python=ctx.triton_python, env=env, loadgen_flags=flags,
                       metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
     if name.startswith("millibatch"):
-        flags = ["--threads-per-instance", threads, "--log-level", "warning", *(extra_args or [])]
+        server_args, client_args = split_client_flags(extra_args or [])
+        flags = ["--threads-per-instance", threads, "--log-level", "warning", *server_args]
         base = name.partition("+")[0]  # millibatch-v2+LABEL, millibatch-throttled+LABEL: variants run as their peer
         if base in DOOR_PEERS:
-            return replace(door_launch(base, model_dir, flags, repo), name=name)
-        spec = serve_launch(model_dir, flags, name=name, port=port, metrics=True, repo=repo)
-        return replace(spec, loadgen_flags=[*spec.loadgen_flags, *CLIENT_PEERS.get(base, [])])
+            spec = replace(door_launch(base, model_dir, flags, repo), name=name)
+        else:
+            spec = serve_launch(model_dir, flags, name=name, port=port, metrics=True, repo=repo)
+            spec = replace(spec, loadgen_flags=[*spec.loadgen_flags, *CLIENT_PEERS.get(base, [])])
+        return replace(spec, loadgen_flags=[*spec.loadgen_flags, *client_args])  # after the peer's own: they win
     raise ValueError(f"unknown peer {name!r}; choose from {ALL_PEERS} or millibatch-<label>")
+
+
+def split_client_flags(flags: list[str]) -> tuple[list[str], list[str]]:
+    """A millibatch peer's extra flags: the server's, then after `--` the load generator's ('-- --throttle 1.5')."""
+    if "--" not in flags:
+        return flags, []
+    at = flags.index("--")
+    return flags[:at], flags[at + 1:]
 
 
 def door_launch(name: str, model_dir: Path, flags: list[str], repo: Path = ROOT) -> Launch:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from bench.goodput import baseline_peers, report, split_client_flags, variant_peers
-from bench.peers.catalog import PeerContext, launch
+from bench.goodput import baseline_peers, report, variant_peers
+from bench.peers.catalog import PeerContext, launch, split_client_flags
 from bench.threads import loop_cpu_seconds
 
 pytest.importorskip("matplotlib", reason="the bench extra (matplotlib) is not installed")
@@ -94,7 +94,11 @@ def test_a_variant_runs_as_the_peer_it_names(tmp_path: Path, tiny_embed_dir: Pat
     assert "--max-queue-rows" in door.command
 
 
-def test_a_variants_flags_after_a_double_dash_go_to_the_load_generator() -> None:
+def test_a_variants_flags_after_a_double_dash_go_to_the_load_generator(tmp_path: Path) -> None:
     (flags,) = variant_peers(["millibatch-throttled+k1.5=--max-queue-rows 4 -- --throttle 1.5"]).values()
     assert split_client_flags(flags) == (["--max-queue-rows", "4"], ["--throttle", "1.5"])
     assert split_client_flags(["--max-queue-rows", "4"]) == (["--max-queue-rows", "4"], [])
+    # launch puts them after the peer's own load-generator flags (the last --throttle wins), none on the server.
+    spec = launch("millibatch-throttled+k1.5", tmp_path, PeerContext(tmp_path, 1, None, None), flags)
+    assert spec.loadgen_flags[-4:] == ["--throttle", "2", "--throttle", "1.5"]
+    assert "--max-queue-rows" in spec.command and "--" not in spec.command and "1.5" not in spec.command
