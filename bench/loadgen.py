@@ -35,7 +35,7 @@ import numpy as np
 
 from bench import stats
 
-PROTOCOLS = ("http", "millibatch", "openai", "triton-ids", "triton-text")
+PROTOCOLS = ("http", "millibatch", "openai", "openai-client", "triton-ids", "triton-text")
 #: The failure kind of a call refused by the client's own throttle (--throttle), never sent.
 THROTTLED = "throttled"
 
@@ -110,6 +110,36 @@ class HttpDriver:
 
     async def close(self) -> None:
         await self._session.close()
+
+
+class OpenAiClientDriver:
+    """The official `openai` client (AsyncOpenAI) against <target>/v1, as its users call it: `timeout` per
+    attempt and `retries` retries (the client's default is 2; it retries 429s, 5xx and its own timeouts,
+    honouring retry-after-ms). It tells the server nothing but what it sends by itself."""
+
+    def __init__(self, target: str, timeout: float, model: str, retries: int) -> None:
+        import openai
+
+        self._openai = openai
+        self._model = model
+        self._client = openai.AsyncOpenAI(base_url=f"http://{target}/v1", api_key="unused", timeout=timeout,
+                                          max_retries=retries)
+
+    async def call(self, text: str) -> None:
+        openai = self._openai
+        try:
+            # truncate: the other peers cut at max_length silently (millibatch's field, in the SDK's extra_body).
+            response = await self._client.embeddings.create(model=self._model, input=[text], encoding_format="float",
+                                                            extra_body={"truncate": True})
+        except openai.APITimeoutError:
+            raise TimeoutError("openai client timeout") from None
+        except openai.APIStatusError as error:
+            raise RuntimeError(f"http-{error.status_code}") from None
+        if len(response.data) != 1:
+            raise RuntimeError("wrong-count")
+
+    async def close(self) -> None:
+        await self._client.close()
 
 
 class MillibatchDriver:
@@ -217,6 +247,8 @@ def make_driver(args: argparse.Namespace) -> Driver:
         return MillibatchDriver(args.target, args.timeout, args.channels, args.throttle)
     if args.protocol == "openai":
         return HttpDriver(args.target, args.timeout, args.model)
+    if args.protocol == "openai-client":
+        return OpenAiClientDriver(args.target, args.timeout, args.model, args.retries)
     tokenizer = args.tokenizer if args.protocol == "triton-ids" else None
     if args.protocol == "triton-ids" and tokenizer is None:
         raise SystemExit("--tokenizer is needed for triton-ids")
@@ -430,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="millibatch: gRPC channels (connections) the calls take in turn")
     parser.add_argument("--throttle", type=float, default=None, metavar="MULTIPLIER",
                         help="millibatch: throttle calls in the client (millibatch.throttle) with this multiplier")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="openai-client: the client's max_retries (its own default is 2)")
     parser.add_argument("--rate", type=float, default=10.0, help="open loop: mean arrivals per second")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (probe: seconds to wait)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")

@@ -50,7 +50,8 @@ class DataPlane:
         self.ledger = ledger or CallLedger()
         # Every call is counted here, refusals included: the tally itself, not through Metrics.
         self._tally = metrics.tally if metrics is not None else None
-        self._default_timeout = settings.default_deadline_ms / 1000.0
+        #: Seconds a call has when its caller gives no deadline (default_deadline_ms).
+        self.default_timeout = settings.default_deadline_ms / 1000.0
         self._max_inputs = settings.max_inputs_per_request
         self._max_tokens = settings.max_tokens_per_request
         #: True while the server is refusing calls (service.refusal_watch): the gRPC door then refuses calls
@@ -67,7 +68,7 @@ class DataPlane:
         """The call's deadline as an absolute time on the batchers' clock (time.monotonic, the clock the
         event loop reads), from the seconds its caller has left (the gRPC deadline, a request header),
         else the configured default."""
-        return time.monotonic() + (self._default_timeout if remaining is None else remaining)
+        return time.monotonic() + (self.default_timeout if remaining is None else remaining)
 
     def check_count(self, count: int) -> None:
         """Refuse an empty request or one with more inputs than the limit."""

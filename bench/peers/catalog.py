@@ -24,8 +24,11 @@ class Door:
 
 
 #: millibatch called through its other doors, each by the client its users would bring: KServe V2 through
-#: NVIDIA's tritonclient (text tokenized on the server), and the OpenAI-compatible HTTP door.
-DOORS = {"v2": Door("triton-text", "RESOURCE_EXHAUSTED"), "http": Door("openai", "http-429")}
+#: NVIDIA's tritonclient (text tokenized on the server), and the OpenAI-compatible HTTP door through a plain
+#: HTTP client that sends X-Request-Timeout (`http`) or the official openai SDK as its users call it
+#: (`openai`: its timeout, its two retries).
+DOORS = {"v2": Door("triton-text", "RESOURCE_EXHAUSTED"), "http": Door("openai", "http-429"),
+         "openai": Door("openai-client", "http-429")}
 #: The peers that call millibatch through them.
 DOOR_PEERS = {f"millibatch-{name}": door.protocol for name, door in DOORS.items()}
 #: millibatch's Embed called by clients that do more than send: the load generator's extra flags for each.
@@ -96,7 +99,7 @@ def split_client_flags(flags: list[str]) -> tuple[list[str], list[str]]:
 def door_launch(name: str, model_dir: Path, flags: list[str], repo: Path = ROOT) -> Launch:
     """millibatch serving `model_dir` from the checkout `repo`, called through the door of DOOR_PEERS[name]."""
     protocol = DOOR_PEERS[name]
-    http_port = free_port() if protocol == "openai" else 0  # the HTTP door, off unless it is the one called
+    http_port = free_port() if protocol.startswith("openai") else 0  # the HTTP door, off unless it is called
     spec = serve_launch(model_dir, flags, name=name, metrics=True, repo=repo,
                         env={"MILLIBATCH_HTTP_PORT": str(http_port)} if http_port else None)
     return replace(spec, protocol=protocol, target=f"127.0.0.1:{http_port}" if http_port else spec.target,

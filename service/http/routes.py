@@ -7,7 +7,8 @@
 - POST /v1/rerank: Cohere / Jina's request and response (score rule: service/rerank.py).
 - GET /v1/models, GET /v1/models/{model}: OpenAI's model list, with each model's task, size and prompts.
 - GET /health: 200 while serving, 503 while warming up, draining or with an unhealthy model.
-The deadline is the X-Request-Timeout header (seconds), else default_deadline_ms.
+The deadline is the X-Request-Timeout header (seconds); else the OpenAI SDK's own read timeout
+(X-Stainless-Read-Timeout) where shorter than default_deadline_ms; else default_deadline_ms.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Routes:
     async def embeddings(self, request: web.Request, call: Call) -> web.Response:
         """POST /v1/embeddings."""
         plane = self.plane
-        deadline = plane.deadline(timeout_seconds(request))
+        deadline = plane.deadline(timeout_seconds(request, plane.default_timeout))
         body = embeddings_body(await read_json(request, self.body_limit), self.max_inputs)
         call.model = body.model
         model = self.model(body.model, "embed")
@@ -99,7 +100,7 @@ class Routes:
     async def rerank(self, request: web.Request, call: Call) -> web.Response:
         """POST /v1/rerank."""
         plane = self.plane
-        deadline = plane.deadline(timeout_seconds(request))
+        deadline = plane.deadline(timeout_seconds(request, plane.default_timeout))
         body = rerank_body(await read_json(request, self.body_limit), self.max_inputs)
         call.model = body.model
         model = self.model(body.model, "classify")

@@ -22,6 +22,10 @@ from millibatch.service.tokenization import Direction
 
 #: The header that carries a request's deadline, in seconds from its arrival.
 TIMEOUT_HEADER = "X-Request-Timeout"
+#: The official OpenAI SDKs send each attempt's read timeout (their `timeout`, seconds) in this header.
+#: Without it the server would go on computing answers for callers whose client has already given up:
+#: under overload the queue then fills with abandoned calls, and the SDK retries each timeout twice.
+SDK_TIMEOUT_HEADER = "X-Stainless-Read-Timeout"
 ENCODING_FORMATS = ("float", "base64")
 
 
@@ -51,11 +55,12 @@ def too_large(length: int | None, limit: int) -> HttpRefusal:
                        f"request body is {size}; the limit is {limit} bytes (max_receive_message_bytes)")
 
 
-def timeout_seconds(request: web.Request) -> float | None:
-    """The seconds the X-Request-Timeout header gives the request, or None for the server's default."""
+def timeout_seconds(request: web.Request, default: float) -> float:
+    """The seconds a request has: X-Request-Timeout when sent; else the read timeout the official OpenAI
+    SDKs send with every attempt, where it is shorter than `default`; else `default`."""
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
-        return None
+        return min(default, sdk_read_timeout(request.headers.get(SDK_TIMEOUT_HEADER)))
     try:
         seconds = float(raw)
     except ValueError:
@@ -64,6 +69,18 @@ def timeout_seconds(request: web.Request) -> float | None:
         raise InvalidField(f"header {TIMEOUT_HEADER} is {raw[:40]!r}; it must be a positive number of seconds",
                            TIMEOUT_HEADER)
     return seconds
+
+
+def sdk_read_timeout(raw: str | None) -> float:
+    """The SDK's read timeout in seconds, or infinity when absent or unreadable: the header is the SDK's,
+    not a request of ours, so a value it was not meant to carry is ignored rather than refused."""
+    if raw is None:
+        return math.inf
+    try:
+        seconds = float(raw)
+    except ValueError:
+        return math.inf
+    return seconds if seconds > 0 else math.inf
 
 
 # -- field readers ---------------------------------------------------------------------------------

@@ -130,6 +130,25 @@ async def test_overload_is_429_and_a_deadline_that_cannot_be_met_is_504(server: 
     assert (status, error_of(answer)["param"]) == (400, "X-Request-Timeout")
 
 
+async def test_the_openai_sdks_read_timeout_is_the_deadline_unless_longer_than_the_default(
+        server: Any, http: aiohttp.ClientSession) -> None:
+    admission = server.registry.models["tiny-embed"].batcher.admission
+    queued, admission.queued_seconds = admission.queued_seconds, 0.3  # 0.15-0.3 s ahead on 1-2 instances
+    try:
+        async def status_with(headers: dict[str, str]) -> int:
+            return (await post(http, "/v1/embeddings", {"input": "hi"}, headers=headers))[0]
+
+        assert await status_with({"X-Stainless-Read-Timeout": "0.1"}) == 429
+        assert await status_with({"X-Stainless-Read-Timeout": "600"}) == 200  # the default (1 s) is shorter
+        assert await status_with({}) == 200
+        # X-Request-Timeout wins; the SDK's header is not ours to refuse, so a value it should not carry is ignored.
+        assert await status_with({"X-Stainless-Read-Timeout": "0.1", "X-Request-Timeout": "5"}) == 200
+        for odd in ("soon", "0", "-1", "nan", ""):
+            assert await status_with({"X-Stainless-Read-Timeout": odd}) == 200, odd
+    finally:
+        admission.queued_seconds = queued
+
+
 async def test_bodies_over_the_limit_are_413_before_or_while_reading(http: aiohttp.ClientSession) -> None:
     big = json.dumps({"input": "x" * BODY_LIMIT}).encode()
     status, answer = await post(http, "/v1/embeddings", big)

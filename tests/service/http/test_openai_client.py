@@ -128,3 +128,21 @@ async def test_errors_as_the_client_raises_them(client: openai.AsyncOpenAI) -> N
     with pytest.raises(openai.BadRequestError) as vocabulary:
         await client.embeddings.create(model="tiny-embed", input=[[101, 99_999, 102]])
     assert "token id 99999" in vocabulary.value.message
+
+
+async def test_the_clients_own_timeout_is_the_deadline(server: Any) -> None:
+    """The SDK sends its timeout with every attempt (X-Stainless-Read-Timeout): a call whose timeout the
+    queue ahead outlasts is refused at once, not computed for a caller that has gone."""
+    admission = server.registry.models["tiny-embed"].batcher.admission
+    url = f"http://127.0.0.1:{server.http_port}/v1"
+    async with openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=0.1) as hasty, \
+            openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=10) as patient:
+        queued, admission.queued_seconds = admission.queued_seconds, 0.3  # 0.15-0.3 s ahead on 1-2 instances
+        try:
+            with pytest.raises(openai.RateLimitError) as refused:
+                await hasty.embeddings.create(model="tiny-embed", input="hi")
+            # 10 s is longer than the server's default deadline (1 s), which the queue ahead fits in.
+            answered = await patient.embeddings.create(model="tiny-embed", input="hi")
+        finally:
+            admission.queued_seconds = queued
+    assert refused.value.code == "overloaded" and len(answered.data) == 1
