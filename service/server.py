@@ -94,7 +94,8 @@ class InferenceServer:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._stopped = asyncio.Event()
-        #: The watch on the refusals: poller pacing and refusing before reading (None when neither is on).
+        #: The watch on the refusals: poller pacing, refusing before reading, the HTTP door's retry advice
+        #: (None when none is on).
         self._watch: asyncio.Task[None] | None = None
         #: Calls that reached a handler, and how they ended (checked after a drain).
         self.ledger = CallLedger()
@@ -174,6 +175,8 @@ class InferenceServer:
             listeners.append(PollerPacing())
         if self.settings.refuse_unread:
             listeners.append(self._refusing)
+        if self.http is not None:
+            listeners.append(self._overloaded)
         if listeners:
             watch = RefusalWatch(self._refusals, listeners)
             self._watch = asyncio.get_running_loop().create_task(watch.run(), name="refusal-watch")
@@ -181,6 +184,9 @@ class InferenceServer:
 
     def _refusing(self, engaged: bool) -> None:
         self.plane.refusing = engaged
+
+    def _overloaded(self, engaged: bool) -> None:
+        self.plane.overloaded = engaged
 
     def _refusals(self) -> int:
         """Calls refused for overload so far, over every model."""

@@ -67,7 +67,7 @@ class HttpEdge:
                 code = "CANCELLED"
                 raise
             except Exception as error:
-                code, response = answer_failure(rpc, error, request_id(request))
+                code, response = answer_failure(rpc, error, request_id(request), retry=not plane.overloaded)
                 return response
             finally:
                 if probe:

@@ -5,6 +5,11 @@
 `code` is the error's machine-readable reason (millibatch's own, as in the metrics); `type` follows
 from the HTTP status the way OpenAI's clients read it. Refusals that only HTTP has (a body over the
 size limit, a route or method that does not exist) are `HttpRefusal`s with their own status.
+
+A 429 says when the call would likely fit (Retry-After, retry-after-ms), and OpenAI's SDKs retry it twice
+by default. While refusals persist (service.refusal_watch) it also says `x-should-retry: false`, which
+those SDKs obey: under sustained overload every retry is one more call to refuse, on the core the engine
+needs (docs/OVERLOAD.md, "The official OpenAI client").
 """
 
 from __future__ import annotations
@@ -60,8 +65,9 @@ def error_response(http_status: int, message: str, code: str, param: str | None 
                         headers=headers)
 
 
-def answer_failure(rpc: str, error: BaseException, request_id: str) -> tuple[str, web.Response]:
-    """Log a failed request and say how it ends: (status name for the metrics, the answer)."""
+def answer_failure(rpc: str, error: BaseException, request_id: str, retry: bool = True) -> tuple[str, web.Response]:
+    """Log a failed request and say how it ends: (status name for the metrics, the answer); without
+    `retry`, a refusal for load tells the caller's SDK not to retry it."""
     if isinstance(error, HttpRefusal):
         _log(logging.INFO, rpc, error.status_name, str(error), request_id)
         return error.status_name, error_response(error.http_status, str(error), error.code)
@@ -70,18 +76,21 @@ def answer_failure(rpc: str, error: BaseException, request_id: str) -> tuple[str
         level = logging.DEBUG if status in OVERLOAD_STATUSES else logging.INFO
         _log(level, rpc, error.status, str(error), request_id)
         return error.status, error_response(status, str(error), error.reason, getattr(error, "param", None),
-                                            _headers(status, getattr(error, "retry_after", None)))
+                                            _headers(status, getattr(error, "retry_after", None), retry))
     log.error("request failed", exc_info=error, extra={"rpc": rpc, "status": "INTERNAL", "request_id": request_id})
     return "INTERNAL", error_response(500, "internal error", "internal")
 
 
-def _headers(http_status: int, retry_after: float | None) -> dict[str, str] | None:
+def _headers(http_status: int, retry_after: float | None, retry: bool) -> dict[str, str] | None:
     if http_status == 401:
         return {"WWW-Authenticate": "Bearer"}
+    headers: dict[str, str] = {}
     if retry_after is not None:
         # Retry-After counts whole seconds; OpenAI's clients read retry-after-ms first.
-        return {"Retry-After": str(math.ceil(retry_after)), "retry-after-ms": str(math.ceil(retry_after * 1e3))}
-    return None
+        headers = {"Retry-After": str(math.ceil(retry_after)), "retry-after-ms": str(math.ceil(retry_after * 1e3))}
+    if http_status == 429 and not retry:
+        headers["x-should-retry"] = "false"
+    return headers or None
 
 
 def _log(level: int, rpc: str, status: str, detail: str, request_id: str) -> None:

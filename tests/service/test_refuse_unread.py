@@ -149,6 +149,26 @@ async def test_the_watch_turns_it_on_under_refusals_and_off_when_they_stop(
             assert len(await client.embed(["answered again"])) == 1
 
 
+async def test_the_watch_tells_the_http_door_too(tiny_embed_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the HTTP door on, the watch runs whatever else is off: the door's 429s then advise no retry."""
+    from millibatch.service import refusal_watch
+
+    monkeypatch.setattr(refusal_watch, "CHECK_SECONDS", 0.05)
+    monkeypatch.setattr(refusal_watch, "RELEASE_AFTER_SECONDS", 0.2)
+    async with running_server([tiny_embed_dir], grpc_poller_policy="normal", http_port=free_port()) as server:
+        (model,) = server.registry.models.values()
+        model.batcher.admission.queued_seconds = 1e9
+        async with AsyncClient(f"127.0.0.1:{server.port}", timeout=10, throttle=False) as client:
+            for _ in range(40):
+                code, _ = await code_of(client.inference.Embed(pb.EmbedRequest(inputs=["too late"]), timeout=1))
+                assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            await asyncio.sleep(0.15)
+            assert server.plane.overloaded and not server.plane.refusing  # refuse_unread stays off
+            model.batcher.admission.queued_seconds = 0.0
+            await asyncio.sleep(0.5)
+            assert not server.plane.overloaded
+
+
 async def test_off_by_default(tiny_embed_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from millibatch.service import refusal_watch
     from millibatch.settings import Settings

@@ -138,6 +138,7 @@ async def test_the_clients_own_timeout_is_the_deadline(server: Any) -> None:
     async with openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=0.1) as hasty, \
             openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=10) as patient:
         queued, admission.queued_seconds = admission.queued_seconds, 0.3  # 0.15-0.3 s ahead on 1-2 instances
+        admission.correction = 1.0  # as predicted: earlier calls that waited less than predicted lower it
         try:
             with pytest.raises(openai.RateLimitError) as refused:
                 await hasty.embeddings.create(model="tiny-embed", input="hi")
@@ -146,3 +147,29 @@ async def test_the_clients_own_timeout_is_the_deadline(server: Any) -> None:
         finally:
             admission.queued_seconds = queued
     assert refused.value.code == "overloaded" and len(answered.data) == 1
+
+
+async def test_the_sdk_retries_a_lone_refusal_but_not_while_refusals_persist(server: Any) -> None:
+    """A 429 says when to come back, and the SDK retries it twice by default. While refusals persist (the
+    refusal watch sets `plane.overloaded`) it also says x-should-retry: false, which the SDK obeys: each
+    retry would be one more call to refuse."""
+    batcher = server.registry.models["tiny-embed"].batcher
+    admission = batcher.admission
+    url = f"http://127.0.0.1:{server.http_port}/v1"
+    attempts = []
+    async with openai.AsyncOpenAI(base_url=url, api_key="unused", timeout=0.1) as sdk:  # its default retries
+        assert sdk.max_retries == 2
+        queued, admission.queued_seconds = admission.queued_seconds, 0.3  # outlasts 0.1 s by 0.05-0.2 s
+        admission.correction = 1.0  # as predicted: earlier calls that waited less than predicted lower it
+        try:
+            for overloaded in (False, True):
+                server.plane.overloaded = overloaded
+                before = batcher.counters.requests_rejected
+                with pytest.raises(openai.RateLimitError) as refused:
+                    await sdk.embeddings.create(model="tiny-embed", input="hi")
+                attempts.append(batcher.counters.requests_rejected - before)
+                assert refused.value.response.headers.get("x-should-retry") == ("false" if overloaded else None)
+        finally:
+            admission.queued_seconds = queued
+            server.plane.overloaded = False
+    assert attempts == [3, 1]
