@@ -87,8 +87,8 @@ class Result:
 
 class HttpDriver:
     """POST {"inputs": [text]} to <target>/embed (the FastAPI peers); with `model`, an OpenAI embeddings
-    request to <target>/v1/embeddings instead (millibatch's HTTP door), the deadline in X-Request-Timeout,
-    as the official client's `timeout` does not tell the server."""
+    request to <target>/v1/embeddings instead (millibatch's HTTP door), the deadline in X-Request-Timeout:
+    a plain HTTP client's way (OpenAiClientDriver is the official SDK's)."""
 
     def __init__(self, target: str, timeout: float, model: str | None = None) -> None:
         import aiohttp
