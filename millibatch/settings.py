@@ -161,7 +161,8 @@ class Settings(BaseSettings):
     """A batch stops growing once the cost model says its per-row throughput is within this fraction of
     the best for its length (larger batches only add latency); 1.0 fills batches to the budgets."""
     default_deadline_ms: float = Field(1000.0, gt=0)
-    """Deadline for calls that set no gRPC deadline."""
+    """Deadline for calls that set none: no gRPC deadline, no `X-Request-Timeout` (an OpenAI SDK's own timeout
+    counts where it is shorter)."""
     max_queue_rows: int = Field(2048, ge=1)
     """Inputs that may wait per model; beyond it calls get RESOURCE_EXHAUSTED at once."""
     profile_on_start: bool = True
