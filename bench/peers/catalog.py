@@ -16,21 +16,26 @@ ALL_PEERS = (BASELINE, "fastapi-onnx", *TRITON_PEERS, "millibatch")
 
 @dataclass(frozen=True)
 class Door:
-    """One of millibatch's other doors: the load generator's protocol for it, and the failure kind its
-    client reports for a call refused under overload."""
+    """One of millibatch's other doors: the load generator's protocol for it, the failure kind its client
+    reports for a call refused under overload, and the rpc label the server counts its calls under
+    (millibatch_requests_total)."""
 
     protocol: str
     refused: str
+    rpc: str
 
 
 #: millibatch called through its other doors, each by the client its users would bring: KServe V2 through
 #: NVIDIA's tritonclient (text tokenized on the server), and the OpenAI-compatible HTTP door through a plain
 #: HTTP client that sends X-Request-Timeout (`http`) or the official openai SDK as its users call it
 #: (`openai`: its timeout, its two retries).
-DOORS = {"v2": Door("triton-text", "RESOURCE_EXHAUSTED"), "http": Door("openai", "http-429"),
-         "openai": Door("openai-client", "http-429")}
+DOORS = {"v2": Door("triton-text", "RESOURCE_EXHAUSTED", "v2.ModelInfer"),
+         "http": Door("openai", "http-429", "http.embeddings"),
+         "openai": Door("openai-client", "http-429", "http.embeddings")}
 #: The peers that call millibatch through them.
 DOOR_PEERS = {f"millibatch-{name}": door.protocol for name, door in DOORS.items()}
+#: The rpc label of the calls each of millibatch's protocols makes (Embed's, and each door's).
+SERVED_RPC = {"millibatch": "Embed", **{door.protocol: door.rpc for door in DOORS.values()}}
 #: millibatch's Embed called by clients that do more than send: the load generator's extra flags for each.
 #: `throttled` refuses calls in the client as the server's refusals mount (millibatch.throttle, with the SRE
 #: book's multiplier of 2).

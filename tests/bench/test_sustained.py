@@ -1,6 +1,6 @@
 """The sustained-overload benchmark end to end on the tiny model: every call the client made is one the
 server finished, and the report says so; a variant runs as a server of its own, interval by interval, and
-so does a client that throttles itself."""
+so do a client that throttles itself and one that calls through the HTTP door."""
 
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ def test_every_call_is_accounted_for_through_answers_and_refusals(tiny_embed_dir
     completed = subprocess.run(
         [sys.executable, "-m", "bench.sustained", "--peak", "100", "--multiple", "2", "--minutes", "0.1",
          "--interval", "3", "--server-args", "--batch-policy fifo --max-delay-ms 20 --max-queue-rows 2",
-         "--variant", "roomier=--max-queue-rows 6", "--throttled",
+         "--variant", "roomier=--max-queue-rows 6", "--variant", "millibatch-http+door=", "--throttled",
          "--model-dir", str(tiny_embed_dir), "--stsb", str(stsb_path), "--out", str(out)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, capture_output=True,
         text=True, timeout=140, check=False)
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
     peers = json.loads((out / "results.json").read_text())["peers"]
-    assert list(peers) == ["millibatch", "millibatch+roomier", "millibatch-throttled"]
+    assert list(peers) == ["millibatch", "millibatch+roomier", "millibatch-http+door", "millibatch-throttled"]
     assert "--max-queue-rows 6" in " ".join(peers["millibatch+roomier"]["command"])
     # The roomier queue admits more of each moment's arrivals: fewer refusals, on its own server.
     assert (peers["millibatch+roomier"]["client_codes"].get("RESOURCE_EXHAUSTED", 0)
@@ -60,8 +60,14 @@ def test_every_call_is_accounted_for_through_answers_and_refusals(tiny_embed_dir
     assert codes.get("RESOURCE_EXHAUSTED", 0) < 0.8 * data["client_codes"]["RESOURCE_EXHAUSTED"], (codes, data)
     assert throttled["server_finished"] == throttled["client_calls"]
     assert all(row["other"] == {} for row in throttled["intervals"])
+    # Through the HTTP door: its 429s count as refusals, and the server's count is of the door's calls.
+    door = peers["millibatch-http+door"]
+    assert door["client_codes"].get("http-429", 0) > door["client_calls"] / 4, door["client_codes"]
+    assert door["server_finished"] == door["client_calls"]
+    assert door["server_codes"].get("RESOURCE_EXHAUSTED") == door["client_codes"]["http-429"]
+    assert all(row["other"] == {} and row["refused"] > 0 and row["refusal_p99_ms"] for row in door["intervals"])
     table = (out / "results.md").read_text()
-    assert table.count("difference 0.") == 3
+    assert table.count("difference 0.") == 4
     assert "**millibatch+roomier against millibatch, interval by interval:** goodput ratio median" in table
     # Every server against each listed before it; and --report writes the same page again from results.json.
     assert "**millibatch-throttled against millibatch+roomier, interval by interval:**" in table
