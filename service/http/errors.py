@@ -6,9 +6,9 @@
 from the HTTP status the way OpenAI's clients read it. Refusals that only HTTP has (a body over the
 size limit, a route or method that does not exist) are `HttpRefusal`s with their own status.
 
-A 429 says when the call would likely fit (Retry-After, retry-after-ms), and OpenAI's SDKs retry it twice
-by default. While refusals persist (service.refusal_watch) it also says `x-should-retry: false`, which
-those SDKs obey: under sustained overload every retry is one more call to refuse, on the core the engine
+A 429 says when the call would likely fit (Retry-After, retry-after-ms), and OpenAI's Python SDK retries it
+twice by default. While refusals persist (service.refusal_watch) it also says `x-should-retry: false`, which
+that SDK obeys: under sustained overload every retry is one more call to refuse, on the core the engine
 needs (docs/OVERLOAD.md, "The official OpenAI client").
 """
 

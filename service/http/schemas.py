@@ -22,7 +22,7 @@ from millibatch.service.tokenization import Direction
 
 #: The header that carries a request's deadline, in seconds from its arrival.
 TIMEOUT_HEADER = "X-Request-Timeout"
-#: The official OpenAI SDKs send each attempt's read timeout (their `timeout`, seconds) in this header.
+#: The official OpenAI Python SDK sends each attempt's read timeout (its `timeout`, seconds) in this header.
 #: Without it the server would go on computing answers for callers whose client has already given up:
 #: under overload the queue then fills with abandoned calls, and the SDK retries each timeout twice.
 SDK_TIMEOUT_HEADER = "X-Stainless-Read-Timeout"
@@ -57,7 +57,7 @@ def too_large(length: int | None, limit: int) -> HttpRefusal:
 
 def timeout_seconds(request: web.Request, default: float) -> float:
     """The seconds a request has: X-Request-Timeout when sent; else the read timeout the official OpenAI
-    SDKs send with every attempt, where it is shorter than `default`; else `default`."""
+    Python SDK sends with every attempt, where it is shorter than `default`; else `default`."""
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
         return min(default, sdk_read_timeout(request.headers.get(SDK_TIMEOUT_HEADER)))
