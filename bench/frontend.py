@@ -337,9 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     # suffixes need a baseline whose bench.frontend knows them: `+busy` since cfabfca).
     plan = [(mode, mode, ROOT) for mode in plain]
     for ref, path in builds.items():
-        # The HTTP door needs the baseline's bench.frontend to open it (`--http-port`, since this one).
+        # The HTTP door needs the baseline's bench.frontend to open it (`--http-port`, since edb998f).
+        http = "--http-port" in (path / "bench" / "frontend.py").read_text(encoding="utf-8")
         plan += [(f"{mode}@{ref}", mode, path) for mode in plain
-                 if mode.partition("+")[0] in ("ok", "refused") and "http" not in suffixes(mode)]
+                 if mode.partition("+")[0] in ("ok", "refused") and (http or "http" not in suffixes(mode))]
     plan.sort(key=lambda entry: plain.index(entry[1]))
     modes = [label for label, _, _ in plan]
     runs = []
