@@ -133,7 +133,7 @@ async def test_overload_is_429_and_a_deadline_that_cannot_be_met_is_504(server: 
 async def test_the_openai_sdks_read_timeout_is_the_deadline_unless_longer_than_the_default(
         server: Any, http: aiohttp.ClientSession) -> None:
     admission = server.registry.models["tiny-embed"].batcher.admission
-    queued, admission.queued_seconds = admission.queued_seconds, 0.3  # 0.15-0.3 s ahead on 1-2 instances
+    queued, admission.queued_seconds = admission.queued_seconds, 0.3 * admission.instances  # 0.3 s ahead
     admission.correction = 1.0  # as predicted: earlier calls that waited less than predicted lower it
     try:
         async def status_with(headers: dict[str, str]) -> int:

@@ -135,9 +135,9 @@ async def test_the_clients_own_timeout_is_the_deadline(server: Any) -> None:
     queue ahead outlasts is refused at once, not computed for a caller that has gone."""
     admission = server.registry.models["tiny-embed"].batcher.admission
     url = f"http://127.0.0.1:{server.http_port}/v1"
-    async with openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=0.1) as hasty, \
+    async with openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=0.15) as hasty, \
             openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=10) as patient:
-        queued, admission.queued_seconds = admission.queued_seconds, 0.3  # 0.15-0.3 s ahead on 1-2 instances
+        queued, admission.queued_seconds = admission.queued_seconds, 0.3 * admission.instances  # 0.3 s ahead
         admission.correction = 1.0  # as predicted: earlier calls that waited less than predicted lower it
         try:
             with pytest.raises(openai.RateLimitError) as refused:
@@ -157,9 +157,9 @@ async def test_the_sdk_retries_a_lone_refusal_but_not_while_refusals_persist(ser
     admission = batcher.admission
     url = f"http://127.0.0.1:{server.http_port}/v1"
     attempts = []
-    async with openai.AsyncOpenAI(base_url=url, api_key="unused", timeout=0.1) as sdk:  # its default retries
+    async with openai.AsyncOpenAI(base_url=url, api_key="unused", timeout=0.15) as sdk:  # its default retries
         assert sdk.max_retries == 2
-        queued, admission.queued_seconds = admission.queued_seconds, 0.3  # outlasts 0.1 s by 0.05-0.2 s
+        queued, admission.queued_seconds = admission.queued_seconds, 0.3 * admission.instances  # 0.3 s ahead
         admission.correction = 1.0  # as predicted: earlier calls that waited less than predicted lower it
         try:
             for overloaded in (False, True):
