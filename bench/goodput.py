@@ -82,6 +82,11 @@ class Outcomes(NamedTuple):
     other: int
 
 
+def refusal_p99(phase: dict[str, Any]) -> float | None:
+    """How soon a refused caller heard it: the p99 of the phase's refusal kind (the slowest, if several)."""
+    return max((ms for kind, ms in phase["error_p99_ms"].items() if kind in REFUSED), default=None)
+
+
 def outcomes(phase: dict[str, Any]) -> Outcomes:
     """A phase's failed calls, from the load generator's failure kinds."""
     kinds = phase["error_kinds"]
@@ -219,7 +224,7 @@ def report(summary: dict[str, Any], out: Path) -> None:
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in summary["runs"]:
         for p in run["overload"]:
-            refusal = max((p["error_p99_ms"][kind] for kind in REFUSED if kind in p["error_p99_ms"]), default=None)
+            refusal = refusal_p99(p)
             shed, refused, throttled, other = outcomes(p)
             # Mean length of the texts answered in time over those sent (older runs lack it): below 1, the
             # server answered the shorter ones.

@@ -34,7 +34,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.goodput import DEFAULT_MODEL, EXPIRED, REFUSED, Peer, fmt, outcomes, sweep, variant_peers
+from bench.goodput import DEFAULT_MODEL, EXPIRED, REFUSED, Peer, fmt, outcomes, refusal_p99, sweep, variant_peers
 from bench.loadgen import THROTTLED
 from bench.peers.catalog import SERVED_RPC, PeerContext, launch
 from bench.processes import Server, cores_for, rss_mib, run_loadgen, start_server, wait_ready
@@ -44,6 +44,9 @@ from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "sustained"
+#: Statuses a call may end with under overload (issue 15): an answer, a refusal (each door's own), or its
+#: deadline (and, from a throttling client, a refusal in the client, never sent); bench.goodput's reading.
+EXPECTED = frozenset({*REFUSED, *EXPIRED, THROTTLED})
 
 
 def finished_calls(metrics_url: str, rpc: str = "Embed") -> dict[str, float]:
@@ -63,16 +66,12 @@ def finished_calls(metrics_url: str, rpc: str = "Embed") -> dict[str, float]:
 
 def interval_row(result: dict[str, Any], peak: float, rss: float, elapsed: float) -> dict[str, Any]:
     """The figures of one interval, as the report shows them."""
-    # Statuses a call may end with under overload (issue 15): an answer, a refusal (each door's own), or its
-    # deadline (and, from a throttling client, a refusal in the client, never sent); bench.goodput's reading.
     found = outcomes(result)
-    expected = {*REFUSED, *EXPIRED, THROTTLED}
-    refusal_p99 = max((ms for kind, ms in result["error_p99_ms"].items() if kind in REFUSED), default=None)
     return {"t_s": elapsed, "offered_rps": result["offered_rps"], "goodput_rps": result["goodput_rps"],
             "held": result["goodput_rps"] / peak if peak else 0.0, "calls": result["requests"],
             "refused": found.refused, "throttled": found.throttled, "shed": found.shed,
-            "other": {k: v for k, v in result["error_kinds"].items() if k not in expected},
-            "refusal_p99_ms": refusal_p99, "p99_ok_ms": result["p99_ms"],
+            "other": {k: v for k, v in result["error_kinds"].items() if k not in EXPECTED},
+            "refusal_p99_ms": refusal_p99(result), "p99_ok_ms": result["p99_ms"],
             "late_ok": result["late_ok"], "rss_mib": rss, "server_cpu": result["server_cpu_cores"],
             "loop_cpu": result["loop_cpu_cores"], "engine_cpu": result["engine_cpu_cores"],
             "client_cpu": result["client_cpu_cores"], "rows_per_batch": result["rows_per_batch"],

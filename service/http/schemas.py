@@ -57,30 +57,27 @@ def too_large(length: int | None, limit: int) -> HttpRefusal:
 
 def timeout_seconds(request: web.Request, default: float) -> float:
     """The seconds a request has: X-Request-Timeout when sent; else the read timeout the official OpenAI
-    Python SDK sends with every attempt, where it is shorter than `default`; else `default`."""
+    Python SDK sends with every attempt, where it is shorter than `default`; else `default`. The SDK's
+    header is not ours to refuse: a value it was not meant to carry is ignored."""
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
-        return min(default, sdk_read_timeout(request.headers.get(SDK_TIMEOUT_HEADER)))
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
+        sdk = request.headers.get(SDK_TIMEOUT_HEADER)
+        seconds = None if sdk is None else positive_seconds(sdk)
+        return default if seconds is None else min(default, seconds)
+    seconds = positive_seconds(raw)
+    if seconds is None:
         raise InvalidField(f"header {TIMEOUT_HEADER} is {raw[:40]!r}; it must be a positive number of seconds",
                            TIMEOUT_HEADER)
     return seconds
 
 
-def sdk_read_timeout(raw: str | None) -> float:
-    """The SDK's read timeout in seconds, or infinity when absent or unreadable: the header is the SDK's,
-    not a request of ours, so a value it was not meant to carry is ignored rather than refused."""
-    if raw is None:
-        return math.inf
+def positive_seconds(raw: str) -> float | None:
+    """A header's positive, finite number of seconds, or None."""
     try:
         seconds = float(raw)
     except ValueError:
-        return math.inf
-    return seconds if seconds > 0 else math.inf
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 # -- field readers ---------------------------------------------------------------------------------
