@@ -313,11 +313,11 @@ def run_peer(name: str, round_: int, args: argparse.Namespace, ctx: PeerContext,
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench.goodput", description=__doc__.splitlines()[0])
     parser.add_argument("--peers", default="millibatch,triton-text", help="comma-separated: millibatch, "
-                        "triton-text, triton-ids, millibatch-v2 / millibatch-http / millibatch-openai (millibatch "
-                        "through its KServe V2 door with tritonclient / its OpenAI HTTP door with X-Request-Timeout / "
-                        "that door with the official openai SDK, its timeout and retries), millibatch-throttled "
-                        "(Embed from a client that throttles itself, millibatch.throttle), millibatch-LABEL (with "
-                        "--model LABEL=DIR)")
+                        "triton-text, triton-ids, millibatch-v2 / millibatch-http / millibatch-openai / "
+                        "millibatch-openai-node (millibatch through its KServe V2 door with tritonclient / its "
+                        "OpenAI HTTP door with X-Request-Timeout / that door with the official OpenAI Python or "
+                        "Node SDK, its timeout and retries), millibatch-throttled (Embed from a client that "
+                        "throttles itself, millibatch.throttle), millibatch-LABEL (with --model LABEL=DIR)")
     parser.add_argument("--model", action="append", default=[], metavar="LABEL=DIR",
                         help="serve DIR as peer millibatch-LABEL (e.g. int8=models/minilm-int8)")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL, help="fp32 model dir (converted if absent)")

@@ -24,6 +24,7 @@ import contextlib
 import json
 import random
 import resource
+import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
@@ -35,7 +36,10 @@ import numpy as np
 
 from bench import stats
 
-PROTOCOLS = ("http", "millibatch", "openai", "openai-client", "triton-ids", "triton-text")
+#: The official OpenAI Node SDK, driven by bench/node/openai_load.mjs in its own Node process.
+NODE_PROTOCOL = "openai-node-client"
+PROTOCOLS = ("http", "millibatch", "openai", "openai-client", NODE_PROTOCOL, "triton-ids", "triton-text")
+NODE_SCRIPT = Path(__file__).resolve().parent / "node" / "openai_load.mjs"
 #: The failure kind of a call refused by the client's own throttle (--throttle), never sent.
 THROTTLED = "throttled"
 
@@ -308,22 +312,27 @@ class Recorder:
     async def timed(self, driver: Driver, text: str, started: float) -> None:
         """Run one call; latency counts from `started` (the scheduled send time), lateness from sending."""
         sent = time.perf_counter()
-        self.send_lags.append(sent - started)
-        self.chars_sent += len(text)
         try:
             await driver.call(text)
         except Exception as error:  # every failure is counted by kind, none stops the run
-            kind = error_kind(error)
-            self.errors[kind] += 1
-            self.calls.append((kind, time.perf_counter() - sent))
+            self.record(error_kind(error), sent - started, time.perf_counter() - sent, len(text))
             return
-        done = time.perf_counter()
-        if done - sent > self.deadline:
+        self.record("OK", sent - started, time.perf_counter() - sent, len(text))
+
+    def record(self, status: str, send_lag: float, seconds: float, chars: int) -> None:
+        """One call that was sent `send_lag` s after its scheduled time and ended `seconds` after sending,
+        "OK" or with the failure kind `status`."""
+        self.send_lags.append(send_lag)
+        self.chars_sent += chars
+        self.calls.append((status, seconds))
+        if status != "OK":
+            self.errors[status] += 1
+            return
+        if seconds > self.deadline:
             self.late += 1
         else:
-            self.chars_ok += len(text)
-        self.latencies.append(done - started)
-        self.calls.append(("OK", done - sent))
+            self.chars_ok += chars
+        self.latencies.append(send_lag + seconds)
 
     def error_times(self) -> dict[str, list[float]]:
         """Seconds from sending to each failure, by kind."""
@@ -418,8 +427,8 @@ async def probe(driver: Driver, text: str, wait: float) -> None:
             await asyncio.sleep(0.5)
 
 
-async def run(args: argparse.Namespace) -> Result | None:
-    """Probe, or warm up then measure one phase (and write its per-call records where asked)."""
+async def run_python(args: argparse.Namespace) -> tuple[Recorder, float, float] | None:
+    """The phase run by this process's driver: its recorder, elapsed s and CPU s; None for a probe."""
     texts: list[str] = args.text_list
     rng = random.Random(args.seed)
     driver = make_driver(args)
@@ -435,9 +444,40 @@ async def run(args: argparse.Namespace) -> Result | None:
             elapsed = await closed_loop(driver, texts, args.concurrency, args.duration, rng, recorder)
         else:
             elapsed = await open_loop(driver, texts, args.rate, args.duration, rng, recorder, args.max_outstanding)
-        cpu = cpu_seconds() - cpu_before
+        return recorder, elapsed, cpu_seconds() - cpu_before
     finally:
         await driver.close()
+
+
+def run_node(args: argparse.Namespace) -> tuple[Recorder, float, float] | None:
+    """The phase run by the Node SDK's own process: its calls recorded here, its elapsed s and CPU s."""
+    if not (NODE_SCRIPT.parent / "node_modules" / "openai").is_dir():
+        raise SystemExit(f"the Node SDK is not installed: npm ci --prefix {NODE_SCRIPT.parent}")
+    options = {"target": args.target, "model": args.model, "texts": str(args.texts), "mode": args.mode,
+               "rate": args.rate, "duration": args.duration, "warmup": args.warmup, "timeout": args.timeout,
+               "retries": args.retries, "concurrency": args.concurrency, "maxOutstanding": args.max_outstanding,
+               "seed": args.seed}
+    completed = subprocess.run(["node", str(NODE_SCRIPT), json.dumps(options)], capture_output=True, text=True,
+                               check=False)
+    if completed.returncode != 0:
+        raise SystemExit(f"the Node load generator failed: {completed.stderr.strip()[-2000:]}")
+    if args.mode == "probe":
+        return None
+    report = json.loads(completed.stdout)
+    recorder = Recorder(args.timeout)
+    for status, send_lag, seconds, chars in report["calls"]:
+        recorder.record(status, send_lag, seconds, chars)
+    if report["overflow"]:
+        recorder.errors["client-overflow"] += report["overflow"]
+    return recorder, report["elapsed"], report["cpu"]
+
+
+async def run(args: argparse.Namespace) -> Result | None:
+    """Probe, or warm up then measure one phase (and write its per-call records where asked)."""
+    phase = run_node(args) if args.protocol == NODE_PROTOCOL else await run_python(args)
+    if phase is None:
+        return None
+    recorder, elapsed, cpu = phase
     if args.records is not None:
         calls = [[status, round(seconds * 1000.0, 3)] for status, seconds in recorder.calls]
         args.records.write_text(json.dumps(calls), encoding="utf-8")
@@ -463,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--throttle", type=float, default=None, metavar="MULTIPLIER",
                         help="millibatch: throttle calls in the client (millibatch.throttle) with this multiplier")
     parser.add_argument("--retries", type=int, default=2,
-                        help="openai-client: the client's max_retries (its own default is 2)")
+                        help="openai-client, openai-node-client: the client's maxRetries (its own default is 2)")
     parser.add_argument("--rate", type=float, default=10.0, help="open loop: mean arrivals per second")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (probe: seconds to wait)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")

@@ -27,11 +27,12 @@ class Door:
 
 #: millibatch called through its other doors, each by the client its users would bring: KServe V2 through
 #: NVIDIA's tritonclient (text tokenized on the server), and the OpenAI-compatible HTTP door through a plain
-#: HTTP client that sends X-Request-Timeout (`http`) or the official openai SDK as its users call it
-#: (`openai`: its timeout, its two retries).
+#: HTTP client that sends X-Request-Timeout (`http`) or the official OpenAI SDKs as their users call them
+#: (`openai`: Python's, `openai-node`: Node's; each with its timeout and its two retries).
 DOORS = {"v2": Door("triton-text", "RESOURCE_EXHAUSTED", "v2.ModelInfer"),
          "http": Door("openai", "http-429", "http.embeddings"),
-         "openai": Door("openai-client", "http-429", "http.embeddings")}
+         "openai": Door("openai-client", "http-429", "http.embeddings"),
+         "openai-node": Door("openai-node-client", "http-429", "http.embeddings")}
 #: The peers that call millibatch through them.
 DOOR_PEERS = {f"millibatch-{name}": door.protocol for name, door in DOORS.items()}
 #: The rpc label of the calls each of millibatch's protocols makes (Embed's, and each door's).

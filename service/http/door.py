@@ -14,6 +14,7 @@ from aiohttp import web
 from millibatch.service.auth import ApiKeys
 from millibatch.service.dataplane import DataPlane
 from millibatch.service.http.edge import HttpEdge
+from millibatch.service.http.patience import ClientPatience
 from millibatch.service.http.routes import Routes
 from millibatch.service.tls import server_ssl_context
 from millibatch.settings import Settings
@@ -34,8 +35,10 @@ class HttpDoor:
 
     def __init__(self, plane: DataPlane, settings: Settings) -> None:
         self.settings = settings
-        self.routes = Routes(plane)
-        self.edge = HttpEdge(plane, ApiKeys(settings.api_keys) if settings.api_keys else None)
+        #: What the door learns of callers that state no deadline, shared by the routes and the edge.
+        self.patience = ClientPatience()
+        self.routes = Routes(plane, self.patience)
+        self.edge = HttpEdge(plane, ApiKeys(settings.api_keys) if settings.api_keys else None, self.patience)
         # aiohttp stops reading a body past client_max_size; read_json refuses a declared length sooner.
         app = web.Application(client_max_size=settings.max_receive_message_bytes, middlewares=[self.edge.unmatched])
         self.routes.add_to(app, self.edge)

@@ -19,6 +19,7 @@ from millibatch.errors import Unauthenticated
 from millibatch.service.auth import ApiKeys, bearer_token
 from millibatch.service.dataplane import DataPlane
 from millibatch.service.http.errors import HttpRefusal, answer_failure
+from millibatch.service.http.patience import ClientPatience
 
 DENIED = "missing or invalid API key; send the header 'Authorization: Bearer <key>'"
 #: The rpc label of requests that matched no route (one label, so metrics stay bounded).
@@ -30,6 +31,8 @@ class Call:
     """What a route tells the edge about its request: the model it named (for the metrics label)."""
 
     model: str = ""
+    #: The caller's group (service.http.patience) when the request stated no deadline; None when it did.
+    patience_group: str | None = None
 
 
 Route = Callable[[web.Request, Call], Awaitable[web.StreamResponse]]
@@ -44,9 +47,10 @@ def request_id(request: web.Request) -> str:
 class HttpEdge:
     """Wraps routes with authentication, error answers and accounting."""
 
-    def __init__(self, plane: DataPlane, keys: ApiKeys | None) -> None:
+    def __init__(self, plane: DataPlane, keys: ApiKeys | None, patience: ClientPatience) -> None:
         self.plane = plane
         self.keys = keys
+        self.patience = patience
 
     def wrap(self, route: Route, rpc: str, *, probe: bool = False) -> Handler:
         """`route` with the edge around it; a `probe` (health) needs no key and is counted in the metrics
@@ -65,6 +69,8 @@ class HttpEdge:
                 return await route(request, call)
             except asyncio.CancelledError:  # the client went away (handler_cancellation)
                 code = "CANCELLED"
+                if call.patience_group is not None:  # it stated no deadline: its hang-up says how long it waits
+                    self.patience.hung_up(call.patience_group, time.perf_counter() - started)
                 raise
             except Exception as error:
                 code, response = answer_failure(rpc, error, request_id(request), retry=not plane.overloaded)

@@ -7,9 +7,10 @@ from the HTTP status the way OpenAI's clients read it. Refusals that only HTTP h
 size limit, a route or method that does not exist) are `HttpRefusal`s with their own status.
 
 A 429 says when the call would likely fit (Retry-After, retry-after-ms), and OpenAI's Python SDK retries it
-twice by default. While refusals persist (service.refusal_watch) it also says `x-should-retry: false`, which
-that SDK obeys: under sustained overload every retry is one more call to refuse, on the core the engine
-needs (docs/OVERLOAD.md, "The official OpenAI client").
+twice by default. While refusals persist (service.refusal_watch) a 429, and a 504 for a deadline the server
+could not meet, also say `x-should-retry: false`, which OpenAI's Python and Node SDKs obey: under
+sustained overload every retry is one more call to refuse, on the core the engine needs (docs/OVERLOAD.md,
+"The official OpenAI client").
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def error_response(http_status: int, message: str, code: str, param: str | None 
 
 def answer_failure(rpc: str, error: BaseException, request_id: str, retry: bool = True) -> tuple[str, web.Response]:
     """Log a failed request and say how it ends: (status name for the metrics, the answer); without
-    `retry`, a refusal for load tells the caller's SDK not to retry it."""
+    `retry`, a refusal for load (429, 504) tells the caller's SDK not to retry it."""
     if isinstance(error, HttpRefusal):
         _log(logging.INFO, rpc, error.status_name, str(error), request_id)
         return error.status_name, error_response(error.http_status, str(error), error.code)
@@ -88,7 +89,7 @@ def _headers(http_status: int, retry_after: float | None, retry: bool) -> dict[s
     if retry_after is not None:
         # Retry-After counts whole seconds; OpenAI's clients read retry-after-ms first.
         headers = {"Retry-After": str(math.ceil(retry_after)), "retry-after-ms": str(math.ceil(retry_after * 1e3))}
-    if http_status == 429 and not retry:
+    if http_status in OVERLOAD_STATUSES and not retry:
         headers["x-should-retry"] = "false"
     return headers or None
 

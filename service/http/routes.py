@@ -8,7 +8,8 @@
 - GET /v1/models, GET /v1/models/{model}: OpenAI's model list, with each model's task, size and prompts.
 - GET /health: 200 while serving, 503 while warming up, draining or with an unhealthy model.
 The deadline is the X-Request-Timeout header (seconds); else the OpenAI SDK's own read timeout
-(X-Stainless-Read-Timeout) where shorter than default_deadline_ms; else default_deadline_ms.
+(X-Stainless-Read-Timeout) where shorter than default_deadline_ms; else default_deadline_ms, or less where
+callers like this one have been hanging up sooner (service.http.patience).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from millibatch.errors import NotServing
 from millibatch.service.dataplane import DataPlane
 from millibatch.service.embeddings import embed_ids, embed_texts
 from millibatch.service.http.edge import Call, HttpEdge
+from millibatch.service.http.patience import ClientPatience, patience_group
 from millibatch.service.http.schemas import (
     documents_echo,
     embeddings_body,
     read_json,
     rerank_body,
-    timeout_seconds,
+    stated_timeout,
 )
 from millibatch.service.registry import ServedModel
 from millibatch.service.rerank import rerank
@@ -52,8 +54,9 @@ def usage(tokens: int) -> dict[str, int]:
 class Routes:
     """The route handlers of one server, over its data plane."""
 
-    def __init__(self, plane: DataPlane) -> None:
+    def __init__(self, plane: DataPlane, patience: ClientPatience) -> None:
         self.plane = plane
+        self.patience = patience
         settings = plane.settings
         self.body_limit = settings.max_receive_message_bytes
         self.max_inputs = settings.max_inputs_per_request
@@ -76,10 +79,19 @@ class Routes:
             raise NotServing("server is warming up; GET /health answers 200 once it serves")
         return self.plane.model(name, task)
 
+    def timeout(self, request: web.Request, call: Call) -> float:
+        """The seconds `request` has: what it states, else what callers of its group have waited."""
+        plane = self.plane
+        seconds = stated_timeout(request, plane.default_timeout)
+        if seconds is not None:
+            return seconds
+        group = call.patience_group = patience_group(request.headers)
+        return self.patience.timeout(group, plane.default_timeout)
+
     async def embeddings(self, request: web.Request, call: Call) -> web.Response:
         """POST /v1/embeddings."""
         plane = self.plane
-        deadline = plane.deadline(timeout_seconds(request, plane.default_timeout))
+        deadline = plane.deadline(self.timeout(request, call))
         body = embeddings_body(await read_json(request, self.body_limit), self.max_inputs)
         call.model = body.model
         model = self.model(body.model, "embed")
@@ -100,7 +112,7 @@ class Routes:
     async def rerank(self, request: web.Request, call: Call) -> web.Response:
         """POST /v1/rerank."""
         plane = self.plane
-        deadline = plane.deadline(timeout_seconds(request, plane.default_timeout))
+        deadline = plane.deadline(self.timeout(request, call))
         body = rerank_body(await read_json(request, self.body_limit), self.max_inputs)
         call.model = body.model
         model = self.model(body.model, "classify")

@@ -55,15 +55,16 @@ def too_large(length: int | None, limit: int) -> HttpRefusal:
                        f"request body is {size}; the limit is {limit} bytes (max_receive_message_bytes)")
 
 
-def timeout_seconds(request: web.Request, default: float) -> float:
-    """The seconds a request has: X-Request-Timeout when sent; else the read timeout the official OpenAI
-    Python SDK sends with every attempt, where it is shorter than `default`; else `default`. The SDK's
-    header is not ours to refuse: a value it was not meant to carry is ignored."""
+def stated_timeout(request: web.Request, default: float) -> float | None:
+    """The seconds a request says it has: X-Request-Timeout when sent; else the read timeout the official
+    OpenAI Python SDK sends with every attempt, where it is shorter than `default`; else None (the door
+    then uses what it learned of such callers, service.http.patience). The SDK's header is not ours to
+    refuse: a value it was not meant to carry is ignored."""
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
         sdk = request.headers.get(SDK_TIMEOUT_HEADER)
         seconds = None if sdk is None else positive_seconds(sdk)
-        return default if seconds is None else min(default, seconds)
+        return None if seconds is None else min(default, seconds)
     seconds = positive_seconds(raw)
     if seconds is None:
         raise InvalidField(f"header {TIMEOUT_HEADER} is {raw[:40]!r}; it must be a positive number of seconds",

@@ -1,0 +1,126 @@
+"""How long HTTP callers that state no deadline wait, learned from the ones that hang up.
+
+A request with X-Request-Timeout, or the official OpenAI Python SDK's X-Stainless-Read-Timeout, says how
+long its caller waits. Many callers have a timeout but send neither: the official OpenAI Node SDK sends
+nothing for a client-wide timeout and whole seconds, truncated, for a per-request one
+(X-Stainless-Timeout: "0" for any timeout under a second); curl --max-time and most HTTP libraries send
+nothing. Those calls get default_deadline_ms. Under overload the queue then fills with calls whose
+clients give up long before it: the server computes answers nobody reads, and the Node SDK sends each
+abandoned call again (docs/OVERLOAD.md, "Callers that state no deadline").
+
+Such a caller's patience shows when it hangs up: aiohttp cancels the handler when the connection closes,
+and the edge reports how long the call had waited. Callers are grouped by the SDK's whole-second header
+(its value, or none). A group's deadline, where shorter than the default, is the longest wait among its
+hang-ups of the last `window` seconds:
+
+- the longest, not a middle value: a call reaches the server some time after its client started the
+  clock, so every hang-up seen here comes at or before the caller's timeout; a client that stalls (while
+  it opens connections, or when it is short of CPU) aborts a whole run of calls at once, each of which
+  had waited here far less than its timeout;
+- only after MIN_HANG_UPS in the window: one caller going away proves nothing.
+
+A deadline learned too short would stay once the server refuses or sheds every call before its caller
+gives up, since then nobody hangs up. So after every `quiet` interval without a hang-up the group's
+deadline grows by GROWTH (a probe), and the group is dropped when it reaches the default. The next
+hang-up ends the probe: the deadline is again the longest wait of the window. While the deadline is
+right, the few admitted calls that still run late are hung up on first (their callers started the clock
+before the server did), which holds it; a probe past the callers' patience lasts until the first of the
+calls it admitted is hung up on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+log = logging.getLogger("millibatch.http")
+
+#: The official OpenAI Node SDK's per-request timeout, whole seconds rounded down.
+SDK_WHOLE_SECONDS_HEADER = "X-Stainless-Timeout"
+#: Hang-ups a group needs within the window before it has a deadline of its own.
+MIN_HANG_UPS = 4
+#: A group's deadline grows by this factor after each quiet interval without a hang-up.
+GROWTH = 1.5
+#: Groups kept at most: the header is the caller's to choose, memory is ours.
+MAX_GROUPS = 64
+#: A group's header value is kept only if it is a short string of digits (else the group of no header).
+MAX_GROUP_DIGITS = 7
+
+
+@dataclass
+class Group:
+    """One group's hang-ups in the window, as a running maximum: (time, wait) with waits decreasing, so
+    the first is the longest; a wait shorter and older than another can never be the longest again."""
+
+    longest: deque[tuple[float, float]] = field(default_factory=deque)
+    #: Hang-ups seen since the group last had none in its window (for MIN_HANG_UPS).
+    count: int = 0
+    last_at: float = 0.0
+    #: The learned deadline (seconds); None until MIN_HANG_UPS.
+    patience: float | None = None
+    #: A probe's deadline after a quiet interval, until the next hang-up.
+    probe: float | None = None
+
+
+def patience_group(headers: Mapping[str, str]) -> str:
+    """The group of a request that states no deadline: the SDK's whole-second timeout, or "" without one."""
+    value = headers.get(SDK_WHOLE_SECONDS_HEADER, "")
+    return value if value.isdigit() and len(value) <= MAX_GROUP_DIGITS else ""
+
+
+class ClientPatience:
+    """The learned deadlines of one HTTP door, by group."""
+
+    def __init__(self, window: float = 2.0, quiet: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self.quiet = quiet
+        self._clock = clock
+        self._groups: dict[str, Group] = {}
+
+    def timeout(self, group: str, default: float) -> float:
+        """The seconds a call of `group` gets: the group's learned patience where shorter than `default`."""
+        found = self._groups.get(group)
+        if found is None or found.patience is None:
+            return default
+        now = self._clock()
+        if now - found.last_at > self.quiet:
+            found.probe = max(found.patience, found.probe or 0.0) * GROWTH
+            found.last_at = now
+            if found.probe >= default:
+                del self._groups[group]
+                log.info("forgot the patience of HTTP callers without a deadline", extra={"group": group or "-"})
+                return default
+        return min(default, found.probe or found.patience)
+
+    def hung_up(self, group: str, waited: float) -> None:
+        """A call of `group` lost its client after `waited` seconds, before it was answered."""
+        found = self._groups.get(group)
+        if found is None:
+            if len(self._groups) >= MAX_GROUPS:
+                return
+            found = self._groups[group] = Group()
+        now = self._clock()
+        longest = found.longest
+        while longest and longest[0][0] < now - self.window:
+            longest.popleft()
+        if not longest:
+            found.count = 0
+        while longest and longest[-1][1] <= waited:
+            longest.pop()
+        longest.append((now, waited))
+        found.count += 1
+        found.last_at = now
+        found.probe = None
+        if found.count >= MIN_HANG_UPS:
+            learned = found.patience is None
+            found.patience = longest[0][1]
+            if learned:
+                log.info("learned the patience of HTTP callers without a deadline",
+                         extra={"group": group or "-", "seconds": round(found.patience, 4)})
+
+    def learned(self) -> dict[str, float]:
+        """Each group's learned patience (seconds), for tests and inspection."""
+        return {name: group.patience for name, group in self._groups.items() if group.patience is not None}
