@@ -27,7 +27,15 @@ $(CHECKOV):
 	$(PYTHON) -m venv build/tools/checkov
 	build/tools/checkov/bin/pip install --quiet 'checkov>=3.2'
 
-tools: $(CHECKOV)
+# The official OpenAI Node SDK, for the load generator's openai-node-client protocol and its test; without
+# npm that test is skipped.
+NODE_SDK := bench/node/node_modules/.package-lock.json
+
+$(NODE_SDK): bench/node/package.json bench/node/package-lock.json
+	command -v npm >/dev/null && npm ci --prefix bench/node --no-audit --no-fund --loglevel error \
+		|| echo "the OpenAI Node SDK could not be installed: its tests will be skipped"
+
+tools: $(CHECKOV) $(NODE_SDK)
 
 # Serves all-MiniLM-L6-v2 (converted once into ~/.cache/millibatch on first use) on :50051.
 serve: install

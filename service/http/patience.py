@@ -114,7 +114,7 @@ class ClientPatience:
         found.count += 1
         found.last_at = now
         found.probe = None
-        if found.count >= MIN_HANG_UPS:
+        if found.patience is not None or found.count >= MIN_HANG_UPS:
             learned = found.patience is None
             found.patience = longest[0][1]
             if learned:

@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 
 from millibatch.client import AsyncClient
+from millibatch.service.http.patience import MIN_HANG_UPS
 from tests.helpers import free_port, running_server
 from tests.service.faulty import FaultyEngine
 from tests.service.test_security import pki  # noqa: F401 - the fixture
@@ -124,6 +125,16 @@ async def test_overload_is_429_and_a_deadline_that_cannot_be_met_is_504(server: 
     assert (retry["Retry-After"], retry["retry-after-ms"]) == ("60", "60000")  # the hint's cap
     status, answer = await post(http, "/v1/embeddings", {"input": "hi"}, headers={"X-Request-Timeout": "0.000001"})
     assert (status, error_of(answer)["code"]) == (504, "deadline"), answer
+    # While refusals persist, OpenAI's SDKs are told not to send a call that ran out of time again either.
+    for overloaded in (False, True):
+        server.plane.overloaded = overloaded
+        try:
+            async with http.post("/v1/embeddings", json={"input": "hi"},
+                                 headers={"X-Request-Timeout": "0.000001"}) as response:
+                assert response.status == 504
+                assert response.headers.get("x-should-retry") == ("false" if overloaded else None)
+        finally:
+            server.plane.overloaded = False
     status, answer = await post(http, "/v1/embeddings", {"input": "hi"}, headers={"X-Request-Timeout": "5"})
     assert status == 200
     status, answer = await post(http, "/v1/embeddings", {"input": "hi"}, headers={"X-Request-Timeout": "soon"})
@@ -148,6 +159,42 @@ async def test_the_openai_sdks_read_timeout_is_the_deadline_unless_longer_than_t
             assert await status_with({"X-Stainless-Read-Timeout": odd}) == 200, odd
     finally:
         admission.queued_seconds = queued
+
+
+async def test_callers_that_state_no_deadline_get_the_patience_they_showed(tiny_embed_dir: Path) -> None:
+    """Callers whose timeout the server is not told (the OpenAI Node SDK, curl --max-time) hang up when it
+    passes. The door learns that from them and refuses at once a call the queue ahead would outlast,
+    instead of computing answers for callers that have gone."""
+    async with running_server([tiny_embed_dir], http_port=free_port(), instances=1) as server:
+        batcher = server.registry.models["tiny-embed"].batcher
+        engine = batcher.engine = FaultyEngine(batcher.engine, delay=0.3)
+        assert server.http is not None
+        patience = server.http.patience
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as http:
+            async def hang_up(i: int) -> None:
+                with pytest.raises(asyncio.TimeoutError):
+                    await http.post("/v1/embeddings", json={"input": [f"call {i}"]},
+                                    timeout=aiohttp.ClientTimeout(total=0.1))
+
+            await asyncio.gather(*(hang_up(i) for i in range(MIN_HANG_UPS)))
+            for _ in range(200):  # each handler sees its closed connection and is cancelled
+                if patience.learned():
+                    break
+                await asyncio.sleep(0.01)
+            assert 0.05 < patience.learned()[""] < 0.2, patience.learned()
+            engine.delay = 0.0
+            admission = batcher.admission
+            queued, admission.queued_seconds = admission.queued_seconds, 0.3 * admission.instances  # 0.3 s ahead
+            admission.correction = 1.0  # as predicted: earlier calls that waited less than predicted lower it
+            try:
+                async def status_with(headers: dict[str, str]) -> int:
+                    return (await post(http, "/v1/embeddings", {"input": "hi"}, headers=headers))[0]
+
+                assert await status_with({}) == 429  # this group hangs up after about 0.1 s
+                assert await status_with({"X-Request-Timeout": "5"}) == 200  # a stated deadline wins
+                assert await status_with({"X-Stainless-Timeout": "0"}) == 200  # another group: the default
+            finally:
+                admission.queued_seconds = queued
 
 
 async def test_bodies_over_the_limit_are_413_before_or_while_reading(http: aiohttp.ClientSession) -> None:
