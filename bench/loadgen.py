@@ -456,7 +456,7 @@ def run_node(args: argparse.Namespace) -> tuple[Recorder, float, float] | None:
     options = {"target": args.target, "model": args.model, "texts": str(args.texts), "mode": args.mode,
                "rate": args.rate, "duration": args.duration, "warmup": args.warmup, "timeout": args.timeout,
                "retries": args.retries, "concurrency": args.concurrency, "maxOutstanding": args.max_outstanding,
-               "seed": args.seed}
+               "seed": args.seed, "deadlineHeader": args.deadline_header}
     completed = subprocess.run(["node", str(NODE_SCRIPT), json.dumps(options)], capture_output=True, text=True,
                                check=False)
     if completed.returncode != 0:
@@ -504,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="millibatch: throttle calls in the client (millibatch.throttle) with this multiplier")
     parser.add_argument("--retries", type=int, default=2,
                         help="openai-client, openai-node-client: the client's maxRetries (its own default is 2)")
+    parser.add_argument("--deadline-header", action="store_true",
+                        help="openai-node-client: also send the timeout as X-Request-Timeout (in defaultHeaders), "
+                        "as a caller told to would; without it the server is told nothing")
     parser.add_argument("--rate", type=float, default=10.0, help="open loop: mean arrivals per second")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds (probe: seconds to wait)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")

@@ -4,7 +4,7 @@
 //
 //   node bench/node/openai_load.mjs '{"target": "127.0.0.1:8080", "model": "m", "texts": "texts.json",
 //       "mode": "open", "rate": 100, "duration": 8, "warmup": 0, "timeout": 0.1, "retries": 2,
-//       "concurrency": 1, "maxOutstanding": 100000, "seed": 0}' > calls.json
+//       "concurrency": 1, "maxOutstanding": 100000, "seed": 0, "deadlineHeader": false}' > calls.json
 //
 // Output: {"calls": [[status, seconds late to send, seconds from sending to the end, characters]],
 // "overflow": n, "elapsed": s, "cpu": s}; status "OK" or the failure's kind as bench.loadgen names it.
@@ -16,6 +16,8 @@ const texts = JSON.parse(fs.readFileSync(options.texts, 'utf8'));
 const client = new OpenAI({
   baseURL: `http://${options.target}/v1`, apiKey: 'unused', timeout: Math.round(options.timeout * 1000),
   maxRetries: options.retries,
+  // What a caller told to send its deadline would add; the SDK by itself sends none for a client-wide timeout.
+  defaultHeaders: options.deadlineHeader ? { 'X-Request-Timeout': String(options.timeout) } : {},
 });
 
 // mulberry32: a seeded generator, so a phase's arrivals and texts repeat run to run.

@@ -10,27 +10,27 @@ abandoned call again (docs/OVERLOAD.md, "Callers that state no deadline").
 
 Such a caller's patience shows when it hangs up: aiohttp cancels the handler when the connection closes,
 and the edge reports how long the call had waited. Callers are grouped by the SDK's whole-second header
-(its value, or none). A group's deadline, where shorter than the default, is the longest wait among its
-hang-ups of the last `window` seconds:
+(its value, or none). A group's deadline, where shorter than the default, is the median wait of its last
+SAMPLES hang-ups within `window` seconds, once there are MIN_HANG_UPS:
 
-- the longest, not a middle value: a call reaches the server some time after its client started the
-  clock, so every hang-up seen here comes at or before the caller's timeout; a client that stalls (while
-  it opens connections, or when it is short of CPU) aborts a whole run of calls at once, each of which
-  had waited here far less than its timeout;
-- only after MIN_HANG_UPS in the window: one caller going away proves nothing.
+- hang-ups within CLUSTER of each other count as one, the longest: a client that stalls (while it opens
+  connections, or when it is short of CPU) aborts a whole run of calls at once, each of which had waited
+  here far less than its timeout, since it reached the server late;
+- the median, not the longest: when the server's own loop is busy it sees a hang-up late, and the
+  longest of many would climb with every late one, admitting calls that wait longer still.
 
 A deadline learned too short would stay once the server refuses or sheds every call before its caller
 gives up, since then nobody hangs up. So after every `quiet` interval without a hang-up the group's
 deadline grows by GROWTH (a probe), and the group is dropped when it reaches the default. The next
-hang-up ends the probe: the deadline is again the longest wait of the window. While the deadline is
-right, the few admitted calls that still run late are hung up on first (their callers started the clock
-before the server did), which holds it; a probe past the callers' patience lasts until the first of the
-calls it admitted is hung up on.
+hang-up ends the probe. While the deadline is right, admitted calls that still run late are hung up on
+first (half of their callers started the clock earlier, against the server's, than the median), which
+holds it; a probe past the callers' patience lasts until the first of the calls it admitted is hung up on.
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -42,6 +42,10 @@ log = logging.getLogger("millibatch.http")
 SDK_WHOLE_SECONDS_HEADER = "X-Stainless-Timeout"
 #: Hang-ups a group needs within the window before it has a deadline of its own.
 MIN_HANG_UPS = 4
+#: The median is over at most this many of a group's latest hang-ups.
+SAMPLES = 32
+#: Hang-ups closer together than this (seconds) are one client stalling, and count once.
+CLUSTER = 0.002
 #: A group's deadline grows by this factor after each quiet interval without a hang-up.
 GROWTH = 1.5
 #: Groups kept at most: the header is the caller's to choose, memory is ours.
@@ -52,12 +56,9 @@ MAX_GROUP_DIGITS = 7
 
 @dataclass
 class Group:
-    """One group's hang-ups in the window, as a running maximum: (time, wait) with waits decreasing, so
-    the first is the longest; a wait shorter and older than another can never be the longest again."""
+    """One group's recent hang-ups: (time, seconds waited), oldest first."""
 
-    longest: deque[tuple[float, float]] = field(default_factory=deque)
-    #: Hang-ups seen since the group last had none in its window (for MIN_HANG_UPS).
-    count: int = 0
+    hang_ups: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=SAMPLES))
     last_at: float = 0.0
     #: The learned deadline (seconds); None until MIN_HANG_UPS.
     patience: float | None = None
@@ -103,20 +104,19 @@ class ClientPatience:
                 return
             found = self._groups[group] = Group()
         now = self._clock()
-        longest = found.longest
-        while longest and longest[0][0] < now - self.window:
-            longest.popleft()
-        if not longest:
-            found.count = 0
-        while longest and longest[-1][1] <= waited:
-            longest.pop()
-        longest.append((now, waited))
-        found.count += 1
+        hang_ups = found.hang_ups
+        while hang_ups and hang_ups[0][0] < now - self.window:
+            hang_ups.popleft()
+        if hang_ups and now - hang_ups[-1][0] < CLUSTER:
+            at, longest = hang_ups[-1]
+            hang_ups[-1] = (at, max(longest, waited))
+        else:
+            hang_ups.append((now, waited))
         found.last_at = now
         found.probe = None
-        if found.patience is not None or found.count >= MIN_HANG_UPS:
+        if found.patience is not None or len(hang_ups) >= MIN_HANG_UPS:
             learned = found.patience is None
-            found.patience = longest[0][1]
+            found.patience = statistics.median(wait for _, wait in hang_ups)
             if learned:
                 log.info("learned the patience of HTTP callers without a deadline",
                          extra={"group": group or "-", "seconds": round(found.patience, 4)})

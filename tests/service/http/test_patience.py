@@ -41,15 +41,20 @@ def test_groups_by_the_sdks_whole_seconds() -> None:
         assert patience_group({"X-Stainless-Timeout": odd}) == "", odd
 
 
-def test_a_group_needs_several_hang_ups_then_gets_the_longest_wait(patience: ClientPatience, clock: Clock) -> None:
-    hang_ups(patience, clock, [0.09] * (MIN_HANG_UPS - 1))
+def test_a_group_needs_several_hang_ups_then_gets_their_median(patience: ClientPatience, clock: Clock) -> None:
+    hang_ups(patience, clock, [0.1] * (MIN_HANG_UPS - 1))
     assert patience.timeout("", DEFAULT) == DEFAULT  # too few to say anything
-    # A client that stalls aborts a run of calls at once, each having waited here far less than its timeout.
-    hang_ups(patience, clock, [0.1, 0.02, 0.015, 0.01], every=0.0)
+    # A client that stalls aborts a run of calls at once, each having waited here far less than its
+    # timeout: one hang-up, not eight.
+    clock.now += 0.01
+    hang_ups(patience, clock, [0.02] * 8, every=0.0)
     assert patience.timeout("", DEFAULT) == pytest.approx(0.1)
     assert patience.timeout("0", DEFAULT) == DEFAULT  # another group learns on its own
     assert patience.learned() == {"": pytest.approx(0.1)}
     assert patience.timeout("", 0.05) == 0.05  # never longer than the default
+    # A hang-up the server saw late (its loop was busy) does not lengthen the deadline.
+    hang_ups(patience, clock, [0.1, 0.1, 0.3])
+    assert patience.timeout("", DEFAULT) == pytest.approx(0.1)
 
 
 def test_waits_leave_the_window(patience: ClientPatience, clock: Clock) -> None:
