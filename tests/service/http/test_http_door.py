@@ -172,6 +172,7 @@ async def test_callers_that_state_no_deadline_get_the_patience_they_showed(tiny_
         patience = server.http.patience
         async with aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as http:
             async def hang_up(i: int) -> None:
+                await asyncio.sleep(0.01 * i)  # hang-ups at one instant would be one client stalling
                 with pytest.raises(asyncio.TimeoutError):
                     await http.post("/v1/embeddings", json={"input": [f"call {i}"]},
                                     timeout=aiohttp.ClientTimeout(total=0.1))
