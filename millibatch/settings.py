@@ -162,7 +162,12 @@ class Settings(BaseSettings):
     the best for its length (larger batches only add latency); 1.0 fills batches to the budgets."""
     default_deadline_ms: float = Field(1000.0, gt=0)
     """Deadline for calls that set none: no gRPC deadline, no `X-Request-Timeout` (an OpenAI SDK's own timeout
-    counts where it is shorter)."""
+    counts where it is shorter; on the HTTP door, so does the patience that callers without either have
+    shown by hanging up)."""
+    learn_http_patience: bool = True
+    """HTTP door: a call that states no deadline (no `X-Request-Timeout`, no OpenAI Python SDK timeout) gets
+    the patience its callers' group has lately shown by hanging up, where shorter than
+    `default_deadline_ms` (docs/OVERLOAD.md, "Callers that state no deadline"); off: `default_deadline_ms`."""
     max_queue_rows: int = Field(2048, ge=1)
     """Inputs that may wait per model; beyond it calls get RESOURCE_EXHAUSTED at once."""
     profile_on_start: bool = True

@@ -36,7 +36,7 @@ class HttpDoor:
     def __init__(self, plane: DataPlane, settings: Settings) -> None:
         self.settings = settings
         #: What the door learns of callers that state no deadline, shared by the routes and the edge.
-        self.patience = ClientPatience()
+        self.patience = ClientPatience() if settings.learn_http_patience else None
         self.routes = Routes(plane, self.patience)
         self.edge = HttpEdge(plane, ApiKeys(settings.api_keys) if settings.api_keys else None, self.patience)
         # aiohttp stops reading a body past client_max_size; read_json refuses a declared length sooner.

@@ -47,7 +47,7 @@ def request_id(request: web.Request) -> str:
 class HttpEdge:
     """Wraps routes with authentication, error answers and accounting."""
 
-    def __init__(self, plane: DataPlane, keys: ApiKeys | None, patience: ClientPatience) -> None:
+    def __init__(self, plane: DataPlane, keys: ApiKeys | None, patience: ClientPatience | None) -> None:
         self.plane = plane
         self.keys = keys
         self.patience = patience
@@ -69,7 +69,8 @@ class HttpEdge:
                 return await route(request, call)
             except asyncio.CancelledError:  # the client went away (handler_cancellation)
                 code = "CANCELLED"
-                if call.patience_group is not None:  # it stated no deadline: its hang-up says how long it waits
+                # A call that stated no deadline: its hang-up says how long callers like it wait.
+                if call.patience_group is not None and self.patience is not None:
                     self.patience.hung_up(call.patience_group, time.perf_counter() - started)
                 raise
             except Exception as error:

@@ -54,7 +54,7 @@ def usage(tokens: int) -> dict[str, int]:
 class Routes:
     """The route handlers of one server, over its data plane."""
 
-    def __init__(self, plane: DataPlane, patience: ClientPatience) -> None:
+    def __init__(self, plane: DataPlane, patience: ClientPatience | None) -> None:
         self.plane = plane
         self.patience = patience
         settings = plane.settings
@@ -85,6 +85,8 @@ class Routes:
         seconds = stated_timeout(request, plane.default_timeout)
         if seconds is not None:
             return seconds
+        if self.patience is None:
+            return plane.default_timeout
         group = call.patience_group = patience_group(request.headers)
         return self.patience.timeout(group, plane.default_timeout)
 

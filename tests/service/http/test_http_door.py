@@ -198,6 +198,28 @@ async def test_callers_that_state_no_deadline_get_the_patience_they_showed(tiny_
                 admission.queued_seconds = queued
 
 
+async def test_without_learning_callers_that_state_no_deadline_get_the_default(tiny_embed_dir: Path) -> None:
+    async with running_server([tiny_embed_dir], http_port=free_port(), instances=1,
+                              learn_http_patience=False) as server:
+        assert server.http is not None and server.http.patience is None
+        batcher = server.registry.models["tiny-embed"].batcher
+        engine = batcher.engine = FaultyEngine(batcher.engine, delay=0.3)
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{server.http_port}") as http:
+            for i in range(MIN_HANG_UPS):
+                with pytest.raises(asyncio.TimeoutError):
+                    await http.post("/v1/embeddings", json={"input": [f"call {i}"]},
+                                    timeout=aiohttp.ClientTimeout(total=0.1))
+            engine.delay = 0.0
+            admission = batcher.admission
+            queued, admission.queued_seconds = admission.queued_seconds, 0.3 * admission.instances  # 0.3 s ahead
+            admission.correction = 1.0
+            try:
+                assert (await post(http, "/v1/embeddings", {"input": "hi"}))[0] == 200  # the default (1 s) fits
+            finally:
+                admission.queued_seconds = queued
+        assert server.ledger.cancelled == MIN_HANG_UPS
+
+
 async def test_bodies_over_the_limit_are_413_before_or_while_reading(http: aiohttp.ClientSession) -> None:
     big = json.dumps({"input": "x" * BODY_LIMIT}).encode()
     status, answer = await post(http, "/v1/embeddings", big)
