@@ -98,12 +98,15 @@ class ClientPatience:
 
     def hung_up(self, group: str, waited: float) -> None:
         """A call of `group` lost its client after `waited` seconds, before it was answered."""
+        now = self._clock()
         found = self._groups.get(group)
         if found is None:
-            if len(self._groups) >= MAX_GROUPS:
-                return
+            if len(self._groups) >= MAX_GROUPS:  # make room: groups that have not learned and went quiet
+                self._groups = {name: kept for name, kept in self._groups.items()
+                                if kept.patience is not None or now - kept.last_at <= self.window}
+                if len(self._groups) >= MAX_GROUPS:
+                    return
             found = self._groups[group] = Group()
-        now = self._clock()
         hang_ups = found.hang_ups
         while hang_ups and hang_ups[0][0] < now - self.window:
             hang_ups.popleft()

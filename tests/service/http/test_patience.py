@@ -94,3 +94,13 @@ def test_groups_are_bounded(patience: ClientPatience, clock: Clock) -> None:
         hang_ups(patience, clock, [0.1] * MIN_HANG_UPS, group=str(group))
     assert len(patience.learned()) == MAX_GROUPS
     assert patience.timeout(str(MAX_GROUPS + 5), DEFAULT) == DEFAULT
+
+
+def test_groups_that_never_learned_make_room(patience: ClientPatience, clock: Clock) -> None:
+    for group in range(MAX_GROUPS):  # one hang-up each: a caller's own reasons, no pattern
+        hang_ups(patience, clock, [0.1], group=f"{group}")
+    hang_ups(patience, clock, [0.1] * MIN_HANG_UPS, group="new")
+    assert patience.learned() == {}  # no room while they are recent
+    clock.now += 3.0
+    hang_ups(patience, clock, [0.1] * MIN_HANG_UPS, group="new")
+    assert patience.learned() == {"new": pytest.approx(0.1)}
