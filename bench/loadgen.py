@@ -13,7 +13,8 @@ Every benchmark that puts gRPC load on a server runs this process (through bench
 error's kind, for benchmarks that break latency down by status.
 
 Only the standard library and numpy are imported at the top: each protocol's client library is imported
-when chosen, so the Triton driver can run from the Triton virtual environment.
+when chosen, so the Triton driver can run from the Triton virtual environment. `openai-node-client` runs the
+official OpenAI Node SDK in a Node process of its own (bench/node/openai_load.mjs) and summarizes its calls here.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import contextlib
 import json
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -449,9 +451,14 @@ async def run_python(args: argparse.Namespace) -> tuple[Recorder, float, float] 
         await driver.close()
 
 
+def node_sdk_installed() -> bool:
+    """Whether Node and the OpenAI Node SDK (`npm ci --prefix bench/node`, run by `make tools`) are here."""
+    return shutil.which("node") is not None and (NODE_SCRIPT.parent / "node_modules" / "openai").is_dir()
+
+
 def run_node(args: argparse.Namespace) -> tuple[Recorder, float, float] | None:
     """The phase run by the Node SDK's own process: its calls recorded here, its elapsed s and CPU s."""
-    if not (NODE_SCRIPT.parent / "node_modules" / "openai").is_dir():
+    if not node_sdk_installed():
         raise SystemExit(f"the Node SDK is not installed: npm ci --prefix {NODE_SCRIPT.parent}")
     options = {"target": args.target, "model": args.model, "texts": str(args.texts), "mode": args.mode,
                "rate": args.rate, "duration": args.duration, "warmup": args.warmup, "timeout": args.timeout,

@@ -58,7 +58,7 @@ class DataPlane:
         #: to a compute method before reading their request when even the least request would not fit.
         self.refusing = False
         #: True while refusals persist (service.refusal_watch, whatever else listens to it): the HTTP door then
-        #: tells OpenAI's Python SDK not to retry its 429s.
+        #: tells OpenAI's SDKs not to retry its 429s and 504s.
         self.overloaded = False
 
     # -- requests --------------------------------------------------------------------------------

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from bench.loadgen import NODE_PROTOCOL, NODE_SCRIPT
+from bench.loadgen import NODE_PROTOCOL, NODE_SCRIPT, node_sdk_installed
 from bench.peers.catalog import DOOR_PEERS, DOORS, PeerContext, launch
 from bench.processes import run_loadgen, start_server, wait_ready
 
@@ -25,8 +24,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("tritonclient") is None
 @pytest.mark.parametrize("name", sorted(DOOR_PEERS))
 def test_each_door_answers_and_refuses_through_its_own_client(name: str, tiny_embed_dir: Path, stsb_path: Path,
                                                               tmp_path: Path) -> None:
-    if DOOR_PEERS[name] == NODE_PROTOCOL and (shutil.which("node") is None
-                                              or not (NODE_SCRIPT.parent / "node_modules" / "openai").is_dir()):
+    if DOOR_PEERS[name] == NODE_PROTOCOL and not node_sdk_installed():
         pytest.skip(f"the OpenAI Node SDK is not installed (npm ci --prefix {NODE_SCRIPT.parent})")
     texts = tmp_path / "texts.json"
     texts.write_text(json.dumps([line.split("\t")[-1] for line in stsb_path.read_text().splitlines()[1:200]]))
