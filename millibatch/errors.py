@@ -78,6 +78,13 @@ class Overloaded(QueueFull):
         self.retry_after = retry_after
 
 
+class RetryRefused(QueueFull):
+    """The HTTP door refused an SDK's automatic retry while the server sheds load: its caller's timeout has
+    passed, and the engine time goes to first attempts that can still be answered in time."""
+
+    reason = "retry_refused"
+
+
 class DeadlineUnmeetable(MillibatchError):
     """The request cannot finish before its deadline, so no compute is spent on it."""
 

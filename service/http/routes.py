@@ -10,6 +10,8 @@
 The deadline is the X-Request-Timeout header (seconds); else the OpenAI SDK's own read timeout
 (X-Stainless-Read-Timeout) where shorter than default_deadline_ms; else default_deadline_ms, or less where
 callers like this one have been hanging up sooner (service.http.patience).
+While the server sheds load (service.refusal_watch), an OpenAI SDK's automatic retry is refused at once, before
+its body is read: its caller's own timeout has already passed, and first attempts get the engine instead.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 import orjson
 from aiohttp import web
 
-from millibatch.errors import NotServing
+from millibatch.errors import NotServing, RetryRefused
 from millibatch.service.dataplane import DataPlane
 from millibatch.service.embeddings import embed_ids, embed_texts
 from millibatch.service.http.edge import Call, HttpEdge
@@ -32,6 +34,7 @@ from millibatch.service.http.schemas import (
     embeddings_body,
     read_json,
     rerank_body,
+    retry_number,
     stated_timeout,
 )
 from millibatch.service.registry import ServedModel
@@ -79,6 +82,14 @@ class Routes:
             raise NotServing("server is warming up; GET /health answers 200 once it serves")
         return self.plane.model(name, task)
 
+    def refuse_retry(self, request: web.Request) -> None:
+        """While the server sheds load, refuse an SDK's automatic retry: it comes after the caller's timeout
+        and the SDK's backoff, so its answer would be late for the caller, and it would take the place of a
+        first attempt that can still be answered in time (429, and x-should-retry: false)."""
+        if self.plane.overloaded and (number := retry_number(request)):
+            raise RetryRefused(f"retry {number} of this call is refused while the server is shedding load: "
+                               "first attempts go first; send the call again once refusals stop")
+
     def timeout(self, request: web.Request, call: Call) -> float:
         """The seconds `request` has: what it states, else what callers of its group have waited."""
         plane = self.plane
@@ -92,6 +103,7 @@ class Routes:
 
     async def embeddings(self, request: web.Request, call: Call) -> web.Response:
         """POST /v1/embeddings."""
+        self.refuse_retry(request)
         plane = self.plane
         deadline = plane.deadline(self.timeout(request, call))
         body = embeddings_body(await read_json(request, self.body_limit), self.max_inputs)
@@ -113,6 +125,7 @@ class Routes:
 
     async def rerank(self, request: web.Request, call: Call) -> web.Response:
         """POST /v1/rerank."""
+        self.refuse_retry(request)
         plane = self.plane
         deadline = plane.deadline(self.timeout(request, call))
         body = rerank_body(await read_json(request, self.body_limit), self.max_inputs)

@@ -26,6 +26,9 @@ TIMEOUT_HEADER = "X-Request-Timeout"
 #: Without it the server would go on computing answers for callers whose client has already given up:
 #: under overload the queue then fills with abandoned calls, and the SDK retries each timeout twice.
 SDK_TIMEOUT_HEADER = "X-Stainless-Read-Timeout"
+#: OpenAI's Python and Node SDKs number each automatic retry of a call in this header (absent or 0: the first
+#: attempt). A retry comes after the SDK's own timeout or a refusal, plus its backoff.
+RETRY_COUNT_HEADER = "X-Stainless-Retry-Count"
 ENCODING_FORMATS = ("float", "base64")
 
 
@@ -70,6 +73,13 @@ def stated_timeout(request: web.Request, default: float) -> float | None:
         raise InvalidField(f"header {TIMEOUT_HEADER} is {raw[:40]!r}; it must be a positive number of seconds",
                            TIMEOUT_HEADER)
     return seconds
+
+
+def retry_number(request: web.Request) -> int:
+    """Which automatic retry of its call `request` is, by the SDK's count (0: the first attempt, or not an
+    SDK); a value the header was not meant to carry counts as 0."""
+    raw = request.headers.get(RETRY_COUNT_HEADER, "")
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 3 else 0
 
 
 def positive_seconds(raw: str) -> float | None:

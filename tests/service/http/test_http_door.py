@@ -141,6 +141,28 @@ async def test_overload_is_429_and_a_deadline_that_cannot_be_met_is_504(server: 
     assert (status, error_of(answer)["param"]) == (400, "X-Request-Timeout")
 
 
+async def test_an_sdks_retry_is_refused_while_the_server_sheds_load(server: Any, http: aiohttp.ClientSession) -> None:
+    """OpenAI's SDKs number their automatic retries; while refusals persist those are refused at once (the
+    caller's timeout has passed), and otherwise served like any call."""
+    retry = {"X-Stainless-Retry-Count": "1", "X-Request-Timeout": "5"}
+    for path, body in (("/v1/embeddings", {"input": "hi"}),
+                       ("/v1/rerank", {"model": "tiny-reranker", "query": QUERY, "documents": DOCUMENTS})):
+        server.plane.overloaded = True
+        try:
+            async with http.post(path, json=body, headers=retry) as response:
+                status, answer, headers = response.status, await response.json(), response.headers
+            first_attempt = await post(http, path, body, headers={**retry, "X-Stainless-Retry-Count": "0"})
+            odd = [(await post(http, path, body, headers={**retry, "X-Stainless-Retry-Count": value}))[0]
+                   for value in ("-1", "x", "\u00b2", "1" * 40)]
+        finally:
+            server.plane.overloaded = False
+        error = error_of(answer)
+        assert (status, error["type"], error["code"]) == (429, "rate_limit_error", "retry_refused"), answer
+        assert "shedding load" in error["message"] and headers["x-should-retry"] == "false"
+        assert first_attempt[0] == 200 and odd == [200] * 4  # only a count the header was meant to carry
+        assert (await post(http, path, body, headers=retry))[0] == 200  # not shedding: a retry is a call
+
+
 async def test_the_openai_sdks_read_timeout_is_the_deadline_unless_longer_than_the_default(
         server: Any, http: aiohttp.ClientSession) -> None:
     admission = server.registry.models["tiny-embed"].batcher.admission
