@@ -79,8 +79,8 @@ class Overloaded(QueueFull):
 
 
 class RetryRefused(QueueFull):
-    """The HTTP door refused an SDK's automatic retry while the server sheds load: its caller's timeout has
-    passed, and the engine time goes to first attempts that can still be answered in time."""
+    """The HTTP door refused an SDK's automatic retry while the server sheds load: it follows a timeout or a
+    refusal and the SDK's backoff, and the engine time goes to first attempts that can still be in time."""
 
     reason = "retry_refused"
 

@@ -11,7 +11,7 @@ The deadline is the X-Request-Timeout header (seconds); else the OpenAI SDK's ow
 (X-Stainless-Read-Timeout) where shorter than default_deadline_ms; else default_deadline_ms, or less where
 callers like this one have been hanging up sooner (service.http.patience).
 While the server sheds load (service.refusal_watch), an OpenAI SDK's automatic retry is refused at once, before
-its body is read: its caller's own timeout has already passed, and first attempts get the engine instead.
+its body is read: it follows a timeout or refusal and the SDK's backoff, and first attempts get the engine.
 """
 
 from __future__ import annotations
@@ -83,9 +83,9 @@ class Routes:
         return self.plane.model(name, task)
 
     def refuse_retry(self, request: web.Request) -> None:
-        """While the server sheds load, refuse an SDK's automatic retry: it comes after the caller's timeout
-        and the SDK's backoff, so its answer would be late for the caller, and it would take the place of a
-        first attempt that can still be answered in time (429, and x-should-retry: false)."""
+        """While the server sheds load, refuse an SDK's automatic retry: it follows a timeout or a refusal and
+        the SDK's backoff, so its answer would most likely be late for its caller, and it would take the place
+        of a first attempt that can still be answered in time (429, and x-should-retry: false)."""
         if self.plane.overloaded and (number := retry_number(request)):
             raise RetryRefused(f"retry {number} of this call is refused while the server is shedding load: "
                                "first attempts go first; send the call again once refusals stop")
