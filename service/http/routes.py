@@ -82,13 +82,16 @@ class Routes:
             raise NotServing("server is warming up; GET /health answers 200 once it serves")
         return self.plane.model(name, task)
 
-    def refuse_retry(self, request: web.Request) -> None:
-        """While the server sheds load, refuse an SDK's automatic retry: it follows a timeout or a refusal and
-        the SDK's backoff, so its answer would most likely be late for its caller, and it would take the place
-        of a first attempt that can still be answered in time (429, and x-should-retry: false)."""
-        if self.plane.overloaded and (number := retry_number(request)):
+    def deadline(self, request: web.Request, call: Call) -> float:
+        """A compute request's deadline on the batchers' clock, after refusing it if it is an SDK's automatic
+        retry while the server sheds load: a retry follows a timeout or a refusal and the SDK's backoff, so
+        its answer would most likely be late for its caller, and it would take the place of a first attempt
+        that can still be answered in time (429, and x-should-retry: false)."""
+        plane = self.plane
+        if plane.overloaded and (number := retry_number(request)):
             raise RetryRefused(f"retry {number} of this call is refused while the server is shedding load: "
                                "first attempts go first; send the call again once refusals stop")
+        return plane.deadline(self.timeout(request, call))
 
     def timeout(self, request: web.Request, call: Call) -> float:
         """The seconds `request` has: what it states, else what callers of its group have waited."""
@@ -103,9 +106,8 @@ class Routes:
 
     async def embeddings(self, request: web.Request, call: Call) -> web.Response:
         """POST /v1/embeddings."""
-        self.refuse_retry(request)
         plane = self.plane
-        deadline = plane.deadline(self.timeout(request, call))
+        deadline = self.deadline(request, call)
         body = embeddings_body(await read_json(request, self.body_limit), self.max_inputs)
         call.model = body.model
         model = self.model(body.model, "embed")
@@ -125,9 +127,8 @@ class Routes:
 
     async def rerank(self, request: web.Request, call: Call) -> web.Response:
         """POST /v1/rerank."""
-        self.refuse_retry(request)
         plane = self.plane
-        deadline = plane.deadline(self.timeout(request, call))
+        deadline = self.deadline(request, call)
         body = rerank_body(await read_json(request, self.body_limit), self.max_inputs)
         call.model = body.model
         model = self.model(body.model, "classify")

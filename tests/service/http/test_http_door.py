@@ -142,8 +142,8 @@ async def test_overload_is_429_and_a_deadline_that_cannot_be_met_is_504(server: 
 
 
 async def test_an_sdks_retry_is_refused_while_the_server_sheds_load(server: Any, http: aiohttp.ClientSession) -> None:
-    """OpenAI's SDKs number their automatic retries; while refusals persist those are refused at once (the
-    caller's timeout has passed), and otherwise served like any call."""
+    """OpenAI's SDKs number their automatic retries; while refusals persist those are refused at once (each
+    follows a timeout or a refusal and the SDK's backoff), and otherwise served like any call."""
     retry = {"X-Stainless-Retry-Count": "1", "X-Request-Timeout": "5"}
     for path, body in (("/v1/embeddings", {"input": "hi"}),
                        ("/v1/rerank", {"model": "tiny-reranker", "query": QUERY, "documents": DOCUMENTS})):
