@@ -6,38 +6,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from millibatch.client import Client
+from tests.helpers import free_port, wait_serving
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_serving(port: int, timeout: float = 60) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise AssertionError("server did not reach SERVING")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_serve_from_config_file_and_env_then_sigterm(tiny_embed_dir: Path, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.millibatch.test_cli_serve import free_port, wait_serving
+from tests.helpers import free_port, wait_serving
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
