@@ -1,5 +1,5 @@
-"""A burst far beyond what the server can queue, on one channel, to a `millibatch serve` process with its
-default settings: every call ends OK, RESOURCE_EXHAUSTED with a reason, or DEADLINE_EXCEEDED; none is
+"""A burst far beyond what the server can queue, on one channel or spread over many, to a `millibatch serve`
+process with its default settings: every call ends OK, RESOURCE_EXHAUSTED with a reason, or DEADLINE_EXCEEDED; none is
 refused by the transport (UNAVAILABLE) or dropped (CANCELLED), and the server's ledger shows every
 call it accepted answered."""
 
@@ -23,24 +23,31 @@ BURST = 3000
 DRAIN_LINE = re.compile(r"drain complete: accepted=(\d+) answered=(\d+) cancelled=(\d+) open=(\d+)")
 
 
-async def burst(port: int) -> tuple[collections.Counter[str], set[str]]:
-    """BURST Embed calls at once on one fresh channel (the server has answered nothing on it yet): how
-    they ended, and the details of the RESOURCE_EXHAUSTED ones."""
+async def burst(port: int, connections: int = 1) -> tuple[collections.Counter[str], set[str]]:
+    """BURST Embed calls at once on fresh channels (the server has answered nothing on them yet), taken in
+    turn from `connections` channels, one connection each: how they ended, and the details of the
+    RESOURCE_EXHAUSTED ones."""
     outcomes: collections.Counter[str] = collections.Counter()
     reasons: set[str] = set()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = inference_pb2_grpc.InferenceStub(channel)
+    # A distinct argument per channel: gRPC would otherwise let channels to one address share a connection.
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("millibatch.test.connection", n)])
+                for n in range(connections)]
+    stubs = [inference_pb2_grpc.InferenceStub(channel) for channel in channels]
 
-        async def one(i: int) -> None:
-            try:
-                await stub.Embed(pb.EmbedRequest(inputs=[f"burst call number {i}"]), timeout=20)
-                outcomes["OK"] += 1
-            except grpc.aio.AioRpcError as error:
-                outcomes[error.code().name] += 1
-                if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    reasons.add(error.details() or "")
+    async def one(i: int) -> None:
+        try:
+            await stubs[i % connections].Embed(pb.EmbedRequest(inputs=[f"burst call number {i}"]), timeout=20)
+            outcomes["OK"] += 1
+        except grpc.aio.AioRpcError as error:
+            outcomes[error.code().name] += 1
+            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                reasons.add(error.details() or "")
 
+    try:
         await asyncio.gather(*(one(i) for i in range(BURST)))
+    finally:
+        for channel in channels:
+            await channel.close()
     return outcomes, reasons
 
 
@@ -55,13 +62,14 @@ class BurstRun:
     ledger: tuple[int, int, int, int]
 
 
-async def burst_then_stop(directory: Path, *flags: str,
-                          after: Callable[[int], Awaitable[None]] | None = None) -> BurstRun:
-    """Serve `directory` with `flags`, send one burst (then `after(port)`, if given), stop the server with
-    SIGTERM; every call ends OK, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED, and the server exits cleanly."""
+async def burst_then_stop(directory: Path, *flags: str, after: Callable[[int], Awaitable[None]] | None = None,
+                          connections: int = 1) -> BurstRun:
+    """Serve `directory` with `flags`, send one burst over `connections` (then `after(port)`, if given),
+    stop the server with SIGTERM; every call ends OK, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED, and the
+    server exits cleanly."""
     logs: list[str] = []
     with serve_process(directory, *flags, log_sink=logs) as (process, port):
-        outcomes, reasons = await burst(port)
+        outcomes, reasons = await burst(port, connections)
         if after is not None:
             await after(port)
         process.terminate()
@@ -87,6 +95,18 @@ async def test_a_burst_of_3000_calls_on_one_channel_gets_answers_or_reasons(
     print(f"\nburst of {BURST} on one channel: {dict(outcomes)}")
     assert outcomes["OK"] > 0
     # Refusals say why: a full queue, or the queued work outlasting the call's deadline.
+    assert all("queue full" in r or "server busy" in r for r in reasons), reasons
+    accepted, answered, cancelled, still_open = run.ledger
+    assert accepted == BURST and answered == BURST and cancelled == 0 and still_open == 0
+
+
+@pytest.mark.slow
+async def test_a_burst_of_3000_calls_over_32_connections_gets_answers_or_reasons(minilm_dir: Path) -> None:
+    # As many client pods would send it: each call its own socket work, the same answers or reasons.
+    run = await burst_then_stop(minilm_dir, connections=32)
+    outcomes, reasons = run.outcomes, run.reasons
+    print(f"\nburst of {BURST} over 32 connections: {dict(outcomes)}")
+    assert outcomes["OK"] > 0
     assert all("queue full" in r or "server busy" in r for r in reasons), reasons
     accepted, answered, cancelled, still_open = run.ledger
     assert accepted == BURST and answered == BURST and cancelled == 0 and still_open == 0
