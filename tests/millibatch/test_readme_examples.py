@@ -63,9 +63,8 @@ def served_minilm(minilm_dir: Path) -> Iterator[tuple[int, int]]:
             process.wait()
 
 
-@pytest.mark.parametrize("index", range(len(readme_examples())))
-def test_a_readme_example_prints_what_the_readme_says(index: int, served_minilm: tuple[int, int]) -> None:
-    block = readme_examples()[index]
+@pytest.mark.parametrize("block", readme_examples(), ids=lambda block: block.split("\n", 1)[0])
+def test_a_readme_example_prints_what_the_readme_says(block: str, served_minilm: tuple[int, int]) -> None:
     port, http_port = served_minilm
     code = block.replace(HTTP_URL, f"http://127.0.0.1:{http_port}/v1").replace(GRPC_ADDRESS, f"127.0.0.1:{port}")
     # Its own interpreter: tritonclient's generated KServe modules cannot share a process with millibatch's.

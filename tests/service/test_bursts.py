@@ -1,7 +1,7 @@
-"""A burst far beyond what the server can queue, on one channel or spread over many, to a `millibatch serve`
-process with its default settings: every call ends OK, RESOURCE_EXHAUSTED with a reason, or DEADLINE_EXCEEDED; none is
-refused by the transport (UNAVAILABLE) or dropped (CANCELLED), and the server's ledger shows every
-call it accepted answered."""
+"""A burst far beyond what the server can queue, on one channel or spread over many, to a `millibatch
+serve` process with its default settings: every call ends OK, RESOURCE_EXHAUSTED with a reason, or
+DEADLINE_EXCEEDED; none is refused by the transport (UNAVAILABLE) or dropped (CANCELLED), and the
+server's ledger shows every call it accepted answered."""
 
 from __future__ import annotations
 
