@@ -69,6 +69,17 @@ $(TRITON_VENV)/.stamp:
 		|| echo "nvidia-pytriton could not be installed: the Triton peers will be skipped"
 	touch $@
 
+# infinity-emb, a peer of bench.goodput (`--peers millibatch,infinity`), in its own environment (about 1.4 GB):
+# the CPU torch pinned first, as in .venv, since infinity-emb's own range would pull a CUDA build.
+INFINITY_VENV := build/bench-infinity-venv
+
+$(INFINITY_VENV)/.stamp:
+	$(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/pip install --quiet torch==2.13.0
+	$(INFINITY_VENV)/bin/pip install --quiet 'infinity-emb[server,torch]==0.0.78' torch==2.13.0 \
+		|| echo "infinity-emb could not be installed: the infinity peer will be skipped"
+	touch $@
+
 bench: install $(TRITON_VENV)/.stamp
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 

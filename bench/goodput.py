@@ -7,7 +7,8 @@
 
 Every call carries one text and a deadline (`--deadline-ms`, 100 by default): millibatch reads it from
 gRPC; Triton gets it the way a Triton user does, from a queue policy (timeout = the deadline, REJECT,
-`--triton-max-queue`). The load generator is its own process on its own core(s) and reports its CPU.
+`--triton-max-queue`); infinity-emb (peer `infinity`) knows none, and its HTTP client gives up at it.
+The load generator is its own process on its own core(s) and reports its CPU.
 For each peer:
 
 1. **sweep**: open-loop Poisson rates rising by `--step` until goodput falls well behind the offered
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from bench.loadgen import THROTTLED
-from bench.peers.catalog import CLIENT_PEERS, DOOR_PEERS, DOORS, PeerContext, launch
+from bench.peers.catalog import CLIENT_PEERS, DOOR_PEERS, DOORS, INFINITY, PeerContext, launch
 from bench.processes import (
     Cores,
     Server,
@@ -49,7 +50,7 @@ from bench.processes import (
     wait_ready,
     worktree,
 )
-from bench.run import ensure_model, triton_env
+from bench.run import ensure_model, infinity_env, triton_env
 from bench.stats import stamp
 from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
 from bench.threads import loop_cpu_seconds
@@ -317,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "millibatch-openai-node (millibatch through its KServe V2 door with tritonclient / its "
                         "OpenAI HTTP door with X-Request-Timeout / that door with the official OpenAI Python or "
                         "Node SDK, its timeout and retries), millibatch-throttled (Embed from a client that "
-                        "throttles itself, millibatch.throttle), millibatch-LABEL (with --model LABEL=DIR)")
+                        "throttles itself, millibatch.throttle), millibatch-LABEL (with --model LABEL=DIR), infinity "
+                        "(infinity-emb's OpenAI-compatible server, the deadline its HTTP client's timeout)")
     parser.add_argument("--model", action="append", default=[], metavar="LABEL=DIR",
                         help="serve DIR as peer millibatch-LABEL (e.g. int8=models/minilm-int8)")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL, help="fp32 model dir (converted if absent)")
@@ -333,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="split: server on core 0, client on the rest; shared: both float on every core")
     parser.add_argument("--triton-max-queue", type=int, default=128, help="Triton queue policy's max_queue_size")
     parser.add_argument("--triton-python", default=None, help="Python of the environment with nvidia-pytriton")
+    parser.add_argument("--infinity", default=None,
+                        help="`infinity_emb` command of the environment with infinity-emb (peer infinity)")
     parser.add_argument("--stsb", type=Path, default=DEFAULT_STSB)
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results/goodput/TEXTS)")
     parser.add_argument("--server-args", default="", help="extra flags for millibatch serve (one string)")
@@ -382,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     texts.write_text(json.dumps(text_set(args.texts, stsb_sentences(args.stsb))), encoding="utf-8")
     cores = cores_for(args.pinning)
     triton_python, triton_libdir = triton_env(args.triton_python)
-    ctx = PeerContext(ensure_model(args.model_dir.resolve()), len(cores.server), triton_python, triton_libdir)
+    ctx = PeerContext(ensure_model(args.model_dir.resolve()), len(cores.server), triton_python, triton_libdir,
+                      infinity_env(args.infinity))
     when = stamp()
     info = {"date_utc": when.date_utc, "cpu": when.cpu, "cores": when.cores, "commit": when.commit,
             "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]}
@@ -398,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
             for name in peers:
                 if name.startswith("triton") and triton_python is None:
                     print(f"{name}: skipped (no Triton environment; `make bench` builds build/bench-triton-venv)")
+                    continue
+                if name == INFINITY and ctx.infinity is None:
+                    print(f"{name}: skipped (no infinity-emb environment; "
+                          "`make build/bench-infinity-venv/.stamp` builds it)")
                     continue
                 runs.append(run_peer(name, round_, args, ctx, cores, texts, raw))
     finally:

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"
 DEFAULT_MODEL = ROOT / "models" / "all-MiniLM-L6-v2"
 TRITON_PYTHON = ROOT / "build" / "bench-triton-venv" / "bin" / "python"
+INFINITY_COMMAND = ROOT / "build" / "bench-infinity-venv" / "bin" / "infinity_emb"
 
 
 @dataclass
@@ -154,6 +155,18 @@ def triton_env(path: str | None) -> tuple[str | None, str | None]:
     libdir = subprocess.run([str(python), "-c", "import sysconfig;print(sysconfig.get_config_var('LIBDIR'))"],
                             capture_output=True, text=True, check=False).stdout.strip()
     return str(python), libdir or sysconfig.get_config_var("LIBDIR")
+
+
+def infinity_env(path: str | None) -> str | None:
+    """The infinity-emb environment's `infinity_emb` command, or None where it is missing or half-built."""
+    command = Path(path) if path else INFINITY_COMMAND
+    if not command.exists():
+        return None
+    python = command.parent / "python"
+    if subprocess.run([str(python), "-c", "import infinity_emb, sentence_transformers"], capture_output=True,
+                      check=False).returncode != 0:
+        return None
+    return str(command)
 
 
 def ensure_model(model_dir: Path) -> Path:

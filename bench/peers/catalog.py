@@ -12,6 +12,10 @@ from millibatch.engines.model_dir import Manifest
 BASELINE = "fastapi-torch"
 TRITON_PEERS = ("triton-ids", "triton-text")
 ALL_PEERS = (BASELINE, "fastapi-onnx", *TRITON_PEERS, "millibatch")
+#: infinity-emb (bench.goodput only): its own server, on the checkpoint the model directory was converted from.
+INFINITY = "infinity"
+#: The model name the infinity peer serves under, which the load generator's requests name.
+INFINITY_MODEL = "minilm"
 
 
 @dataclass(frozen=True)
@@ -45,12 +49,14 @@ CLIENT_PEERS = {"millibatch-throttled": ["--throttle", "2"]}
 
 @dataclass
 class PeerContext:
-    """What every launch needs: model directory, server threads, and the Triton environment's Python."""
+    """What every launch needs: model directory, server threads, the Triton environment's Python, and the
+    infinity-emb environment's `infinity_emb` command."""
 
     model_dir: Path
     threads: int
     triton_python: str | None
     triton_libdir: str | None
+    infinity: str | None = None
 
 
 def launch(name: str, model_dir: Path, ctx: PeerContext, extra_args: list[str] | None = None,
@@ -81,6 +87,8 @@ def launch(name: str, model_dir: Path, ctx: PeerContext, extra_args: list[str] |
             flags += ["--tokenizer", str(model_dir / "tokenizer.json")]
         return Launch(name, command, f"triton-{mode}", target, python=ctx.triton_python, env=env, loadgen_flags=flags,
                       metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
+    if name == INFINITY:
+        return infinity_launch(model_dir, ctx, port, extra_args or [])
     if name.startswith("millibatch"):
         server_args, client_args = split_client_flags(extra_args or [])
         flags = ["--threads-per-instance", threads, "--log-level", "warning", *server_args]
@@ -92,6 +100,23 @@ def launch(name: str, model_dir: Path, ctx: PeerContext, extra_args: list[str] |
             spec = replace(spec, loadgen_flags=[*spec.loadgen_flags, *CLIENT_PEERS.get(base, [])])
         return replace(spec, loadgen_flags=[*spec.loadgen_flags, *client_args])  # after the peer's own: they win
     raise ValueError(f"unknown peer {name!r}; choose from {ALL_PEERS} or millibatch-<label>")
+
+
+def infinity_launch(model_dir: Path, ctx: PeerContext, port: int, extra_args: list[str]) -> Launch:
+    """infinity-emb's OpenAI-compatible server (`infinity_emb v2`) as its users start it on a CPU, on the
+    checkpoint `model_dir` was converted from: its default engine (PyTorch through sentence-transformers)
+    and batch size, its result cache off (repeated texts would be answered from it), no telemetry or hub. It
+    knows no deadline: the load generator's HTTP client gives up at it, as a caller would."""
+    if ctx.infinity is None:
+        raise RuntimeError("no infinity-emb environment (build/bench-infinity-venv); "
+                           "`make build/bench-infinity-venv/.stamp` creates it")
+    source = Manifest.load(model_dir).source
+    command = [ctx.infinity, "v2", "--model-id", str(source), "--served-model-name", INFINITY_MODEL,
+               "--engine", "torch", "--device", "cpu", "--no-vector-disk-cache", "--host", "127.0.0.1",
+               "--port", str(port), "--url-prefix", "/v1", "--log-level", "warning", *extra_args]
+    env = {"DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "HF_HUB_OFFLINE": "1"}
+    return Launch(INFINITY, command, "openai", f"127.0.0.1:{port}", env=env,
+                  loadgen_flags=["--model", INFINITY_MODEL])
 
 
 def split_client_flags(flags: list[str]) -> tuple[list[str], list[str]]:
