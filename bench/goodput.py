@@ -386,12 +386,13 @@ def main(argv: list[str] | None = None) -> int:
     texts.write_text(json.dumps(text_set(args.texts, stsb_sentences(args.stsb))), encoding="utf-8")
     cores = cores_for(args.pinning)
     triton_python, triton_libdir = triton_env(args.triton_python)
-    ctx = PeerContext(ensure_model(args.model_dir.resolve()), len(cores.server), triton_python, triton_libdir,
-                      infinity_env(args.infinity))
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    # Looked for only when asked for: the check imports torch in that environment, seconds on a small machine.
+    infinity = infinity_env(args.infinity) if INFINITY in peers else None
+    ctx = PeerContext(ensure_model(args.model_dir.resolve()), len(cores.server), triton_python, triton_libdir, infinity)
     when = stamp()
     info = {"date_utc": when.date_utc, "cpu": when.cpu, "cores": when.cores, "commit": when.commit,
             "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]}
-    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     args.variants = variant_peers(args.variant)
     peers += list(args.variants)
     trees = {ref: worktree(ref, Path(tempfile.mkdtemp(prefix="goodput-"))) for ref in args.baseline}
