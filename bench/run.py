@@ -143,14 +143,18 @@ def machine_info(plan: Plan) -> dict[str, Any]:
             "plan": plan.__dict__}
 
 
+def imports(python: Path, modules: str) -> bool:
+    """Whether the environment of `python` imports `modules` (comma-separated)."""
+    return subprocess.run([str(python), "-c", f"import {modules}"], capture_output=True, check=False).returncode == 0
+
+
 def triton_env(path: str | None) -> tuple[str | None, str | None]:
     """The Triton environment's Python and its libpython folder, or (None, None) where it is missing."""
     python = Path(path) if path else TRITON_PYTHON
     if not python.exists():
         return None, None
     # A half-built environment (pip failed) must count as missing, not fail each Triton peer slowly.
-    if subprocess.run([str(python), "-c", "import pytriton, tritonclient.grpc.aio"], capture_output=True,
-                      check=False).returncode != 0:
+    if not imports(python, "pytriton, tritonclient.grpc.aio"):
         return None, None
     libdir = subprocess.run([str(python), "-c", "import sysconfig;print(sysconfig.get_config_var('LIBDIR'))"],
                             capture_output=True, text=True, check=False).stdout.strip()
@@ -162,11 +166,7 @@ def infinity_env(path: str | None) -> str | None:
     command = Path(path) if path else INFINITY_COMMAND
     if not command.exists():
         return None
-    python = command.parent / "python"
-    if subprocess.run([str(python), "-c", "import infinity_emb, sentence_transformers"], capture_output=True,
-                      check=False).returncode != 0:
-        return None
-    return str(command)
+    return str(command) if imports(command.parent / "python", "infinity_emb, sentence_transformers") else None
 
 
 def ensure_model(model_dir: Path) -> Path:

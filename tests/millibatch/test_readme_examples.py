@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import free_port, wait_serving
+from tests.service.process import serve_process
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -43,24 +43,11 @@ def test_the_readme_has_runnable_examples_with_their_output() -> None:
 
 @pytest.fixture(scope="module")
 def served_minilm(minilm_dir: Path) -> Iterator[tuple[int, int]]:
-    """`millibatch serve` of all-MiniLM-L6-v2, gRPC and HTTP ports."""
-    port, http_port = free_port(), free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "millibatch", "serve", "--model", str(minilm_dir), "--host", "127.0.0.1",
-         "--port", str(port), "--http-port", str(http_port), "--metrics-port", "0", "--log-level", "warning"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
+    """`millibatch serve` of all-MiniLM-L6-v2, once SERVING: gRPC and HTTP ports."""
+    http_port = free_port()
+    with serve_process(minilm_dir, "--http-port", str(http_port)) as (_, port):
         wait_serving(port)
         yield port, http_port
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.parametrize("block", readme_examples(), ids=lambda block: block.split("\n", 1)[0])
