@@ -69,14 +69,17 @@ $(TRITON_VENV)/.stamp:
 		|| echo "nvidia-pytriton could not be installed: the Triton peers will be skipped"
 	touch $@
 
-# infinity-emb, a peer of bench.goodput (`--peers millibatch,infinity`), in its own environment (about 1.4 GB):
-# the CPU torch pinned first, as in .venv, since infinity-emb's own range would pull a CUDA build.
+# infinity-emb, a peer of bench.goodput (`--peers millibatch,infinity,infinity-onnx`), in its own environment
+# (about 1.5 GB): the CPU torch pinned first, as in .venv, since infinity-emb's own range would pull a CUDA build.
+# Its ONNX engine takes optimum 2 with optimum-onnx: its `optimum` extra resolves to optimum 1.x, whose exporter
+# does not import with torch 2.13.
 INFINITY_VENV := build/bench-infinity-venv
 
 $(INFINITY_VENV)/.stamp:
 	$(PYTHON) -m venv $(INFINITY_VENV)
 	$(INFINITY_VENV)/bin/pip install --quiet torch==2.13.0
-	$(INFINITY_VENV)/bin/pip install --quiet 'infinity-emb[server,torch]==0.0.78' torch==2.13.0 \
+	$(INFINITY_VENV)/bin/pip install --quiet 'infinity-emb[server,torch]==0.0.78' optimum==2.1.0 \
+		'optimum-onnx[onnxruntime]==0.1.0' torch==2.13.0 \
 		|| echo "infinity-emb could not be installed: the infinity peer will be skipped"
 	touch $@
 

@@ -7,7 +7,8 @@
 
 Every call carries one text and a deadline (`--deadline-ms`, 100 by default): millibatch reads it from
 gRPC; Triton gets it the way a Triton user does, from a queue policy (timeout = the deadline, REJECT,
-`--triton-max-queue`); infinity-emb (peer `infinity`) knows none, and its HTTP client gives up at it.
+`--triton-max-queue`); infinity-emb (peers `infinity`, its PyTorch engine, and `infinity-onnx`, its ONNX
+Runtime engine) knows none, and its HTTP client gives up at it.
 The load generator is its own process on its own core(s) and reports its CPU.
 For each peer:
 
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from bench.loadgen import THROTTLED
-from bench.peers.catalog import CLIENT_PEERS, DOOR_PEERS, DOORS, INFINITY, PeerContext, launch
+from bench.peers.catalog import CLIENT_PEERS, DOOR_PEERS, DOORS, INFINITY_ONNX, INFINITY_PEERS, PeerContext, launch
 from bench.processes import (
     Cores,
     Server,
@@ -319,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "OpenAI HTTP door with X-Request-Timeout / that door with the official OpenAI Python or "
                         "Node SDK, its timeout and retries), millibatch-throttled (Embed from a client that "
                         "throttles itself, millibatch.throttle), millibatch-LABEL (with --model LABEL=DIR), infinity "
-                        "(infinity-emb's OpenAI-compatible server, the deadline its HTTP client's timeout)")
+                        "(infinity-emb's OpenAI-compatible server, the deadline its HTTP client's timeout), "
+                        "infinity-onnx (the same with its ONNX Runtime engine)")
     parser.add_argument("--model", action="append", default=[], metavar="LABEL=DIR",
                         help="serve DIR as peer millibatch-LABEL (e.g. int8=models/minilm-int8)")
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL, help="fp32 model dir (converted if absent)")
@@ -336,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--triton-max-queue", type=int, default=128, help="Triton queue policy's max_queue_size")
     parser.add_argument("--triton-python", default=None, help="Python of the environment with nvidia-pytriton")
     parser.add_argument("--infinity", default=None,
-                        help="`infinity_emb` command of the environment with infinity-emb (peer infinity)")
+                        help="`infinity_emb` of the environment with infinity-emb (peers infinity, infinity-onnx)")
     parser.add_argument("--stsb", type=Path, default=DEFAULT_STSB)
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results/goodput/TEXTS)")
     parser.add_argument("--server-args", default="", help="extra flags for millibatch serve (one string)")
@@ -388,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     triton_python, triton_libdir = triton_env(args.triton_python)
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     # Looked for only when asked for: the check imports torch in that environment, seconds on a small machine.
-    infinity = infinity_env(args.infinity) if INFINITY in peers else None
+    wants_infinity = any(name in INFINITY_PEERS for name in peers)
+    infinity = infinity_env(args.infinity, onnx=INFINITY_ONNX in peers) if wants_infinity else None
     ctx = PeerContext(ensure_model(args.model_dir.resolve()), len(cores.server), triton_python, triton_libdir, infinity)
     when = stamp()
     info = {"date_utc": when.date_utc, "cpu": when.cpu, "cores": when.cores, "commit": when.commit,
@@ -405,8 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                 if name.startswith("triton") and triton_python is None:
                     print(f"{name}: skipped (no Triton environment; `make bench` builds build/bench-triton-venv)")
                     continue
-                if name == INFINITY and ctx.infinity is None:
-                    print(f"{name}: skipped (no infinity-emb environment; "
+                if name in INFINITY_PEERS and ctx.infinity is None:
+                    print(f"{name}: skipped (no infinity-emb environment, or one without its ONNX engine; "
                           "`make build/bench-infinity-venv/.stamp` builds it)")
                     continue
                 runs.append(run_peer(name, round_, args, ctx, cores, texts, raw))

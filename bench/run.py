@@ -161,12 +161,14 @@ def triton_env(path: str | None) -> tuple[str | None, str | None]:
     return str(python), libdir or sysconfig.get_config_var("LIBDIR")
 
 
-def infinity_env(path: str | None) -> str | None:
-    """The infinity-emb environment's `infinity_emb` command, or None where it is missing or half-built."""
+def infinity_env(path: str | None, onnx: bool = False) -> str | None:
+    """The infinity-emb environment's `infinity_emb` command, or None where it is missing or half-built, or,
+    with `onnx`, built before it held infinity's ONNX engine (optimum-onnx)."""
     command = Path(path) if path else INFINITY_COMMAND
     if not command.exists():
         return None
-    return str(command) if imports(command.parent / "python", "infinity_emb, sentence_transformers") else None
+    modules = "infinity_emb, sentence_transformers" + (", optimum.onnxruntime" if onnx else "")
+    return str(command) if imports(command.parent / "python", modules) else None
 
 
 def ensure_model(model_dir: Path) -> Path:

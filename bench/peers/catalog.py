@@ -12,8 +12,13 @@ from millibatch.engines.model_dir import Manifest
 BASELINE = "fastapi-torch"
 TRITON_PEERS = ("triton-ids", "triton-text")
 ALL_PEERS = (BASELINE, "fastapi-onnx", *TRITON_PEERS, "millibatch")
-#: infinity-emb (bench.goodput only): its own server, on the checkpoint the model directory was converted from.
+#: infinity-emb (bench.goodput only): its own server, on the checkpoint the model directory was converted from,
+#: with its default PyTorch engine (`infinity`) or its ONNX Runtime engine (`infinity-onnx`).
 INFINITY = "infinity"
+INFINITY_ONNX = "infinity-onnx"
+INFINITY_PEERS = (INFINITY, INFINITY_ONNX)
+#: Where the checkpoint infinity's ONNX engine loads is made (bench.peers.infinity_onnx), one per model.
+INFINITY_ONNX_DIR = ROOT / "build" / "infinity-onnx"
 #: The model name the infinity peer serves under, which the load generator's requests name.
 INFINITY_MODEL = "minilm"
 
@@ -87,8 +92,8 @@ def launch(name: str, model_dir: Path, ctx: PeerContext, extra_args: list[str] |
             flags += ["--tokenizer", str(model_dir / "tokenizer.json")]
         return Launch(name, command, f"triton-{mode}", target, python=ctx.triton_python, env=env, loadgen_flags=flags,
                       metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
-    if name == INFINITY:
-        return infinity_launch(model_dir, ctx, port, extra_args or [])
+    if name in INFINITY_PEERS:
+        return infinity_launch(name, model_dir, ctx, port, extra_args or [])
     if name.startswith("millibatch"):
         server_args, client_args = split_client_flags(extra_args or [])
         flags = ["--threads-per-instance", threads, "--log-level", "warning", *server_args]
@@ -102,21 +107,38 @@ def launch(name: str, model_dir: Path, ctx: PeerContext, extra_args: list[str] |
     raise ValueError(f"unknown peer {name!r}; choose from {ALL_PEERS} or millibatch-<label>")
 
 
-def infinity_launch(model_dir: Path, ctx: PeerContext, port: int, extra_args: list[str]) -> Launch:
+def infinity_launch(name: str, model_dir: Path, ctx: PeerContext, port: int, extra_args: list[str]) -> Launch:
     """infinity-emb's OpenAI-compatible server (`infinity_emb v2`) as its users start it on a CPU, on the
-    checkpoint `model_dir` was converted from: its default engine (PyTorch through sentence-transformers)
-    and batch size, its result cache off (repeated texts would be answered from it), no telemetry or hub. It
-    knows no deadline: the load generator's HTTP client gives up at it, as a caller would."""
+    checkpoint `model_dir` was converted from, with its batch size and thread defaults, its result cache off
+    (repeated texts would be answered from it), no telemetry or hub. `infinity` runs its default engine
+    (PyTorch through sentence-transformers); `infinity-onnx` its ONNX Runtime engine (`--engine optimum`) on
+    the same checkpoint exported to ONNX in fp32. It knows no deadline: the load generator's HTTP client gives
+    up at it, as a caller would."""
     if ctx.infinity is None:
         raise RuntimeError("no infinity-emb environment (build/bench-infinity-venv); "
                            "`make build/bench-infinity-venv/.stamp` creates it")
-    source = Manifest.load(model_dir).source
-    command = [ctx.infinity, "v2", "--model-id", str(source), "--served-model-name", INFINITY_MODEL,
-               "--engine", "torch", "--device", "cpu", "--no-vector-disk-cache", "--host", "127.0.0.1",
-               "--port", str(port), "--url-prefix", "/v1", "--log-level", "warning", *extra_args]
+    manifest = Manifest.load(model_dir)
+    model_id, cwd = str(manifest.source), ROOT
     env = {"DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "HF_HUB_OFFLINE": "1"}
-    return Launch(INFINITY, command, "openai", f"127.0.0.1:{port}", env=env,
-                  loadgen_flags=["--model", INFINITY_MODEL])
+    engine = "torch"
+    if name == INFINITY_ONNX:
+        from bench.peers.infinity_onnx import hidden_state_checkpoint
+
+        folder = INFINITY_ONNX_DIR / f"{manifest.name}-{manifest.source_hash.removeprefix('sha256:')[:12]}"
+        # infinity 0.0.78 names a local checkpoint's ONNX file by the path it globbed, which optimum 2 then
+        # joins to the checkpoint's path again: only a checkpoint named "." from inside it loads.
+        model_id, cwd, engine = ".", hidden_state_checkpoint(Path(manifest.source), folder), "optimum"
+        # This engine pools by the CLS token unless told otherwise (its PyTorch engine reads the checkpoint's
+        # pooling): told the model's own, as its users must be.
+        extra_args = ["--pooling-method", manifest.pooling, *extra_args]
+        # Its optimizer's cache (Hugging Face's hub cache) beside the checkpoint, not in it: infinity loads
+        # every ONNX file it finds under the checkpoint.
+        env["HF_HOME"] = str(folder.parent / f"{folder.name}-hf-home")
+    command = [ctx.infinity, "v2", "--model-id", model_id, "--served-model-name", INFINITY_MODEL,
+               "--engine", engine, "--device", "cpu", "--no-vector-disk-cache", "--host", "127.0.0.1",
+               "--port", str(port), "--url-prefix", "/v1", "--log-level", "warning", *extra_args]
+    return Launch(name, command, "openai", f"127.0.0.1:{port}", env=env, loadgen_flags=["--model", INFINITY_MODEL],
+                  cwd=cwd)
 
 
 def split_client_flags(flags: list[str]) -> tuple[list[str], list[str]]:
