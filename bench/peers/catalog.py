@@ -19,6 +19,9 @@ INFINITY_ONNX = "infinity-onnx"
 INFINITY_PEERS = (INFINITY, INFINITY_ONNX)
 #: Where the checkpoint infinity's ONNX engine loads is made (bench.peers.infinity_onnx), one per model.
 INFINITY_ONNX_DIR = ROOT / "build" / "infinity-onnx"
+#: A sitecustomize that gives ONNX Runtime sessions without a thread count one thread per core of the process's
+#: CPU set: by default ONNX Runtime pins a thread to every core of the machine, out of the server's cores.
+ORT_THREADS_SHIM = Path(__file__).resolve().parent / "ort_threads"
 #: The model name the infinity peer serves under, which the load generator's requests name.
 INFINITY_MODEL = "minilm"
 
@@ -131,9 +134,10 @@ def infinity_launch(name: str, model_dir: Path, ctx: PeerContext, port: int, ext
         # This engine pools by the CLS token unless told otherwise (its PyTorch engine reads the checkpoint's
         # pooling): told the model's own, as its users must be.
         extra_args = ["--pooling-method", manifest.pooling, *extra_args]
-        # Its optimizer's cache (Hugging Face's hub cache) beside the checkpoint, not in it: infinity loads
-        # every ONNX file it finds under the checkpoint.
+        # Its optimizer's cache (Hugging Face's hub cache) beside the checkpoint, not in it: infinity looks
+        # for ONNX files everywhere under the checkpoint.
         env["HF_HOME"] = str(folder.parent / f"{folder.name}-hf-home")
+        env["PYTHONPATH"] = str(ORT_THREADS_SHIM)  # intra-op threads = server cores, as every peer gets
     command = [ctx.infinity, "v2", "--model-id", model_id, "--served-model-name", INFINITY_MODEL,
                "--engine", engine, "--device", "cpu", "--no-vector-disk-cache", "--host", "127.0.0.1",
                "--port", str(port), "--url-prefix", "/v1", "--log-level", "warning", *extra_args]

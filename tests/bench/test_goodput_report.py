@@ -38,6 +38,30 @@ def test_the_overload_table_shows_the_loops_share_where_the_server_has_one(tmp_p
     assert "| - | 0.95 | - | - | 0.20 |" in table  # a run from before the load generator measured lengths
 
 
+def test_text_held_counts_the_text_answered_against_the_peaks_phase(tmp_path: Path) -> None:
+    # The peak (120/s) came where admission answered texts of 50 characters; at 1x, 100/s of 60-character
+    # texts is 0.83 of the peak in calls but the same text per second.
+    sweep = [phase(80, 80, mean_chars_ok=60.0, tag="sweep"), phase(300, 120, mean_chars_ok=50.0, tag="sweep"),
+             phase(90, 90, mean_chars_ok=70.0, tag="bound")]  # a bisection phase never sets the peak
+    overload = [{**phase(120, 100, mean_chars_ok=60.0), "multiple": 1.0},
+                {**phase(600, 110, mean_chars_ok=48.0), "multiple": 5.0}]
+    old = {**phase(600, 110), "multiple": 5.0}  # from before the load generator measured lengths
+    runs = [{"peer": "millibatch", "round": 1, "peak_goodput": 120.0, "bound_rate": 90.0, "sweep": sweep,
+             "overload": overload},
+            {"peer": "triton-text", "round": 1, "peak_goodput": 120.0, "bound_rate": 90.0,
+             "sweep": [phase(300, 120)], "overload": [old]}]
+    summary = {"machine": {"date_utc": "2026-11-29 06:00", "commit": "abc", "cpu": "x", "cores": 2}, "argv": [],
+               "texts": "long", "deadline_ms": 100.0, "triton_max_queue": 128, "server_cores": [0],
+               "client_cores": [1], "runs": runs}
+    report(summary, tmp_path)
+    table = (tmp_path / "results.md").read_text()
+    assert "| held / peak | held / best seen | held in text |" in table
+    assert "| millibatch | 1 | 120.0 | 90.0 | 0.83 | 0.83 | 0.88 |" in table  # 110 × 48 / (120 × 50)
+    assert "| triton-text | 1 | 120.0 | 90.0 | 0.92 | 0.92 | - |" in table
+    assert "| 100.0 | 0.83 | 1.00 | 50.0 |" in table and "| 110.0 | 0.92 | 0.88 | 50.0 |" in table
+    assert "| 110.0 | 0.92 | - | 50.0 |" in table
+
+
 def one_phase_at_5x(peer: str, overload: dict[str, Any]) -> dict[str, Any]:
     """A run's summary with one overload phase, at 5x the peak, for `peer`."""
     return {"machine": {"date_utc": "2026-11-28 01:00", "commit": "abc", "cpu": "x", "cores": 2},

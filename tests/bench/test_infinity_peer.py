@@ -5,6 +5,9 @@ the load generator."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -58,6 +61,14 @@ def test_infinity_onnx_loads_an_fp32_hidden_state_export_of_the_same_checkpoint(
     pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
     ours = ort.InferenceSession(str(tiny_embed_dir / "model.onnx")).run(["embeddings"], inputs)[0]
     np.testing.assert_allclose(pooled, ours, atol=1e-5)
+    # ONNX Runtime's default would pin a thread to every core of the machine, out of the server's cores: its
+    # sessions get one thread per core the server may use, as every peer does.
+    probe = ("import onnxruntime, sys; s = onnxruntime.InferenceSession(sys.argv[1]); "
+             "print(s.get_session_options().intra_op_num_threads)")
+    threads = subprocess.run([sys.executable, "-c", probe, str(checkpoint / "model.onnx")], capture_output=True,
+                             text=True, check=True, env={**os.environ, "PYTHONPATH": spec.env["PYTHONPATH"]},
+                             preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    assert threads.stdout.strip() == "1"
     # Made once: a second launch reuses it.
     made = (checkpoint / "model.onnx").stat().st_mtime_ns
     assert launch(INFINITY_ONNX, tiny_embed_dir, ctx, []).cwd == checkpoint
