@@ -202,13 +202,17 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def text_held(phase: dict[str, Any], run: dict[str, Any]) -> float | None:
-    """Text answered in time per second (goodput times the answered texts' mean length) over that of the
-    sweep phase that set the peak; None for runs from before the load generator measured lengths. A server
-    whose admission keeps shorter texts near its peak answers more calls there than it can at every length:
-    in calls, offered only the peak's count it then seems to hold less than it does."""
+def peak_phase(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The sweep phase that set the run's peak (bisection phases never do)."""
     sweep = [p for p in run["sweep"] if p.get("tag", "sweep") == "sweep"]
-    peak = max(sweep, key=lambda p: p["goodput_rps"], default=None)
+    return max(sweep, key=lambda p: p["goodput_rps"], default=None)
+
+
+def text_held(phase: dict[str, Any], peak: dict[str, Any] | None) -> float | None:
+    """Text answered in time per second (goodput times the answered texts' mean length) over that of the
+    `peak` phase; None for runs from before the load generator measured lengths. A server whose admission
+    keeps shorter texts near its peak answers more calls there than it can at every length: in calls,
+    offered only the peak's count it then seems to hold less than it does."""
     if peak is None or not peak.get("mean_chars_ok") or phase.get("mean_chars_ok") is None:
         return None
     return float(phase["goodput_rps"] * phase["mean_chars_ok"] / (peak["goodput_rps"] * peak["mean_chars_ok"]))
@@ -232,7 +236,8 @@ def report(summary: dict[str, Any], out: Path) -> None:
     for run in summary["runs"]:
         worst = min((p["goodput_rps"] for p in run["overload"]), default=0.0)
         best = max(p["goodput_rps"] for p in run["sweep"] + run["overload"])
-        texts = [t for t in (text_held(p, run) for p in run["overload"]) if t is not None]
+        peak = peak_phase(run)
+        texts = [t for t in (text_held(p, peak) for p in run["overload"]) if t is not None]
         lines.append(f"| {run['peer']} | {run['round']} | {run['peak_goodput']:.1f} | {run['bound_rate']:.1f} | "
                      f"{worst / run['peak_goodput']:.2f} | {worst / best:.2f} | {fmt(min(texts, default=None), 2)} |")
     lines += ["", "## Overload", "", "| peer | round | × peak | offered/s | goodput/s | goodput / peak | text / peak's "
@@ -240,6 +245,7 @@ def report(summary: dict[str, Any], out: Path) -> None:
               "| OK length / sent | server CPU | loop CPU | engine CPU | client CPU |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in summary["runs"]:
+        peak = peak_phase(run)
         for p in run["overload"]:
             refusal = refusal_p99(p)
             shed, refused, throttled, other = outcomes(p)
@@ -249,7 +255,7 @@ def report(summary: dict[str, Any], out: Path) -> None:
             lines.append(
                 f"| {run['peer']} | {run['round']} | {p['multiple']:.1f} | {p['offered_rps']:.0f} "
                 f"| {p['goodput_rps']:.1f} | {p['goodput_rps'] / run['peak_goodput']:.2f} "
-                f"| {fmt(text_held(p, run), 2)} | {p['p99_ms']:.1f} "
+                f"| {fmt(text_held(p, peak), 2)} | {p['p99_ms']:.1f} "
                 f"| {shed} | {refused} | {throttled} "
                 f"| {other} | {p['late_ok']} | {fmt(refusal)} | {fmt(p['rows_per_batch'])} "
                 f"| {fmt(length, 2)} | {p['server_cpu_cores']:.2f} | {fmt(p.get('loop_cpu_cores'), 2)} "

@@ -2,16 +2,15 @@
 `model.onnx` that returns the encoder's `last_hidden_state`, as the ONNX exports published with Hugging Face
 checkpoints do (infinity pools and normalizes itself). millibatch's own `model.onnx` pools inside the graph, so
 infinity cannot load it; optimum's exporter does not import with the pinned torch 2.13, so the graph is traced
-here with the same exporter settings as `millibatch convert` (fp32, opset 17, no offline fusion)."""
+here by `millibatch convert`'s own tracer (fp32, opset 17, no offline fusion)."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
-from millibatch.engines.convert.export import INPUT_NAMES, OPSET, load_reference
+from millibatch.engines.convert.export import load_reference, trace_onnx
 
 OUTPUT_NAME = "last_hidden_state"
 
@@ -51,10 +50,4 @@ def export_hidden_state(source: Path, out_file: Path) -> None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask,
                               token_type_ids=token_type_ids).last_hidden_state
 
-    example = torch.ones(2, 16, dtype=torch.long)
-    axes = {name: {0: "batch", 1: "sequence"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer warnings about Python branches, as in convert's export
-        torch.onnx.export(HiddenState().eval(), (example, example, torch.zeros_like(example)), str(out_file),
-                          input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME], dynamic_axes=axes,
-                          opset_version=OPSET, dynamo=False)
+    trace_onnx(HiddenState().eval(), out_file, [OUTPUT_NAME], {0: "batch", 1: "sequence"})

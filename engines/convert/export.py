@@ -129,22 +129,28 @@ def run_reference(head: torch.nn.Module, batch: EngineInputs) -> np.ndarray:
 
 def export_onnx(head: torch.nn.Module, task: str, out_file: Path) -> None:
     """Trace `head` to ONNX with dynamic batch and sequence axes."""
+    output_axes = {0: "batch", 1: "sequence"} if task == "token-classify" else {0: "batch"}
+    trace_onnx(head, out_file, OUTPUTS_BY_TASK[task], output_axes)
+
+
+def trace_onnx(module: torch.nn.Module, out_file: Path, output_names: list[str], output_axes: dict[int, str]) -> None:
+    """Trace `module`, which takes INPUT_NAMES, to ONNX at OPSET: inputs with dynamic batch and sequence
+    axes, every output with `output_axes`."""
     import torch
 
     example = torch.ones(2, 16, dtype=torch.long)
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
-    output_axes = {0: "batch", 1: "sequence"} if task == "token-classify" else {0: "batch"}
-    axes.update({name: dict(output_axes) for name in OUTPUTS_BY_TASK[task]})
+    axes.update({name: dict(output_axes) for name in output_names})
     # Tracing warns about every Python branch on a tensor in the model code; validation after export
     # checks the graph on real inputs, which is what those warnings are about.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            head,
+            module,
             (example, example, torch.zeros_like(example)),
             str(out_file),
             input_names=INPUT_NAMES,
-            output_names=OUTPUTS_BY_TASK[task],
+            output_names=output_names,
             dynamic_axes=axes,
             opset_version=OPSET,
             dynamo=False,
