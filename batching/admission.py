@@ -14,11 +14,17 @@ weighted most) absorbs what the cost model does not see, such as a busy event lo
 Clockwork (predict execution, refuse at arrival what cannot meet its SLO, rather than late), CoDel
 (judge the queue by the time spent in it, not its length), Triton's queue policy (a bound on the
 queue and a per-request timeout; here the timeout is each call's own deadline).
+
+A request's own compute is part of its predicted finish, so near a full queue a short input still fits
+where a long one does not: under overload long inputs are refused first (`own`, the default, which answers
+the most calls). `typical` prices every request's compute at the typical length admitted lately instead,
+so every length is refused alike (docs/OVERLOAD.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from millibatch.batching.cost_model import CostModel
 from millibatch.batching.work import Row, WorkItem
@@ -37,18 +43,31 @@ SLACK_INCREASE = 0.0002
 SLACK_DECREASE = 0.95
 #: Longest retry hint given to a refused caller (seconds): past this the estimate says little.
 MAX_RETRY_AFTER = 60.0
+#: Weight kept by the typical row length per admitted request (about the last 50 requests count), and its
+#: value before any request was admitted (tokens).
+TYPICAL_DECAY = 0.98
+TYPICAL_START = 16.0
+
+#: How the overload test prices a request's own compute: `own`, at its rows' own lengths (under a backlog a
+#: short input still fits where a long one does not, so long inputs are refused first and the most calls are
+#: answered); `typical`, as if every row had the typical length of those admitted lately (every length is
+#: refused alike). Either way a request whose own compute cannot fit its deadline is refused.
+AdmissionLength = Literal["own", "typical"]
 
 
 class Admission:
     """The door of one model's queue, and the tally of admitted work not yet in a batch."""
 
     def __init__(self, cost: CostModel, padded_length: Callable[[int], int], capacity: Callable[[int], int],
-                 max_queue_rows: int, instances: int) -> None:
+                 max_queue_rows: int, instances: int, length: AdmissionLength = "own") -> None:
         self._cost = cost
         self._pad = padded_length
         self._capacity = capacity
         self.max_queue_rows = max_queue_rows
         self.instances = instances
+        self.length: AdmissionLength = length
+        #: Tokens per row of the requests admitted lately, recent ones weighted most (`length` typical).
+        self.typical_tokens = TYPICAL_START
         #: Admitted rows not yet put in a batch, and the engine seconds they need (one instance).
         self.queued_rows = 0
         self.queued_seconds = 0.0
@@ -72,25 +91,29 @@ class Admission:
             price = self._row_seconds[padded] = self._cost.predict(rows, padded) / rows
         return price
 
-    def check(self, now: float, deadline: float, wait: float, margin: float, compute: float = 0.0) -> None:
+    def check(self, now: float, deadline: float, wait: float, margin: float, compute: float = 0.0,
+              rows: int = 1) -> None:
         """Raise the `refusal` of a request, if it has one."""
-        refusal = self.refusal(now, deadline, wait, margin, compute)
+        refusal = self.refusal(now, deadline, wait, margin, compute, rows)
         if refusal is not None:
             raise refusal
 
     def refusal(self, now: float, deadline: float, wait: float, margin: float,
-                compute: float = 0.0) -> Refusal | None:
-        """Why a request cannot be answered before `deadline`, or None if it can: DeadlineUnmeetable when
-        its own `compute` seconds and the answer's trip back (`margin`) do not fit even with no queue,
-        Overloaded when the predicted `wait` for the queue ahead makes it miss. With `compute` unknown (0)
-        this is the check made before any work is spent on a request. Returned, not raised: under overload
-        most calls end here, and a raise through the callers' frames is a visible part of a refusal's cost."""
+                compute: float = 0.0, rows: int = 1) -> Refusal | None:
+        """Why a request of `rows` inputs cannot be answered before `deadline`, or None if it can:
+        DeadlineUnmeetable when its own `compute` seconds and the answer's trip back (`margin`) do not fit
+        even with no queue, Overloaded when the predicted `wait` for the queue ahead makes it miss (its
+        compute priced as `length` says). With `compute` unknown (0) this is the check made before any work
+        is spent on a request. Returned, not raised: under overload most calls end here, and a raise through
+        the callers' frames is a visible part of a refusal's cost."""
         remaining = deadline - now
         if compute + margin > remaining:
             return DeadlineUnmeetable(
                 f"deadline too short: this request needs about {compute * 1e3:.1f} ms of compute and "
                 f"{margin * 1e3:.1f} ms for its answer to reach it, and {max(0.0, remaining) * 1e3:.1f} ms remained"
             )
+        if self.length == "typical":
+            compute = self.least_seconds(rows, round(self.typical_tokens))
         expected = wait * self.correction
         excess = expected + compute + margin - remaining * self.slack
         if excess > 0:
@@ -110,7 +133,10 @@ class Admission:
         if self.queued_rows + count > self.max_queue_rows:
             raise QueueFull(f"queue full ({self.queued_rows} of {self.max_queue_rows} rows waiting); retry later")
         per_row = sum(self.row_seconds(row.length) for row in rows) / count
-        self.check(now, deadline, wait, margin, self._own_seconds(count, max(row.length for row in rows), per_row))
+        longest = max(row.length for row in rows)
+        self.check(now, deadline, wait, margin, self._own_seconds(count, longest, per_row), count)
+        if self.length == "typical":
+            self.typical_tokens = self.typical_tokens * TYPICAL_DECAY + (1 - TYPICAL_DECAY) * longest
         self.queued_rows += count
         self.queued_seconds += per_row * count
         return per_row

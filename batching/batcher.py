@@ -17,7 +17,7 @@ import functools
 import time
 from collections.abc import Callable
 
-from millibatch.batching.admission import Admission
+from millibatch.batching.admission import Admission, AdmissionLength
 from millibatch.batching.cost_model import CostModel
 from millibatch.batching.delivery import AnswerLag, Delivery
 from millibatch.batching.dispatcher import Dispatcher, Event
@@ -47,6 +47,7 @@ class Batcher:
         on_unhealthy: Callable[[str], None] | None = None,
         clock: Callable[[], float] | None = None,
         engine_priority: EnginePriority = "nice",
+        admission_length: AdmissionLength = "own",
     ) -> None:
         self.engine = engine
         self.engine_priority: EnginePriority = engine_priority
@@ -63,7 +64,7 @@ class Batcher:
         self._now: Callable[[], float] = clock or time.monotonic
         self._instances = engine.info.instances
         self.admission = Admission(self.cost_model, engine.padded_length, self.scheduler.capacity, max_queue_rows,
-                                   self._instances)
+                                   self._instances, admission_length)
         self._lag = AnswerLag(lambda: self._now())
         self._delivery = Delivery(self._observer, self._lag, self.admission.outcome)
         self.dispatcher = Dispatcher(self.scheduler, self.cost_model, self.admission, self._delivery, self._lag,
@@ -167,7 +168,7 @@ class Batcher:
         the estimate, the fewer requests are refused only after tokenizing, by `submit`."""
         now = self._now()
         own = self.admission.least_seconds(rows, tokens_per_row)
-        refusal = self.admission.refusal(now, deadline, self.predicted_wait(now), self.margin, own)
+        refusal = self.admission.refusal(now, deadline, self.predicted_wait(now), self.margin, own, rows)
         if refusal is not None:
             self.counters.rejected(rows, refusal.reason)
         return refusal

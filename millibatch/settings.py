@@ -20,6 +20,7 @@ from pydantic_settings import (
 
 # Light modules (the standard library only): importing them here does not import grpc, which must not be
 # imported before apply_grpc_experiments.
+from millibatch.batching.admission import AdmissionLength
 from millibatch.engines.base import SpinningChoice
 from millibatch.engines.thread_priority import EnginePriority
 from millibatch.service.grpc_poller import PollerPolicy
@@ -170,6 +171,11 @@ class Settings(BaseSettings):
     `default_deadline_ms` (docs/OVERLOAD.md, "Callers that state no deadline"); off: `default_deadline_ms`."""
     max_queue_rows: int = Field(2048, ge=1)
     """Inputs that may wait per model; beyond it calls get RESOURCE_EXHAUSTED at once."""
+    admission_length: AdmissionLength = "own"
+    """How admission weighs a call's own length when the queue is nearly full. `own`: by its own compute, so
+    under overload long inputs are refused first and the most calls are answered. `typical`: as if it had
+    the typical length of the calls admitted lately, so every length is refused alike (a call whose own
+    compute cannot fit its deadline is still refused). docs/OVERLOAD.md, "Long inputs are refused first"."""
     profile_on_start: bool = True
     """Time a grid of batch shapes at start-up to seed the cost model."""
     watchdog_seconds: float = Field(30.0, gt=0)

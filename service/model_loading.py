@@ -62,6 +62,7 @@ def load_model(
         watchdog_seconds=settings.watchdog_seconds,
         observer=observer,
         engine_priority=settings.engine_priority,
+        admission_length=settings.admission_length,
     )
     batcher.warm_up(manifest.max_length, profile=settings.profile_on_start)
     model = ServedModel(manifest.name, directory, manifest, encoder, engine, batcher)

@@ -1,11 +1,14 @@
-"""Admission's refusals: what an Overloaded refusal tells the caller about when to come back."""
+"""Admission's refusals: what an Overloaded refusal tells the caller about when to come back, and how a call's
+length weighs."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from millibatch.batching.admission import MAX_RETRY_AFTER, Admission
 from millibatch.batching.cost_model import CostModel
+from millibatch.batching.work import Row
 from millibatch.errors import DeadlineUnmeetable, Overloaded
 
 
@@ -40,3 +43,39 @@ def test_refusal_returns_what_check_raises() -> None:
     refused = gate.refusal(now=10.0, deadline=10.1, wait=0.25, margin=0.001)
     assert isinstance(refused, Overloaded) and refused.retry_after == pytest.approx(0.151)
     assert isinstance(gate.refusal(now=0.0, deadline=0.001, wait=0.0, margin=0.002), DeadlineUnmeetable)
+
+
+def rows_of(length: int, count: int = 1) -> list[Row]:
+    ids = np.ones(length, dtype=np.int64)
+    return [Row(ids, np.zeros_like(ids)) for _ in range(count)]
+
+
+def boundary_wait(gate: Admission, length: int, deadline: float, margin: float) -> float:
+    """The queue wait at which a lone row of `length` tokens, priced at its own length, just fits."""
+    return deadline - margin - gate.least_seconds(1, length)
+
+
+def test_own_length_refuses_a_long_input_where_a_short_one_still_fits() -> None:
+    gate = admission()
+    wait = (boundary_wait(gate, 16, 0.1, 0.001) + boundary_wait(gate, 256, 0.1, 0.001)) / 2
+    gate.admit(rows_of(16), deadline=0.1, now=0.0, wait=wait, margin=0.001)
+    with pytest.raises(Overloaded):
+        gate.admit(rows_of(256), deadline=0.1, now=0.0, wait=wait, margin=0.001)
+
+
+def test_typical_length_refuses_every_length_alike_but_never_an_input_that_cannot_fit() -> None:
+    gate = Admission(CostModel(), padded_length=lambda n: n, capacity=lambda n: 8, max_queue_rows=1000, instances=1,
+                     length="typical")
+    for _ in range(400):  # admitted requests teach it the typical length: 64 tokens
+        gate.admit(rows_of(64), deadline=10.0, now=0.0, wait=0.0, margin=0.001)
+    assert gate.typical_tokens == pytest.approx(64, abs=0.5)
+    # Where the typical input just fits, the short and the long one are both admitted; a little more queue
+    # and both are refused.
+    fits = boundary_wait(gate, 64, 0.1, 0.001) - 1e-4
+    for length in (16, 256):
+        gate.admit(rows_of(length), deadline=0.1, now=0.0, wait=fits, margin=0.001)
+        assert isinstance(gate.refusal(now=0.0, deadline=0.1, wait=fits + 2e-4, margin=0.001,
+                                       compute=gate.least_seconds(1, length)), Overloaded)
+    # A request whose own compute outlasts its deadline is refused whatever the queue.
+    own = gate.least_seconds(1, 256)
+    assert isinstance(gate.refusal(now=0.0, deadline=own, wait=0.0, margin=0.001, compute=own), DeadlineUnmeetable)

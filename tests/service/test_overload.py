@@ -162,3 +162,15 @@ async def test_load_shedding_is_logged_at_debug_and_still_explained_to_the_calle
     with pytest.raises(grpc.aio.AioRpcError):
         await inference.Embed(pb.EmbedRequest(inputs=[]), timeout=10)
     assert caplog.records[-1].levelno == logging.INFO and caplog.records[-1].status == "INVALID_ARGUMENT"
+
+
+async def test_typical_admission_length_learns_the_length_of_the_calls_it_admits(tiny_embed_dir: Path) -> None:
+    async with running_server([tiny_embed_dir], admission_length="typical") as server:
+        admission = server.registry.models["tiny-embed"].batcher.admission
+        assert admission.length == "typical"
+        before = admission.typical_tokens
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            inference = inference_pb2_grpc.InferenceStub(channel)
+            for _ in range(5):
+                await inference.Embed(pb.EmbedRequest(inputs=["word " * 60], truncate=True), timeout=10)
+        assert admission.typical_tokens > before + 1
