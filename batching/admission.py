@@ -73,7 +73,8 @@ class Admission:
         self.queued_seconds = 0.0
         #: Actual / predicted wait before the first batch, recent requests weighted most.
         self.correction = 1.0
-        #: Share of a request's remaining time that its predicted finish may use (see `outcome`).
+        #: Share of what a request's own work leaves of its remaining time that the predicted wait for the
+        #: queue ahead may take (see `outcome`).
         self.slack = SLACK_BOUNDS[1]
         self._actual = 0.0
         self._predicted = 0.0
@@ -115,13 +116,18 @@ class Admission:
         if self.length == "typical":
             compute = self.least_seconds(rows, round(self.typical_tokens))
         expected = wait * self.correction
-        excess = expected + compute + margin - remaining * self.slack
+        # The slack limits the queue's share of what the request's own work leaves of its deadline, not that
+        # work itself: were the work scaled too, a slack shrunk by misses could refuse every request that
+        # fits alone, even on an idle server, and with nothing answered it would never regrow. With no
+        # queue ahead nothing is refused here (a typical length longer than the deadline included).
+        excess = expected - self.slack * max(0.0, remaining - compute - margin)
         if excess > 0:
-            # The queue ahead drains in real time: after `excess` a call like this one would fit.
+            # The queue ahead drains in real time: once it has shrunk by `excess` (as predicted, corrected), a
+            # call like this one would fit.
             return Overloaded(
                 f"server busy: about {expected * 1e3:.0f} ms of queued work is ahead of this call and "
                 f"{remaining * 1e3:.0f} ms remain before its deadline; retry later or elsewhere",
-                retry_after=min(excess, MAX_RETRY_AFTER),
+                retry_after=min(excess / self.correction, MAX_RETRY_AFTER),
             )
         return None
 

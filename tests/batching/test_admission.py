@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from millibatch.batching.admission import MAX_RETRY_AFTER, Admission
+from millibatch.batching.admission import MAX_RETRY_AFTER, Admission, AdmissionLength
 from millibatch.batching.cost_model import CostModel
 from millibatch.batching.work import Row
 from millibatch.errors import DeadlineUnmeetable, Overloaded
@@ -79,3 +79,27 @@ def test_typical_length_refuses_every_length_alike_but_never_an_input_that_canno
     # A request whose own compute outlasts its deadline is refused whatever the queue.
     own = gate.least_seconds(1, 256)
     assert isinstance(gate.refusal(now=0.0, deadline=own, wait=0.0, margin=0.001, compute=own), DeadlineUnmeetable)
+
+
+@pytest.mark.parametrize("length", ["own", "typical"])
+def test_a_slack_shrunk_by_misses_still_admits_what_fits_alone_so_the_server_recovers(length: AdmissionLength) -> None:
+    """Each miss shrinks the slack; with only long requests, each needing most of its deadline, a slack
+    that scaled their own work refused them all even with no queue, so none was answered and the slack
+    never regrew (found with 255-token texts on a slow CPU: every call refused until restart)."""
+    gate = Admission(CostModel(), padded_length=lambda n: n, capacity=lambda n: 8, max_queue_rows=1000, instances=1,
+                     length=length)
+    long_input = rows_of(2048)
+    own = gate.least_seconds(1, 2048)
+    deadline = own / 0.7  # its own work takes 70% of the deadline
+    for _ in range(200):
+        gate.outcome(missed=True)
+    assert gate.slack == pytest.approx(0.2)
+    gate.admit(long_input, deadline=deadline, now=0.0, wait=0.0, margin=0.001)
+    for _ in range(50):
+        gate.admit(long_input, deadline=deadline, now=0.0, wait=0.0, margin=0.001)
+        gate.outcome(missed=False)
+    assert gate.slack > 0.2
+    # With a queue ahead that the slack no longer allows, it is refused, and told when to come back.
+    room = deadline - own - 0.001
+    refused = gate.refusal(now=0.0, deadline=deadline, wait=0.9 * room, margin=0.001, compute=own)
+    assert isinstance(refused, Overloaded) and refused.retry_after is not None and refused.retry_after > 0
