@@ -175,7 +175,8 @@ class Settings(BaseSettings):
     """How admission weighs a call's own length when the queue is nearly full. `own`: by its own compute, so
     under overload long inputs are refused first and the most calls are answered. `typical`: as if it had
     the typical length of the calls admitted lately, so every length is refused alike (a call whose own
-    compute cannot fit its deadline is still refused). docs/OVERLOAD.md, "Long inputs are refused first"."""
+    compute cannot fit its deadline is still refused); on sentences at 5x the peak it held fewer calls and
+    no more text (docs/OVERLOAD.md, "Every length alike")."""
     profile_on_start: bool = True
     """Time a grid of batch shapes at start-up to seed the cost model."""
     watchdog_seconds: float = Field(30.0, gt=0)
