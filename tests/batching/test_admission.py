@@ -12,8 +12,9 @@ from millibatch.batching.work import Row
 from millibatch.errors import DeadlineUnmeetable, Overloaded
 
 
-def admission() -> Admission:
-    return Admission(CostModel(), padded_length=lambda n: n, capacity=lambda n: 8, max_queue_rows=64, instances=1)
+def admission(length: AdmissionLength = "own", max_queue_rows: int = 64) -> Admission:
+    return Admission(CostModel(), padded_length=lambda n: n, capacity=lambda n: 8, max_queue_rows=max_queue_rows,
+                     instances=1, length=length)
 
 
 def test_overloaded_says_how_long_until_a_call_like_this_would_fit() -> None:
@@ -45,9 +46,9 @@ def test_refusal_returns_what_check_raises() -> None:
     assert isinstance(gate.refusal(now=0.0, deadline=0.001, wait=0.0, margin=0.002), DeadlineUnmeetable)
 
 
-def rows_of(length: int, count: int = 1) -> list[Row]:
+def rows_of(length: int) -> list[Row]:
     ids = np.ones(length, dtype=np.int64)
-    return [Row(ids, np.zeros_like(ids)) for _ in range(count)]
+    return [Row(ids, np.zeros_like(ids))]
 
 
 def boundary_wait(gate: Admission, length: int, deadline: float, margin: float) -> float:
@@ -64,8 +65,7 @@ def test_own_length_refuses_a_long_input_where_a_short_one_still_fits() -> None:
 
 
 def test_typical_length_refuses_every_length_alike_but_never_an_input_that_cannot_fit() -> None:
-    gate = Admission(CostModel(), padded_length=lambda n: n, capacity=lambda n: 8, max_queue_rows=1000, instances=1,
-                     length="typical")
+    gate = admission("typical", max_queue_rows=1000)
     for _ in range(400):  # admitted requests teach it the typical length: 64 tokens
         gate.admit(rows_of(64), deadline=10.0, now=0.0, wait=0.0, margin=0.001)
     assert gate.typical_tokens == pytest.approx(64, abs=0.5)
@@ -86,8 +86,7 @@ def test_a_slack_shrunk_by_misses_still_admits_what_fits_alone_so_the_server_rec
     """Each miss shrinks the slack; with only long requests, each needing most of its deadline, a slack
     that scaled their own work refused them all even with no queue, so none was answered and the slack
     never regrew (found with 255-token texts on a slow CPU: every call refused until restart)."""
-    gate = Admission(CostModel(), padded_length=lambda n: n, capacity=lambda n: 8, max_queue_rows=1000, instances=1,
-                     length=length)
+    gate = admission(length, max_queue_rows=1000)
     long_input = rows_of(2048)
     own = gate.least_seconds(1, 2048)
     deadline = own / 0.7  # its own work takes 70% of the deadline
