@@ -44,10 +44,12 @@ from bench.processes import (
     Cores,
     Server,
     cores_for,
+    cpu_ticks,
     process_cpu,
     remove_worktree,
     run_loadgen,
     start_server,
+    stolen_share,
     wait_ready,
     worktree,
 )
@@ -134,6 +136,7 @@ class Peer:
         before = scrape(self.server.launch.metrics_url, self.counters)
         pid, millibatch = self.server.process.pid, self.millibatch
         loop_before = loop_cpu_seconds(pid) if millibatch else 0.0
+        ticks_before = cpu_ticks(self.cores.server)
         cpu_before, wall_before = process_cpu(pid), time.perf_counter()
         flags = ["--mode", "open", "--rate", f"{rate:.3f}", "--duration", str(self.duration), "--warmup", "0",
                  "--timeout", str(self.deadline), "--max-outstanding", "100000"]
@@ -145,6 +148,8 @@ class Peer:
         result.pop("latencies_ms", None)
         result.update(peer=self.name, tag=tag, raw=raw_file.name,
                       server_cpu_cores=(process_cpu(pid) - cpu_before) / wall,
+                      # Of the server's cores' time, the share the hypervisor gave elsewhere.
+                      server_stolen=stolen_share(ticks_before, cpu_ticks(self.cores.server)),
                       # The event loop's share (millibatch's main thread): admission, refusals, answers.
                       loop_cpu_cores=(loop_cpu_seconds(pid) - loop_before) / wall if millibatch else None,
                       server_counters=delta,
@@ -159,7 +164,8 @@ class Peer:
               f"shed {result['shed']:5d}  refused {result['refused']:5d}  throttled {result['throttled']:5d}  "
               f"other {result['other_errors']:4d}  "
               f"late-ok {result['late_ok']}  rows/batch {fmt(result['rows_per_batch'])}  "
-              f"cpu server {result['server_cpu_cores']:.2f} client {result['client_cpu_cores']:.2f}", flush=True)
+              f"cpu server {result['server_cpu_cores']:.2f} client {result['client_cpu_cores']:.2f} "
+              f"stolen {fmt(result['server_stolen'], 3)}", flush=True)
         return result
 
 
@@ -229,7 +235,9 @@ def report(summary: dict[str, Any], out: Path) -> None:
              "", "Held: the lowest goodput of the overload phases over the peak (the best goodput of the rising "
              "sweep), and, stricter, over the best goodput seen in any phase of the peer's run; held in text: the "
              "lowest text answered in time per second (goodput × mean length of the answered texts) over that of "
-             "the peak's phase.", "",
+             "the peak's phase. Server cores stolen: the share of the server's cores' time the hypervisor gave "
+             "elsewhere during the phase (steal time in /proc/stat: on a VM, a slow phase's cause that no process "
+             "shows).", "",
              "| peer | round | peak goodput/s | p99-bound rate/s (p99 ≤ "
              f"{summary['deadline_ms']:.0f} ms, errors ≤ 1%) | held / peak | held / best seen | held in text |",
              "|---|---|---|---|---|---|---|"]
@@ -242,8 +250,8 @@ def report(summary: dict[str, Any], out: Path) -> None:
                      f"{worst / run['peak_goodput']:.2f} | {worst / best:.2f} | {fmt(min(texts, default=None), 2)} |")
     lines += ["", "## Overload", "", "| peer | round | × peak | offered/s | goodput/s | goodput / peak | text / peak's "
               "| p99 OK ms | shed | refused | throttled | other errors | late OK | refusal p99 ms | rows/batch "
-              "| OK length / sent | server CPU | loop CPU | engine CPU | client CPU |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| OK length / sent | server CPU | loop CPU | engine CPU | client CPU | server cores stolen |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in summary["runs"]:
         peak = peak_phase(run)
         for p in run["overload"]:
@@ -259,7 +267,8 @@ def report(summary: dict[str, Any], out: Path) -> None:
                 f"| {shed} | {refused} | {throttled} "
                 f"| {other} | {p['late_ok']} | {fmt(refusal)} | {fmt(p['rows_per_batch'])} "
                 f"| {fmt(length, 2)} | {p['server_cpu_cores']:.2f} | {fmt(p.get('loop_cpu_cores'), 2)} "
-                f"| {fmt(p.get('engine_cpu_cores'), 2)} | {p['client_cpu_cores']:.2f} |")
+                f"| {fmt(p.get('engine_cpu_cores'), 2)} | {p['client_cpu_cores']:.2f} "
+                f"| {fmt(p.get('server_stolen'), 3)} |")
     lines += ["", "## Sweep", "", "| peer | round | offered/s | goodput/s | p99 OK ms | p99 all ms | errors | "
               "rows/batch |", "|---|---|---|---|---|---|---|---|"]
     for run in summary["runs"]:

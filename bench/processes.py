@@ -119,6 +119,33 @@ def process_cpu(pid: int) -> float:
         return 0.0
 
 
+def cpu_ticks(cpus: set[int], stat: str | None = None) -> tuple[int, int]:
+    """(stolen, all) clock ticks of `cpus` so far, from /proc/stat (or `stat`, its text). Stolen ticks are
+    those the hypervisor gave the virtual CPU to someone else: on a VM they explain a slow phase that
+    neither the server's nor the client's own CPU shows. (0, 0) where /proc/stat cannot be read."""
+    if stat is None:
+        try:
+            stat = Path("/proc/stat").read_text(encoding="ascii")
+        except OSError:
+            return 0, 0
+    stolen = total = 0
+    for line in stat.splitlines():
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+            continue
+        # user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is already in user.
+        ticks = [int(value) for value in fields[:8]]
+        stolen += ticks[7] if len(ticks) > 7 else 0
+        total += sum(ticks)
+    return stolen, total
+
+
+def stolen_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """Share of `cpus`' time stolen between two `cpu_ticks` readings (None if no time passed)."""
+    elapsed = after[1] - before[1]
+    return (after[0] - before[0]) / elapsed if elapsed > 0 else None
+
+
 @dataclass
 class Server:
     """A running server process."""
