@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.call_path --variants "spin-off=--cpu-spinning off" "default="
     .venv/bin/python -m bench.call_path --block 1                # served and bare alternate call by call
     .venv/bin/python -m bench.call_path --doors grpc,http       # Embed and the OpenAI HTTP door
+    .venv/bin/python -m bench.call_path --baseline 7ae630e      # each variant of this build and of another
 
 Sequential Embed calls carry one 15-token text to `millibatch serve --instances 1
 --threads-per-instance 2` (plus each variant's flags), a separate process on the same machine. They are
@@ -15,7 +16,9 @@ trip minus the handler's time), tokenize, the hop to an engine thread (admission
 thread wake-up: submit to engine start), the engine, and the rest of the handler (decoding, the return
 to the event loop, building the response). Each p50 is also given *settled*, without the first SETTLE
 calls of every block: the bare session's threads go on spinning after its block and slow the server's
-next calls on the same cores, which a server's own callers would not meet.
+next calls on the same cores, which a server's own callers would not meet. With `--baseline REF`, every
+variant also runs from a checkout of REF (as VARIANT@REF), right after this build's, round by round: the
+way to measure a change to the request path beside the build before it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,10 +35,9 @@ from typing import Any
 import numpy as np
 
 from bench.frontend import ECHO_WAIT_SECONDS
-from bench.processes import Launch, free_port, running_server, serve_launch
+from bench.processes import ROOT, Launch, free_port, remove_worktree, running_server, serve_launch, worktree
 from bench.stats import percentile, publish, stamp
 
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "all-MiniLM-L6-v2"
 DEFAULT_OUT = ROOT / "bench" / "results" / "call_path"
 #: 15 tokens with [CLS] and [SEP] for the MiniLM (BERT uncased) tokenizer; checked at start.
@@ -104,9 +107,11 @@ class HttpEmbed:
 
 
 def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: int, texts: Path,
-            gap: float, block: int = 1, door: str = "grpc", settle: int = SETTLE) -> dict[str, Any]:
-    """Served and bare calls against one server started with `flags`, interleaved in blocks of `block`,
-    the served ones through `door` (grpc: Embed; http: the OpenAI HTTP door, which reports no stages).
+            gap: float, block: int = 1, door: str = "grpc", settle: int = SETTLE,
+            repo: Path = ROOT) -> dict[str, Any]:
+    """Served and bare calls against one server started with `flags` from the checkout at `repo`,
+    interleaved in blocks of `block`, the served ones through `door` (grpc: Embed; http: the OpenAI HTTP
+    door, which reports no stages).
     The p50s are over every call and, `settled`, over all but the first `settle` calls of each block."""
     import grpc
 
@@ -115,7 +120,7 @@ def measure(name: str, flags: list[str], model: Path, bare: BareEngine, calls: i
     from millibatch.v1 import inference_pb2_grpc
 
     http_port = free_port()
-    spec = serve_launch(model, [*BASE_FLAGS, *flags], name=name,
+    spec = serve_launch(model, [*BASE_FLAGS, *flags], name=name, repo=repo,
                         env={"MILLIBATCH_HTTP_PORT": str(http_port)} if door == "http" else None)
     # Seconds per call, and whether it came after the first `settle` of its block (past the other path's wake).
     timed: dict[str, list[tuple[float, bool]]] = {"served": [], "bare": []}
@@ -209,6 +214,41 @@ def transport_floor(calls: int, texts: Path, bare: BareEngine | None = None, mod
     return percentile(times, 50) * 1e3
 
 
+Variant = tuple[str, list[str], str, Path]  # name, extra serve flags, door, checkout
+
+
+def builds(variants: list[str], doors: list[str], trees: dict[str, Path]) -> list[Variant]:
+    """Every NAME=FLAGS variant through every door (VARIANT@DOOR beyond the first), from this checkout
+    and then from each baseline's (…@REF), in the order each round runs them."""
+    plain = [(f"{v.partition('=')[0]}{'' if door == doors[0] else '@' + door}", v.partition("=")[2].split(), door)
+             for v in variants for door in doors]
+    return [(name if ref is None else f"{name}@{ref}", flags, door, repo)
+            for name, flags, door in plain
+            for ref, repo in [(None, ROOT), *trees.items()]]
+
+
+def measure_rounds(args: argparse.Namespace, model: Path, bare: BareEngine, texts: Path, doors: list[str],
+                   trees: dict[str, Path]) -> list[dict[str, Any]]:
+    """Every variant of every build, round after round (A B A B …), each printed as it ends."""
+    runs = []
+    for round_ in range(1, args.rounds + 1):
+        for name, flags, door, repo in builds(args.variants, doors, trees):
+            run = measure(name, flags, model, bare, args.calls, texts, args.gap_ms / 1000, args.block, door,
+                          args.settle, repo)
+            run["round"] = round_
+            runs.append(run)
+            s = run["stages_p50_ms"]
+            split = (f"gRPC {s['grpc']:.2f}, tokenize {s['tokenize']:.3f}, hop {s['hop']:.3f}, "
+                     f"engine {s['engine']:.2f}, rest of handler {s['handler_rest']:.3f}" if door == "grpc"
+                     else "the HTTP door reports no stages")
+            print(f"round {round_} {name:>12}: served p50 {run['served_p50_ms']:.2f} ms "
+                  f"(p99 {run['served_p99_ms']:.2f}), bare p50 {run['bare_p50_ms']:.2f} ms -> "
+                  f"added {run['added_p50_ms']:+.2f} ms; settled: served {run['settled_served_p50_ms']:.2f}, bare "
+                  f"{run['settled_bare_p50_ms']:.2f} -> added {run['settled_added_p50_ms']:+.2f} ms | {split}",
+                  flush=True)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.call_path", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -224,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doors", default="grpc",
                         help="comma-separated: grpc (Embed), http (the OpenAI HTTP door); each variant through "
                              "each door, alternating, as VARIANT@DOOR beyond the first")
+    parser.add_argument("--baseline", action="append", default=[], metavar="REF",
+                        help="also run every variant from a checkout of this git ref (repeatable), as VARIANT@REF")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     doors = [d.strip() for d in args.doors.split(",") if d.strip()]
@@ -236,24 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     texts = args.out / "probe-texts.json"
     texts.write_text(json.dumps([TEXT]), encoding="utf-8")
-    variants = [(f"{v.partition('=')[0]}{'' if door == doors[0] else '@' + door}", v.partition("=")[2].split(), door)
-                for v in args.variants for door in doors]
-    runs = []
-    for round_ in range(1, args.rounds + 1):
-        for name, flags, door in variants:
-            run = measure(name, flags, model, bare, args.calls, texts, args.gap_ms / 1000, args.block, door,
-                          args.settle)
-            run["round"] = round_
-            runs.append(run)
-            s = run["stages_p50_ms"]
-            split = (f"gRPC {s['grpc']:.2f}, tokenize {s['tokenize']:.3f}, hop {s['hop']:.3f}, "
-                     f"engine {s['engine']:.2f}, rest of handler {s['handler_rest']:.3f}" if door == "grpc"
-                     else "the HTTP door reports no stages")
-            print(f"round {round_} {name:>12}: served p50 {run['served_p50_ms']:.2f} ms "
-                  f"(p99 {run['served_p99_ms']:.2f}), bare p50 {run['bare_p50_ms']:.2f} ms -> "
-                  f"added {run['added_p50_ms']:+.2f} ms; settled: served {run['settled_served_p50_ms']:.2f}, bare "
-                  f"{run['settled_bare_p50_ms']:.2f} -> added {run['settled_added_p50_ms']:+.2f} ms | {split}",
-                  flush=True)
+    trees = {ref: worktree(ref, Path(tempfile.mkdtemp(prefix="call-path-"))) for ref in args.baseline}
+    try:
+        runs = measure_rounds(args, model, bare, texts, doors, trees)
+    finally:
+        for path in trees.values():
+            remove_worktree(path)
+    variants = builds(args.variants, doors, trees)
     floor = transport_floor(args.calls, texts)
     floor_after_bare = transport_floor(args.calls, texts, bare)
     floor_waiting = transport_floor(args.calls, texts, mode="grpc-echo-wait")
@@ -272,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
              "| variant | served p50 | bare p50 | added | settled: served p50 | bare p50 | added | gRPC | tokenize "
              "| hop to engine | engine | rest of handler |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, _flags, door in variants:
+    for name, _flags, door, _repo in variants:
         mine = [r for r in runs if r["variant"] == name]
 
         def med(key: str, runs: list[dict[str, Any]] = mine) -> float:

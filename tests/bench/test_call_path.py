@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.call_path import TEXT, BareEngine, measure
+from bench.call_path import TEXT, BareEngine, builds, measure
+from bench.processes import ROOT
 
 pytest.importorskip("psutil", reason="the bench extra (psutil) is not installed")
 
@@ -29,3 +30,14 @@ def test_served_calls_through_each_door_beside_the_bare_engine(door: str, tiny_e
         assert all(value is not None and value >= 0 for value in stages.values()) and stages["engine"] > 0
     else:  # the HTTP door's answer carries no timing fields
         assert set(stages.values()) == {None}
+
+
+def test_a_baseline_runs_every_variant_right_after_this_builds(tmp_path: Path) -> None:
+    old = tmp_path / "7ae630e"
+    off = ["--cpu-spinning", "off"]
+    assert builds(["default=", "spin-off=--cpu-spinning off"], ["grpc", "http"], {"7ae630e": old}) == [
+        ("default", [], "grpc", ROOT), ("default@7ae630e", [], "grpc", old),
+        ("default@http", [], "http", ROOT), ("default@http@7ae630e", [], "http", old),
+        ("spin-off", off, "grpc", ROOT), ("spin-off@7ae630e", off, "grpc", old),
+        ("spin-off@http", off, "http", ROOT), ("spin-off@http@7ae630e", off, "http", old)]
+    assert builds(["default="], ["grpc"], {}) == [("default", [], "grpc", ROOT)]
