@@ -137,6 +137,7 @@ class Peer:
         pid, millibatch = self.server.process.pid, self.millibatch
         loop_before = loop_cpu_seconds(pid) if millibatch else 0.0
         ticks_before = cpu_ticks(self.cores.server)
+        client_ticks_before = cpu_ticks(self.cores.client)
         cpu_before, wall_before = process_cpu(pid), time.perf_counter()
         flags = ["--mode", "open", "--rate", f"{rate:.3f}", "--duration", str(self.duration), "--warmup", "0",
                  "--timeout", str(self.deadline), "--max-outstanding", "100000"]
@@ -150,6 +151,7 @@ class Peer:
                       server_cpu_cores=(process_cpu(pid) - cpu_before) / wall,
                       # Of the server's cores' time, the share the hypervisor gave elsewhere.
                       server_stolen=stolen_share(ticks_before, cpu_ticks(self.cores.server)),
+                      client_stolen=stolen_share(client_ticks_before, cpu_ticks(self.cores.client)),
                       # The event loop's share (millibatch's main thread): admission, refusals, answers.
                       loop_cpu_cores=(loop_cpu_seconds(pid) - loop_before) / wall if millibatch else None,
                       server_counters=delta,
@@ -165,7 +167,7 @@ class Peer:
               f"other {result['other_errors']:4d}  "
               f"late-ok {result['late_ok']}  rows/batch {fmt(result['rows_per_batch'])}  "
               f"cpu server {result['server_cpu_cores']:.2f} client {result['client_cpu_cores']:.2f} "
-              f"stolen {fmt(result['server_stolen'], 3)}", flush=True)
+              f"stolen {fmt(result['server_stolen'], 3)} / {fmt(result['client_stolen'], 3)}", flush=True)
         return result
 
 
@@ -235,9 +237,10 @@ def report(summary: dict[str, Any], out: Path) -> None:
              "", "Held: the lowest goodput of the overload phases over the peak (the best goodput of the rising "
              "sweep), and, stricter, over the best goodput seen in any phase of the peer's run; held in text: the "
              "lowest text answered in time per second (goodput × mean length of the answered texts) over that of "
-             "the peak's phase. Server cores stolen: the share of the server's cores' time the hypervisor gave "
-             "elsewhere during the phase (steal time in /proc/stat: on a VM, a slow phase's cause that no process "
-             "shows).", "",
+             "the peak's phase. Stolen: the share of the server's and of the client's cores' time the hypervisor "
+             "gave elsewhere during the phase (steal time in /proc/stat: on a VM, a slow phase's cause that no "
+             "process shows). Client GC: the load generator's longest garbage-collection pause in the phase, which "
+             "delays every answer that arrives meanwhile (refusals' tails included).", "",
              "| peer | round | peak goodput/s | p99-bound rate/s (p99 ≤ "
              f"{summary['deadline_ms']:.0f} ms, errors ≤ 1%) | held / peak | held / best seen | held in text |",
              "|---|---|---|---|---|---|---|"]
@@ -250,8 +253,9 @@ def report(summary: dict[str, Any], out: Path) -> None:
                      f"{worst / run['peak_goodput']:.2f} | {worst / best:.2f} | {fmt(min(texts, default=None), 2)} |")
     lines += ["", "## Overload", "", "| peer | round | × peak | offered/s | goodput/s | goodput / peak | text / peak's "
               "| p99 OK ms | shed | refused | throttled | other errors | late OK | refusal p99 ms | rows/batch "
-              "| OK length / sent | server CPU | loop CPU | engine CPU | client CPU | server cores stolen |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| OK length / sent | server CPU | loop CPU | engine CPU | client CPU | stolen, server / client cores "
+              "| client GC, longest ms |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in summary["runs"]:
         peak = peak_phase(run)
         for p in run["overload"]:
@@ -268,7 +272,8 @@ def report(summary: dict[str, Any], out: Path) -> None:
                 f"| {other} | {p['late_ok']} | {fmt(refusal)} | {fmt(p['rows_per_batch'])} "
                 f"| {fmt(length, 2)} | {p['server_cpu_cores']:.2f} | {fmt(p.get('loop_cpu_cores'), 2)} "
                 f"| {fmt(p.get('engine_cpu_cores'), 2)} | {p['client_cpu_cores']:.2f} "
-                f"| {fmt(p.get('server_stolen'), 3)} |")
+                f"| {fmt(p.get('server_stolen'), 3)} / {fmt(p.get('client_stolen'), 3)} "
+                f"| {fmt(p.get('client_gc_max_ms'))} |")
     lines += ["", "## Sweep", "", "| peer | round | offered/s | goodput/s | p99 OK ms | p99 all ms | errors | "
               "rows/batch |", "|---|---|---|---|---|---|---|---|"]
     for run in summary["runs"]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import random
 import resource
@@ -88,6 +89,10 @@ class Result:
     #: Mean characters per text sent, and per text answered OK in time (0 without any).
     mean_chars_sent: float = 0.0
     mean_chars_ok: float = 0.0
+    #: The client's own garbage-collection pauses during the phase: how many, and the longest (ms). A pause
+    #: holds every answer that arrives meanwhile, so it shows in the latencies the client measures.
+    client_gc_pauses: int = 0
+    client_gc_max_ms: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
 
 
@@ -293,6 +298,29 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class GcPauses:
+    """Times this process's garbage collections while active (a context manager)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.longest = 0.0
+        self._started = 0.0
+
+    def _callback(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.count += 1
+            self.longest = max(self.longest, time.perf_counter() - self._started)
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
 class Recorder:
     """Collects outcomes of the measured phase."""
 
@@ -310,6 +338,8 @@ class Recorder:
         #: texts first under overload answers shorter texts than it is sent.
         self.chars_sent = 0
         self.chars_ok = 0
+        #: This process's garbage collections during the phase (the Python drivers only).
+        self.gc_pauses = GcPauses()
 
     async def timed(self, driver: Driver, text: str, started: float) -> None:
         """Run one call; latency counts from `started` (the scheduled send time), lateness from sending."""
@@ -412,6 +442,8 @@ def summarize(result: Result, recorder: Recorder, elapsed: float, cpu: float) ->
                            for kind, times in recorder.error_times().items()}
     if recorder.send_lags:
         result.send_lag_p99_ms = stats.percentile(np.array(recorder.send_lags) * 1000.0, 99)
+    result.client_gc_pauses = recorder.gc_pauses.count
+    result.client_gc_max_ms = recorder.gc_pauses.longest * 1000.0
     result.latencies_ms = [round(float(v), 3) for v in latencies]
     return result
 
@@ -442,10 +474,12 @@ async def run_python(args: argparse.Namespace) -> tuple[Recorder, float, float] 
             await closed_loop(driver, texts, max(1, min(args.concurrency, 8)), args.warmup, rng, None)
         recorder = Recorder(args.timeout)
         cpu_before = cpu_seconds()
-        if args.mode == "closed":
-            elapsed = await closed_loop(driver, texts, args.concurrency, args.duration, rng, recorder)
-        else:
-            elapsed = await open_loop(driver, texts, args.rate, args.duration, rng, recorder, args.max_outstanding)
+        with recorder.gc_pauses:
+            if args.mode == "closed":
+                elapsed = await closed_loop(driver, texts, args.concurrency, args.duration, rng, recorder)
+            else:
+                elapsed = await open_loop(driver, texts, args.rate, args.duration, rng, recorder,
+                                          args.max_outstanding)
         return recorder, elapsed, cpu_seconds() - cpu_before
     finally:
         await driver.close()

@@ -29,14 +29,16 @@ def test_the_overload_table_shows_the_loops_share_where_the_server_has_one(tmp_p
     summary = {"machine": {"date_utc": "2026-11-28 01:00", "commit": "abc", "cpu": "x", "cores": 2},
                "argv": [], "texts": "sts", "deadline_ms": 100.0, "triton_max_queue": 128, "server_cores": [0],
                "client_cores": [1], "runs": [run("millibatch", loop_cpu_cores=0.35, engine_cpu_cores=0.58,
-                                                 mean_chars_sent=60.0, mean_chars_ok=45.0, server_stolen=0.042),
+                                                 mean_chars_sent=60.0, mean_chars_ok=45.0, server_stolen=0.042,
+                                                 client_stolen=0.0, client_gc_max_ms=12.5),
                                              run("triton-text")]}  # Triton: neither share is known
     report(summary, tmp_path)
     table = (tmp_path / "results.md").read_text()
-    assert "| OK length / sent | server CPU | loop CPU | engine CPU | client CPU | server cores stolen |" in table
-    assert "| 0.75 | 0.95 | 0.35 | 0.58 | 0.20 | 0.042 |" in table
+    assert ("| OK length / sent | server CPU | loop CPU | engine CPU | client CPU | stolen, server / client cores "
+            "| client GC, longest ms |") in table
+    assert "| 0.75 | 0.95 | 0.35 | 0.58 | 0.20 | 0.042 / 0.000 | 12.5 |" in table
     # A run from before the load generator measured lengths, or bench.goodput read steal time.
-    assert "| - | 0.95 | - | - | 0.20 | - |" in table
+    assert "| - | 0.95 | - | - | 0.20 | - / - | - |" in table
 
 
 def test_text_held_counts_the_text_answered_against_the_peaks_phase(tmp_path: Path) -> None:

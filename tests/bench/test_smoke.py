@@ -3,6 +3,7 @@ generator's error accounting against a port where nothing listens."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.loadgen import bucket_length
+from bench.loadgen import GcPauses, bucket_length
 from bench.processes import free_port
 from bench.texts import DEFAULT_STSB, stsb_sentences, text_set
 
@@ -67,6 +68,18 @@ def test_loadgen_counts_errors_instead_of_hanging(tmp_path: Path) -> None:
     calls = json.loads((tmp_path / "calls.json").read_text())
     assert len(calls) == result["requests"]
     assert all(status in result["error_kinds"] and 0 <= ms < 5000 for status, ms in calls)
+    assert result["client_gc_pauses"] >= 0 and result["client_gc_max_ms"] >= 0
+
+
+def test_the_load_generator_times_its_own_garbage_collections() -> None:
+    with GcPauses() as pauses:
+        garbage = [[i] for i in range(100_000)]  # many objects for the collector to walk
+        gc.collect()
+        del garbage
+    assert pauses.count >= 1 and pauses.longest > 0
+    counted = pauses.count
+    gc.collect()
+    assert pauses.count == counted  # no longer counting once the phase is over
 
 
 def test_text_sets_and_token_buckets(stsb_path: Path) -> None:
