@@ -36,9 +36,8 @@ CORRECTION_DECAY = 0.98
 CORRECTION_SMOOTHING = 0.002
 #: The correction stays within these bounds: predictions are never trusted blindly, nor discarded.
 CORRECTION_BOUNDS = (0.5, 4.0)
-#: Slack: additive increase per request answered in time, multiplicative decrease when an admitted request
-#: misses its deadline after all, at most once per generation of admitted requests (see `outcome`). In
-#: balance about one admitted request in a hundred misses.
+#: Slack: additive increase per request answered in time, multiplicative decrease per admitted request
+#: that missed its deadline after all. In balance about one admitted request in a hundred misses.
 SLACK_BOUNDS = (0.2, 1.0)
 SLACK_INCREASE = 0.0002
 SLACK_DECREASE = 0.95
@@ -77,10 +76,6 @@ class Admission:
         #: Share of what a request's own work leaves of its remaining time that the predicted wait for the
         #: queue ahead may take (see `outcome`).
         self.slack = SLACK_BOUNDS[1]
-        #: Requests admitted so far: each is numbered (`WorkItem.admitted_as`) as it is admitted.
-        self.admitted = 0
-        #: The number of the last request admitted when the slack was last cut (see `outcome`).
-        self._cut_after = 0
         self._actual = 0.0
         self._predicted = 0.0
         # Prices by padded length and least compute by request shape, for the cost model's current fit.
@@ -150,7 +145,6 @@ class Admission:
             self.typical_tokens = self.typical_tokens * TYPICAL_DECAY + (1 - TYPICAL_DECAY) * longest
         self.queued_rows += count
         self.queued_seconds += per_row * count
-        self.admitted += 1
         return per_row
 
     def least_seconds(self, rows: int, tokens_per_row: int) -> float:
@@ -178,24 +172,15 @@ class Admission:
             if not self.queued_rows:
                 self.queued_seconds = 0.0  # no float drift survives an empty queue
 
-    def outcome(self, missed: bool, admitted_as: int | None = None) -> None:
-        """An admitted request (the `admitted_as`-th) was answered in time, or `missed` its deadline after
-        all (shed, late, or its caller gave up). The mean correction leaves the tail of the waits to chance;
-        how far ahead a request may be admitted is therefore steered by the misses themselves, as adaptive
-        concurrency limits steer by latency: the slack shrinks on a miss and regrows slowly while answers
-        are in time, so the queue holds what the deadlines can really absorb under the current load.
-
-        It shrinks once per generation, as TCP halves its window once per round trip however many packets
-        of that window were lost: a miss of a request admitted before the last cut (under the larger
-        slack, which that cut already answered) does not cut again. One stall (a paused virtual CPU, a
-        long batch) makes every request queued behind it miss together; cut per miss, the slack fell to
-        half and took thousands of answers to regrow, refusing calls the server had time for meanwhile.
-        `admitted_as` None: a miss that always cuts."""
+    def outcome(self, missed: bool) -> None:
+        """An admitted request was answered in time, or `missed` its deadline after all (shed, late, or
+        its caller gave up). The mean correction leaves the tail of the waits to chance; how far ahead
+        a request may be admitted is therefore steered by the misses themselves, as adaptive concurrency
+        limits steer by latency: the slack shrinks on every miss and regrows slowly while answers are in
+        time, so the queue holds what the deadlines can really absorb under the current load."""
         low, high = SLACK_BOUNDS
         if missed:
-            if admitted_as is None or admitted_as > self._cut_after:
-                self.slack = max(low, self.slack * SLACK_DECREASE)
-                self._cut_after = self.admitted
+            self.slack = max(low, self.slack * SLACK_DECREASE)
         else:
             self.slack = min(high, self.slack + SLACK_INCREASE)
 

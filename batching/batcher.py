@@ -194,7 +194,7 @@ class Batcher:
             raise
         assert self._loop is not None
         item = WorkItem(rows=rows, deadline=deadline, future=self._loop.create_future(), enqueued_at=now,
-                        waiting=count, row_seconds=per_row, predicted_wait=wait, admitted_as=self.admission.admitted)
+                        waiting=count, row_seconds=per_row, predicted_wait=wait)
         item.future.add_done_callback(functools.partial(self._settle, item))
         self.dispatcher.post(Event.ARRIVED, item)
         return item
@@ -209,7 +209,7 @@ class Batcher:
         """`item` ended: whatever of it still waits gives its reservation back, and leaves the queue. A
         caller that gave up at its deadline counts as a miss for admission."""
         if future.cancelled() and self._now() >= item.deadline - self.margin:
-            self.admission.outcome(True, item.admitted_as)
+            self.admission.outcome(True)
         if item.waiting:
             self.admission.dispatched(item, item.waiting)
         if item.queued:

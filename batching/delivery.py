@@ -39,11 +39,10 @@ class AnswerLag:
 class Delivery:
     """Resolves the futures of the requests in finished batches."""
 
-    def __init__(self, observer: BatchObserver, lag: AnswerLag, outcome: Callable[[bool, int], None]) -> None:
+    def __init__(self, observer: BatchObserver, lag: AnswerLag, outcome: Callable[[bool], None]) -> None:
         self._observer = observer
         self._lag = lag
-        #: Told whether each admitted request was answered in time (False) or missed its deadline (True),
-        #: and its number among those admitted.
+        #: Told whether each admitted request was answered in time (False) or missed its deadline (True).
         self._outcome = outcome
 
     def results(self, batch: list[PendingRow], outputs: dict[str, FloatArray], seconds: float,
@@ -62,7 +61,7 @@ class Delivery:
             if item.remaining == 0:
                 item.computed_at = finished
                 if not self.late(item, finished):
-                    self._outcome(False, item.admitted_as)
+                    self._outcome(False)
                     item.future.set_result([r for r in item.results if r is not None])
                     # Runs right after the caller's own wake-up: measures result-to-answer time.
                     item.future.add_done_callback(functools.partial(self._lag.answered, finished))
@@ -73,7 +72,7 @@ class Delivery:
         just before the answer would leave."""
         if now <= item.deadline:
             return False
-        self._outcome(True, item.admitted_as)
+        self._outcome(True)
         self._observer.shed(item, "late")
         if item.live:
             item.future.set_exception(DeadlineUnmeetable("finished after the request's deadline"))
@@ -82,7 +81,7 @@ class Delivery:
     def drop(self, item: WorkItem, reason: str, why: str) -> None:
         """Shed `item`: counted under `reason`, answered DEADLINE_EXCEEDED with `why`."""
         if item.live:
-            self._outcome(True, item.admitted_as)
+            self._outcome(True)
             self._observer.shed(item, reason)
             item.future.set_exception(DeadlineUnmeetable(why))
 

@@ -79,8 +79,6 @@ class WorkItem:
     row_seconds: float = 0.0
     #: The wait before its first batch that admission predicted (for its feedback).
     predicted_wait: float = 0.0
-    #: Its number among the requests admitted (Admission.admitted), for admission's feedback.
-    admitted_as: int = 0
 
     def __post_init__(self) -> None:
         self.results = [None] * len(self.rows)

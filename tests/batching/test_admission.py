@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from millibatch.batching.admission import MAX_RETRY_AFTER, SLACK_DECREASE, Admission, AdmissionLength
+from millibatch.batching.admission import MAX_RETRY_AFTER, Admission, AdmissionLength
 from millibatch.batching.cost_model import CostModel
 from millibatch.batching.work import Row
 from millibatch.errors import DeadlineUnmeetable, Overloaded
@@ -102,19 +102,3 @@ def test_a_slack_shrunk_by_misses_still_admits_what_fits_alone_so_the_server_rec
     room = deadline - own - 0.001
     refused = gate.refusal(now=0.0, deadline=deadline, wait=0.9 * room, margin=0.001, compute=own)
     assert isinstance(refused, Overloaded) and refused.retry_after is not None and refused.retry_after > 0
-
-
-def test_misses_of_requests_admitted_before_the_last_cut_do_not_cut_the_slack_again() -> None:
-    gate = admission(max_queue_rows=1000)
-    for _ in range(10):
-        gate.admit(rows_of(16), deadline=1.0, now=0.0, wait=0.0, margin=0.001)
-    assert gate.admitted == 10
-    for number in range(1, 11):  # all ten miss together, behind one stall
-        gate.outcome(missed=True, admitted_as=number)
-    assert gate.slack == pytest.approx(SLACK_DECREASE)
-    gate.admit(rows_of(16), deadline=1.0, now=0.0, wait=0.0, margin=0.001)
-    gate.outcome(missed=True, admitted_as=11)  # admitted under the smaller slack: a new cut
-    assert gate.slack == pytest.approx(SLACK_DECREASE**2)
-    gate.outcome(missed=True, admitted_as=7)  # an old one again: already answered
-    gate.outcome(missed=False, admitted_as=8)
-    assert gate.slack > SLACK_DECREASE**2 and gate.slack < SLACK_DECREASE**2 + 0.001

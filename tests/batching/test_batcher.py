@@ -12,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from millibatch.batching.admission import SLACK_DECREASE
 from millibatch.batching.batcher import Batcher
 from millibatch.batching.scheduler import BatchLimits
 from millibatch.batching.work import RowResult, WorkItem
@@ -295,31 +294,6 @@ async def test_a_prepared_batch_whose_deadline_passed_while_waiting_is_shed_unco
     assert all(isinstance(o, DeadlineUnmeetable) for o in outcomes), outcomes
     assert engine.batches == [(1, 304)]
     assert batcher.counters.requests_shed == 4
-    await batcher.stop(grace=1)
-
-
-async def test_requests_that_miss_together_behind_one_stall_cut_the_slack_once() -> None:
-    engine = SyntheticEngine(speed=4.0)  # every batch takes four times what the cost model predicts
-    batcher = new_batcher(engine, BatchLimits(max_rows=4, max_tokens=4096, max_delay=0.0))
-    await batcher.start()
-    loop = asyncio.get_running_loop()
-
-    async def stall_then_miss(count: int) -> None:
-        running = batcher.submit([make_row(300)], loop.time() + 5)
-        await asyncio.sleep(0.001)
-        doomed = [batcher.submit([make_row(8, i)], loop.time() + 0.012) for i in range(count)]
-        check_results(running, await running.future)
-        outcomes = await asyncio.gather(*(d.future for d in doomed), return_exceptions=True)
-        assert all(isinstance(o, DeadlineUnmeetable) for o in outcomes), outcomes
-
-    await stall_then_miss(4)
-    assert batcher.counters.requests_shed == 4
-    # One stall, four misses: admitted under the same slack, they cut it once (per miss: 0.95^4 = 0.81).
-    assert batcher.admission.slack == pytest.approx(SLACK_DECREASE, abs=0.001)
-    # Requests admitted after that cut that miss in their turn cut it again, once.
-    await stall_then_miss(2)
-    assert batcher.counters.requests_shed == 6
-    assert batcher.admission.slack == pytest.approx(SLACK_DECREASE ** 2, abs=0.001)
     await batcher.stop(grace=1)
 
 
