@@ -24,8 +24,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.goodput import scrape
-from bench.processes import ROOT, cores_for, remove_worktree, run_loadgen, running_server, serve_launch, worktree
+from bench.goodput import fmt, scrape
+from bench.processes import (
+    ROOT,
+    cores_for,
+    cpu_ticks,
+    remove_worktree,
+    run_loadgen,
+    running_server,
+    serve_launch,
+    stolen_share,
+    worktree,
+)
 from bench.run import ensure_model
 from bench.stats import median, publish, stamp
 from bench.texts import DEFAULT_STSB, stsb_sentences, text_set
@@ -71,6 +81,7 @@ def measure(label: str, repo: Path, args: argparse.Namespace, texts: Path) -> di
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
+        ticks = cpu_ticks(cores.server)
         try:
             result = run_loadgen(server.launch, cores, texts,
                                  ["--mode", "open", "--rate", str(args.rate), "--duration", str(args.duration),
@@ -80,23 +91,25 @@ def measure(label: str, repo: Path, args: argparse.Namespace, texts: Path) -> di
         finally:
             done.set()
             reader.join()
+        stolen = stolen_share(ticks, cpu_ticks(cores.server))
     assert result is not None and readings
     return {"label": label, "goodput_rps": result["goodput_rps"], "offered_rps": result["offered_rps"],
-            "errors": result["error_kinds"], **course(readings), "readings": readings}
+            "errors": result["error_kinds"], "server_stolen": stolen, **course(readings), "readings": readings}
 
 
 def report(runs: list[dict[str, Any]], args: argparse.Namespace, argv: list[str]) -> list[str]:
     lines = [f"`.venv/bin/python -m bench.admission_trace {' '.join(argv)}`: server on one core, Poisson arrivals at "
              f"{args.rate:g} calls/s, one STS-B sentence per Embed call, {args.deadline_ms:g} ms deadlines, "
              f"{args.duration:g} s per run; the server's metrics read every {INTERVAL * 1000:g} ms. Falls: readings "
-             f"that found the slack lower than the one before.", "",
+             f"that found the slack lower than the one before. Stolen: the share of the server's core the "
+             f"hypervisor gave elsewhere meanwhile.", "",
              "| build | round | goodput/s | client errors | refused | shed | slack: lowest | mean "
-             f"| s below {LOW_SLACK} | falls |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| s below {LOW_SLACK} | falls | stolen |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         errors = ", ".join(f"{kind} {count}" for kind, count in sorted(run["errors"].items())) or "none"
         lines.append(f"| {run['label']} | {run['round']} | {run['goodput_rps']:.1f} | {errors} | {run['refused']:.0f} "
                      f"| {run['shed']:.0f} | {run['slack_lowest']:.2f} | {run['slack_mean']:.2f} "
-                     f"| {run['seconds_below']:.1f} | {run['falls']:.0f} |")
+                     f"| {run['seconds_below']:.1f} | {run['falls']:.0f} | {fmt(run.get('server_stolen'), 3)} |")
     labels = list(dict.fromkeys(run["label"] for run in runs))
     if len(runs) > len(labels):
         lines += ["", "Medians over the rounds:", "", "| build | goodput/s | refused | shed | slack mean "

@@ -33,4 +33,5 @@ def test_a_short_run_traces_the_slack_of_a_real_server(tiny_embed_dir: Path, sts
     assert run["goodput_rps"] > 25 and run["label"] == "this"
     assert len(run["readings"]) >= 10  # every 100 ms through 2 s of load
     assert all(0.2 <= r["slack"] <= 1.0 and r["correction"] > 0 for r in run["readings"])
+    assert run["server_stolen"] is None or 0.0 <= run["server_stolen"] <= 1.0
     assert "| this | 1 |" in (tmp_path / "results.md").read_text()
