@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 import tempfile
 import threading
@@ -36,11 +35,9 @@ from bench.processes import (
     stolen_share,
     worktree,
 )
-from bench.run import ensure_model
 from bench.stats import median, publish, stamp
-from bench.texts import DEFAULT_STSB, stsb_sentences, text_set
+from bench.threads import add_load_arguments, prepare_load
 
-DEFAULT_MODEL = ROOT / "models" / "all-MiniLM-L6-v2"
 DEFAULT_OUT = ROOT / "bench" / "results" / "admission_trace"
 #: What each reading takes from the server's metrics.
 METRICS = {"slack": "millibatch_admission_slack", "correction": "millibatch_admission_wait_correction",
@@ -126,20 +123,11 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace, argv: list[str]
 def main(argv: list[str] | None = None) -> int:
     argv = argv if argv is not None else sys.argv[1:]
     parser = argparse.ArgumentParser(prog="bench.admission_trace", description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=115.0, help="Poisson arrivals per second")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds of load per run")
-    parser.add_argument("--deadline-ms", type=float, default=100.0)
-    parser.add_argument("--rounds", type=int, default=1)
+    add_load_arguments(parser, rate=115.0, duration=30.0, rounds=1, out=DEFAULT_OUT)
     parser.add_argument("--baseline", action="append", default=[], metavar="REF",
                         help="also run a checkout of this git ref (repeatable), as @REF")
-    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL, help="model dir (MiniLM converted if absent)")
-    parser.add_argument("--stsb", type=Path, default=DEFAULT_STSB)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    args.model_dir = ensure_model(args.model_dir.resolve())
-    (args.out / "raw").mkdir(parents=True, exist_ok=True)
-    texts = args.out / "raw" / "texts-sts.json"
-    texts.write_text(json.dumps(text_set("sts", stsb_sentences(args.stsb))), encoding="utf-8")
+    texts = prepare_load(args)
     trees = {ref: worktree(ref, Path(tempfile.mkdtemp(prefix="trace-"))) for ref in args.baseline}
     builds = [("this", ROOT)] + [(f"@{ref}", path) for ref, path in trees.items()]
     when = stamp()

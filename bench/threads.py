@@ -157,23 +157,36 @@ def report(summary: dict[str, Any], out: Path) -> None:
     print("\n".join(lines))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench.threads", description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=1000.0, help="Poisson arrivals per second")
-    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per round")
+def add_load_arguments(parser: argparse.ArgumentParser, rate: float, duration: float, rounds: int,
+                       out: Path) -> None:
+    """The flags of a benchmark that puts Poisson load of STS-B sentences on a server on one core."""
+    parser.add_argument("--rate", type=float, default=rate, help="Poisson arrivals per second")
+    parser.add_argument("--duration", type=float, default=duration, help="measured seconds per run")
     parser.add_argument("--deadline-ms", type=float, default=100.0)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
-                        help="also run the server with these extra serve flags, alternating with the defaults")
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL, help="model dir (MiniLM converted if absent)")
     parser.add_argument("--stsb", type=Path, default=DEFAULT_STSB)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=out)
+
+
+def prepare_load(args: argparse.Namespace) -> Path:
+    """Convert the model if absent, make `--out`'s raw folder and write the sentences there; their file."""
     args.model_dir = ensure_model(args.model_dir.resolve())
     raw = args.out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     texts = raw / "texts-sts.json"
     texts.write_text(json.dumps(text_set("sts", stsb_sentences(args.stsb))), encoding="utf-8")
+    return texts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.threads", description=__doc__.splitlines()[0])
+    add_load_arguments(parser, rate=1000.0, duration=8.0, rounds=3, out=DEFAULT_OUT)
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=FLAGS",
+                        help="also run the server with these extra serve flags, alternating with the defaults")
+    args = parser.parse_args(argv)
+    texts = prepare_load(args)
+    raw = texts.parent
     variants = [("default", [])] + [(label, flags.split()) for label, _, flags in
                                     (item.partition("=") for item in args.variant)]
     when = stamp()
