@@ -130,7 +130,7 @@ def cpu_ticks(cpus: set[int], stat: str | None = None) -> tuple[int, int]:
             return 0, 0
     stolen = total = 0
     for line in stat.splitlines():
-        name, *fields = line.split()
+        name, *fields = line.split() or [""]
         if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
             continue
         # user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is already in user.
@@ -141,7 +141,7 @@ def cpu_ticks(cpus: set[int], stat: str | None = None) -> tuple[int, int]:
 
 
 def stolen_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
-    """Share of `cpus`' time stolen between two `cpu_ticks` readings (None if no time passed)."""
+    """Share of the cores' time stolen between two `cpu_ticks` readings of them (None if no time passed)."""
     elapsed = after[1] - before[1]
     return (after[0] - before[0]) / elapsed if elapsed > 0 else None
 
