@@ -240,7 +240,9 @@ def report(summary: dict[str, Any], out: Path) -> None:
              "the peak's phase. Stolen: the share of the server's and of the client's cores' time the hypervisor "
              "gave elsewhere during the phase (steal time in /proc/stat: on a VM, a slow phase's cause that no "
              "process shows). Client GC: the load generator's longest garbage-collection pause in the phase, which "
-             "delays every answer that arrives meanwhile (refusals' tails included).", "",
+             "delays every answer that arrives meanwhile (refusals' tails included). Late OK: OKs the client's own "
+             "code took after its deadline (counted from before the call, client work included); over gRPC the "
+             "client library received them in time, or it would have ended the call DEADLINE_EXCEEDED.", "",
              "| peer | round | peak goodput/s | p99-bound rate/s (p99 ≤ "
              f"{summary['deadline_ms']:.0f} ms, errors ≤ 1%) | held / peak | held / best seen | held in text |",
              "|---|---|---|---|---|---|---|"]
