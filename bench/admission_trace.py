@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,14 +25,13 @@ from typing import Any
 from bench.goodput import fmt, scrape
 from bench.processes import (
     ROOT,
+    checkouts,
     cores_for,
     cpu_ticks,
-    remove_worktree,
     run_loadgen,
     running_server,
     serve_launch,
     stolen_share,
-    worktree,
 )
 from bench.stats import median, publish, stamp
 from bench.threads import add_load_arguments, prepare_load
@@ -128,11 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run a checkout of this git ref (repeatable), as @REF")
     args = parser.parse_args(argv)
     texts = prepare_load(args)
-    trees = {ref: worktree(ref, Path(tempfile.mkdtemp(prefix="trace-"))) for ref in args.baseline}
-    builds = [("this", ROOT)] + [(f"@{ref}", path) for ref, path in trees.items()]
     when = stamp()
     runs = []
-    try:
+    with checkouts(args.baseline, "trace-") as trees:
+        builds = [("this", ROOT)] + [(f"@{ref}", path) for ref, path in trees.items()]
         for round_ in range(1, args.rounds + 1):
             for label, repo in builds:
                 run = {**measure(label, repo, args, texts), "round": round_}
@@ -140,9 +137,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {round_} {label}: goodput {run['goodput_rps']:.1f}/s, refused {run['refused']:.0f}, "
                       f"shed {run['shed']:.0f}, slack lowest {run['slack_lowest']:.2f} mean {run['slack_mean']:.2f}, "
                       f"{run['seconds_below']:.1f} s below {LOW_SLACK}", flush=True)
-    finally:
-        for path in trees.values():
-            remove_worktree(path)
     lines = [f"# Admission's slack under load ({when.date_utc} UTC, commit {when.commit}, {when.cpu}, "
              f"{when.cores} cores)", "", *report(runs, args, argv)]
     publish(args.out, {"argv": argv, "rate": args.rate, "duration": args.duration, "deadline_ms": args.deadline_ms,

@@ -27,7 +27,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from bench.frontend import ECHO_WAIT_SECONDS
-from bench.processes import ROOT, Launch, free_port, remove_worktree, running_server, serve_launch, worktree
+from bench.processes import ROOT, Launch, checkouts, free_port, running_server, serve_launch
 from bench.stats import percentile, publish, stamp
 
 DEFAULT_MODEL = ROOT / "models" / "all-MiniLM-L6-v2"
@@ -278,12 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     texts = args.out / "probe-texts.json"
     texts.write_text(json.dumps([TEXT]), encoding="utf-8")
-    trees = {ref: worktree(ref, Path(tempfile.mkdtemp(prefix="call-path-"))) for ref in args.baseline}
-    try:
+    with checkouts(args.baseline, "call-path-") as trees:
         runs = measure_rounds(args, model, bare, texts, doors, trees)
-    finally:
-        for path in trees.values():
-            remove_worktree(path)
     variants = builds(args.variants, doors, trees)
     floor = transport_floor(args.calls, texts)
     floor_after_bare = transport_floor(args.calls, texts, bare)

@@ -23,7 +23,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Collection
 from pathlib import Path
@@ -32,14 +31,13 @@ from typing import Any
 from bench.peers.catalog import DOORS
 from bench.processes import (
     Launch,
+    checkouts,
     cores_for,
     free_port,
     process_cpu,
-    remove_worktree,
     run_loadgen,
     start_server,
     wait_ready,
-    worktree,
 )
 from bench.stats import publish, stamp
 from bench.texts import DEFAULT_STSB, stsb_sentences
@@ -332,19 +330,18 @@ def main(argv: list[str] | None = None) -> int:
     raw.mkdir(parents=True, exist_ok=True)
     texts = raw / "texts-sts.json"
     texts.write_text(json.dumps(stsb_sentences(DEFAULT_STSB)), encoding="utf-8")
-    builds = {ref: worktree(ref, Path(tempfile.mkdtemp(prefix="frontend-"))) for ref in args.baseline}
-    # (label, mode, checkout): each real-server mode of a baseline runs right after this build's (its
-    # suffixes need a baseline whose bench.frontend knows them: `+busy` since cfabfca).
-    plan = [(mode, mode, ROOT) for mode in plain]
-    for ref, path in builds.items():
-        # The HTTP door needs the baseline's bench.frontend to open it (`--http-port`, since edb998f).
-        http = "--http-port" in (path / "bench" / "frontend.py").read_text(encoding="utf-8")
-        plan += [(f"{mode}@{ref}", mode, path) for mode in plain
-                 if mode.partition("+")[0] in ("ok", "refused") and (http or "http" not in suffixes(mode))]
-    plan.sort(key=lambda entry: plain.index(entry[1]))
-    modes = [label for label, _, _ in plan]
-    runs = []
-    try:
+    with checkouts(args.baseline, "frontend-") as builds:
+        # (label, mode, checkout): each real-server mode of a baseline runs right after this build's (its
+        # suffixes need a baseline whose bench.frontend knows them: `+busy` since cfabfca).
+        plan = [(mode, mode, ROOT) for mode in plain]
+        for ref, path in builds.items():
+            # The HTTP door needs the baseline's bench.frontend to open it (`--http-port`, since edb998f).
+            http = "--http-port" in (path / "bench" / "frontend.py").read_text(encoding="utf-8")
+            plan += [(f"{mode}@{ref}", mode, path) for mode in plain
+                     if mode.partition("+")[0] in ("ok", "refused") and (http or "http" not in suffixes(mode))]
+        plan.sort(key=lambda entry: plain.index(entry[1]))
+        modes = [label for label, _, _ in plan]
+        runs = []
         for round_ in range(1, args.rounds + 1):
             for label, mode, repo in plan:
                 run = measure(mode, args.model.resolve(), texts, args.concurrency, args.duration, raw, repo,
@@ -357,9 +354,6 @@ def main(argv: list[str] | None = None) -> int:
                       f"refusal p99 {run['refusal_p99_ms']:.2f} ms, "
                       f"client {run['client_cpu_cores']:.2f} cores, "
                       f"unexpected statuses {run['unexpected_statuses']}", flush=True)
-    finally:
-        for path in builds.values():
-            remove_worktree(path)
     when = stamp()
     load_words = (f"Poisson arrivals at {args.rate:g} calls/s" if args.rate
                   else f"closed loop of {args.concurrency} calls in flight")

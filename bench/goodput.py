@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import replace
@@ -43,15 +42,14 @@ from bench.peers.catalog import CLIENT_PEERS, DOOR_PEERS, DOORS, INFINITY_ONNX, 
 from bench.processes import (
     Cores,
     Server,
+    checkouts,
     cores_for,
     cpu_ticks,
     process_cpu,
-    remove_worktree,
     run_loadgen,
     start_server,
     stolen_share,
     wait_ready,
-    worktree,
 )
 from bench.run import ensure_model, infinity_env, triton_env
 from bench.stats import stamp
@@ -436,11 +434,10 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(), "load_avg_1m": os.getloadavg()[0]}
     args.variants = variant_peers(args.variant)
     peers += list(args.variants)
-    trees = {ref: worktree(ref, Path(tempfile.mkdtemp(prefix="goodput-"))) for ref in args.baseline}
-    args.builds = {name: trees[ref] for name, ref in baseline_peers(peers, args.baseline).items()}
-    peers += list(args.builds)
     runs = []
-    try:
+    with checkouts(args.baseline, "goodput-") as trees:
+        args.builds = {name: trees[ref] for name, ref in baseline_peers(peers, args.baseline).items()}
+        peers += list(args.builds)
         for round_ in range(1, args.rounds + 1):
             for name in peers:
                 if name.startswith("triton") and triton_python is None:
@@ -451,9 +448,6 @@ def main(argv: list[str] | None = None) -> int:
                           "`make build/bench-infinity-venv/.stamp` builds it)")
                     continue
                 runs.append(run_peer(name, round_, args, ctx, cores, texts, raw))
-    finally:
-        for path in trees.values():
-            remove_worktree(path)
     summary = {"machine": info, "argv": argv if argv is not None else sys.argv[1:], "texts": args.texts,
                "deadline_ms": args.deadline_ms, "triton_max_queue": args.triton_max_queue,
                "server_cores": sorted(cores.server), "client_cores": sorted(cores.client), "runs": runs}

@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -248,3 +249,17 @@ def worktree(ref: str, root: Path) -> Path:
 def remove_worktree(path: Path) -> None:
     """Undo `worktree`."""
     subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=ROOT, check=False)
+
+
+@contextlib.contextmanager
+def checkouts(refs: Sequence[str], prefix: str) -> Iterator[dict[str, Path]]:
+    """A `worktree` of each git ref (a benchmark's `--baseline`), by ref, each in a fresh temporary folder
+    named with `prefix`; every one removed on exit."""
+    trees: dict[str, Path] = {}
+    try:
+        for ref in refs:
+            trees[ref] = worktree(ref, Path(tempfile.mkdtemp(prefix=prefix)))
+        yield trees
+    finally:
+        for path in trees.values():
+            remove_worktree(path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.processes import cpu_ticks, stolen_share, with_python_path
+from bench.processes import ROOT, checkouts, cpu_ticks, stolen_share, with_python_path
 
 
 def test_child_python_path_puts_the_checkout_first_and_keeps_the_inherited(monkeypatch: pytest.MonkeyPatch,
@@ -45,3 +45,11 @@ def test_this_machines_stolen_time_is_a_share_of_its_time() -> None:
         after = cpu_ticks(os.sched_getaffinity(0))
     share = stolen_share(before, after)
     assert share is not None and 0.0 <= share <= 1.0
+
+
+def test_baseline_checkouts_hold_the_ref_with_this_venv_and_are_removed_on_exit() -> None:
+    with checkouts(["HEAD"], "test-checkouts-") as trees:
+        tree = trees["HEAD"]
+        assert (tree / "bench" / "processes.py").is_file()
+        assert (tree / ".venv").resolve() == (ROOT / ".venv").resolve()
+    assert not tree.exists()
