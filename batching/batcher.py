@@ -26,7 +26,7 @@ from millibatch.batching.profile import measure, profile_shapes
 from millibatch.batching.scheduler import BatchLimits, Scheduler
 from millibatch.batching.watchdog import Watchdog
 from millibatch.batching.work import Row, RowResult, WorkItem
-from millibatch.batching.workers import EngineWorkers
+from millibatch.batching.workers import EngineWorkers, Workers
 from millibatch.engines.base import Engine, synthetic_inputs
 from millibatch.engines.thread_priority import EnginePriority, shorten_time_slice
 from millibatch.errors import DeadlineUnmeetable, InvalidInput, MillibatchError, NotServing, Refusal
@@ -92,10 +92,7 @@ class Batcher:
         if self.engine_priority == "nice":
             shorten_time_slice()  # this is the loop's thread: let it preempt the niced engine when it wakes
         dispatcher = self.dispatcher
-        # Through `self.engine` at call time, not a bound method: the engine may be swapped (tests inject faults).
-        dispatcher.workers = EngineWorkers(lambda inputs, instance: self.engine.run(inputs, instance), self._instances,
-                                           loop, self._clock or time.monotonic, dispatcher.finished, dispatcher.stale,
-                                           self.engine_priority, getattr(self.engine, "prepare_thread", None))
+        dispatcher.workers = self._workers(loop)
         try:
             await asyncio.to_thread(dispatcher.workers.wait_prepared)
         except BaseException:
@@ -104,6 +101,14 @@ class Batcher:
         self._accepting = True
         self._task = asyncio.create_task(dispatcher.run(), name="batcher")
         self.watchdog.start()
+
+    def _workers(self, loop: asyncio.AbstractEventLoop) -> Workers:
+        """The engine threads that run the dispatcher's jobs (a simulation replaces them)."""
+        dispatcher = self.dispatcher
+        # Through `self.engine` at call time, not a bound method: the engine may be swapped (tests inject faults).
+        return EngineWorkers(lambda inputs, instance: self.engine.run(inputs, instance), self._instances, loop,
+                             self._clock or time.monotonic, dispatcher.finished, dispatcher.stale,
+                             self.engine_priority, getattr(self.engine, "prepare_thread", None))
 
     async def stop(self, grace: float) -> None:
         """Refuse new work, let queued and running work finish for up to `grace` seconds, then fail

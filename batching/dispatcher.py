@@ -26,7 +26,7 @@ from millibatch.batching.delivery import AnswerLag, Delivery
 from millibatch.batching.observers import BatchObserver, BatchRecord
 from millibatch.batching.scheduler import Decision, Scheduler
 from millibatch.batching.work import PendingRow, WorkItem
-from millibatch.batching.workers import EngineWorkers, Job
+from millibatch.batching.workers import Job, Workers
 from millibatch.engines.base import FloatArray
 from millibatch.errors import EngineFailure, NotServing
 
@@ -58,7 +58,7 @@ class Dispatcher:
         self._instances = instances
         self._now = clock
         self._on_unhealthy = on_unhealthy
-        self.workers: EngineWorkers | None = None  # set by the batcher once the loop runs
+        self.workers: Workers | None = None  # set by the batcher once the loop runs
         self._inbox: deque[tuple[Event, object]] = deque()
         self._wake = asyncio.Event()
         #: Set whenever a batch finishes or requests are shed (a drain waits on it).

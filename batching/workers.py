@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from millibatch.batching.work import PendingRow
 from millibatch.engines.base import EngineInputs, FloatArray
@@ -61,6 +62,18 @@ class Job:
     def fresh(self, now: float) -> bool:
         """May the batch still start at `now`: every caller waiting, every deadline met?"""
         return self.start_by is None or (now <= self.start_by and all(p.item.live for p in self.batch))
+
+
+class Workers(Protocol):
+    """What runs the dispatcher's jobs: the engine threads, or a simulation of them (bench.overload_sim)."""
+
+    def submit(self, job: Job) -> None: ...
+
+    def withdraw(self, job: Job) -> bool: ...
+
+    def wait_prepared(self, timeout: float | None = None) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class EngineWorkers:
