@@ -82,7 +82,7 @@ def test_one_seed_gives_the_same_run_and_overload_keeps_goodput_without_late_ans
 def test_a_variant_changes_admission_for_its_run_only() -> None:
     before = admission.SLACK_DECREASE
     fixed = run_variant("SLACK_DECREASE=1,SLACK_INCREASE=0", EngineModel(), TEXTS, small_args(), seed=4)
-    assert admission.SLACK_DECREASE == before
+    assert before == admission.SLACK_DECREASE
     assert all(phase["slack_mean"] == 1.0 for phase in fixed["overload"])
     adaptive = run_variant("", EngineModel(), TEXTS, small_args(), seed=4)
     assert min(phase["slack_mean"] for phase in adaptive["overload"]) < 1.0
