@@ -47,7 +47,8 @@ from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
 from bench.virtual_loop import VirtualTimeLoop
 from millibatch.batching import admission as admission_module
 from millibatch.batching.batcher import Batcher
-from millibatch.batching.cost_model import CostModel, features
+from millibatch.batching.cost_model import CostModel, Observation, features
+from millibatch.batching.profile import profile_shapes
 from millibatch.batching.scheduler import BatchLimits
 from millibatch.batching.work import Row
 from millibatch.batching.workers import Job
@@ -61,6 +62,8 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "overload_sim"
 #: all-MiniLM-L6-v2 fp32 on one core of the 2-core AMD EPYC VM, one instance (2026-11-29,
 #: `--fit-model models/all-MiniLM-L6-v2`): seconds = c0 + c1·rows + c2·rows·length + c3·rows·length².
 DEFAULT_COEFFICIENTS = (2.31e-3, 1.82e-4, 2.45e-4, 2.9e-7)
+#: Longest input, in tokens (all-MiniLM-L6-v2's).
+MAX_LENGTH = 256
 #: Seconds over which the front end's CPU is taken from the engine's core.
 FRONT_END_WINDOW = 0.05
 #: The engine keeps at least this share of its core, however busy the front end.
@@ -268,8 +271,13 @@ class Simulation:
             return SimWorkers(loop, model, self.stalls, self.front, batcher.dispatcher.finished,
                               batcher.dispatcher.stale, engine_rng)
 
-        self.batcher = SimBatcher(workers, SimEngine(model.instances), BatchLimits(),
-                                  cost_model=CostModel(model.coefficients), clock=self.loop.time)
+        engine, limits = SimEngine(model.instances), BatchLimits()
+        # Seeded as at start-up, from the warm-up profile's shapes (timed without noise): the online refits
+        # alone, all from the few shapes a load forms, cannot tell per-batch from per-row cost.
+        cost = CostModel()
+        cost.fit_profile([Observation(rows, length, model.seconds(rows, length))
+                          for rows, length in profile_shapes(limits, MAX_LENGTH, engine)])
+        self.batcher = SimBatcher(workers, engine, limits, cost_model=cost, clock=self.loop.time)
 
     async def phase(self, rate: float, seconds: float) -> dict[str, Any]:
         """Poisson calls at `rate` for `seconds`; every call ended before it returns."""
@@ -395,7 +403,7 @@ def token_counts(model_dir: Path, texts: list[str]) -> list[tuple[int, int]]:
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    tokenizer.enable_truncation(256)
+    tokenizer.enable_truncation(MAX_LENGTH)
     return [(len(encoding.ids), len(text)) for encoding, text in zip(tokenizer.encode_batch(texts), texts, strict=True)]
 
 
