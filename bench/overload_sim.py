@@ -424,10 +424,13 @@ def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, argv
     lines = [f"`.venv/bin/python -m bench.overload_sim {' '.join(argv)}`: simulated time, the batcher of this "
              f"checkout, {args.deadline_ms:g} ms deadlines, {args.duration:g} s per phase, seeds "
              f"{', '.join(str(s) for s in args.seed_list)}. Held: the lowest goodput of the overload phases over the "
-             "peak (the best goodput of the rising sweep).", "",
+             "peak (the best goodput of the rising sweep). Missed: admitted calls that did not finish in time (shed, "
+             "or their caller gave up at the deadline); slack and correction: admission's, averaged over the "
+             "phase's arrivals; last: the last overload phase.", "",
              "| variant | seed | peak/s | " + " | ".join(f"{m:g}×" for m in args.multiples)
-             + " | held | refused at 1× | shed + gave up at 1× | slack at 1× | rows/batch at 1×, 5× |",
-             "|---|---|---|" + "---|" * len(args.multiples) + "---|---|---|---|---|"]
+             + " | held | refused at 1× | missed at 1×, last | slack at 1×, last | correction at 1×, last "
+             "| rows/batch at 1×, last |",
+             "|---|---|---|" + "---|" * len(args.multiples) + "---|---|---|---|---|---|"]
     for label, seeds in runs.items():
         for run in seeds:
             ratios = [p["goodput_rps"] / run["peak"] for p in run["overload"]]
@@ -435,8 +438,11 @@ def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, argv
             run["held"] = min(ratios)
             lines.append(f"| {label} | {run['seed']} | {run['peak']:.1f} | "
                          + " | ".join(f"{r:.2f}" for r in ratios)
-                         + f" | {run['held']:.2f} | {first['refused']} | {first['shed'] + first['gave_up']} "
-                         f"| {first['slack_mean']:.2f} | {first['rows_per_batch']:.1f}, {last['rows_per_batch']:.1f} |")
+                         + f" | {run['held']:.2f} | {first['refused']} "
+                         f"| {first['shed'] + first['gave_up']}, {last['shed'] + last['gave_up']} "
+                         f"| {first['slack_mean']:.2f}, {last['slack_mean']:.2f} "
+                         f"| {first['correction_mean']:.2f}, {last['correction_mean']:.2f} "
+                         f"| {first['rows_per_batch']:.1f}, {last['rows_per_batch']:.1f} |")
     lines += ["", "Medians over the seeds:", "", "| variant | peak/s | " + " | ".join(f"{m:g}×" for m in args.multiples)
               + " | held |", "|---|---|" + "---|" * len(args.multiples) + "---|"]
     for label, seeds in runs.items():
