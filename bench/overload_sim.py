@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from bench.processes import checkouts, with_python_path
-from bench.stats import median, percentile, publish, stamp
+from bench.stats import Stamp, median, percentile, publish, stamp
 from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
 from bench.virtual_loop import VirtualTimeLoop
 from millibatch.batching import admission as admission_module
@@ -420,8 +420,8 @@ def fit_coefficients(model_dir: Path) -> tuple[float, float, float, float]:
     return (fitted["overhead"], fitted["per_row"], fitted["per_token"], fitted["per_token_squared"])
 
 
-def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, argv: list[str]) -> list[str]:
-    lines = [f"`.venv/bin/python -m bench.overload_sim {' '.join(argv)}`: simulated time, the batcher of this "
+def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, argv: list[str], when: Stamp) -> list[str]:
+    lines = [f"`.venv/bin/python -m bench.overload_sim {' '.join(argv)}`, {when}: simulated time, the batcher of this "
              f"checkout, {args.deadline_ms:g} ms deadlines, {args.duration:g} s per phase, seeds "
              f"{', '.join(str(s) for s in args.seed_list)}. Held: the lowest goodput of the overload phases over the "
              "peak (the best goodput of the rising sweep). Missed: admitted calls that did not finish in time (shed, "
@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
                   + ", ".join(f"{p['multiple']:g}× {p['goodput_rps']:.1f}" for p in run["overload"]), flush=True)
     if args.baseline:
         runs.update(baseline_runs(args.baseline, args))
-    lines = report(runs, args, argv)
+    lines = report(runs, args, argv, when)
     args.out.mkdir(parents=True, exist_ok=True)
     publish(args.out, {"argv": argv, "engine": base.__dict__, "runs": runs}, lines, when)
     return 0
