@@ -97,3 +97,4 @@ def test_the_command_writes_its_table(tiny_embed_dir: Path, stsb_path: Path, tmp
     assert set(record["runs"]) == {"default", "calm"}
     table = (tmp_path / "results.md").read_text()
     assert "| default | 1 |" in table and "| calm | 1 |" in table and "Medians over the seeds" in table
+    assert "Goodput in calls/s" in table
