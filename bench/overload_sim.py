@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -308,7 +308,7 @@ class Simulation:
                 "slack_mean": sum(tally.slack) / len(tally.slack) if tally.slack else 1.0,
                 "correction_mean": sum(tally.correction) / len(tally.correction) if tally.correction else 1.0}
 
-    def _call(self, arrival: float, tokens: int, chars: int, tally: Tally) -> Any:
+    def _call(self, arrival: float, tokens: int, chars: int, tally: Tally) -> Coroutine[Any, Any, None] | None:
         """One call, as service.dataplane handles it: a refusal ends here; else the coroutine that awaits it."""
         batcher, now = self.batcher, self.loop.time()
         deadline = arrival + self.deadline
