@@ -85,6 +85,10 @@ class EngineModel:
     #: Host stalls per second, and their mean length in seconds.
     stall_rate: float = 0.0
     stall_mean: float = 0.005
+    #: gRPC's concurrent-call limit (`max_concurrent_calls`, 0: none): past it a call is refused before any handler
+    #: runs, for `limit_refusal_cpu` seconds of front-end CPU.
+    call_limit: int = 0
+    limit_refusal_cpu: float = 0.0
 
     def seconds(self, rows: int, length: int) -> float:
         return float(np.dot(self.coefficients, features(rows, length)))
@@ -264,6 +268,8 @@ class Simulation:
         self.rng = random.Random(seed)
         self.stalls = HostStalls(model.stall_rate, model.stall_mean, random.Random(seed + 1))
         self.front = FrontEnd()
+        #: Calls admitted and not yet ended (refused calls end at once here), as gRPC's call limit counts them.
+        self.in_progress = 0
         self.loop = asyncio.get_running_loop()
         engine_rng = random.Random(seed + 2)
 
@@ -310,10 +316,14 @@ class Simulation:
 
     def _call(self, arrival: float, tokens: int, chars: int, tally: Tally) -> Coroutine[Any, Any, None] | None:
         """One call, as service.dataplane handles it: a refusal ends here; else the coroutine that awaits it."""
-        batcher, now = self.batcher, self.loop.time()
+        batcher, now, model = self.batcher, self.loop.time(), self.model
         deadline = arrival + self.deadline
         tally.slack.append(batcher.admission.slack)
         tally.correction.append(batcher.admission.correction)
+        if model.call_limit and self.in_progress >= model.call_limit:
+            self.front.spend(now, model.limit_refusal_cpu)
+            tally.refused += 1
+            return None
         if batcher.refusal(deadline, 1, LEAST_TOKENS + chars // 6) is not None:
             self.front.spend(now, self.model.refusal_cpu)
             tally.refused += 1
@@ -324,6 +334,8 @@ class Simulation:
         except MillibatchError:
             tally.refused += 1
             return None
+
+        self.in_progress += 1
 
         async def wait() -> None:
             try:
@@ -336,6 +348,8 @@ class Simulation:
             else:
                 tally.ok += 1
                 tally.ok_seconds.append(self.loop.time() - arrival)
+            finally:
+                self.in_progress -= 1
 
         return wait()
 
@@ -377,7 +391,7 @@ def apply(spec: str, base: EngineModel) -> tuple[EngineModel, dict[str, Any]]:
     for pair in filter(None, spec.split(",")):
         key, _, value = pair.partition("=")
         if key in model_fields:
-            changes[key] = int(value) if key == "instances" else float(value)
+            changes[key] = int(value) if key in ("instances", "call_limit") else float(value)
         elif key.isupper() and hasattr(admission_module, key):
             constants[key] = type(getattr(admission_module, key))(float(value))
         else:

@@ -98,3 +98,11 @@ def test_the_command_writes_its_table(tiny_embed_dir: Path, stsb_path: Path, tmp
     table = (tmp_path / "results.md").read_text()
     assert "| default | 1 |" in table and "| calm | 1 |" in table and "Medians over the seeds" in table
     assert "Goodput in calls/s" in table
+
+
+def test_a_concurrent_call_limit_refuses_before_admission() -> None:
+    free = run_variant("", EngineModel(), TEXTS, small_args(), seed=4)
+    limited = run_variant("call_limit=2,limit_refusal_cpu=0.0001", EngineModel(), TEXTS, small_args(), seed=4)
+    # At most two calls in progress: batches cannot grow past two rows, so less is answered.
+    assert limited["peak"] < free["peak"]
+    assert all(phase["rows_per_batch"] <= 2.0 for phase in limited["overload"])
