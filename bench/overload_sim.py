@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.goodput import fmt
 from bench.processes import checkouts, with_python_path
 from bench.stats import Stamp, median, percentile, publish, stamp
 from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
@@ -89,6 +90,9 @@ class EngineModel:
     #: runs, for `limit_refusal_cpu` seconds of front-end CPU.
     call_limit: int = 0
     limit_refusal_cpu: float = 0.0
+    #: 1: the event loop is one queue (its work in arrival order), so refusals and batches' answers wait for the
+    #: loop; 0: they leave at once.
+    loop_queue: int = 0
 
     def seconds(self, rows: int, length: int) -> float:
         return float(np.dot(self.coefficients, features(rows, length)))
@@ -130,15 +134,23 @@ class HostStalls:
 
 
 class FrontEnd:
-    """The front end's CPU on the engine's core over the last FRONT_END_WINDOW seconds."""
+    """The front end's CPU on the engine's core over the last FRONT_END_WINDOW seconds; with `queued`, also the
+    event loop as one queue: work waits for the work before it, so refusals and answers leave later."""
 
-    def __init__(self) -> None:
+    def __init__(self, queued: bool = False) -> None:
         self._spent: deque[tuple[float, float]] = deque()
         self._total = 0.0
+        self._queued = queued
+        self._free_at = 0.0
 
-    def spend(self, now: float, seconds: float) -> None:
+    def spend(self, now: float, seconds: float) -> float:
+        """Take `seconds` of the loop from `now`; returns when that work is done."""
         self._spent.append((now, seconds))
         self._total += seconds
+        if not self._queued:
+            return now
+        self._free_at = max(now, self._free_at) + seconds
+        return self._free_at
 
     def load(self, now: float) -> float:
         while self._spent and self._spent[0][0] < now - FRONT_END_WINDOW:
@@ -227,8 +239,11 @@ class SimWorkers:
         self.busy += job.engine_seconds
         self.batches += 1
         self.rows += rows
-        self._front.spend(now, self._model.batch_cpu)
-        self._loop.call_soon(self._on_done, job)
+        delivered = self._front.spend(now, self._model.batch_cpu)
+        if delivered > now:  # the loop answers the batch's callers once it has done what came before
+            self._loop.call_at(delivered, self._on_done, job)
+        else:
+            self._loop.call_soon(self._on_done, job)
         self._free.append(instance)
         self._start_next()
 
@@ -258,6 +273,7 @@ class Tally:
     ok_seconds: list[float] = field(default_factory=list)
     slack: list[float] = field(default_factory=list)
     correction: list[float] = field(default_factory=list)
+    refusal_seconds: list[float] = field(default_factory=list)
 
 
 class Simulation:
@@ -267,7 +283,7 @@ class Simulation:
         self.model, self.texts, self.deadline = model, texts, deadline
         self.rng = random.Random(seed)
         self.stalls = HostStalls(model.stall_rate, model.stall_mean, random.Random(seed + 1))
-        self.front = FrontEnd()
+        self.front = FrontEnd(bool(model.loop_queue))
         #: Calls admitted and not yet ended (refused calls end at once here), as gRPC's call limit counts them.
         self.in_progress = 0
         self.loop = asyncio.get_running_loop()
@@ -312,7 +328,8 @@ class Simulation:
                 "rows_per_batch": (workers.rows - rows) / ran if ran else 0.0,
                 "engine_busy": (workers.busy - busy) / seconds / self.model.instances,
                 "slack_mean": sum(tally.slack) / len(tally.slack) if tally.slack else 1.0,
-                "correction_mean": sum(tally.correction) / len(tally.correction) if tally.correction else 1.0}
+                "correction_mean": sum(tally.correction) / len(tally.correction) if tally.correction else 1.0,
+                "refusal_p99_ms": percentile(tally.refusal_seconds, 99) * 1e3 if tally.refusal_seconds else None}
 
     def _call(self, arrival: float, tokens: int, chars: int, tally: Tally) -> Coroutine[Any, Any, None] | None:
         """One call, as service.dataplane handles it: a refusal ends here; else the coroutine that awaits it."""
@@ -321,18 +338,19 @@ class Simulation:
         tally.slack.append(batcher.admission.slack)
         tally.correction.append(batcher.admission.correction)
         if model.call_limit and self.in_progress >= model.call_limit:
-            self.front.spend(now, model.limit_refusal_cpu)
             tally.refused += 1
+            tally.refusal_seconds.append(self.front.spend(now, model.limit_refusal_cpu) - arrival)
             return None
         if batcher.refusal(deadline, 1, LEAST_TOKENS + chars // 6) is not None:
-            self.front.spend(now, self.model.refusal_cpu)
             tally.refused += 1
+            tally.refusal_seconds.append(self.front.spend(now, model.refusal_cpu) - arrival)
             return None
-        self.front.spend(now, self.model.answer_cpu)
+        handled = self.front.spend(now, model.answer_cpu)
         try:
             item = batcher.submit([Row(ids=np.ones(tokens, np.int64), type_ids=np.zeros(tokens, np.int64))], deadline)
         except MillibatchError:
             tally.refused += 1
+            tally.refusal_seconds.append(handled - arrival)
             return None
 
         self.in_progress += 1
@@ -391,7 +409,7 @@ def apply(spec: str, base: EngineModel) -> tuple[EngineModel, dict[str, Any]]:
     for pair in filter(None, spec.split(",")):
         key, _, value = pair.partition("=")
         if key in model_fields:
-            changes[key] = int(value) if key in ("instances", "call_limit") else float(value)
+            changes[key] = int(value) if key in ("instances", "call_limit", "loop_queue") else float(value)
         elif key.isupper() and hasattr(admission_module, key):
             constants[key] = type(getattr(admission_module, key))(float(value))
         else:
@@ -443,8 +461,8 @@ def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, argv
              "phase's arrivals; last: the last overload phase.", "",
              "| variant | seed | peak/s | " + " | ".join(f"{m:g}×" for m in args.multiples)
              + " | held | refused at 1× | missed at 1×, last | slack at 1×, last | correction at 1×, last "
-             "| rows/batch at 1×, last |",
-             "|---|---|---|" + "---|" * len(args.multiples) + "---|---|---|---|---|---|"]
+             "| rows/batch at 1×, last | refusal p99 ms at 1×, last |",
+             "|---|---|---|" + "---|" * len(args.multiples) + "---|---|---|---|---|---|---|"]
     for label, seeds in runs.items():
         for run in seeds:
             ratios = [p["goodput_rps"] / run["peak"] for p in run["overload"]]
@@ -456,7 +474,8 @@ def report(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, argv
                          f"| {first['shed'] + first['gave_up']}, {last['shed'] + last['gave_up']} "
                          f"| {first['slack_mean']:.2f}, {last['slack_mean']:.2f} "
                          f"| {first['correction_mean']:.2f}, {last['correction_mean']:.2f} "
-                         f"| {first['rows_per_batch']:.1f}, {last['rows_per_batch']:.1f} |")
+                         f"| {first['rows_per_batch']:.1f}, {last['rows_per_batch']:.1f} "
+                         f"| {fmt(first.get('refusal_p99_ms'), 1)}, {fmt(last.get('refusal_p99_ms'), 1)} |")
     lines += ["", "Medians over the seeds:", "", "| variant | peak/s | " + " | ".join(f"{m:g}×" for m in args.multiples)
               + " | held |", "|---|---|" + "---|" * len(args.multiples) + "---|"]
     for label, seeds in runs.items():

@@ -106,3 +106,12 @@ def test_a_concurrent_call_limit_refuses_before_admission() -> None:
     # At most two calls in progress: batches cannot grow past two rows, so less is answered.
     assert limited["peak"] < free["peak"]
     assert all(phase["rows_per_batch"] <= 2.0 for phase in limited["overload"])
+
+
+def test_with_the_loop_as_a_queue_refusals_wait_for_the_work_before_them() -> None:
+    at_once = run_variant("", EngineModel(), TEXTS, small_args(), seed=4)
+    queued = run_variant("loop_queue=1", EngineModel(), TEXTS, small_args(), seed=4)
+    assert at_once["overload"][-1]["refusal_p99_ms"] == 0.0
+    last = queued["overload"][-1]
+    assert 0.2 < last["refusal_p99_ms"] < 100.0  # at least a refusal's own CPU, and not a deadline
+    assert last["p99_ok_ms"] <= 100.0
