@@ -15,9 +15,10 @@ offer multiples of it, all on one batcher. One seed gives exactly the same run e
 (`--variant LABEL=KEY=VALUE,...`: a field of `EngineModel`, or a constant of `batching.admission`) compare
 pair by pair on the same arrivals.
 
-What it leaves out: the loop's own delays (an answer reaches its caller at once, refusals take no time), gRPC,
-and everything the cost model does not capture. Its numbers bound what the admission design can do under
-Poisson arrivals; they are not a prediction of a real run.
+What it leaves out: gRPC, the answer's trip back, and everything the cost model does not capture; by default also
+the loop's own delays (refusals and answers leave at once; `loop_queue=1` makes the loop one queue, each piece of
+work waiting for the work before it). Its numbers bound what the admission design can do under Poisson arrivals;
+they are not a prediction of a real run.
 """
 
 from __future__ import annotations
