@@ -175,16 +175,26 @@ def within_bound(result: dict[str, Any], bound_ms: float) -> bool:
     return p99_all is not None and p99_all <= bound_ms
 
 
+#: The rising sweep ends after this many rates in a row that brought less than SWEEP_GAIN times the best goodput.
+SWEEP_PAST_PEAK = 2
+SWEEP_GAIN = 1.03
+
+
+def past_peak(steps: int, goodput: float, best: float) -> int:
+    """Rates in a row past the peak, after a step that answered `goodput` against the `best` before it. Past the
+    peak, more offered load brings no more goodput. (A server that refuses what cannot meet its deadline answers
+    less than it is offered well before its peak, so goodput against offered load would end the sweep early.)"""
+    return steps + 1 if goodput < SWEEP_GAIN * best else 0
+
+
 def sweep(peer: Peer, start: float, step: float, bound_ms: float) -> tuple[float, float, list[dict[str, Any]]]:
     """Rising rates until goodput lags far behind; returns (peak goodput, p99-bound rate, phases)."""
     phases: list[dict[str, Any]] = []
     rate, best, misses = start, 0.0, 0
-    while misses < 2:
+    while misses < SWEEP_PAST_PEAK:
         result = peer.phase(rate, "sweep")
         phases.append(result)
-        # Past the peak, more offered load brings no more goodput: two such steps end the sweep. (A server
-        # that refuses what cannot meet its deadline answers less than it is offered well before its peak.)
-        misses = misses + 1 if result["goodput_rps"] < 1.03 * best else 0
+        misses = past_peak(misses, result["goodput_rps"], best)
         best = max(best, result["goodput_rps"])
         rate *= step
     passing = [p["offered_rps"] for p in phases if within_bound(p, bound_ms)]

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.goodput import fmt
+from bench.goodput import SWEEP_PAST_PEAK, fmt, past_peak
 from bench.processes import checkouts, with_python_path
 from bench.stats import Stamp, median, percentile, publish, stamp
 from bench.texts import DEFAULT_STSB, TEXT_SETS, stsb_sentences, text_set
@@ -272,8 +272,10 @@ class Tally:
     shed: int = 0
     gave_up: int = 0
     ok_seconds: list[float] = field(default_factory=list)
-    slack: list[float] = field(default_factory=list)
-    correction: list[float] = field(default_factory=list)
+    #: Admission's slack and wait correction summed over the phase's arrivals (for their means).
+    arrivals: int = 0
+    slack: float = 0.0
+    correction: float = 0.0
     refusal_seconds: list[float] = field(default_factory=list)
 
 
@@ -328,16 +330,17 @@ class Simulation:
                 "p99_ok_ms": percentile(tally.ok_seconds, 99) * 1e3 if tally.ok_seconds else None,
                 "rows_per_batch": (workers.rows - rows) / ran if ran else 0.0,
                 "engine_busy": (workers.busy - busy) / seconds / self.model.instances,
-                "slack_mean": sum(tally.slack) / len(tally.slack) if tally.slack else 1.0,
-                "correction_mean": sum(tally.correction) / len(tally.correction) if tally.correction else 1.0,
+                "slack_mean": tally.slack / tally.arrivals if tally.arrivals else 1.0,
+                "correction_mean": tally.correction / tally.arrivals if tally.arrivals else 1.0,
                 "refusal_p99_ms": percentile(tally.refusal_seconds, 99) * 1e3 if tally.refusal_seconds else None}
 
     def _call(self, arrival: float, tokens: int, chars: int, tally: Tally) -> Coroutine[Any, Any, None] | None:
         """One call, as service.dataplane handles it: a refusal ends here; else the coroutine that awaits it."""
         batcher, now, model = self.batcher, self.loop.time(), self.model
         deadline = arrival + self.deadline
-        tally.slack.append(batcher.admission.slack)
-        tally.correction.append(batcher.admission.correction)
+        tally.arrivals += 1
+        tally.slack += batcher.admission.slack
+        tally.correction += batcher.admission.correction
         if model.call_limit and self.in_progress >= model.call_limit:
             tally.refused += 1
             tally.refusal_seconds.append(self.front.spend(now, model.limit_refusal_cpu) - arrival)
@@ -380,10 +383,10 @@ async def run_seed(model: EngineModel, texts: list[tuple[int, int]], args: argpa
     await sim.batcher.start()
     sweep: list[dict[str, Any]] = []
     rate, best, misses = args.start_rate, 0.0, 0
-    while misses < 2:  # bench.goodput's rule: two steps without 3% more goodput end the sweep
+    while misses < SWEEP_PAST_PEAK:  # bench.goodput's rule
         result = await sim.phase(rate, args.duration)
         sweep.append(result)
-        misses = misses + 1 if result["goodput_rps"] < 1.03 * best else 0
+        misses = past_peak(misses, result["goodput_rps"], best)
         best = max(best, result["goodput_rps"])
         rate *= args.step
     overload = []
